@@ -1,0 +1,48 @@
+//! One file per subcommand: its clap arguments and its `run`. `main.rs` only dispatches.
+
+pub mod features;
+pub mod info;
+pub mod synth;
+
+use clap::{Args, ValueEnum};
+
+/// Which device runs the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum DeviceChoice {
+    /// cuda when a GPU and the compiled kernels are both present, else cpu
+    #[default]
+    Auto,
+    /// the Rust reference implementation
+    Cpu,
+    /// NVIDIA GPU through cudarc (driver loaded at run time)
+    Cuda,
+    /// the CUDA kernels executed on the host by the simulator (slow; for tests)
+    Sim,
+}
+
+/// Options every subcommand takes.
+#[derive(Clone, Debug, Args)]
+pub struct Global {
+    /// Device to run on.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Seed for every random choice (init, shuffling, dropout, augmentation, synthesis).
+    #[arg(long, global = true, default_value_t = 42)]
+    pub seed: u64,
+    /// Worker threads for CPU work (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Print only results and errors (no progress bars).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print more detail.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Global {
+    /// Whether progress bars should be drawn.
+    pub fn progress(&self) -> bool {
+        !self.quiet
+    }
+}

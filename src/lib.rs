@@ -1,0 +1,24 @@
+//! ser-engine: a training engine for ArabEmoNet (2D-CNN + BiLSTM + attention speech emotion
+//! recognition) with hand-written CUDA kernels, a CPU reference implementation and a host
+//! simulator (`sim`) that runs the same kernel sources on the CPU.
+//!
+//! Module map (one obvious place for each thing):
+//! - [`audio`]    decoding, resampling, corpora and their layouts, the synthetic demo corpus
+//! - [`features`] STFT + Mel + dB reference front end (librosa-exact)
+//! - [`rng`]      Philox4x32-10, the one random generator shared by CPU and kernels
+//! - [`model`]    model configuration, parameter layout (PyTorch state_dict names), init, checkpoints
+//! - [`cpu`]      reference ops, forward and backward, generic over f32/f64
+//! - [`device`]   executor interface; `cuda` (cudarc) and `sim` (host shim) implementations
+//! - [`engine`]   the device training step, written once for cuda and sim
+//! - [`train`]    training loop, schedule, early stopping, metrics, cross-validation
+//! - [`cli`]      one file per subcommand
+
+pub mod audio;
+pub mod cli;
+pub mod cpu;
+pub mod device;
+pub mod engine;
+pub mod features;
+pub mod model;
+pub mod rng;
+pub mod train;

@@ -1,0 +1,41 @@
+use clap::{Parser, Subcommand};
+use ser_engine::cli::{self, Global};
+
+/// Train and run ArabEmoNet speech-emotion models on CPU or GPU.
+#[derive(Parser)]
+#[command(name = "ser-engine", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute log-Mel spectrograms (librosa-exact) and write them as .npy (and .png).
+    Features(cli::features::FeaturesArgs),
+    /// Write the synthetic demo corpus of emotional prosody.
+    Synth(cli::synth::SynthArgs),
+    /// Show the build and devices, a corpus summary (--data), or the model summary.
+    Info(cli::info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(n) = cli.global.threads {
+        // Only fails if a pool was already built, which cannot happen this early.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global();
+    }
+    let result = match &cli.command {
+        Command::Features(a) => cli::features::run(a, &cli.global),
+        Command::Synth(a) => cli::synth::run(a, &cli.global),
+        Command::Info(a) => cli::info::run(a, &cli.global),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
