@@ -1,0 +1,1 @@
+//! Written by the audio work; see audio/mod.rs.
