@@ -1,0 +1,123 @@
+//! `ser-engine bench`: throughput measurements (never asserted in tests).
+//! - `bench train`: training samples/s (forward + backward + Adam) and inference samples/s of
+//!   the paper model on random log-Mel batches, and the process's peak memory.
+
+use super::train::{device_name, make_backend};
+use super::Global;
+use crate::model::ModelConfig;
+use crate::rng::{Purpose, Stream};
+use crate::train::backend::OptimConfig;
+use crate::train::data::Batch;
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::time::Instant;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Training and inference throughput of the model.
+    Train {
+        /// Clips per batch.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Frames per clip (126 = 2 s at 16 kHz with hop 256).
+        #[arg(long, default_value_t = 126)]
+        frames: usize,
+        /// Timed training steps (after 2 warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 7)]
+        kernel_size: usize,
+        #[arg(long, default_value_t = 5)]
+        classes: usize,
+    },
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB, where /proc tells it.
+pub fn peak_memory_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
+    match &args.what {
+        BenchWhat::Train {
+            batch,
+            frames,
+            steps,
+            kernel_size,
+            classes,
+        } => bench_train(global, *batch, *frames, *steps, *kernel_size, *classes),
+    }
+}
+
+fn bench_train(
+    global: &Global,
+    b: usize,
+    t: usize,
+    steps: usize,
+    kernel: usize,
+    classes: usize,
+) -> Result<()> {
+    let model = ModelConfig {
+        kernel,
+        classes,
+        ..ModelConfig::default()
+    };
+    model.validate()?;
+    let optim = OptimConfig {
+        lr: 1e-4,
+        weight_decay: 1e-5,
+        decoupled_weight_decay: false,
+        clip_grad_norm: 0.0,
+        label_smoothing: 0.0,
+        class_weights: None,
+    };
+    let mut backend = make_backend(global.device, &model, &optim, global.seed)?;
+    let s = Stream::new(global.seed, Purpose::Test, 0);
+    let m = model.n_mels;
+    let x: Vec<f32> = (0..b * m * t).map(|i| s.normal(i as u64) * 0.5).collect();
+    let batch = Batch {
+        x,
+        batch: b,
+        n_mels: m,
+        t_max: t,
+        lengths: vec![t; b],
+        labels: (0..b).map(|i| i % classes).collect(),
+        indices: (0..b).collect(),
+    };
+    let threads = rayon::current_num_threads();
+    for step in 0..2 {
+        backend.train_step(&batch, step, 1e-4)?;
+    }
+    let t0 = Instant::now();
+    for step in 0..steps {
+        backend.train_step(&batch, 2 + step as u32, 1e-4)?;
+    }
+    let train_s = t0.elapsed().as_secs_f64();
+    backend.eval_logits(&batch)?;
+    let t1 = Instant::now();
+    for _ in 0..steps {
+        backend.eval_logits(&batch)?;
+    }
+    let infer_s = t1.elapsed().as_secs_f64();
+    let train_rate = (b * steps) as f64 / train_s;
+    let infer_rate = (b * steps) as f64 / infer_s;
+    println!(
+        "device {}  threads {threads}  batch {b} x {m} mels x {t} frames  kernel {kernel}",
+        device_name(global.device)
+    );
+    println!("training   {train_rate:8.1} samples/s  ({:.1} ms/step)", 1e3 * train_s / steps as f64);
+    println!("inference  {infer_rate:8.1} samples/s  ({:.1} ms/batch)", 1e3 * infer_s / steps as f64);
+    if let Some(mib) = peak_memory_mib() {
+        println!("peak memory {mib:.0} MiB");
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `ser-engine eval`: a trained model's metrics and confusion matrix on a labelled corpus.
+
+use super::train::{load_dataset, load_run};
+use super::Global;
+use crate::audio::corpus::CorpusFormat;
+use crate::train::fit::evaluate;
+use crate::train::plot::confusion_png;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Run folder written by `ser-engine train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Labelled corpus to evaluate on.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
+    pub format: CorpusFormat,
+    #[arg(long)]
+    pub label_regex: Option<String>,
+    /// Also write the confusion matrix as a PNG here.
+    #[arg(long)]
+    pub confusion_png: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
+    let (cfg, mut backend) = load_run(&args.model, global.device)?;
+    let (_, mut data) = load_dataset(
+        Some(&args.data),
+        args.format,
+        args.label_regex.as_deref(),
+        Some(cfg.sample_rate),
+        &cfg.mel,
+        global,
+    )?;
+    // Map the corpus's labels onto the model's classes.
+    let mut map = Vec::new();
+    for l in &data.labels {
+        match cfg.labels.iter().position(|m| m == l) {
+            Some(i) => map.push(i),
+            None => bail!(
+                "{}: class '{l}' is not one the model knows ({})",
+                args.data.display(),
+                cfg.labels.join(", ")
+            ),
+        }
+    }
+    for c in &mut data.clips {
+        c.label = map[c.label];
+    }
+    data.labels = cfg.labels.clone();
+    let idx: Vec<usize> = (0..data.clips.len()).collect();
+    let (loss, confusion, _) = evaluate(backend.as_mut(), &data, &idx, args.batch_size)?;
+    let s = confusion.scores();
+    println!(
+        "{} clips: loss {loss:.4}  accuracy {:.2}%  micro-F1 {:.2}%  macro-F1 {:.2}%",
+        idx.len(),
+        100.0 * s.accuracy,
+        100.0 * s.micro_f1,
+        100.0 * s.macro_f1
+    );
+    println!("{}", confusion.to_table(&cfg.labels));
+    if let Some(p) = &args.confusion_png {
+        confusion_png(p, &confusion.counts, &cfg.labels, "evaluation")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! The seam between the training loop and a device: one training step, one evaluation pass,
+//! and the state a checkpoint or a resumed run needs. The CPU reference implements it here;
+//! the device engine (cuda/sim) implements the same trait.
+
+use crate::train::data::Batch;
+use anyhow::Result;
+
+/// Loss and correct count of one batch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepStats {
+    /// Mean loss over the batch.
+    pub loss: f64,
+    pub correct: usize,
+}
+
+/// Everything needed to continue training exactly: parameters, BatchNorm running statistics,
+/// and Adam's moments and step count.
+#[derive(Clone, Debug, Default)]
+pub struct TrainState {
+    pub params: Vec<f32>,
+    pub buffers: Vec<f32>,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+    pub adam_t: u64,
+}
+
+/// Loss and optimizer settings a backend applies in `train_step`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// AdamW's decoupled weight decay instead of torch.optim.Adam's L2 term.
+    pub decoupled_weight_decay: bool,
+    /// Global gradient-norm clip; 0 disables.
+    pub clip_grad_norm: f64,
+    pub label_smoothing: f64,
+    /// Per-class loss weights (inverse class frequency), or None for plain mean.
+    pub class_weights: Option<Vec<f32>>,
+}
+
+pub trait Backend {
+    /// Forward in training mode (dropout keyed by `step`), loss, backward, clip, Adam at `lr`.
+    fn train_step(&mut self, batch: &Batch, step: u32, lr: f64) -> Result<StepStats>;
+    /// Logits (batch, classes) row-major in evaluation mode.
+    fn eval_logits(&mut self, batch: &Batch) -> Result<Vec<f32>>;
+    /// Mean loss (plain cross-entropy, no smoothing or weights) for evaluation.
+    fn classes(&self) -> usize;
+    fn state(&self) -> TrainState;
+    fn set_state(&mut self, state: &TrainState) -> Result<()>;
+}
+
+/// Plain mean cross-entropy and argmax predictions of logits (batch, classes).
+pub fn eval_loss(logits: &[f32], labels: &[usize], classes: usize) -> (f64, Vec<usize>) {
+    let mut loss = 0.0f64;
+    let mut pred = Vec::with_capacity(labels.len());
+    for (row, &y) in logits.chunks(classes).zip(labels) {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        loss += lse - row[y] as f64;
+        pred.push(argmax(row));
+    }
+    (loss / labels.len().max(1) as f64, pred)
+}
+
+/// Index of the largest value (first on ties); NaN never wins.
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] || row[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Softmax probabilities of one logits row, in f64 for stability.
+pub fn softmax(row: &[f32]) -> Vec<f64> {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_loss_matches_closed_form() {
+        // Two classes, logits (0, ln 3): p = (1/4, 3/4).
+        let logits = [0.0f32, 3f32.ln(), 2.0, 2.0];
+        let (loss, pred) = eval_loss(&logits, &[1, 0], 2);
+        let expected = (-(0.75f64).ln() - (0.5f64).ln()) / 2.0;
+        assert!((loss - expected).abs() < 1e-7, "{loss} vs {expected}");
+        assert_eq!(pred, vec![1, 0]);
+        assert_eq!(argmax(&[f32::NAN, 1.0]), 1);
+    }
+}

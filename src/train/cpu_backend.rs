@@ -1,0 +1,107 @@
+//! The CPU reference as a training backend.
+
+use crate::cpu::{clip_grad_norm, cross_entropy, Adam, CpuModel, Input, Mode};
+use crate::model::ModelConfig;
+use crate::train::backend::{Backend, OptimConfig, StepStats, TrainState};
+use crate::train::data::Batch;
+use anyhow::{bail, Result};
+
+pub struct CpuBackend {
+    pub model: CpuModel<f32>,
+    pub adam: Adam<f32>,
+    pub optim: OptimConfig,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+}
+
+impl CpuBackend {
+    pub fn new(cfg: &ModelConfig, optim: &OptimConfig, seed: u64) -> Self {
+        let model = CpuModel::<f32>::new(cfg.clone(), seed);
+        let mut adam = Adam::new(model.params.len(), optim.lr as f32, optim.weight_decay as f32);
+        adam.decoupled = optim.decoupled_weight_decay;
+        Self {
+            model,
+            adam,
+            optim: optim.clone(),
+            seed,
+        }
+    }
+
+    fn input<'a>(batch: &'a Batch) -> Input<'a, f32> {
+        Input {
+            x: &batch.x,
+            batch: batch.batch,
+            t_max: batch.t_max,
+            lengths: &batch.lengths,
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn train_step(&mut self, batch: &Batch, step: u32, lr: f64) -> Result<StepStats> {
+        self.model.zero_grads();
+        let fwd = self.model.forward(
+            &Self::input(batch),
+            Mode::Train {
+                seed: self.seed,
+                step,
+            },
+        );
+        let (loss, dlogits, correct) = cross_entropy(
+            &fwd.logits,
+            &batch.labels,
+            self.model.cfg.classes,
+            self.optim.class_weights.as_deref(),
+            self.optim.label_smoothing as f32,
+        );
+        self.model.backward(&fwd, &dlogits);
+        if self.optim.clip_grad_norm > 0.0 {
+            clip_grad_norm(&mut self.model.grads, self.optim.clip_grad_norm as f32);
+        }
+        self.adam.lr = lr as f32;
+        self.adam.step(&mut self.model.params, &self.model.grads);
+        Ok(StepStats {
+            loss: loss as f64,
+            correct,
+        })
+    }
+
+    fn eval_logits(&mut self, batch: &Batch) -> Result<Vec<f32>> {
+        Ok(self.model.forward(&Self::input(batch), Mode::Eval).logits)
+    }
+
+    fn classes(&self) -> usize {
+        self.model.cfg.classes
+    }
+
+    fn state(&self) -> TrainState {
+        TrainState {
+            params: self.model.params.clone(),
+            buffers: self.model.buffers.clone(),
+            adam_m: self.adam.m.clone(),
+            adam_v: self.adam.v.clone(),
+            adam_t: self.adam.t,
+        }
+    }
+
+    fn set_state(&mut self, s: &TrainState) -> Result<()> {
+        if s.params.len() != self.model.params.len() || s.buffers.len() != self.model.buffers.len()
+        {
+            bail!(
+                "saved state has {} parameters and {} buffers; this model has {} and {}",
+                s.params.len(),
+                s.buffers.len(),
+                self.model.params.len(),
+                self.model.buffers.len()
+            );
+        }
+        self.model.params.copy_from_slice(&s.params);
+        self.model.buffers.copy_from_slice(&s.buffers);
+        if s.adam_m.len() == s.params.len() && s.adam_v.len() == s.params.len() {
+            self.adam.m.copy_from_slice(&s.adam_m);
+            self.adam.v.copy_from_slice(&s.adam_v);
+            self.adam.t = s.adam_t;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! The training loop, device-independent: batches, augmentation, the backend's step,
+//! validation, reduce-on-plateau, early stopping, and an event per epoch for the caller to
+//! record (metrics line, best checkpoint, resume state).
+
+use crate::features::augment::{add_noise, spec_augment, AugmentConfig};
+use crate::features::log_mel;
+use crate::train::backend::{eval_loss, Backend, TrainState};
+use crate::train::data::{bucketed_batches, Batch, Dataset};
+use crate::train::metrics::{Confusion, Scores};
+use crate::train::schedule::{EarlyStopping, ReduceOnPlateau};
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FitConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub plateau_factor: f64,
+    pub plateau_patience: usize,
+    pub early_stop_patience: usize,
+    pub augment: AugmentConfig,
+    pub seed: u64,
+}
+
+/// One line of metrics.jsonl.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub val_micro_f1: f64,
+    pub val_macro_f1: f64,
+    pub best: bool,
+}
+
+/// Where the loop stands after an epoch: enough to resume exactly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FitProgress {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Training steps taken (the Philox step counter).
+    pub step: u32,
+    pub lr: f64,
+    pub plateau: ReduceOnPlateau,
+    pub early: EarlyStopping,
+    pub history: Vec<EpochRecord>,
+}
+
+impl FitProgress {
+    pub fn new(cfg: &FitConfig) -> Self {
+        Self {
+            epochs_done: 0,
+            step: 0,
+            lr: cfg.lr,
+            plateau: ReduceOnPlateau::new(cfg.plateau_factor, cfg.plateau_patience),
+            early: EarlyStopping::new(cfg.early_stop_patience),
+            history: Vec::new(),
+        }
+    }
+}
+
+/// What the loop reports after each epoch.
+pub struct EpochEvent<'a> {
+    pub record: &'a EpochRecord,
+    pub progress: &'a FitProgress,
+    /// The state after this epoch (for the resume checkpoint).
+    pub state: &'a TrainState,
+    pub val_confusion: &'a Confusion,
+}
+
+/// Evaluates `idx` in evaluation mode: mean loss, confusion matrix and per-clip predictions
+/// (in `idx` order) with logits.
+pub fn evaluate(
+    backend: &mut dyn Backend,
+    data: &Dataset,
+    idx: &[usize],
+    batch_size: usize,
+) -> Result<(f64, Confusion, Vec<(usize, Vec<f32>)>)> {
+    let classes = backend.classes();
+    let frames: Vec<usize> = data.clips.iter().map(|c| c.frames).collect();
+    let mut confusion = Confusion::new(classes);
+    let mut loss_sum = 0.0;
+    let mut out: Vec<Option<(usize, Vec<f32>)>> = vec![None; data.clips.len()];
+    for b in bucketed_batches(&frames, idx, batch_size, None) {
+        let batch = plain_batch(data, &b);
+        let logits = backend.eval_logits(&batch)?;
+        let (loss, pred) = eval_loss(&logits, &batch.labels, classes);
+        loss_sum += loss * b.len() as f64;
+        for (k, &i) in b.iter().enumerate() {
+            confusion.add(batch.labels[k], pred[k]);
+            out[i] = Some((pred[k], logits[k * classes..(k + 1) * classes].to_vec()));
+        }
+    }
+    let preds = idx.iter().map(|&i| out[i].take().expect("evaluated")).collect();
+    Ok((loss_sum / idx.len().max(1) as f64, confusion, preds))
+}
+
+/// A batch of cached features, no augmentation.
+pub fn plain_batch(data: &Dataset, idx: &[usize]) -> Batch {
+    let feats: Vec<(&[f32], usize)> = idx
+        .iter()
+        .map(|&i| (data.clips[i].mel.as_slice(), data.clips[i].frames))
+        .collect();
+    Batch::from_features(
+        &feats,
+        &data.labels_of(idx),
+        idx,
+        data.mel.n_mels,
+        -data.mel.top_db,
+    )
+}
+
+/// A training batch: waveform noise (features recomputed for the clips that draw it) and
+/// SpecAugment, keyed by (seed, step, position in batch).
+pub fn augmented_batch(
+    data: &Dataset,
+    idx: &[usize],
+    aug: &AugmentConfig,
+    seed: u64,
+    step: u32,
+) -> Batch {
+    let n_mels = data.mel.n_mels;
+    let silence = -data.mel.top_db;
+    let feats: Vec<(Vec<f32>, usize)> = idx
+        .par_iter()
+        .enumerate()
+        .map(|(c, &i)| {
+            let clip = &data.clips[i];
+            let mut mel = if aug.noise_prob > 0.0 {
+                let mut pcm = clip.pcm.clone();
+                match add_noise(&mut pcm, aug, seed, step, c) {
+                    Some(_) => log_mel(&pcm, data.sample_rate, &data.mel).data,
+                    None => clip.mel.clone(),
+                }
+            } else {
+                clip.mel.clone()
+            };
+            spec_augment(
+                &mut mel, n_mels, clip.frames, clip.frames, silence, aug, seed, step, c,
+            );
+            (mel, clip.frames)
+        })
+        .collect();
+    let views: Vec<(&[f32], usize)> = feats.iter().map(|(m, f)| (m.as_slice(), *f)).collect();
+    Batch::from_features(&views, &data.labels_of(idx), idx, n_mels, silence)
+}
+
+/// Trains on `train_idx`, validating on `val_idx` after every epoch, from `progress` (fresh or
+/// resumed). `on_epoch` records each epoch; the returned progress is the final one.
+pub fn fit(
+    backend: &mut dyn Backend,
+    data: &Dataset,
+    train_idx: &[usize],
+    val_idx: &[usize],
+    cfg: &FitConfig,
+    mut progress: FitProgress,
+    show_progress: bool,
+    on_epoch: &mut dyn FnMut(&EpochEvent) -> Result<()>,
+) -> Result<FitProgress> {
+    if train_idx.is_empty() {
+        bail!("the training set is empty");
+    }
+    if val_idx.is_empty() {
+        bail!("the validation set is empty (give --val-split > 0 or --val-data)");
+    }
+    let frames: Vec<usize> = data.clips.iter().map(|c| c.frames).collect();
+    while progress.epochs_done < cfg.epochs && !progress.early.should_stop() {
+        let epoch = progress.epochs_done;
+        let batches = bucketed_batches(&frames, train_idx, cfg.batch_size, Some((cfg.seed, epoch as u32)));
+        let bar = if show_progress {
+            let b = ProgressBar::new(batches.len() as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix:>3} {bar:25} {pos}/{len} batches {elapsed} {msg}",
+                )
+                .unwrap(),
+            );
+            b.set_prefix(format!("{}", epoch + 1));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for b in &batches {
+            let batch = augmented_batch(data, b, &cfg.augment, cfg.seed, progress.step);
+            let s = backend.train_step(&batch, progress.step, progress.lr)?;
+            if !s.loss.is_finite() {
+                bail!(
+                    "training diverged at epoch {} step {}: loss is {} (lower --lr or set \
+                     --clip-grad)",
+                    epoch + 1,
+                    progress.step,
+                    s.loss
+                );
+            }
+            progress.step += 1;
+            loss_sum += s.loss * b.len() as f64;
+            correct += s.correct;
+            seen += b.len();
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}%",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64
+            ));
+        }
+        bar.finish_and_clear();
+        let (val_loss, confusion, _) = evaluate(backend, data, val_idx, cfg.batch_size)?;
+        let scores: Scores = confusion.scores();
+        let best = progress.early.observe(epoch, val_loss);
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr: progress.lr,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: correct as f64 / seen as f64,
+            val_loss,
+            val_accuracy: scores.accuracy,
+            val_micro_f1: scores.micro_f1,
+            val_macro_f1: scores.macro_f1,
+            best,
+        };
+        progress.lr = progress.plateau.step(val_loss, progress.lr);
+        progress.epochs_done += 1;
+        progress.history.push(record.clone());
+        let state = backend.state();
+        on_epoch(&EpochEvent {
+            record: &record,
+            progress: &progress,
+            state: &state,
+            val_confusion: &confusion,
+        })?;
+    }
+    Ok(progress)
+}

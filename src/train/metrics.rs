@@ -1,0 +1,159 @@
+//! Classification metrics as the paper reports them: accuracy, micro-F1 and macro-F1, from a
+//! confusion matrix.
+
+use serde::{Deserialize, Serialize};
+
+/// Confusion matrix: `counts[true][predicted]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub classes: usize,
+    pub counts: Vec<Vec<u64>>,
+}
+
+/// Summary scores of one evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub accuracy: f64,
+    pub micro_f1: f64,
+    pub macro_f1: f64,
+}
+
+impl Confusion {
+    pub fn new(classes: usize) -> Self {
+        Self {
+            classes,
+            counts: vec![vec![0; classes]; classes],
+        }
+    }
+
+    pub fn add(&mut self, truth: usize, predicted: usize) {
+        self.counts[truth][predicted] += 1;
+    }
+
+    /// Adds another matrix of the same size (e.g. summing folds).
+    pub fn merge(&mut self, other: &Confusion) {
+        for (row, orow) in self.counts.iter_mut().zip(&other.counts) {
+            for (c, o) in row.iter_mut().zip(orow) {
+                *c += o;
+            }
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().flatten().sum()
+    }
+
+    /// Per-class F1; a class that is neither present nor predicted gets F1 = 0 and is left out
+    /// of the macro mean (as scikit-learn does with `labels` restricted to present classes).
+    pub fn per_class_f1(&self) -> Vec<Option<f64>> {
+        (0..self.classes)
+            .map(|c| {
+                let tp = self.counts[c][c] as f64;
+                let support: u64 = self.counts[c].iter().sum();
+                let predicted: u64 = self.counts.iter().map(|r| r[c]).sum();
+                if support == 0 && predicted == 0 {
+                    return None;
+                }
+                let denom = support as f64 + predicted as f64;
+                Some(if denom == 0.0 { 0.0 } else { 2.0 * tp / denom })
+            })
+            .collect()
+    }
+
+    pub fn scores(&self) -> Scores {
+        let total = self.total() as f64;
+        let correct: u64 = (0..self.classes).map(|c| self.counts[c][c]).sum();
+        let accuracy = if total > 0.0 {
+            correct as f64 / total
+        } else {
+            0.0
+        };
+        // Single-label multi-class: micro precision = micro recall = accuracy, so micro-F1 too.
+        let f1s: Vec<f64> = self.per_class_f1().into_iter().flatten().collect();
+        let macro_f1 = if f1s.is_empty() {
+            0.0
+        } else {
+            f1s.iter().sum::<f64>() / f1s.len() as f64
+        };
+        Scores {
+            accuracy,
+            micro_f1: accuracy,
+            macro_f1,
+        }
+    }
+
+    /// A fixed-width text table with class names, for terminals.
+    pub fn to_table(&self, labels: &[String]) -> String {
+        let w = labels.iter().map(|l| l.len()).max().unwrap_or(4).max(6);
+        let mut s = format!("{:>w$} | predicted\n", "true");
+        s += &format!("{:>w$} |", "");
+        for l in labels {
+            s += &format!(" {:>w$}", l);
+        }
+        s.push('\n');
+        for (i, row) in self.counts.iter().enumerate() {
+            s += &format!("{:>w$} |", labels.get(i).map(String::as_str).unwrap_or("?"));
+            for c in row {
+                s += &format!(" {:>w$}", c);
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Mean and sample standard deviation (n - 1); std is 0 for one value.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (m, 0.0);
+    }
+    let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
+    (m, v.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-computed example: 3 classes, truths/predictions chosen so every F1 differs.
+    #[test]
+    fn scores_match_hand_computation() {
+        let mut c = Confusion::new(3);
+        // class 0: 3 samples, 2 right, 1 predicted as 1
+        c.add(0, 0);
+        c.add(0, 0);
+        c.add(0, 1);
+        // class 1: 2 samples, 1 right, 1 predicted as 2
+        c.add(1, 1);
+        c.add(1, 2);
+        // class 2: 1 sample, right
+        c.add(2, 2);
+        let s = c.scores();
+        assert!((s.accuracy - 4.0 / 6.0).abs() < 1e-15);
+        assert_eq!(s.micro_f1, s.accuracy);
+        // F1_0 = 2*2/(3+2) = 0.8; F1_1 = 2*1/(2+2) = 0.5; F1_2 = 2*1/(1+2) = 2/3.
+        let expected = (0.8 + 0.5 + 2.0 / 3.0) / 3.0;
+        assert!((s.macro_f1 - expected).abs() < 1e-15, "{}", s.macro_f1);
+    }
+
+    #[test]
+    fn absent_class_is_left_out_of_macro() {
+        let mut c = Confusion::new(3);
+        c.add(0, 0);
+        c.add(1, 1);
+        assert_eq!(c.per_class_f1()[2], None);
+        assert_eq!(c.scores().macro_f1, 1.0);
+    }
+
+    #[test]
+    fn mean_std_sample() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(m, 2.5);
+        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
+    }
+}
