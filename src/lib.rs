@@ -21,4 +21,5 @@ pub mod engine;
 pub mod features;
 pub mod model;
 pub mod rng;
-pub mod train;
+// Re-attached once audio, features, model and cpu land (the loop builds on all four).
+// pub mod train;

@@ -114,7 +114,7 @@ impl Stream {
     pub fn normal(&self, n: u64) -> f32 {
         let w = philox_words(self.seed, self.purpose, self.step, n / 2);
         let (z0, z1) = box_muller(w[0], w[1]);
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             z0
         } else {
             z1

@@ -17,7 +17,10 @@ pub fn load_audio(path: &Path, target_rate: Option<u32>) -> Result<Audio> {
         hound::WavReader::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let spec = reader.spec();
     if spec.sample_format != hound::SampleFormat::Int || spec.bits_per_sample != 16 {
-        bail!("{}: only 16-bit PCM WAV is supported so far", path.display());
+        bail!(
+            "{}: only 16-bit PCM WAV is supported so far",
+            path.display()
+        );
     }
     let ch = spec.channels as usize;
     let raw: Vec<i16> = reader

@@ -69,13 +69,19 @@ pub fn add_noise(
     step: u32,
     c: usize,
 ) -> Option<f32> {
-    assert!((samples.len() as u64) < NOISE_CLIP_STRIDE, "clip too long for noise indexing");
+    assert!(
+        (samples.len() as u64) < NOISE_CLIP_STRIDE,
+        "clip too long for noise indexing"
+    );
     let s = Stream::new(seed, Purpose::Noise, step);
     if s.uniform(2 * c as u64) >= cfg.noise_prob {
         return None;
     }
     let snr = cfg.snr_min_db + (cfg.snr_max_db - cfg.snr_min_db) * s.uniform(2 * c as u64 + 1);
-    let power = samples.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
+    let power = samples
+        .iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
         / samples.len().max(1) as f64;
     if power <= 0.0 {
         return None;
@@ -112,7 +118,10 @@ pub fn spec_augment_masks(
         let start = s.below(k + 1, (extent - width + 1) as u32) as usize;
         Mask { start, width }
     };
-    assert!(cfg.freq_masks + cfg.time_masks <= 8, "at most 8 masks per clip");
+    assert!(
+        cfg.freq_masks + cfg.time_masks <= 8,
+        "at most 8 masks per clip"
+    );
     let freq = (0..cfg.freq_masks)
         .map(|m| draw(m, cfg.freq_mask_max, n_mels))
         .collect();
