@@ -43,7 +43,7 @@ pub trait Backend {
     fn train_step(&mut self, batch: &Batch, step: u32, lr: f64) -> Result<StepStats>;
     /// Logits (batch, classes) row-major in evaluation mode.
     fn eval_logits(&mut self, batch: &Batch) -> Result<Vec<f32>>;
-    /// Mean loss (plain cross-entropy, no smoothing or weights) for evaluation.
+    /// Number of output classes.
     fn classes(&self) -> usize;
     fn state(&self) -> TrainState;
     fn set_state(&mut self, state: &TrainState) -> Result<()>;
