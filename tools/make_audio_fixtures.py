@@ -26,16 +26,31 @@ def signal(rate, seconds, channels, seed):
     return np.clip(np.stack(chans, axis=1), -0.99, 0.99)
 
 
+def quantize(x, bits):
+    """Integer samples held in int16 (16-bit) or left-aligned in int32 (24-bit), so that every
+    file of a pair stores the very same integers (libsndfile's float->int paths differ by
+    format, by one LSB)."""
+    q = np.round(x * 2 ** (bits - 1)).clip(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return q.astype(np.int16) if bits == 16 else (q.astype(np.int32) << (32 - bits))
+
+
+def write_pair(stem, x, rate, bits):
+    q = quantize(x, bits)
+    for ext in ("flac", "wav"):
+        path = os.path.join(OUT, f"{stem}.{ext}")
+        sf.write(path, q, rate, subtype=f"PCM_{bits}")
+        back, _ = sf.read(path, dtype=q.dtype)
+        assert np.array_equal(back.reshape(q.shape), q), path
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     # 16-bit mono 16 kHz (KSUEmotions' format), 0.25 s.
     x = signal(16000, 0.25, 1, 1)
-    sf.write(os.path.join(OUT, "tone16k_mono16.flac"), x, 16000, subtype="PCM_16")
-    sf.write(os.path.join(OUT, "tone16k_mono16.wav"), x, 16000, subtype="PCM_16")
+    write_pair("tone16k_mono16", x, 16000, 16)
     # 24-bit stereo 22.05 kHz, 0.1 s.
     x = signal(22050, 0.1, 2, 2)
-    sf.write(os.path.join(OUT, "tone22k_stereo24.flac"), x, 22050, subtype="PCM_24")
-    sf.write(os.path.join(OUT, "tone22k_stereo24.wav"), x, 22050, subtype="PCM_24")
+    write_pair("tone22k_stereo24", x, 22050, 24)
     # Lossy: Ogg/Vorbis and MP3, mono 16 kHz, 0.5 s, with the source as a float WAV.
     x = signal(16000, 0.5, 1, 3)
     sf.write(os.path.join(OUT, "tone16k_lossy_src.wav"), x, 16000, subtype="FLOAT")

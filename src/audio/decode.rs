@@ -251,7 +251,12 @@ fn sym_open(path: &Path) -> Result<SymOpen> {
         .format(
             &hint,
             mss,
-            &FormatOptions::default(),
+            // Gapless: drop encoder delay and padding (MP3 LAME headers, Vorbis granules), so
+            // a clip's length is the length that was encoded.
+            &FormatOptions {
+                enable_gapless: true,
+                ..Default::default()
+            },
             &MetadataOptions::default(),
         )
         .map_err(|e| {
