@@ -318,7 +318,12 @@ fn detect(root: &Path, rels: &[PathBuf]) -> Result<CorpusFormat> {
     let n = rels.len();
     let mut scores: Vec<(CorpusFormat, usize)> = NAMED
         .iter()
-        .map(|&f| (f, rels.iter().filter(|r| parse_named(f, r).is_some()).count()))
+        .map(|&f| {
+            (
+                f,
+                rels.iter().filter(|r| parse_named(f, r).is_some()).count(),
+            )
+        })
         .filter(|&(_, k)| k as f64 >= AUTO_SHARE * n as f64)
         .collect();
     scores.sort_by_key(|&(_, k)| std::cmp::Reverse(k));
@@ -348,7 +353,9 @@ type Parsed = std::result::Result<(String, Option<String>), String>;
 
 fn parse_folders(rel: &Path) -> Parsed {
     let mut comps = rel.components();
-    let first = comps.next().map(|c| c.as_os_str().to_string_lossy().to_string());
+    let first = comps
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().to_string());
     match (first, comps.next()) {
         (Some(class), Some(_)) => Ok((class, None)),
         _ => Err("not inside a class folder (class folders go directly under the root)".into()),
@@ -392,17 +399,13 @@ fn parent_name(rel: &Path) -> Option<String> {
 
 macro_rules! re {
     ($name:ident, $pat:expr) => {
-        static $name: LazyLock<Regex> =
-            LazyLock::new(|| Regex::new($pat).expect("constant regex"));
+        static $name: LazyLock<Regex> = LazyLock::new(|| Regex::new($pat).expect("constant regex"));
     };
 }
 
 re!(KSU, r"^D\d{2}E0([0-5])(P\d{3})S\d{2}T\d{2}$");
 re!(EYASE, r"^(?:fm|ml)\d{2}_(ang|hap|neu|sad) ?\(\d+\)$");
-re!(
-    RAVDESS,
-    r"^\d{2}-\d{2}-(0[1-8])-\d{2}-\d{2}-\d{2}-(\d{2})$"
-);
+re!(RAVDESS, r"^\d{2}-\d{2}-(0[1-8])-\d{2}-\d{2}-\d{2}-(\d{2})$");
 re!(
     CREMAD,
     r"^(\d{4})_[A-Z]{3}_(ANG|DIS|FEA|HAP|NEU|SAD)_[A-Z]{2}$"
@@ -455,10 +458,7 @@ pub fn parse_named(format: CorpusFormat, rel: &Path) -> Option<(String, Option<S
         }
         CorpusFormat::Cremad => {
             let c = CREMAD.captures(s)?;
-            owned(
-                short_emotion(&c[2].to_lowercase())?,
-                Some(c[1].to_string()),
-            )
+            owned(short_emotion(&c[2].to_lowercase())?, Some(c[1].to_string()))
         }
         CorpusFormat::Emodb => {
             let c = EMODB.captures(s)?;

@@ -67,7 +67,10 @@ pub fn corpus_summary(c: &Corpus) -> String {
         out.push('\n');
     };
     line(format!("corpus: {}", c.root.display()));
-    line(format!("format: {}", format!("{:?}", c.format).to_lowercase()));
+    line(format!(
+        "format: {}",
+        format!("{:?}", c.format).to_lowercase()
+    ));
     line(format!("clips: {}", c.clips.len()));
     line(format!("duration: {}", hms(c.total_duration_s())));
     let mut rates: BTreeMap<u32, usize> = BTreeMap::new();
@@ -90,7 +93,11 @@ pub fn corpus_summary(c: &Corpus) -> String {
     if speakers.is_empty() {
         line("speakers: unknown (the layout does not name them)".to_string());
     } else {
-        line(format!("speakers: {} ({})", speakers.len(), speakers.join(", ")));
+        line(format!(
+            "speakers: {} ({})",
+            speakers.len(),
+            speakers.join(", ")
+        ));
     }
     line(format!("unreadable: {}", c.unreadable.len()));
     for (p, why) in &c.unreadable {
