@@ -6,4 +6,4 @@ pub mod decode;
 pub mod resample;
 pub mod synth;
 
-pub use decode::{load_audio, Audio};
+pub use decode::{load_audio, probe_audio, Audio, AudioInfo};

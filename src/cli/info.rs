@@ -1,10 +1,120 @@
-//! `ser-engine info`.
+//! `ser-engine info`: the build (version, CPU threads), or with `--data` a corpus summary:
+//! layout, clip count, duration, sample rates, classes, speakers and unreadable files.
 
+use crate::audio::corpus::{load_corpus, Corpus, CorpusFormat, CorpusOptions};
 use clap::Args;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
-pub struct InfoArgs {}
+pub struct InfoArgs {
+    /// Corpus folder (or CSV manifest) to summarise.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Corpus layout.
+    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
+    pub format: CorpusFormat,
+    /// Regex with named groups `label` (and optionally `speaker`) over paths relative to --data.
+    #[arg(long)]
+    pub label_regex: Option<String>,
+}
 
-pub fn run(_args: &InfoArgs, _global: &super::Global) -> anyhow::Result<()> {
-    anyhow::bail!("'info' is being written")
+pub fn run(args: &InfoArgs, _global: &super::Global) -> anyhow::Result<()> {
+    match &args.data {
+        None => {
+            println!("{}", build_summary());
+            Ok(())
+        }
+        Some(data) => {
+            let corpus = load_corpus(
+                data,
+                &CorpusOptions {
+                    format: args.format,
+                    label_regex: args.label_regex.clone(),
+                },
+            )?;
+            print!("{}", corpus_summary(&corpus));
+            Ok(())
+        }
+    }
+}
+
+/// Crate version and the CPU threads rayon uses.
+pub fn build_summary() -> String {
+    format!(
+        "ser-engine {} ({} build)\ncpu threads: {}",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        rayon::current_num_threads()
+    )
+}
+
+/// Seconds as h:mm:ss (rounded to the nearest second).
+pub fn hms(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// The multi-line corpus summary `info --data` prints.
+pub fn corpus_summary(c: &Corpus) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!("corpus: {}", c.root.display()));
+    line(format!(
+        "format: {}",
+        format!("{:?}", c.format).to_lowercase()
+    ));
+    line(format!("clips: {}", c.clips.len()));
+    line(format!("duration: {}", hms(c.total_duration_s())));
+    let mut rates: BTreeMap<u32, usize> = BTreeMap::new();
+    for clip in &c.clips {
+        *rates.entry(clip.sample_rate).or_default() += 1;
+    }
+    line(format!(
+        "sample rates: {}",
+        rates
+            .iter()
+            .map(|(r, n)| format!("{r} Hz ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    line(format!("classes: {}", c.labels.len()));
+    for (label, n) in c.labels.iter().zip(c.class_counts()) {
+        line(format!("  {label}: {n}"));
+    }
+    let speakers = c.speakers();
+    if speakers.is_empty() {
+        line("speakers: unknown (the layout does not name them)".to_string());
+    } else {
+        line(format!(
+            "speakers: {} ({})",
+            speakers.len(),
+            speakers.join(", ")
+        ));
+    }
+    line(format!("unreadable: {}", c.unreadable.len()));
+    for (p, why) in &c.unreadable {
+        line(format!("  {}: {why}", p.display()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hms_formats() {
+        assert_eq!(hms(0.0), "0:00:00");
+        assert_eq!(hms(59.6), "0:01:00");
+        assert_eq!(hms(3600.0 + 62.0), "1:01:02");
+        assert_eq!(hms(1350.4), "0:22:30");
+    }
 }

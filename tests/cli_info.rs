@@ -1,0 +1,72 @@
+//! `ser-engine info` through the binary: the build line, and a corpus summary on a tiny
+//! temporary corpus.
+
+use assert_cmd::Command;
+use predicates::str::contains;
+use std::path::Path;
+
+fn wav(root: &Path, rel: &str, n: usize, rate: u32) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&p, spec).unwrap();
+    for _ in 0..n {
+        w.write_sample(0i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+#[test]
+fn info_without_data_prints_version_and_threads() {
+    Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args(["info", "--threads", "3"])
+        .assert()
+        .success()
+        .stdout(contains(format!(
+            "ser-engine {}",
+            env!("CARGO_PKG_VERSION")
+        )))
+        .stdout(contains("cpu threads: 3"));
+}
+
+#[test]
+fn info_summarises_a_corpus() {
+    let d = tempfile::tempdir().unwrap();
+    // EYASE-style: 3 clips of 1 s at 16 kHz and one 2 s clip at 8 kHz, plus a broken file.
+    wav(d.path(), "Female01/fm01_ang (1).wav", 16_000, 16_000);
+    wav(d.path(), "Female01/fm01_hap (1).wav", 16_000, 16_000);
+    wav(d.path(), "Male01/ml01_ang (2).wav", 16_000, 16_000);
+    wav(d.path(), "Male01/ml01_sad (1).wav", 16_000, 8000);
+    std::fs::write(d.path().join("Male01/ml01_neu (1).wav"), "not audio").unwrap();
+    Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args(["info", "--data"])
+        .arg(d.path())
+        .assert()
+        .success()
+        .stdout(contains("format: eyase"))
+        .stdout(contains("clips: 4"))
+        .stdout(contains("duration: 0:00:05"))
+        .stdout(contains("sample rates: 8000 Hz (1), 16000 Hz (3)"))
+        .stdout(contains("classes: 3"))
+        .stdout(contains("  anger: 2\n  happiness: 1\n  sadness: 1"))
+        .stdout(contains("speakers: 2 (Female01, Male01)"))
+        .stdout(contains("unreadable: 1"))
+        .stdout(contains("ml01_neu (1).wav: "));
+}
+
+#[test]
+fn info_with_a_missing_corpus_fails_naming_it() {
+    Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args(["info", "--data", "/nonexistent/corpus dir"])
+        .assert()
+        .failure()
+        .stderr(contains("/nonexistent/corpus dir"));
+}
