@@ -12,7 +12,10 @@ extern "C" __global__ void philox_test(unsigned* words, float* uniforms, float* 
     int i = (int)ser_global_thread();
     if (!ser_in_bounds(i, n)) return;
     SerPhilox4 w = philox_words(seed, purpose, step, (unsigned long long)i);
-    for (int j = 0; j < 4; ++j) words[4 * i + j] = w.w[j];
+    words[4 * i + 0] = w.w[0];
+    words[4 * i + 1] = w.w[1];
+    words[4 * i + 2] = w.w[2];
+    words[4 * i + 3] = w.w[3];
     uniforms[i] = philox_uniform(w.w[0]);
     normals[i] = philox_normal(seed, purpose, step, (unsigned long long)i);
 }
