@@ -484,3 +484,36 @@ pub fn device_report() -> Vec<String> {
     v.push(format!("sim: available ({})", SimDevice::new().describe()));
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_never_panics_and_reports() {
+        assert!(matches!(select(DeviceChoice::Cpu).unwrap(), Selected::Cpu));
+        assert!(matches!(
+            select(DeviceChoice::Sim).unwrap(),
+            Selected::Device(Device::Sim(_))
+        ));
+        let has_gpu = CudaDevice::new(0).is_ok();
+        match select(DeviceChoice::Auto).unwrap() {
+            Selected::Cpu => assert!(!has_gpu),
+            Selected::Device(d) => assert!(has_gpu && matches!(d, Device::Cuda(_))),
+        }
+        match select(DeviceChoice::Cuda) {
+            Ok(_) => assert!(has_gpu),
+            Err(e) => {
+                assert!(!has_gpu);
+                assert!(format!("{e:#}").contains("--device cuda"), "{e:#}");
+            }
+        }
+        let r = device_report();
+        assert!(
+            r.iter().any(|l| l.starts_with("nvcc: "))
+                && r.iter().any(|l| l.starts_with("libcuda: "))
+                && r.iter().any(|l| l.starts_with("sim: ")),
+            "{r:?}"
+        );
+    }
+}
