@@ -277,9 +277,8 @@ fn main() {
     let skip = std::env::var("SER_NO_NVCC").is_ok_and(|v| v == "1");
     let nvcc = if skip { None } else { find_nvcc(&root) };
     let mut fatbins: Vec<(String, PathBuf)> = Vec::new();
-    let status: String;
     let mut report = String::new();
-    match nvcc {
+    let status: String = match nvcc {
         None => {
             let why = if skip {
                 "SER_NO_NVCC=1 was set"
@@ -290,7 +289,7 @@ fn main() {
                 panic!("SER_KERNELS_STRICT=1 but {why}; run tools/install-cuda-compiler.sh");
             }
             println!("cargo:warning=CUDA kernels not compiled: {why}; the cuda device is unavailable (sim and cpu work). Fix: bash tools/install-cuda-compiler.sh, then rebuild");
-            status = format!("CUDA kernels were not compiled at build time: {why}. Fix: run `bash tools/install-cuda-compiler.sh` and rebuild.");
+            format!("CUDA kernels were not compiled at build time: {why}. Fix: run `bash tools/install-cuda-compiler.sh` and rebuild.")
         }
         Some(nvcc) => {
             let jobs: Vec<_> = files
@@ -351,12 +350,12 @@ fn main() {
                         .to_string()
                 })
                 .unwrap_or_default();
-            status = format!(
+            format!(
                 "CUDA kernels compiled by {} ({ver}): sm_89 + sm_90 cubins, compute_89 PTX",
                 nvcc.display()
-            );
+            )
         }
-    }
+    };
     std::fs::write(out.join("ptxas-report.txt"), &report).unwrap();
     std::fs::write(out.join("ptxas-table.txt"), ptxas_table(&report)).unwrap();
 

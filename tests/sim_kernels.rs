@@ -21,7 +21,7 @@ fn device() -> Device {
 /// A size in [lo, hi) that is not a multiple of 16, 32 or 256.
 fn odd_size(s: &Stream, k: u64, lo: u32, hi: u32) -> usize {
     let mut n = lo + s.below(k, hi - lo);
-    if n % 16 == 0 {
+    if n.is_multiple_of(16) {
         n += 1;
     }
     n as usize
@@ -120,6 +120,7 @@ fn reductions_match_cpu() {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cpu_gemm(
     ta: Transpose,
     tb: Transpose,
