@@ -2,7 +2,9 @@
 #include "shim.h"
 
 #include <sys/mman.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <atomic>
 #include <cstdio>
@@ -47,10 +49,76 @@ void stack_put(void* s) {
     g_pool.push_back(s);
 }
 
+// Context switch. On x86-64 a hand-written switch (callee-saved registers, MXCSR and the x87
+// control word: what the SysV ABI requires a callee to preserve), ~50x cheaper than
+// swapcontext, which makes a sigprocmask system call per switch. Elsewhere ucontext.
+#if defined(__x86_64__)
+extern "C" void ser_sim_ctx_switch(void** save_sp, void* new_sp);
+asm(R"(
+    .text
+    .globl ser_sim_ctx_switch
+    .type ser_sim_ctx_switch,@function
+ser_sim_ctx_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size ser_sim_ctx_switch,.-ser_sim_ctx_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+struct Ctx {
+    void* sp = nullptr;
+};
+inline void ctx_switch(Ctx& from, Ctx& to) { ser_sim_ctx_switch(&from.sp, to.sp); }
+// Lays out a fresh stack so that the first switch to it "returns" into entry() with the stack
+// aligned as after a call.
+inline void ctx_init(Ctx& c, void* stack, size_t size, void (*entry)()) {
+    uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
+    uint64_t* p = reinterpret_cast<uint64_t*>(top);
+    p[-1] = 0;                                       // fake return address of entry (never returns)
+    p[-2] = reinterpret_cast<uint64_t>(entry);       // popped by ret
+    for (int i = 3; i <= 8; ++i) p[-i] = 0;          // rbp rbx r12 r13 r14 r15
+    uint32_t* csr = reinterpret_cast<uint32_t*>(&p[-9]);
+    csr[0] = 0x1F80;                                 // MXCSR default
+    csr[1] = 0x037F;                                 // x87 control word default
+    c.sp = &p[-9];
+}
+#else
+struct Ctx {
+    ucontext_t uc;
+};
+inline void ctx_switch(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
+inline void ctx_init(Ctx& c, void* stack, size_t size, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
 enum State { RUNNABLE, AT_BARRIER, AT_WARP, DONE, FAILED };
 
 struct Fiber {
-    ucontext_t ctx;
+    Ctx ctx;
     void* stack = nullptr;
     State state = RUNNABLE;
     uint3 idx{0, 0, 0};
@@ -65,7 +133,7 @@ struct Fiber {
 
 struct Block {
     std::vector<Fiber> fibers;
-    ucontext_t sched;
+    Ctx sched;
     int current = -1;
     Trampoline tramp = nullptr;
     void** args = nullptr;
@@ -79,13 +147,14 @@ void fiber_entry() {
     b->tramp(b->args);
     b = t_block;
     b->fibers[b->current].state = DONE;
-    // returning resumes uc_link (the scheduler)
+    ctx_switch(b->fibers[b->current].ctx, b->sched);  // never resumed
+    std::abort();
 }
 
 void yield_to_scheduler() {
     Block* b = t_block;
     Fiber& f = b->fibers[b->current];
-    swapcontext(&f.ctx, &b->sched);
+    ctx_switch(f.ctx, b->sched);
 }
 
 unsigned long long splitmix(unsigned long long& s) {
@@ -199,11 +268,7 @@ std::string run_block(Trampoline tramp, void** args, dim3 grid, dim3 block, uint
         f.idx = uint3{(unsigned)(i % block.x), (unsigned)((i / block.x) % block.y), (unsigned)(i / (block.x * block.y))};
         f.stack = stack_get();
         if (!f.stack) { err = "out of memory for fiber stacks"; break; }
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack;
-        f.ctx.uc_stack.ss_size = kStack;
-        f.ctx.uc_link = &b.sched;
-        makecontext(&f.ctx, fiber_entry, 0);
+        ctx_init(f.ctx, f.stack, kStack, fiber_entry);
     }
     unsigned long long rng = opt.seed ^ (0x632BE59BD9B4E019ull * (1 + bidx.x + 65536ull * (bidx.y + 65536ull * bidx.z)));
     std::vector<int> order(n);
@@ -218,7 +283,7 @@ std::string run_block(Trampoline tramp, void** args, dim3 grid, dim3 block, uint
         for (int i : order) {
             b.current = i;
             t_threadIdx = b.fibers[i].idx;
-            swapcontext(&b.sched, &b.fibers[i].ctx);
+            ctx_switch(b.sched, b.fibers[i].ctx);
             if (b.fibers[i].state == FAILED) { err = b.error; break; }
         }
         if (!err.empty()) break;
