@@ -289,7 +289,12 @@ fn main() {
                 panic!("SER_KERNELS_STRICT=1 but {why}; run tools/install-cuda-compiler.sh");
             }
             println!("cargo:warning=CUDA kernels not compiled: {why}; the cuda device is unavailable (sim and cpu work). Fix: bash tools/install-cuda-compiler.sh, then rebuild");
-            format!("CUDA kernels were not compiled at build time: {why}. Fix: run `bash tools/install-cuda-compiler.sh` and rebuild.")
+            let fix = if skip {
+                "unset SER_NO_NVCC"
+            } else {
+                "run `bash tools/install-cuda-compiler.sh`"
+            };
+            format!("CUDA kernels were not compiled at build time: {why}. Fix: {fix} and rebuild.")
         }
         Some(nvcc) => {
             let jobs: Vec<_> = files

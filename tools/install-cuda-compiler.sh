@@ -22,7 +22,7 @@ fi
 echo "installing CUDA compiler wheels $VER into $DEST" >&2
 rm -rf "$DEST"
 mkdir -p "$PYPKG"
-"$PY" -m pip install --quiet --no-deps --disable-pip-version-check --target "$PYPKG" \
+"$PY" -m pip install --quiet --no-deps --disable-pip-version-check --root-user-action=ignore --target "$PYPKG" \
     "nvidia-cuda-nvcc==$VER" "nvidia-nvvm==$VER" "nvidia-cuda-runtime==$VER" \
     "nvidia-cuda-crt==$VER" >&2
 
@@ -70,4 +70,7 @@ printf 'extern "C" __global__ void k(float* x){ x[threadIdx.x] *= 2.0f; }\n' > "
 "$DEST/bin/nvcc" -cubin -arch=sm_89 "$T/k.cu" -o "$T/k89.cubin" >&2
 "$DEST/bin/nvcc" -cubin -arch=sm_90 "$T/k.cu" -o "$T/k90.cubin" >&2
 touch "$STAMP"
+# build.rs reruns when kernels/ changes; touching the folder makes the next cargo build pick up
+# the newly installed nvcc.
+touch "$ROOT/kernels"
 echo "$DEST/bin/nvcc"

@@ -508,7 +508,19 @@ mod tests {
                 assert!(format!("{e:#}").contains("--device cuda"), "{e:#}");
             }
         }
+        if !kernels::KERNELS_COMPILED {
+            let e = CudaDevice::new(0)
+                .err()
+                .expect("no kernels, no cuda device");
+            assert!(
+                format!("{e:#}").contains("tools/install-cuda-compiler.sh"),
+                "{e:#}"
+            );
+        }
         let r = device_report();
+        for l in &r {
+            eprintln!("{l}");
+        }
         assert!(
             r.iter().any(|l| l.starts_with("nvcc: "))
                 && r.iter().any(|l| l.starts_with("libcuda: "))
