@@ -89,11 +89,24 @@ struct KernelEntry {
 #define gridDim (::ser_sim::t_gridDim)
 static constexpr int warpSize = 32;
 
-inline void __syncthreads() { ser_sim::sync_block(0); }
-inline int __syncthreads_count(int p) { return ser_sim::sync_block(p != 0 ? 1 : 0); }
-inline int __syncthreads_and(int p) { return ser_sim::sync_block(p != 0 ? 1 : 0) == (int)(blockDim.x * blockDim.y * blockDim.z); }
-inline int __syncthreads_or(int p) { return ser_sim::sync_block(p != 0 ? 1 : 0) != 0; }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { ser_sim::warp_op(ser_sim::WARP_SYNC, mask, 0, 0, 32); }
+// The switching functions live in shim.cpp (opaque calls), so the compiler cannot keep shared
+// memory in registers across them; the empty asm with a memory clobber says so explicitly.
+#define SER_SIM_CLOBBER() asm volatile("" ::: "memory")
+inline void __syncthreads() {
+    ser_sim::sync_block(0);
+    SER_SIM_CLOBBER();
+}
+inline int __syncthreads_count(int p) {
+    int r = ser_sim::sync_block(p != 0 ? 1 : 0);
+    SER_SIM_CLOBBER();
+    return r;
+}
+inline int __syncthreads_and(int p) { return __syncthreads_count(p) == (int)(blockDim.x * blockDim.y * blockDim.z); }
+inline int __syncthreads_or(int p) { return __syncthreads_count(p) != 0; }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    ser_sim::warp_op(ser_sim::WARP_SYNC, mask, 0, 0, 32);
+    SER_SIM_CLOBBER();
+}
 template <typename T> inline T __shfl_sync(unsigned m, T v, int src, int w = 32) {
     return ser_sim::from_bits<T>(ser_sim::warp_op(ser_sim::WARP_SHFL, m, ser_sim::to_bits(v), src, w));
 }

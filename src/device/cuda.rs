@@ -157,10 +157,17 @@ impl CudaDevice {
             .map_err(|e| anyhow!("cuda: copy of {} elements to the device: {e}", src.len()))
     }
 
-    pub(crate) fn dtoh<T: Elem>(&self, src: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.stream
-            .clone_dtoh(src)
-            .map_err(|e| anyhow!("cuda: copy to the host: {e}"))
+    pub(crate) fn dtoh<T: Elem>(&self, src: &CudaSlice<T>, len: usize) -> Result<Vec<T>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let v = self
+            .stream
+            .clone_dtoh(&src.slice(..len))
+            .map_err(|e| anyhow!("cuda: copy of {len} elements to the host: {e}"))?;
+        // pageable copies complete before returning, but make the guarantee explicit
+        self.synchronize()?;
+        Ok(v)
     }
 
     pub(crate) fn memset_zero<T: Elem>(&self, dst: &mut CudaSlice<T>) -> Result<()> {

@@ -343,7 +343,7 @@ impl Device {
     pub fn dtoh<T: Elem>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>> {
         match (self, &src.mem) {
             (Device::Sim(_), Mem::Sim(m)) => Ok(m.as_slice::<T>(src.len).to_vec()),
-            (Device::Cuda(c), Mem::Cuda(s)) => c.dtoh(s),
+            (Device::Cuda(c), Mem::Cuda(s)) => c.dtoh(s, src.len),
             _ => bail!("buffer belongs to another device"),
         }
     }
