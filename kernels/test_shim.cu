@@ -96,3 +96,10 @@ extern "C" __global__ void shim_assert(const float* x, int n) {
     if (!ser_in_bounds(i, n)) return;
     SER_ASSERT(x[i] >= 0.0f);
 }
+
+// Writes one element past its declared extent (thread 0 only): the sim must report it.
+// Launch: grid 1, block 32.
+// extent: x n
+extern "C" __global__ void shim_oob_write(float* x, int n) {
+    if (threadIdx.x == 0) x[n] = 1.0f;
+}

@@ -221,3 +221,33 @@ fn concurrent_launches_from_many_threads() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn out_of_bounds_write_is_reported() {
+    let dev = sim(true, 0);
+    let x = dev.alloc_zeros::<f32>(37).unwrap();
+    let e = dev
+        .launch(
+            "shim_oob_write",
+            1u32,
+            32u32,
+            0,
+            &[(&x).into(), 37i32.into()],
+        )
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("shim_oob_write") && msg.contains("past the end of buffer 'x'"),
+        "{msg}"
+    );
+    // within bounds (n = 36 writes x[36]) is fine
+    dev.launch(
+        "shim_oob_write",
+        1u32,
+        32u32,
+        0,
+        &[(&x).into(), 36i32.into()],
+    )
+    .unwrap();
+    assert_eq!(dev.dtoh(&x).unwrap()[36], 1.0);
+}

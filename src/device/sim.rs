@@ -161,6 +161,22 @@ impl SimDevice {
                 .into_owned();
             bail!("sim launch failed: {msg}");
         }
+        let sig = &super::kernels::KERNELS[idx];
+        for (a, p) in args.iter().zip(sig.params) {
+            let intact = match a {
+                KernelArg::F32Buf(b) => guard_ok(b),
+                KernelArg::I32Buf(b) => guard_ok(b),
+                KernelArg::U32Buf(b) => guard_ok(b),
+                _ => true,
+            };
+            if !intact {
+                bail!(
+                    "sim: kernel '{}' wrote past the end of buffer '{}' (its canary changed)",
+                    sig.name,
+                    p.name
+                );
+            }
+        }
         Ok(())
     }
 
@@ -180,6 +196,13 @@ impl SimDevice {
     }
 }
 
+fn guard_ok<T: Elem>(b: &DeviceBuffer<T>) -> bool {
+    match &b.mem {
+        Mem::Sim(m) => m.guard_intact(),
+        Mem::Cuda(_) => true,
+    }
+}
+
 fn host_ptr<T: Elem>(b: &DeviceBuffer<T>) -> Result<*mut u8> {
     match &b.mem {
         Mem::Sim(m) => Ok(m.ptr.as_ptr()),
@@ -187,11 +210,17 @@ fn host_ptr<T: Elem>(b: &DeviceBuffer<T>) -> Result<*mut u8> {
     }
 }
 
+/// Bytes of canary after every sim buffer; a launch that changed them wrote past the end.
+const GUARD: usize = 256;
+const CANARY: u8 = 0xA5;
+
 /// Host memory standing in for device memory: 256-byte aligned (as cudaMalloc), zeroed, and
 /// only ever accessed through its raw pointer, so kernels may write it while Rust holds `&`.
+/// A canary region follows the data so out-of-bounds writes are caught after each launch.
 pub(crate) struct HostMem {
     ptr: NonNull<u8>,
     layout: Layout,
+    bytes: usize,
 }
 // SAFETY: plain memory owned by this value; accesses are synchronised by the launch API.
 unsafe impl Send for HostMem {}
@@ -199,13 +228,27 @@ unsafe impl Sync for HostMem {}
 
 impl HostMem {
     fn zeroed(bytes: usize) -> Result<Self> {
-        let layout = Layout::from_size_align(bytes.max(4), 256)?;
+        let layout = Layout::from_size_align(bytes + GUARD, 256)?;
         // SAFETY: non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        match NonNull::new(p) {
-            Some(ptr) => Ok(HostMem { ptr, layout }),
-            None => bail!("sim: out of host memory allocating {bytes} bytes"),
+        let Some(ptr) = NonNull::new(p) else {
+            bail!("sim: out of host memory allocating {bytes} bytes");
+        };
+        // SAFETY: the guard lies inside the allocation.
+        unsafe { std::ptr::write_bytes(p.add(bytes), CANARY, GUARD) };
+        Ok(HostMem { ptr, layout, bytes })
+    }
+    /// Whether the canary after the data was intact; a broken one is restored (the error is
+    /// reported once, and the buffer stays usable).
+    fn guard_intact(&self) -> bool {
+        // SAFETY: inside the allocation, initialised; no launch is running (launches are
+        // synchronous) and the guard is never exposed as a Rust reference elsewhere.
+        let g = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(self.bytes), GUARD) };
+        let ok = g.iter().all(|&b| b == CANARY);
+        if !ok {
+            g.fill(CANARY);
         }
+        ok
     }
     pub(crate) fn as_slice<T: Elem>(&self, len: usize) -> &[T] {
         debug_assert!(len * std::mem::size_of::<T>() <= self.layout.size());
