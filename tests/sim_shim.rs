@@ -251,3 +251,27 @@ fn out_of_bounds_write_is_reported() {
     .unwrap();
     assert_eq!(dev.dtoh(&x).unwrap()[36], 1.0);
 }
+
+#[test]
+fn full_mask_on_a_partial_warp_is_an_error() {
+    // 48 threads: the second warp has 16 lanes, so a 0xffffffff mask names lanes that do not
+    // exist (undefined behaviour on a GPU) and must be reported, not hang.
+    let dev = sim(true, 0);
+    let n = 48usize;
+    let x = dev.htod(&vec![1i32; n]).unwrap();
+    let out = dev.alloc_zeros::<i32>(8 * n).unwrap();
+    let e = dev
+        .launch(
+            "shim_warp_ops",
+            1u32,
+            n as u32,
+            0,
+            &[(&out).into(), (&x).into(), (n as i32).into()],
+        )
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("shim_warp_ops") && msg.contains("does not exist"),
+        "{msg}"
+    );
+}
