@@ -1,3 +1,410 @@
+//! Builds the kernels in kernels/*.cu twice:
+//! - for the `sim` device, ALWAYS: g++ (cc crate, C++17) against the host shim kernels/sim/,
+//!   into a static library linked into the crate, plus a generated registry that maps each
+//!   kernel name to a trampoline taking cuLaunchKernel's `void** args`;
+//! - for the `cuda` device, when nvcc is found (NVCC, CUDA_PATH/CUDA_HOME, PATH, then the
+//!   project-local .tools/cuda from tools/install-cuda-compiler.sh): one fatbin per file with
+//!   sm_89 and sm_90 cubins plus compute_89 PTX (for newer GPUs, JIT by the driver), built with
+//!   -lineinfo, warnings as errors and the ptxas resource report (OUT_DIR/ptxas-report.txt and a
+//!   parsed OUT_DIR/ptxas-table.txt).
+//!
+//! It also parses every `extern "C" __global__` signature and its `// extent:` comment lines into
+//! OUT_DIR/kernels_table.rs (names, parameter types, buffer extents, embedded fatbins), which
+//! src/device/kernels.rs includes so launches are checked at run time.
+//!
+//! Environment: SER_NO_NVCC=1 skips nvcc; SER_KERNELS_STRICT=1 makes a missing nvcc an error.
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Param {
+    ty: String,
+    name: String,
+    kind: &'static str,
+}
+
+struct Kernel {
+    name: String,
+    file: String,
+    decl_params: String,
+    params: Vec<Param>,
+    extents: Vec<(String, String)>,
+}
+
+fn param_kind(ty: &str) -> Option<&'static str> {
+    let t = ty.replace("__restrict__", "").replace("const", "");
+    let t: String = t.split_whitespace().collect::<Vec<_>>().join(" ");
+    Some(match t.as_str() {
+        "float*" | "float *" => "PtrF32",
+        "int*" | "int *" => "PtrI32",
+        "unsigned*" | "unsigned *" | "unsigned int*" | "unsigned int *" => "PtrU32",
+        "int" => "I32",
+        "unsigned" | "unsigned int" => "U32",
+        "float" => "F32",
+        "unsigned long long" | "unsigned long long int" => "U64",
+        _ => return None,
+    })
+}
+
+fn parse_kernels(dir: &Path, files: &[PathBuf]) -> Vec<Kernel> {
+    let mut out = Vec::new();
+    for f in files {
+        let src =
+            std::fs::read_to_string(f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+        let lines: Vec<&str> = src.lines().collect();
+        let fname = f.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+        for (li, line) in lines.iter().enumerate() {
+            let l = line.trim_start();
+            if !l.starts_with("extern \"C\" __global__") {
+                continue;
+            }
+            let open = l.find('(').unwrap_or_else(|| {
+                panic!("{fname}:{}: kernel declaration must be on one line", li + 1)
+            });
+            let close = l.rfind(')').unwrap_or_else(|| {
+                panic!("{fname}:{}: kernel declaration must be on one line", li + 1)
+            });
+            let head: Vec<&str> = l[..open].split_whitespace().collect();
+            assert!(
+                head.contains(&"void"),
+                "{fname}:{}: kernels return void",
+                li + 1
+            );
+            let name = head.last().unwrap().to_string();
+            let decl_params = l[open + 1..close].to_string();
+            let mut params = Vec::new();
+            for p in decl_params
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                let split = p
+                    .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or_else(|| panic!("{fname}:{}: unnamed parameter '{p}'", li + 1));
+                let (ty, pname) = (p[..=split].trim().to_string(), p[split + 1..].to_string());
+                let kind = param_kind(&ty).unwrap_or_else(|| {
+                    panic!(
+                        "{fname}:{}: kernel {name}: unsupported parameter type '{ty}'",
+                        li + 1
+                    )
+                });
+                params.push(Param {
+                    ty,
+                    name: pname,
+                    kind,
+                });
+            }
+            let mut extents = Vec::new();
+            let mut j = li;
+            while j > 0 && lines[j - 1].trim_start().starts_with("//") {
+                j -= 1;
+                let c = lines[j].trim_start().trim_start_matches('/').trim();
+                if let Some(rest) = c.strip_prefix("extent:") {
+                    let rest = rest.trim();
+                    let (p, e) = rest
+                        .split_once(char::is_whitespace)
+                        .unwrap_or_else(|| panic!("{fname}:{}: 'extent: NAME EXPR'", j + 1));
+                    extents.push((p.to_string(), e.trim().to_string()));
+                }
+            }
+            extents.reverse();
+            for p in params.iter().filter(|p| p.kind.starts_with("Ptr")) {
+                assert!(extents.iter().any(|(n, _)| *n == p.name), "{fname}: kernel {name}: pointer parameter '{}' has no '// extent: {} EXPR' line above the kernel", p.name, p.name);
+            }
+            for (n, _) in &extents {
+                assert!(
+                    params
+                        .iter()
+                        .any(|p| &p.name == n && p.kind.starts_with("Ptr")),
+                    "{fname}: kernel {name}: extent for '{n}', which is not a pointer parameter"
+                );
+            }
+            out.push(Kernel {
+                name,
+                file: fname.clone(),
+                decl_params,
+                params,
+                extents,
+            });
+        }
+    }
+    let mut names: Vec<&str> = out.iter().map(|k| k.name.as_str()).collect();
+    names.sort();
+    for w in names.windows(2) {
+        assert!(w[0] != w[1], "kernel name '{}' defined twice", w[0]);
+    }
+    out
+}
+
+fn find_nvcc(root: &Path) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    for var in ["CUDA_PATH", "CUDA_HOME"] {
+        if let Ok(d) = std::env::var(var) {
+            let p = Path::new(&d).join("bin/nvcc");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let p = d.join("nvcc");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let p = root.join(".tools/cuda/bin/nvcc");
+    p.is_file().then_some(p)
+}
+
+/// One row per (kernel, arch) from `ptxas -v` output.
+fn ptxas_table(report: &str) -> String {
+    let mut rows = String::from(
+        "kernel                  arch    regs  smem_B  stack_B  spill_st_B  spill_ld_B\n",
+    );
+    let (mut name, mut arch) = (String::new(), String::new());
+    let (mut stack, mut sst, mut sld) = (0u64, 0u64, 0u64);
+    let num_before = |s: &str, key: &str| -> u64 {
+        s.find(key)
+            .and_then(|i| {
+                s[..i]
+                    .split_whitespace()
+                    .last()
+                    .and_then(|w| w.trim_matches(',').parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    for line in report.lines() {
+        if let Some(i) = line.find("Compiling entry function '") {
+            let rest = &line[i + 26..];
+            name = rest.split('\'').next().unwrap_or("").to_string();
+            arch = rest
+                .split("for '")
+                .nth(1)
+                .and_then(|s| s.split('\'').next())
+                .unwrap_or("")
+                .to_string();
+        } else if line.contains("bytes stack frame") {
+            stack = num_before(line, "bytes stack frame");
+            sst = num_before(line, "bytes spill stores");
+            sld = num_before(line, "bytes spill loads");
+        } else if line.contains("Used") && line.contains("registers") && !name.is_empty() {
+            let regs = num_before(line, "registers");
+            let smem = num_before(line, "bytes smem");
+            let _ = writeln!(
+                rows,
+                "{name:<23} {arch:<7} {regs:>4}  {smem:>6}  {stack:>7}  {sst:>10}  {sld:>10}"
+            );
+            name.clear();
+        }
+    }
+    rows
+}
+
 fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let kdir = root.join("kernels");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=kernels");
+    for v in [
+        "NVCC",
+        "CUDA_PATH",
+        "CUDA_HOME",
+        "SER_NO_NVCC",
+        "SER_KERNELS_STRICT",
+    ] {
+        println!("cargo:rerun-if-env-changed={v}");
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&kdir)
+        .expect("kernels/ directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    files.sort();
+    let kernels = parse_kernels(&kdir, &files);
+
+    // --- sim: host build of the same sources -------------------------------------------------
+    let mut reg = String::from(
+        "// generated by build.rs: kernel name -> trampoline\n#include \"common.cuh\"\n",
+    );
+    for k in &kernels {
+        let _ = writeln!(reg, "extern \"C\" void {}({});", k.name, k.decl_params);
+    }
+    reg.push_str("extern \"C\" const ser_sim::KernelEntry ser_sim_kernels[] = {\n");
+    for k in &kernels {
+        let _ = writeln!(
+            reg,
+            "    {{\"{0}\", [](void** a) {{ ser_sim::invoke(&{0}, a); }}}},",
+            k.name
+        );
+    }
+    if kernels.is_empty() {
+        reg.push_str("    {nullptr, nullptr},\n");
+    }
+    let _ = writeln!(
+        reg,
+        "}};\nextern \"C\" const int ser_sim_kernel_count = {};",
+        kernels.len()
+    );
+    let reg_path = out.join("sim_registry.cpp");
+    std::fs::write(&reg_path, reg).unwrap();
+    let mut cc = cc::Build::new();
+    cc.cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .include(&kdir)
+        .flag("-pthread")
+        .flag("-Wall")
+        .flag("-Wextra")
+        .flag("-Wno-unused-parameter")
+        .flag("-Wno-unknown-pragmas")
+        .warnings_into_errors(true)
+        .flag("-x")
+        .flag("c++");
+    for f in &files {
+        cc.file(f);
+    }
+    cc.file(kdir.join("sim/shim.cpp")).file(&reg_path);
+    cc.compile("ser_sim_kernels");
+    println!("cargo:rustc-link-lib=pthread");
+
+    // --- cuda: nvcc -------------------------------------------------------------------------
+    let strict = std::env::var("SER_KERNELS_STRICT").is_ok_and(|v| v == "1");
+    let skip = std::env::var("SER_NO_NVCC").is_ok_and(|v| v == "1");
+    let nvcc = if skip { None } else { find_nvcc(&root) };
+    let mut fatbins: Vec<(String, PathBuf)> = Vec::new();
+    let mut report = String::new();
+    let status: String = match nvcc {
+        None => {
+            let why = if skip {
+                "SER_NO_NVCC=1 was set"
+            } else {
+                "nvcc was not found (NVCC, CUDA_PATH, CUDA_HOME, PATH, .tools/cuda)"
+            };
+            if strict {
+                panic!("SER_KERNELS_STRICT=1 but {why}; run tools/install-cuda-compiler.sh");
+            }
+            println!("cargo:warning=CUDA kernels not compiled: {why}; the cuda device is unavailable (sim and cpu work). Fix: bash tools/install-cuda-compiler.sh, then rebuild");
+            let fix = if skip {
+                "unset SER_NO_NVCC"
+            } else {
+                "run `bash tools/install-cuda-compiler.sh`"
+            };
+            format!("CUDA kernels were not compiled at build time: {why}. Fix: {fix} and rebuild.")
+        }
+        Some(nvcc) => {
+            let jobs: Vec<_> = files
+                .iter()
+                .map(|f| {
+                    let stem = f.file_stem().unwrap().to_string_lossy().to_string();
+                    let dst = out.join(format!("{stem}.fatbin"));
+                    let mut cmd = Command::new(&nvcc);
+                    cmd.args([
+                        "-fatbin",
+                        "-std=c++17",
+                        "-lineinfo",
+                        "-Werror",
+                        "all-warnings",
+                        "-Xptxas",
+                        "-v",
+                    ])
+                    .args([
+                        "-gencode",
+                        "arch=compute_89,code=[compute_89,sm_89]",
+                        "-gencode",
+                        "arch=compute_90,code=sm_90",
+                    ])
+                    .arg("-I")
+                    .arg(&kdir)
+                    .arg("-o")
+                    .arg(&dst)
+                    .arg(f);
+                    let fname = f.file_name().unwrap().to_string_lossy().to_string();
+                    (fname, dst, std::thread::spawn(move || cmd.output()))
+                })
+                .collect();
+            for (fname, dst, h) in jobs {
+                let o = h
+                    .join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
+                let err = String::from_utf8_lossy(&o.stderr).to_string();
+                let _ = writeln!(
+                    report,
+                    "==== {fname}\n{}{err}",
+                    String::from_utf8_lossy(&o.stdout)
+                );
+                if !o.status.success() {
+                    panic!("nvcc failed on kernels/{fname} ({}):\n{err}", o.status);
+                }
+                fatbins.push((fname, dst));
+            }
+            let ver = Command::new(&nvcc)
+                .arg("--version")
+                .output()
+                .ok()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            format!(
+                "CUDA kernels compiled by {} ({ver}): sm_89 + sm_90 cubins, compute_89 PTX",
+                nvcc.display()
+            )
+        }
+    };
+    std::fs::write(out.join("ptxas-report.txt"), &report).unwrap();
+    std::fs::write(out.join("ptxas-table.txt"), ptxas_table(&report)).unwrap();
+
+    // --- generated Rust table ---------------------------------------------------------------
+    let mut rs = String::from("// generated by build.rs from kernels/*.cu\n");
+    let _ = writeln!(
+        rs,
+        "pub const KERNELS_COMPILED: bool = {};",
+        !fatbins.is_empty()
+    );
+    let _ = writeln!(rs, "pub const NVCC_STATUS: &str = {status:?};");
+    rs.push_str("pub static KERNELS: &[KernelSig] = &[\n");
+    for k in &kernels {
+        let _ = write!(
+            rs,
+            "    KernelSig {{ name: {:?}, file: {:?}, params: &[",
+            k.name, k.file
+        );
+        for p in &k.params {
+            let _ = write!(
+                rs,
+                "Param {{ name: {:?}, ty: {:?}, kind: ParamKind::{} }}, ",
+                p.name, p.ty, p.kind
+            );
+        }
+        rs.push_str("], extents: &[");
+        for (p, e) in &k.extents {
+            let _ = write!(rs, "({p:?}, {e:?}), ");
+        }
+        rs.push_str("] },\n");
+    }
+    rs.push_str("];\npub static FATBINS: &[(&str, &[u8])] = &[\n");
+    for (f, p) in &fatbins {
+        let _ = writeln!(
+            rs,
+            "    ({f:?}, include_bytes!({:?})),",
+            p.display().to_string()
+        );
+    }
+    rs.push_str("];\n");
+    let _ = writeln!(
+        rs,
+        "pub const PTXAS_TABLE: &str = include_str!({:?});",
+        out.join("ptxas-table.txt").display().to_string()
+    );
+    std::fs::write(out.join("kernels_table.rs"), rs).unwrap();
 }

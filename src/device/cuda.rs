@@ -1,0 +1,319 @@
+//! The `cuda` device: the nvcc fatbins embedded by build.rs, loaded and launched through
+//! cudarc's driver API, with cuBLAS SGEMM when libcublas loads. cudarc loads libcuda (and
+//! cuBLAS) at run time and PANICS on first use when a library is missing, so every entry point
+//! probes `is_culib_present` first and runs cudarc calls under `catch_unwind`: a machine
+//! without a GPU gets an error (or `--device auto` falls back to cpu), never a panic.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+
+use super::{kernels, ArgPack, DeviceBuffer, Dim3, Elem, KernelArg, Mem, Transpose};
+
+/// Runs `f`, turning a cudarc panic (missing library symbol) into an error naming `what`.
+fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            bail!("{what}: the CUDA library panicked: {msg}")
+        }
+    }
+}
+
+/// Whether libcuda, libcublas and libcudnn can be loaded.
+pub fn libraries_present() -> (bool, bool, bool) {
+    // SAFETY: these only try to dlopen the libraries by name.
+    unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::cublas::sys::is_culib_present(),
+            cudarc::cudnn::sys::is_culib_present(),
+        )
+    }
+}
+
+/// An NVIDIA GPU with the project's kernels loaded.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    blas: Option<cudarc::cublas::CudaBlas>,
+    name: String,
+    cc: (i32, i32),
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` and loads every kernel. Errors name what is missing.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !kernels::KERNELS_COMPILED {
+            bail!("{}", kernels::NVCC_STATUS);
+        }
+        let (cuda, cublas, _) = libraries_present();
+        if !cuda {
+            bail!("the CUDA driver library (libcuda) is not installed or not on the loader path: no NVIDIA driver on this machine");
+        }
+        guarded("opening the GPU", || {
+            let count =
+                CudaContext::device_count().map_err(|e| anyhow!("cuDeviceGetCount failed: {e}"))?;
+            if ordinal as i32 >= count {
+                bail!("no CUDA GPU with ordinal {ordinal} (the driver reports {count})");
+            }
+            let ctx = CudaContext::new(ordinal)
+                .map_err(|e| anyhow!("creating a CUDA context on GPU {ordinal}: {e}"))?;
+            // One stream for everything: cudarc's cross-stream event tracking is not needed.
+            // SAFETY: no other stream uses these allocations.
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx.default_stream();
+            let name = ctx.name().map_err(|e| anyhow!("cuDeviceGetName: {e}"))?;
+            let cc = ctx
+                .compute_capability()
+                .map_err(|e| anyhow!("compute capability: {e}"))?;
+            let mut funcs = HashMap::new();
+            for (file, image) in kernels::FATBINS {
+                let module = ctx
+                    .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
+                    .map_err(|e| {
+                        anyhow!(
+                            "loading kernels/{file} on {name} (sm_{}{}): {e}",
+                            cc.0,
+                            cc.1
+                        )
+                    })?;
+                for k in kernels::KERNELS.iter().filter(|k| k.file == *file) {
+                    let f = module
+                        .load_function(k.name)
+                        .map_err(|e| anyhow!("kernel '{}' in kernels/{file}: {e}", k.name))?;
+                    funcs.insert(k.name, f);
+                }
+            }
+            let blas = if cublas {
+                Some(
+                    cudarc::cublas::CudaBlas::new(stream.clone())
+                        .map_err(|e| anyhow!("cublasCreate: {e}"))?,
+                )
+            } else {
+                None
+            };
+            Ok(CudaDevice {
+                ctx,
+                stream,
+                funcs,
+                blas,
+                name,
+                cc,
+            })
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        let mem = self
+            .ctx
+            .total_mem()
+            .map(|b| format!(", {:.1} GiB", b as f64 / (1u64 << 30) as f64))
+            .unwrap_or_default();
+        format!(
+            "cuda: {} (sm_{}{}{mem}), GEMM by {}",
+            self.name,
+            self.cc.0,
+            self.cc.1,
+            if self.blas.is_some() {
+                "cuBLAS"
+            } else {
+                "the sgemm kernels (cuBLAS not found)"
+            }
+        )
+    }
+
+    pub fn has_cublas(&self) -> bool {
+        self.blas.is_some()
+    }
+
+    pub(crate) fn alloc_zeros<T: Elem>(&self, n: usize) -> Result<DeviceBuffer<T>> {
+        let s = self
+            .stream
+            .alloc_zeros::<T>(n.max(1))
+            .map_err(|e| anyhow!("cuda: allocating {n} elements: {e}"))?;
+        Ok(DeviceBuffer {
+            len: n,
+            mem: Mem::Cuda(s),
+        })
+    }
+
+    pub(crate) fn copy_htod<T: Elem>(&self, src: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut view = dst.slice_mut(..src.len());
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| anyhow!("cuda: copy of {} elements to the device: {e}", src.len()))
+    }
+
+    pub(crate) fn dtoh<T: Elem>(&self, src: &CudaSlice<T>, len: usize) -> Result<Vec<T>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let v = self
+            .stream
+            .clone_dtoh(&src.slice(..len))
+            .map_err(|e| anyhow!("cuda: copy of {len} elements to the host: {e}"))?;
+        // pageable copies complete before returning, but make the guarantee explicit
+        self.synchronize()?;
+        Ok(v)
+    }
+
+    pub(crate) fn memset_zero<T: Elem>(&self, dst: &mut CudaSlice<T>) -> Result<()> {
+        self.stream
+            .memset_zeros(dst)
+            .map_err(|e| anyhow!("cuda: memset: {e}"))
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("cuda: synchronize (an earlier launch may have failed): {e}"))
+    }
+
+    fn dptr<T: Elem>(&self, b: &DeviceBuffer<T>) -> Result<u64> {
+        match &b.mem {
+            Mem::Cuda(s) => Ok(s.device_ptr(&self.stream).0),
+            Mem::Sim(_) => bail!("a sim buffer was passed to a cuda launch"),
+        }
+    }
+
+    pub(crate) fn launch_index(
+        &self,
+        idx: usize,
+        grid: Dim3,
+        block: Dim3,
+        shared: u32,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        let name = kernels::KERNELS[idx].name;
+        let f = self
+            .funcs
+            .get(name)
+            .with_context(|| format!("kernel '{name}' not loaded"))?;
+        let mut pack = ArgPack::new(args, &mut |a| match a {
+            KernelArg::F32Buf(b) => self.dptr(b),
+            KernelArg::I32Buf(b) => self.dptr(b),
+            KernelArg::U32Buf(b) => self.dptr(b),
+            _ => unreachable!("scalars are packed by ArgPack"),
+        })?;
+        // SAFETY: arguments checked against the kernel's signature and extents (check_launch).
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (grid.x, grid.y, grid.z),
+                (block.x, block.y, block.z),
+                shared,
+                self.stream.cu_stream(),
+                pack.as_mut_ptrs(),
+            )
+        }
+        .map_err(|e| {
+            anyhow!("cuLaunchKernel '{name}' grid {grid:?} block {block:?} shared {shared}: {e}")
+        })
+    }
+
+    /// Row-major GEMM through column-major cuBLAS: C^T = op(B)^T op(A)^T, i.e. swap operands.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn cublas_sgemm(
+        &self,
+        ta: Transpose,
+        tb: Transpose,
+        m: i32,
+        n: i32,
+        k: i32,
+        alpha: f32,
+        a: &DeviceBuffer<f32>,
+        b: &DeviceBuffer<f32>,
+        beta: f32,
+        c: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let blas = self.blas.as_ref().context("cuBLAS not loaded")?;
+        let (opb, ldb) = if tb == Transpose::N {
+            (CUBLAS_OP_N, n)
+        } else {
+            (CUBLAS_OP_T, k)
+        };
+        let (opa, lda) = if ta == Transpose::N {
+            (CUBLAS_OP_N, k)
+        } else {
+            (CUBLAS_OP_T, m)
+        };
+        let (pa, pb) = (self.dptr(a)?, self.dptr(b)?);
+        let pc = match &mut c.mem {
+            Mem::Cuda(s) => s.device_ptr_mut(&self.stream).0,
+            Mem::Sim(_) => bail!("a sim buffer was passed to cuBLAS"),
+        };
+        // SAFETY: sizes checked by Device::gemm; pointers are live device allocations.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *blas.handle(),
+                opb,
+                opa,
+                n,
+                m,
+                k,
+                &alpha,
+                pb as *const f32,
+                ldb,
+                pa as *const f32,
+                lda,
+                &beta,
+                pc as *mut f32,
+                n,
+            )
+        }
+        .map_err(|e| anyhow!("cublasSgemm (m={m} n={n} k={k}): {e:?}"))
+    }
+}
+
+/// Report lines about the CUDA libraries and GPU (never panics).
+pub fn probe_report() -> Vec<String> {
+    let (cuda, cublas, cudnn) = libraries_present();
+    let yes = |b: bool| if b { "present" } else { "not found" };
+    let mut v = vec![format!(
+        "libcuda: {}, cuBLAS: {}, cuDNN: {}",
+        yes(cuda),
+        yes(cublas),
+        yes(cudnn)
+    )];
+    if cuda {
+        let gpus = guarded("probing GPUs", || {
+            let n = CudaContext::device_count().map_err(|e| anyhow!("{e}"))?;
+            let mut out = Vec::new();
+            for i in 0..n.max(0) as usize {
+                let ctx = CudaContext::new(i).map_err(|e| anyhow!("{e}"))?;
+                let (ma, mi) = ctx.compute_capability().map_err(|e| anyhow!("{e}"))?;
+                let mem = ctx.total_mem().map_err(|e| anyhow!("{e}"))?;
+                out.push(format!(
+                    "gpu {i}: {} (sm_{ma}{mi}, {:.1} GiB)",
+                    ctx.name().map_err(|e| anyhow!("{e}"))?,
+                    mem as f64 / (1u64 << 30) as f64
+                ));
+            }
+            if out.is_empty() {
+                out.push("gpu: none (driver loaded, 0 devices)".into());
+            }
+            Ok(out)
+        });
+        match gpus {
+            Ok(g) => v.extend(g),
+            Err(e) => v.push(format!("gpu: error: {e:#}")),
+        }
+    } else {
+        v.push("gpu: none (no NVIDIA driver)".into());
+    }
+    v
+}
