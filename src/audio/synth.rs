@@ -247,8 +247,8 @@ const STYLES: [Style; 5] = [
     },
     // sadness
     Style {
-        f0_mult: 0.85,
-        declination: -0.30,
+        f0_mult: 0.88,
+        declination: -0.35,
         accent: 0.03,
         accent_shape: Accent::Hump {
             signed: false,
@@ -260,7 +260,7 @@ const STYLES: [Style; 5] = [
         tail_db: -6.0,
         open_q: 0.75,
         close_frac: 0.5,
-        breath: 0.25,
+        breath: 0.12,
         attack: 0.07,
         decay: 0.8,
         f1_mult: 0.95,
@@ -270,7 +270,7 @@ const STYLES: [Style; 5] = [
     Style {
         f0_mult: 1.25,
         declination: 0.08,
-        accent: 0.20,
+        accent: 0.28,
         accent_shape: Accent::Hump {
             signed: false,
             alternate: true,
@@ -291,7 +291,7 @@ const STYLES: [Style; 5] = [
     Style {
         f0_mult: 1.15,
         declination: -0.08,
-        accent: 0.16,
+        accent: 0.20,
         accent_shape: Accent::Fall,
         jump: 0.0,
         rate: 5.0,
@@ -454,7 +454,7 @@ pub fn synth_clip(class: usize, index: usize, cfg: &SynthConfig) -> Vec<f32> {
             let alternate = match style.accent_shape {
                 Accent::Hump {
                     alternate: true, ..
-                } if i % 2 == 1 => 0.5,
+                } if i % 2 == 1 => 0.6,
                 _ => 1.0,
             };
             Syllable {
@@ -578,7 +578,9 @@ pub fn synth_clip(class: usize, index: usize, cfg: &SynthConfig) -> Vec<f32> {
     let peak = out.iter().fold(0f32, |m, x| m.max(x.abs()));
     if peak > PEAK_LIMIT {
         let k = PEAK_LIMIT / peak;
-        out.iter_mut().for_each(|y| *y *= k);
+        // The clamp only absorbs the last-ulp rounding of the product.
+        out.iter_mut()
+            .for_each(|y| *y = (*y * k).clamp(-PEAK_LIMIT, PEAK_LIMIT));
     }
     out
 }
