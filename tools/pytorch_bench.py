@@ -12,7 +12,8 @@ for
   masked/full    the length-aware reference, every clip full length (overhead of masks+packing)
   masked/mixed   the length-aware reference, lengths spread evenly over [t/2, t] (max = t)
 Each cell: median (and best) samples/s over --repeats timed runs of --iters iterations,
-after --warmup iterations.
+after --warmup iterations; the timed runs go round-robin over the cells so that load from
+other processes affects every cell alike.
 
 Usage:
     /work/venv-torch/bin/python tools/pytorch_bench.py [--threads 2] [--batch 16] [--frames 126]
@@ -33,34 +34,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pytorch_reference import ArabEmoNet, Config, time_mask  # noqa: E402
 
 
-def bench(model, x, lengths, labels, mode, warmup, iters, repeats):
-    """Returns a list of samples/s, one per timed repeat."""
-    b = x.shape[0]
+def make_step(model, x, lengths, labels, mode):
+    """One training step (forward + loss + backward + Adam) or one inference forward."""
     if mode == "train":
-        model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
 
         def step():
+            model.train()
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x, lengths), labels)
             loss.backward()
             opt.step()
     else:
-        model.eval()
 
         def step():
+            model.eval()
             with torch.inference_mode():
                 model(x, lengths)
 
-    for _ in range(warmup):
+    return step
+
+
+def timed(step, iters, batch):
+    t0 = time.perf_counter()
+    for _ in range(iters):
         step()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            step()
-        rates.append(b * iters / (time.perf_counter() - t0))
-    return rates
+    return batch * iters / (time.perf_counter() - t0)
 
 
 def main():
@@ -100,11 +99,20 @@ def main():
     print(f"mixed lengths: {mixed.tolist()}")
     print(f"warmup {args.warmup}, {args.repeats} runs x {args.iters} iterations; samples/s median (best)")
     print(f"{'variant':<14} {'train samples/s':>20} {'infer samples/s':>20}")
+    steps = {}
     for name, model, xin, lens in cases:
-        cells = []
         for mode in ("train", "infer"):
-            r = bench(model, xin, lens, labels, mode, args.warmup, args.iters, args.repeats)
-            cells.append(f"{statistics.median(r):8.1f} ({max(r):6.1f})")
+            steps[(name, mode)] = make_step(model, xin, lens, labels, mode)
+            for _ in range(args.warmup):
+                steps[(name, mode)]()
+    # Round-robin over the cells, so that load from other processes hits all of them alike.
+    rates = {key: [] for key in steps}
+    for _ in range(args.repeats):
+        for key, step in steps.items():
+            rates[key].append(timed(step, args.iters, b))
+    for name, _, _, _ in cases:
+        cells = [f"{statistics.median(rates[(name, m)]):8.1f} ({max(rates[(name, m)]):6.1f})"
+                 for m in ("train", "infer")]
         print(f"{name:<14} {cells[0]:>20} {cells[1]:>20}", flush=True)
 
 
