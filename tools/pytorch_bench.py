@@ -13,7 +13,9 @@ for
   masked/mixed   the length-aware reference, lengths spread evenly over [t/2, t] (max = t)
 Each cell: median (and best) samples/s over --repeats timed runs of --iters iterations,
 after --warmup iterations; the timed runs go round-robin over the cells so that load from
-other processes affects every cell alike.
+other processes affects every cell alike. samples/CPU-s divides by the process's CPU time
+(all threads): on a shared machine it is the steadier number; with N threads fully busy,
+wall throughput is at most N times it.
 
 Usage:
     /work/venv-torch/bin/python tools/pytorch_bench.py [--threads 2] [--batch 16] [--frames 126]
@@ -56,10 +58,11 @@ def make_step(model, x, lengths, labels, mode):
 
 
 def timed(step, iters, batch):
-    t0 = time.perf_counter()
+    """(samples per wall second, samples per CPU second of this process, all threads)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
-    return batch * iters / (time.perf_counter() - t0)
+    return batch * iters / (time.perf_counter() - t0), batch * iters / (time.process_time() - c0)
 
 
 def main():
@@ -98,7 +101,8 @@ def main():
           f"input [{b},1,{cfg.n_mels},{t}], k={cfg.kernel}, params {sum(p.numel() for p in masked.parameters()):,}")
     print(f"mixed lengths: {mixed.tolist()}")
     print(f"warmup {args.warmup}, {args.repeats} runs x {args.iters} iterations; samples/s median (best)")
-    print(f"{'variant':<14} {'train samples/s':>20} {'infer samples/s':>20}")
+    print(f"{'variant':<14} {'train samples/s':>20} {'infer samples/s':>20} "
+          f"{'train samples/CPU-s':>20} {'infer samples/CPU-s':>20}")
     steps = {}
     for name, model, xin, lens in cases:
         for mode in ("train", "infer"):
@@ -111,9 +115,12 @@ def main():
         for key, step in steps.items():
             rates[key].append(timed(step, args.iters, b))
     for name, _, _, _ in cases:
-        cells = [f"{statistics.median(rates[(name, m)]):8.1f} ({max(rates[(name, m)]):6.1f})"
-                 for m in ("train", "infer")]
-        print(f"{name:<14} {cells[0]:>20} {cells[1]:>20}", flush=True)
+        cells = []
+        for j in (0, 1):  # wall, CPU
+            for m in ("train", "infer"):
+                r = [v[j] for v in rates[(name, m)]]
+                cells.append(f"{statistics.median(r):8.1f} ({max(r):6.1f})")
+        print(f"{name:<14} " + " ".join(f"{c:>20}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":
