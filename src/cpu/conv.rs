@@ -112,38 +112,66 @@ pub fn conv2d_forward<T: Float>(
     assert_eq!(y.len(), s.y_len());
     assert_eq!(w.len(), s.w_len());
     let (xs, ys) = (s.cin * s.m * s.t, s.cout * s.m * s.t);
-    y.par_chunks_mut(ys).enumerate().for_each(|(b, yb)| {
-        let l = lens[b].min(s.t);
-        let ml = s.m * l;
-        let mut cols = vec![T::zero(); s.kk() * ml];
-        im2col(&x[b * xs..(b + 1) * xs], s, l, &mut cols);
-        let mut out = vec![T::zero(); s.cout * ml];
-        gemm(
-            s.cout,
-            ml,
-            s.kk(),
-            &mut out,
-            ml,
-            false,
-            w,
-            s.kk(),
-            1,
-            &cols,
-            ml,
-            1,
-            false,
-        );
-        for co in 0..s.cout {
-            for mo in 0..s.m {
-                let dst = &mut yb[(co * s.m + mo) * s.t..][..s.t];
-                let src = &out[co * ml + mo * l..][..l];
-                for (d, v) in dst[..l].iter_mut().zip(src) {
-                    *d = *v + bias[co];
+    // Scratch buffers are reused across the clips a worker handles (no page-fault churn).
+    y.par_chunks_mut(ys).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(cols, out): &mut (Vec<T>, Vec<T>), (b, yb)| {
+            let l = lens[b].min(s.t);
+            let ml = s.m * l;
+            cols.resize(s.kk() * ml, T::zero());
+            im2col(&x[b * xs..(b + 1) * xs], s, l, cols);
+            if l == s.t {
+                // Full-length clip: the GEMM output layout is y's layout.
+                gemm(
+                    s.cout,
+                    ml,
+                    s.kk(),
+                    yb,
+                    ml,
+                    false,
+                    w,
+                    s.kk(),
+                    1,
+                    cols,
+                    ml,
+                    1,
+                    false,
+                );
+                for (co, row) in yb.chunks_mut(ml).enumerate() {
+                    for v in row.iter_mut() {
+                        *v = *v + bias[co];
+                    }
                 }
-                dst[l..].fill(T::zero());
+                return;
             }
-        }
-    });
+            out.resize(s.cout * ml, T::zero());
+            gemm(
+                s.cout,
+                ml,
+                s.kk(),
+                out,
+                ml,
+                false,
+                w,
+                s.kk(),
+                1,
+                cols,
+                ml,
+                1,
+                false,
+            );
+            for co in 0..s.cout {
+                for mo in 0..s.m {
+                    let dst = &mut yb[(co * s.m + mo) * s.t..][..s.t];
+                    let src = &out[co * ml + mo * l..][..l];
+                    for (d, v) in dst[..l].iter_mut().zip(src) {
+                        *d = *v + bias[co];
+                    }
+                    dst[l..].fill(T::zero());
+                }
+            }
+        },
+    );
 }
 
 /// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ lens[b]).
@@ -163,47 +191,56 @@ pub fn conv2d_backward<T: Float>(
     assert_eq!(dw.len(), s.w_len());
     let (xs, ys) = (s.cin * s.m * s.t, s.cout * s.m * s.t);
     let kk = s.kk();
-    let per_clip = |b: usize, dxb: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
-        let l = lens[b].min(s.t);
-        let ml = s.m * l;
-        let mut cols = vec![T::zero(); kk * ml];
-        im2col(&x[b * xs..(b + 1) * xs], s, l, &mut cols);
-        let mut d = vec![T::zero(); s.cout * ml];
-        let mut dbb = vec![T::zero(); s.cout];
-        for co in 0..s.cout {
-            let mut acc = T::zero();
-            for mo in 0..s.m {
-                let src = &dy[b * ys + (co * s.m + mo) * s.t..][..l];
-                d[co * ml + mo * l..][..l].copy_from_slice(src);
-                acc = acc + src.iter().copied().sum::<T>();
+    type Scratch<T> = (Vec<T>, Vec<T>);
+    let per_clip =
+        |(cols, dbuf): &mut Scratch<T>, b: usize, dxb: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
+            let l = lens[b].min(s.t);
+            let ml = s.m * l;
+            cols.resize(kk * ml, T::zero());
+            im2col(&x[b * xs..(b + 1) * xs], s, l, cols);
+            let mut dbb = vec![T::zero(); s.cout];
+            // d = dy of this clip restricted to valid frames, `[cout][M·L]`.
+            let d: &[T] = if l == s.t {
+                &dy[b * ys..(b + 1) * ys]
+            } else {
+                dbuf.resize(s.cout * ml, T::zero());
+                for co in 0..s.cout {
+                    for mo in 0..s.m {
+                        let src = &dy[b * ys + (co * s.m + mo) * s.t..][..l];
+                        dbuf[co * ml + mo * l..][..l].copy_from_slice(src);
+                    }
+                }
+                dbuf
+            };
+            for (co, row) in d.chunks(ml).enumerate() {
+                dbb[co] = row.iter().copied().sum::<T>();
             }
-            dbb[co] = acc;
-        }
-        // dW_b[co][r] = Σ_px d[co][px] · cols[r][px]
-        let mut dwb = vec![T::zero(); s.cout * kk];
-        gemm(
-            s.cout, kk, ml, &mut dwb, kk, false, &d, ml, 1, &cols, 1, ml, false,
-        );
-        if let Some(dxb) = dxb {
-            // dcols[r][px] = Σ_co w[co][r] · d[co][px]
+            // dW_b[co][r] = Σ_px d[co][px] · cols[r][px]
+            let mut dwb = vec![T::zero(); s.cout * kk];
             gemm(
-                kk, ml, s.cout, &mut cols, ml, false, w, 1, kk, &d, ml, 1, false,
+                s.cout, kk, ml, &mut dwb, kk, false, d, ml, 1, cols, 1, ml, false,
             );
-            col2im(&cols, s, l, dxb);
-        }
-        (dwb, dbb)
-    };
+            if let Some(dxb) = dxb {
+                // dcols[r][px] = Σ_co w[co][r] · d[co][px]
+                gemm(kk, ml, s.cout, cols, ml, false, w, 1, kk, d, ml, 1, false);
+                col2im(cols, s, l, dxb);
+            }
+            (dwb, dbb)
+        };
     let parts: Vec<(Vec<T>, Vec<T>)> = match dx {
         Some(dx) => {
             assert_eq!(dx.len(), s.x_len());
             dx.par_chunks_mut(xs)
                 .enumerate()
-                .map(|(b, dxb)| per_clip(b, Some(dxb)))
+                .map_init(
+                    || (Vec::new(), Vec::new()),
+                    |sc, (b, dxb)| per_clip(sc, b, Some(dxb)),
+                )
                 .collect()
         }
         None => (0..s.batch)
             .into_par_iter()
-            .map(|b| per_clip(b, None))
+            .map_init(|| (Vec::new(), Vec::new()), |sc, b| per_clip(sc, b, None))
             .collect(),
     };
     // Summed in clip order: the result does not depend on the thread count.
