@@ -144,7 +144,7 @@ fn check_model<T: Float>(file: &str, tol: f64) {
             .map(|(g, w)| (g.as_f64() - w).abs())
             .fold(0.0, f64::max)
             / scale;
-        if !(d <= worst.0) {
+        if d.is_nan() || d > worst.0 {
             worst = (d, e.name.clone());
         }
     }

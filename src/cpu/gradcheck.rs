@@ -376,7 +376,7 @@ mod tests {
         let x = vec![vec![0.3, -0.7, 1.1]];
         let f = |v: &[Vec<f64>]| v[0].iter().map(|a| a * a * a).sum::<f64>();
         let good: Vec<f64> = x[0].iter().map(|a| 3.0 * a * a).collect();
-        assert!(check("cube", x.clone(), &[good.clone()], f).ok);
+        assert!(check("cube", x.clone(), std::slice::from_ref(&good), f).ok);
         let mut bad = good.clone();
         bad[1] *= 1.01;
         assert!(!check("cube", x.clone(), &[bad], f).ok);

@@ -4,6 +4,7 @@
 use super::{gemm, Float};
 
 /// y = x Wᵀ + b. `par`: let the GEMM use all rayon threads.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_forward<T: Float>(
     x: &[T],
     w: &[T],

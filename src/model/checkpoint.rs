@@ -105,12 +105,12 @@ pub fn read_checkpoint_config(path: &Path) -> Result<ModelConfig> {
     Ok(config_of(path, &read_file(path)?)?.0)
 }
 
+/// (parameters, buffers, caller metadata) of a checkpoint.
+pub type Checkpoint = (Vec<f32>, Vec<f32>, BTreeMap<String, String>);
+
 /// Reads (params, buffers, metadata without the config key); checks that the file was written
 /// for `cfg` and that every tensor is present with the right shape.
-pub fn load_checkpoint(
-    path: &Path,
-    cfg: &ModelConfig,
-) -> Result<(Vec<f32>, Vec<f32>, BTreeMap<String, String>)> {
+pub fn load_checkpoint(path: &Path, cfg: &ModelConfig) -> Result<Checkpoint> {
     let bytes = read_file(path)?;
     let (file_cfg, info) = config_of(path, &bytes)?;
     if &file_cfg != cfg {

@@ -8,7 +8,9 @@
 
 mod checkpoint;
 
-pub use checkpoint::{load_checkpoint, read_checkpoint_config, save_checkpoint, CONFIG_KEY};
+pub use checkpoint::{
+    load_checkpoint, read_checkpoint_config, save_checkpoint, Checkpoint, CONFIG_KEY,
+};
 
 use crate::rng::{Purpose, Stream};
 use anyhow::{bail, Result};
@@ -282,9 +284,9 @@ pub fn init_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
             let fan_in: usize = w.shape[1..].iter().product();
             1.0 / (fan_in as f64).sqrt()
         };
-        for n in e.offset..e.offset + e.len {
+        for (n, v) in p.iter_mut().enumerate().skip(e.offset).take(e.len) {
             let u = rng.uniform(n as u64) as f64;
-            p[n] = ((2.0 * u - 1.0) * bound) as f32;
+            *v = ((2.0 * u - 1.0) * bound) as f32;
         }
     }
     p
