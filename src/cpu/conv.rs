@@ -38,6 +38,11 @@ impl ConvShape {
     }
 }
 
+/// Clips per rayon job: about two jobs per thread (balance vs. scratch reuse).
+fn min_len(batch: usize) -> usize {
+    (batch / (2 * rayon::current_num_threads())).max(1)
+}
+
 /// cols `[cin·k·k][M·L]`: cols[(ci·k+di)·k+dj][m·L+t] = x[ci][m+di−p][t+dj−p] (zero outside
 /// 0 ≤ mel < M, 0 ≤ frame < L).
 fn im2col<T: Float>(xb: &[T], s: &ConvShape, l: usize, cols: &mut [T]) {
@@ -112,21 +117,48 @@ pub fn conv2d_forward<T: Float>(
     assert_eq!(y.len(), s.y_len());
     assert_eq!(w.len(), s.w_len());
     let (xs, ys) = (s.cin * s.m * s.t, s.cout * s.m * s.t);
-    // Scratch buffers are reused across the clips a worker handles (no page-fault churn).
-    y.par_chunks_mut(ys).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(cols, out): &mut (Vec<T>, Vec<T>), (b, yb)| {
-            let l = lens[b].min(s.t);
-            let ml = s.m * l;
-            cols.resize(s.kk() * ml, T::zero());
-            im2col(&x[b * xs..(b + 1) * xs], s, l, cols);
-            if l == s.t {
-                // Full-length clip: the GEMM output layout is y's layout.
+    // Scratch buffers are reused across the clips a worker handles (no page-fault churn);
+    // `min_len` keeps rayon from splitting into one job (one fresh scratch) per clip.
+    y.par_chunks_mut(ys)
+        .enumerate()
+        .with_min_len(min_len(s.batch))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(cols, out): &mut (Vec<T>, Vec<T>), (b, yb)| {
+                let l = lens[b].min(s.t);
+                let ml = s.m * l;
+                cols.resize(s.kk() * ml, T::zero());
+                im2col(&x[b * xs..(b + 1) * xs], s, l, cols);
+                if l == s.t {
+                    // Full-length clip: the GEMM output layout is y's layout.
+                    gemm(
+                        s.cout,
+                        ml,
+                        s.kk(),
+                        yb,
+                        ml,
+                        false,
+                        w,
+                        s.kk(),
+                        1,
+                        cols,
+                        ml,
+                        1,
+                        false,
+                    );
+                    for (co, row) in yb.chunks_mut(ml).enumerate() {
+                        for v in row.iter_mut() {
+                            *v = *v + bias[co];
+                        }
+                    }
+                    return;
+                }
+                out.resize(s.cout * ml, T::zero());
                 gemm(
                     s.cout,
                     ml,
                     s.kk(),
-                    yb,
+                    out,
                     ml,
                     false,
                     w,
@@ -137,41 +169,18 @@ pub fn conv2d_forward<T: Float>(
                     1,
                     false,
                 );
-                for (co, row) in yb.chunks_mut(ml).enumerate() {
-                    for v in row.iter_mut() {
-                        *v = *v + bias[co];
+                for co in 0..s.cout {
+                    for mo in 0..s.m {
+                        let dst = &mut yb[(co * s.m + mo) * s.t..][..s.t];
+                        let src = &out[co * ml + mo * l..][..l];
+                        for (d, v) in dst[..l].iter_mut().zip(src) {
+                            *d = *v + bias[co];
+                        }
+                        dst[l..].fill(T::zero());
                     }
                 }
-                return;
-            }
-            out.resize(s.cout * ml, T::zero());
-            gemm(
-                s.cout,
-                ml,
-                s.kk(),
-                out,
-                ml,
-                false,
-                w,
-                s.kk(),
-                1,
-                cols,
-                ml,
-                1,
-                false,
-            );
-            for co in 0..s.cout {
-                for mo in 0..s.m {
-                    let dst = &mut yb[(co * s.m + mo) * s.t..][..s.t];
-                    let src = &out[co * ml + mo * l..][..l];
-                    for (d, v) in dst[..l].iter_mut().zip(src) {
-                        *d = *v + bias[co];
-                    }
-                    dst[l..].fill(T::zero());
-                }
-            }
-        },
-    );
+            },
+        );
 }
 
 /// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ lens[b]).
@@ -232,6 +241,7 @@ pub fn conv2d_backward<T: Float>(
             assert_eq!(dx.len(), s.x_len());
             dx.par_chunks_mut(xs)
                 .enumerate()
+                .with_min_len(min_len(s.batch))
                 .map_init(
                     || (Vec::new(), Vec::new()),
                     |sc, (b, dxb)| per_clip(sc, b, Some(dxb)),
@@ -240,6 +250,7 @@ pub fn conv2d_backward<T: Float>(
         }
         None => (0..s.batch)
             .into_par_iter()
+            .with_min_len(min_len(s.batch))
             .map_init(|| (Vec::new(), Vec::new()), |sc, b| per_clip(sc, b, None))
             .collect(),
     };
