@@ -12,9 +12,9 @@ pub fn run(_args: &GradcheckArgs, global: &Global) -> Result<()> {
     match global.device {
         DeviceChoice::Auto | DeviceChoice::Cpu => {}
         DeviceChoice::Sim | DeviceChoice::Cuda => bail!(
-            "gradcheck on --device {:?} compares device gradients with the CPU reference and needs \
+            "gradcheck on --device {} compares device gradients with the CPU reference and needs \
              the device engine, which this build does not include yet; use --device cpu",
-            global.device
+            format!("{:?}", global.device).to_lowercase()
         ),
     }
     let rows = crate::cpu::gradcheck::run_all();
