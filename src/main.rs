@@ -19,6 +19,8 @@ enum Command {
     Synth(cli::synth::SynthArgs),
     /// Show the build and devices, a corpus summary (--data), or the model summary.
     Info(cli::info::InfoArgs),
+    /// Check every gradient of the CPU reference against finite differences (f64).
+    Gradcheck(cli::gradcheck::GradcheckArgs),
 }
 
 fn main() {
@@ -33,6 +35,7 @@ fn main() {
         Command::Features(a) => cli::features::run(a, &cli.global),
         Command::Synth(a) => cli::synth::run(a, &cli.global),
         Command::Info(a) => cli::info::run(a, &cli.global),
+        Command::Gradcheck(a) => cli::gradcheck::run(a, &cli.global),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,6 +1,7 @@
 //! One file per subcommand: its clap arguments and its `run`. `main.rs` only dispatches.
 
 pub mod features;
+pub mod gradcheck;
 pub mod info;
 pub mod synth;
 

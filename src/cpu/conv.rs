@@ -1,0 +1,372 @@
+//! 2-D convolution, square odd kernel k, stride 1, zero padding k/2 on both axes ("same"),
+//! as im2col + GEMM per clip, parallel over the batch.
+//!
+//! Layouts: x `[B][cin][M][T]`, w `[cout][cin][k][k]` (PyTorch), bias `[cout]`,
+//! y `[B][cout][M][T]`. Clip b is `lens[b]` frames long: inputs at t ≥ lens[b] are read as zero
+//! and outputs at t ≥ lens[b] are written as zero (nothing downstream reads them: a 2×2 pool
+//! only uses frames < 2·floor(len/2) ≤ len). This is what makes a clip's result independent of
+//! the padding.
+
+use super::{gemm, Float};
+use rayon::prelude::*;
+
+/// Shape of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    /// Mel bins (height).
+    pub m: usize,
+    /// Padded frames (width).
+    pub t: usize,
+}
+
+impl ConvShape {
+    fn kk(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+    pub fn x_len(&self) -> usize {
+        self.batch * self.cin * self.m * self.t
+    }
+    pub fn y_len(&self) -> usize {
+        self.batch * self.cout * self.m * self.t
+    }
+    pub fn w_len(&self) -> usize {
+        self.cout * self.kk()
+    }
+}
+
+/// Clips per rayon job: about two jobs per thread (balance vs. scratch reuse).
+fn min_len(batch: usize) -> usize {
+    (batch / (2 * rayon::current_num_threads())).max(1)
+}
+
+/// cols `[cin·k·k][M·L]`: cols[(ci·k+di)·k+dj][m·L+t] = x[ci][m+di−p][t+dj−p] (zero outside
+/// 0 ≤ mel < M, 0 ≤ frame < L).
+fn im2col<T: Float>(xb: &[T], s: &ConvShape, l: usize, cols: &mut [T]) {
+    let (m, t, k) = (s.m, s.t, s.k);
+    let p = k / 2;
+    let ml = m * l;
+    for ci in 0..s.cin {
+        for di in 0..k {
+            for dj in 0..k {
+                let row = &mut cols[((ci * k + di) * k + dj) * ml..][..ml];
+                // frames t with 0 ≤ t+dj−p < l
+                let t0 = p.saturating_sub(dj);
+                let t1 = (l + p).saturating_sub(dj).min(l);
+                for mo in 0..m {
+                    let seg = &mut row[mo * l..(mo + 1) * l];
+                    let mi = mo + di;
+                    if mi < p || mi - p >= m || t0 >= t1 {
+                        seg.fill(T::zero());
+                        continue;
+                    }
+                    let src = &xb[(ci * m + mi - p) * t..][..t];
+                    seg[..t0].fill(T::zero());
+                    seg[t0..t1].copy_from_slice(&src[t0 + dj - p..t1 + dj - p]);
+                    seg[t1..].fill(T::zero());
+                }
+            }
+        }
+    }
+}
+
+/// Adds cols back into dx (the adjoint of [`im2col`]).
+fn col2im<T: Float>(cols: &[T], s: &ConvShape, l: usize, dxb: &mut [T]) {
+    let (m, t, k) = (s.m, s.t, s.k);
+    let p = k / 2;
+    let ml = m * l;
+    dxb.fill(T::zero());
+    for ci in 0..s.cin {
+        for di in 0..k {
+            for dj in 0..k {
+                let row = &cols[((ci * k + di) * k + dj) * ml..][..ml];
+                let t0 = p.saturating_sub(dj);
+                let t1 = (l + p).saturating_sub(dj).min(l);
+                if t0 >= t1 {
+                    continue;
+                }
+                for mo in 0..m {
+                    let mi = mo + di;
+                    if mi < p || mi - p >= m {
+                        continue;
+                    }
+                    let dst = &mut dxb[(ci * m + mi - p) * t..][..t];
+                    let seg = &row[mo * l..(mo + 1) * l];
+                    for (d, v) in dst[t0 + dj - p..t1 + dj - p].iter_mut().zip(&seg[t0..t1]) {
+                        *d = *d + *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere.
+pub fn conv2d_forward<T: Float>(
+    x: &[T],
+    w: &[T],
+    bias: &[T],
+    lens: &[usize],
+    s: &ConvShape,
+    y: &mut [T],
+) {
+    assert_eq!(x.len(), s.x_len());
+    assert_eq!(y.len(), s.y_len());
+    assert_eq!(w.len(), s.w_len());
+    let (xs, ys) = (s.cin * s.m * s.t, s.cout * s.m * s.t);
+    // Scratch buffers are reused across the clips a worker handles (no page-fault churn);
+    // `min_len` keeps rayon from splitting into one job (one fresh scratch) per clip.
+    y.par_chunks_mut(ys)
+        .enumerate()
+        .with_min_len(min_len(s.batch))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(cols, out): &mut (Vec<T>, Vec<T>), (b, yb)| {
+                let l = lens[b].min(s.t);
+                let ml = s.m * l;
+                cols.resize(s.kk() * ml, T::zero());
+                im2col(&x[b * xs..(b + 1) * xs], s, l, cols);
+                if l == s.t {
+                    // Full-length clip: the GEMM output layout is y's layout.
+                    gemm(
+                        s.cout,
+                        ml,
+                        s.kk(),
+                        yb,
+                        ml,
+                        false,
+                        w,
+                        s.kk(),
+                        1,
+                        cols,
+                        ml,
+                        1,
+                        false,
+                    );
+                    for (co, row) in yb.chunks_mut(ml).enumerate() {
+                        for v in row.iter_mut() {
+                            *v = *v + bias[co];
+                        }
+                    }
+                    return;
+                }
+                out.resize(s.cout * ml, T::zero());
+                gemm(
+                    s.cout,
+                    ml,
+                    s.kk(),
+                    out,
+                    ml,
+                    false,
+                    w,
+                    s.kk(),
+                    1,
+                    cols,
+                    ml,
+                    1,
+                    false,
+                );
+                for co in 0..s.cout {
+                    for mo in 0..s.m {
+                        let dst = &mut yb[(co * s.m + mo) * s.t..][..s.t];
+                        let src = &out[co * ml + mo * l..][..l];
+                        for (d, v) in dst[..l].iter_mut().zip(src) {
+                            *d = *v + bias[co];
+                        }
+                        dst[l..].fill(T::zero());
+                    }
+                }
+            },
+        );
+}
+
+/// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ lens[b]).
+/// dy at t ≥ lens[b] is ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Float>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    lens: &[usize],
+    s: &ConvShape,
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: &mut [T],
+) {
+    assert_eq!(dy.len(), s.y_len());
+    assert_eq!(dw.len(), s.w_len());
+    let (xs, ys) = (s.cin * s.m * s.t, s.cout * s.m * s.t);
+    let kk = s.kk();
+    type Scratch<T> = (Vec<T>, Vec<T>);
+    let per_clip =
+        |(cols, dbuf): &mut Scratch<T>, b: usize, dxb: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
+            let l = lens[b].min(s.t);
+            let ml = s.m * l;
+            cols.resize(kk * ml, T::zero());
+            im2col(&x[b * xs..(b + 1) * xs], s, l, cols);
+            let mut dbb = vec![T::zero(); s.cout];
+            // d = dy of this clip restricted to valid frames, `[cout][M·L]`.
+            let d: &[T] = if l == s.t {
+                &dy[b * ys..(b + 1) * ys]
+            } else {
+                dbuf.resize(s.cout * ml, T::zero());
+                for co in 0..s.cout {
+                    for mo in 0..s.m {
+                        let src = &dy[b * ys + (co * s.m + mo) * s.t..][..l];
+                        dbuf[co * ml + mo * l..][..l].copy_from_slice(src);
+                    }
+                }
+                dbuf
+            };
+            for (co, row) in d.chunks(ml).enumerate() {
+                dbb[co] = row.iter().copied().sum::<T>();
+            }
+            // dW_b[co][r] = Σ_px d[co][px] · cols[r][px]
+            let mut dwb = vec![T::zero(); s.cout * kk];
+            gemm(
+                s.cout, kk, ml, &mut dwb, kk, false, d, ml, 1, cols, 1, ml, false,
+            );
+            if let Some(dxb) = dxb {
+                // dcols[r][px] = Σ_co w[co][r] · d[co][px]
+                gemm(kk, ml, s.cout, cols, ml, false, w, 1, kk, d, ml, 1, false);
+                col2im(cols, s, l, dxb);
+            }
+            (dwb, dbb)
+        };
+    let parts: Vec<(Vec<T>, Vec<T>)> = match dx {
+        Some(dx) => {
+            assert_eq!(dx.len(), s.x_len());
+            dx.par_chunks_mut(xs)
+                .enumerate()
+                .with_min_len(min_len(s.batch))
+                .map_init(
+                    || (Vec::new(), Vec::new()),
+                    |sc, (b, dxb)| per_clip(sc, b, Some(dxb)),
+                )
+                .collect()
+        }
+        None => (0..s.batch)
+            .into_par_iter()
+            .with_min_len(min_len(s.batch))
+            .map_init(|| (Vec::new(), Vec::new()), |sc, b| per_clip(sc, b, None))
+            .collect(),
+    };
+    // Summed in clip order: the result does not depend on the thread count.
+    for (dwb, dbb) in parts {
+        super::axpy(T::one(), &dwb, dw);
+        super::axpy(T::one(), &dbb, db);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::rand;
+    use super::*;
+
+    /// Direct definition of the masked "same" convolution.
+    fn naive(x: &[f64], w: &[f64], bias: &[f64], lens: &[usize], s: &ConvShape) -> Vec<f64> {
+        let p = (s.k / 2) as isize;
+        let mut y = vec![0.0; s.y_len()];
+        for b in 0..s.batch {
+            for co in 0..s.cout {
+                for mo in 0..s.m {
+                    for t in 0..lens[b] {
+                        let mut acc = bias[co];
+                        for ci in 0..s.cin {
+                            for di in 0..s.k {
+                                for dj in 0..s.k {
+                                    let mi = mo as isize + di as isize - p;
+                                    let ti = t as isize + dj as isize - p;
+                                    if mi < 0
+                                        || mi >= s.m as isize
+                                        || ti < 0
+                                        || ti >= lens[b] as isize
+                                    {
+                                        continue;
+                                    }
+                                    acc += w[((co * s.cin + ci) * s.k + di) * s.k + dj]
+                                        * x[((b * s.cin + ci) * s.m + mi as usize) * s.t
+                                            + ti as usize];
+                                }
+                            }
+                        }
+                        y[((b * s.cout + co) * s.m + mo) * s.t + t] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn forward_matches_direct_convolution() {
+        for k in [1, 3, 5] {
+            let s = ConvShape {
+                batch: 2,
+                cin: 3,
+                cout: 4,
+                k,
+                m: 6,
+                t: 9,
+            };
+            let lens = [9, 5];
+            let x = rand(s.x_len(), 1);
+            let w = rand(s.w_len(), 2);
+            let bias = rand(4, 3);
+            let mut y = vec![f64::NAN; s.y_len()];
+            conv2d_forward(&x, &w, &bias, &lens, &s, &mut y);
+            let want = naive(&x, &w, &bias, &lens, &s);
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-12, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// The backward is the adjoint of the forward: <dy, J dx> = <J^T dy, dx> for random
+    /// directions (exact up to rounding; the finite-difference check is in gradcheck.rs).
+    #[test]
+    fn backward_is_adjoint() {
+        let s = ConvShape {
+            batch: 2,
+            cin: 2,
+            cout: 3,
+            k: 3,
+            m: 5,
+            t: 8,
+        };
+        let lens = [8, 6];
+        let x = rand(s.x_len(), 4);
+        let w = rand(s.w_len(), 5);
+        let dy = rand(s.y_len(), 6);
+        let mut dx = vec![0.0; s.x_len()];
+        let mut dw = vec![0.0; s.w_len()];
+        let mut db = vec![0.0; 3];
+        conv2d_backward(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
+        let zero_b = vec![0.0; 3];
+        // linear in x: <dy, conv(x)> = <dx, x>; linear in w: <dy, conv_w(x)> = <dw, w>
+        let mut y = vec![0.0; s.y_len()];
+        conv2d_forward(&x, &w, &zero_b, &lens, &s, &mut y);
+        let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
+        let rx: f64 = dx.iter().zip(&x).map(|(a, b)| a * b).sum();
+        let rw: f64 = dw.iter().zip(&w).map(|(a, b)| a * b).sum();
+        assert!(
+            (lhs - rx).abs() < 1e-10 && (lhs - rw).abs() < 1e-10,
+            "{lhs} {rx} {rw}"
+        );
+        // db = Σ dy over valid positions
+        for (co, dbv) in db.iter().enumerate() {
+            let mut want = 0.0;
+            for b in 0..2 {
+                for mo in 0..5 {
+                    for t in 0..lens[b] {
+                        want += dy[((b * 3 + co) * 5 + mo) * 8 + t];
+                    }
+                }
+            }
+            assert!((dbv - want).abs() < 1e-12);
+        }
+    }
+}
