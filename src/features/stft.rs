@@ -78,6 +78,8 @@ impl Stft {
 
     /// Power spectrum of frame `t` into `scratch.power`. Frame `t` is centred on sample
     /// `t * hop`; samples outside the signal are zeros (`pad_mode='constant'`).
+    /// Inlined so that callers compiled for AVX2 get vectorised windowing and power loops.
+    #[inline(always)]
     pub fn frame_power(&self, samples: &[f32], t: usize, scratch: &mut StftScratch) {
         let half = self.n_fft / 2;
         let centre = t * self.hop;
