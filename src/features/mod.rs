@@ -220,13 +220,14 @@ impl Extractor {
         for (i, row) in out.chunks_exact_mut(n_mels).enumerate() {
             self.stft.frame_power(samples, first + i, s);
             self.bank.apply(&s.power, row);
-            for x in row.iter_mut() {
-                max_raw = max_raw.max(*x);
-                if db {
+            // Separate passes: the element-wise log vectorises, the max reductions do not.
+            max_raw = row.iter().fold(max_raw, |m, &x| m.max(x));
+            if db {
+                for x in row.iter_mut() {
                     *x = db10(x.max(AMIN));
                 }
-                max_out = max_out.max(*x);
             }
+            max_out = row.iter().fold(max_out, |m, &x| m.max(x));
         }
         (max_raw, max_out)
     }
