@@ -6,8 +6,8 @@
 //! and keep the power in f64 until the mel product; the difference from librosa's complex64
 //! rounding is ~1e-7 relative, far below the 1e-3 dB the tests demand.
 
-use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
 use std::sync::Arc;
 
 /// Frames librosa produces with `center=True` for an even `n_fft`: `1 + n_samples / hop`.
@@ -23,17 +23,24 @@ pub fn hann_periodic(n: usize) -> Vec<f64> {
 }
 
 /// An FFT plan, window and geometry; immutable, shared between threads.
+///
+/// The real FFT of length N is done as a complex FFT of length N/2 over (even, odd) sample
+/// pairs followed by the standard split step, fused here with |X|² so that it compiles to
+/// vector code with the caller's target features (realfft's generic split step was ~18% of
+/// the run time).
 pub struct Stft {
     n_fft: usize,
     hop: usize,
     window: Vec<f64>,
-    fft: Arc<dyn RealToComplex<f64>>,
+    fft: Arc<dyn Fft<f64>>,
+    /// e^{-2πik/N} for k in 0..N/2.
+    twiddles: Vec<Complex<f64>>,
 }
 
 /// Per-thread working memory for [`Stft::frame_power`]; allocate once, reuse for every frame.
 pub struct StftScratch {
-    frame: Vec<f64>,
-    spectrum: Vec<Complex<f64>>,
+    /// The windowed frame as N/2 complex values (re = even sample, im = odd sample).
+    buf: Vec<Complex<f64>>,
     fft: Vec<Complex<f64>>,
     /// Power of the last frame, `n_fft / 2 + 1` bins.
     pub power: Vec<f64>,
@@ -42,12 +49,20 @@ pub struct StftScratch {
 impl Stft {
     /// `n_fft` must be even and ≥ 2, `hop` ≥ 1 (checked by `MelConfig::validate`).
     pub fn new(n_fft: usize, hop: usize) -> Self {
-        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(n_fft);
+        let half = n_fft / 2;
+        let fft = FftPlanner::<f64>::new().plan_fft_forward(half);
+        let twiddles = (0..half)
+            .map(|k| {
+                let a = -2.0 * std::f64::consts::PI * k as f64 / n_fft as f64;
+                Complex::new(a.cos(), a.sin())
+            })
+            .collect();
         Stft {
             n_fft,
             hop,
             window: hann_periodic(n_fft),
             fft,
+            twiddles,
         }
     }
 
@@ -68,10 +83,10 @@ impl Stft {
 
     /// Fresh scratch buffers sized for this plan.
     pub fn scratch(&self) -> StftScratch {
+        let zero = Complex::new(0.0, 0.0);
         StftScratch {
-            frame: self.fft.make_input_vec(),
-            spectrum: self.fft.make_output_vec(),
-            fft: self.fft.make_scratch_vec(),
+            buf: vec![zero; self.n_fft / 2],
+            fft: vec![zero; self.fft.get_inplace_scratch_len()],
             power: vec![0.0; self.n_bins()],
         }
     }
@@ -87,7 +102,11 @@ impl Stft {
         let lo = centre.saturating_sub(half);
         let hi = (centre + half).min(samples.len());
         let off = lo + half - centre;
-        let frame = &mut scratch.frame;
+        // SAFETY: Complex<f64> is #[repr(C)] { re, im }, so N/2 of them are exactly N f64s
+        // laid out as re0, im0, re1, im1, ... = frame[0], frame[1], frame[2], ...
+        let frame: &mut [f64] = unsafe {
+            std::slice::from_raw_parts_mut(scratch.buf.as_mut_ptr() as *mut f64, self.n_fft)
+        };
         if lo >= hi {
             frame.fill(0.0);
         } else {
@@ -103,10 +122,27 @@ impl Stft {
             }
         }
         self.fft
-            .process_with_scratch(frame, &mut scratch.spectrum, &mut scratch.fft)
-            .expect("buffer sizes come from the plan");
-        for (p, c) in scratch.power.iter_mut().zip(&scratch.spectrum) {
-            *p = c.re * c.re + c.im * c.im;
+            .process_with_scratch(&mut scratch.buf, &mut scratch.fft);
+        // Split step: with Z = FFT_{N/2}(even + i·odd), E_k = (Z_k + conj Z_{M−k})/2 and
+        // O_k = (Z_k − conj Z_{M−k})/(2i) are the FFTs of the even and odd samples, and
+        // X_k = E_k + e^{−2πik/N} O_k (M = N/2, Z_M = Z_0).
+        let z = &scratch.buf;
+        let p = &mut scratch.power;
+        p[0] = (z[0].re + z[0].im) * (z[0].re + z[0].im);
+        p[half] = (z[0].re - z[0].im) * (z[0].re - z[0].im);
+        // Zipped slices (z_k, z_{M−k}, w_k, p_k) for k = 1..M: no bounds checks, so the loop
+        // vectorises.
+        for (((a, b), w), pk) in z[1..half]
+            .iter()
+            .zip(z[1..half].iter().rev())
+            .zip(&self.twiddles[1..half])
+            .zip(&mut p[1..half])
+        {
+            let (er, ei) = ((a.re + b.re) * 0.5, (a.im - b.im) * 0.5);
+            let (or, oi) = ((a.im + b.im) * 0.5, (b.re - a.re) * 0.5);
+            let xr = er + w.re * or - w.im * oi;
+            let xi = ei + w.re * oi + w.im * or;
+            *pk = xr * xr + xi * xi;
         }
     }
 }
