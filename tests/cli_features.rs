@@ -58,6 +58,13 @@ fn writes_npy_and_png_for_files_and_folders() {
         // Same code path, so bit-identical.
         assert_eq!(got.data, log_mel(x, sr, &cfg).data);
         assert!(npy.with_extension("png").is_file());
+        #[cfg(unix)]
+        {
+            // Written through a temporary file, but not left private (0600) like one.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&npy).unwrap().permissions().mode();
+            assert_eq!(mode & 0o044, 0o044, "mode {mode:o}");
+        }
     }
     // No temporary files left behind.
     let leftovers: Vec<_> = walk(&out).into_iter().filter(|p| !is_output(p)).collect();

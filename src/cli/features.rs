@@ -219,7 +219,13 @@ fn write_atomic(
 ) -> Result<()> {
     let dir = dst.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".features-").suffix(".tmp");
+    // Temporary files are private (0600) by default; outputs should be ordinary files.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let tmp = builder
+        .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file());
