@@ -137,6 +137,15 @@ impl MelFilterbank {
         m
     }
 
+    /// One past the highest bin any band uses: the bins the power spectrum must provide.
+    pub fn bins_used(&self) -> usize {
+        self.bands
+            .iter()
+            .map(|b| b.start + b.weights.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Total number of stored (non-zero span) weights: the multiply-adds per frame.
     pub fn nnz(&self) -> usize {
         self.bands.iter().map(|b| b.weights.len()).sum()
@@ -243,5 +252,16 @@ mod tests {
             assert!(((out[m] as f64) - want).abs() <= 1e-6 * want.abs().max(1e-12));
         }
         assert!(fb.nnz() < 3 * fb.n_bins());
+        // Every non-zero weight lies below bins_used(); fmax 8000 Hz is the last bin here.
+        let used = fb.bins_used();
+        assert!(used <= fb.n_bins());
+        assert!(
+            (0..64).all(|m| dense[m * fb.n_bins() + used..(m + 1) * fb.n_bins()]
+                .iter()
+                .all(|&w| w == 0.0))
+        );
+        let fb = MelFilterbank::new(44100, 2048, 128, 80.0, 7600.0);
+        // 7600 Hz / 21.53 Hz per bin = bin 352.9, so the top band ends at bin 352.
+        assert_eq!(fb.bins_used(), 353);
     }
 }

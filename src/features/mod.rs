@@ -113,6 +113,8 @@ pub struct Extractor {
     cfg: MelConfig,
     stft: Stft,
     bank: MelFilterbank,
+    /// Power bins the bank reads (those above fmax are never computed).
+    bins_used: usize,
 }
 
 /// Frames per parallel work item: large enough to amortise the scratch allocation and rayon
@@ -123,16 +125,18 @@ impl Extractor {
     /// Builds the plan and filterbank; errors if `cfg` is invalid for `sample_rate`.
     pub fn new(sample_rate: u32, cfg: &MelConfig) -> Result<Self> {
         cfg.validate(sample_rate)?;
+        let bank = MelFilterbank::new(
+            sample_rate,
+            cfg.n_fft,
+            cfg.n_mels,
+            cfg.fmin as f64,
+            cfg.fmax as f64,
+        );
         Ok(Extractor {
             cfg: cfg.clone(),
             stft: Stft::new(cfg.n_fft, cfg.hop),
-            bank: MelFilterbank::new(
-                sample_rate,
-                cfg.n_fft,
-                cfg.n_mels,
-                cfg.fmin as f64,
-                cfg.fmax as f64,
-            ),
+            bins_used: bank.bins_used(),
+            bank,
         })
     }
 
@@ -218,7 +222,8 @@ impl Extractor {
         let n_mels = self.cfg.n_mels;
         let (mut max_raw, mut max_out) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
         for (i, row) in out.chunks_exact_mut(n_mels).enumerate() {
-            self.stft.frame_power(samples, first + i, s);
+            self.stft
+                .frame_power_upto(samples, first + i, s, self.bins_used);
             self.bank.apply(&s.power, row);
             // Separate passes: the element-wise log vectorises, the max reductions do not.
             max_raw = row.iter().fold(max_raw, |m, &x| m.max(x));

@@ -96,6 +96,19 @@ impl Stft {
     /// Inlined so that callers compiled for AVX2 get vectorised windowing and power loops.
     #[inline(always)]
     pub fn frame_power(&self, samples: &[f32], t: usize, scratch: &mut StftScratch) {
+        self.frame_power_upto(samples, t, scratch, self.n_bins());
+    }
+
+    /// [`Self::frame_power`] for bins `0..upto` only (the rest of `scratch.power` is stale):
+    /// the mel bank ignores bins above fmax, about 2/3 of them at 44.1 kHz.
+    #[inline(always)]
+    pub fn frame_power_upto(
+        &self,
+        samples: &[f32],
+        t: usize,
+        scratch: &mut StftScratch,
+        upto: usize,
+    ) {
         let half = self.n_fft / 2;
         let centre = t * self.hop;
         // Signal range covered by this frame, and where it lands in the frame.
@@ -132,11 +145,12 @@ impl Stft {
         p[half] = (z[0].re - z[0].im) * (z[0].re - z[0].im);
         // Zipped slices (z_k, z_{M−k}, w_k, p_k) for k = 1..M: no bounds checks, so the loop
         // vectorises.
-        for (((a, b), w), pk) in z[1..half]
+        let end = upto.clamp(1, half);
+        for (((a, b), w), pk) in z[1..end]
             .iter()
             .zip(z[1..half].iter().rev())
-            .zip(&self.twiddles[1..half])
-            .zip(&mut p[1..half])
+            .zip(&self.twiddles[1..end])
+            .zip(&mut p[1..end])
         {
             let (er, ei) = ((a.re + b.re) * 0.5, (a.im - b.im) * 0.5);
             let (or, oi) = ((a.im + b.im) * 0.5, (b.re - a.re) * 0.5);
