@@ -21,5 +21,4 @@ pub mod engine;
 pub mod features;
 pub mod model;
 pub mod rng;
-// Re-attached once audio, features, model and cpu land (the loop builds on all four).
-// pub mod train;
+pub mod train;

@@ -13,6 +13,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model on a corpus (the built-in demo corpus without --data).
+    Train(cli::train::TrainArgs),
+    /// Stratified (or speaker-independent) k-fold cross-validation.
+    Cv(cli::cv::CvArgs),
+    /// Metrics and confusion matrix of a trained model on a labelled corpus.
+    Eval(cli::eval::EvalArgs),
+    /// Emotion of each audio file, with class probabilities.
+    Predict(cli::predict::PredictArgs),
     /// Compute log-Mel spectrograms (librosa-exact) and write them as .npy (and .png).
     Features(cli::features::FeaturesArgs),
     /// Write the synthetic demo corpus of emotional prosody.
@@ -21,6 +29,8 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Check every gradient of the CPU reference against finite differences (f64).
     Gradcheck(cli::gradcheck::GradcheckArgs),
+    /// Throughput: training and inference samples/s, front-end audio-seconds/s.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() {
@@ -32,6 +42,11 @@ fn main() {
             .build_global();
     }
     let result = match &cli.command {
+        Command::Train(a) => cli::train::run(a, &cli.global),
+        Command::Cv(a) => cli::cv::run(a, &cli.global),
+        Command::Eval(a) => cli::eval::run(a, &cli.global),
+        Command::Predict(a) => cli::predict::run(a, &cli.global),
+        Command::Bench(a) => cli::bench::run(a, &cli.global),
         Command::Features(a) => cli::features::run(a, &cli.global),
         Command::Synth(a) => cli::synth::run(a, &cli.global),
         Command::Info(a) => cli::info::run(a, &cli.global),

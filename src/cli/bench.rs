@@ -114,8 +114,14 @@ fn bench_train(
         "device {}  threads {threads}  batch {b} x {m} mels x {t} frames  kernel {kernel}",
         device_name(global.device)
     );
-    println!("training   {train_rate:8.1} samples/s  ({:.1} ms/step)", 1e3 * train_s / steps as f64);
-    println!("inference  {infer_rate:8.1} samples/s  ({:.1} ms/batch)", 1e3 * infer_s / steps as f64);
+    println!(
+        "training   {train_rate:8.1} samples/s  ({:.1} ms/step)",
+        1e3 * train_s / steps as f64
+    );
+    println!(
+        "inference  {infer_rate:8.1} samples/s  ({:.1} ms/batch)",
+        1e3 * infer_s / steps as f64
+    );
     if let Some(mib) = peak_memory_mib() {
         println!("peak memory {mib:.0} MiB");
     }

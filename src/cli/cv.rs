@@ -96,7 +96,12 @@ pub fn run(args: &CvArgs, global: &Global) -> Result<()> {
     for (k, test) in folds.iter().enumerate() {
         let rest = complement(n, test);
         let rest_labels: Vec<usize> = rest.iter().map(|&i| labels[i]).collect();
-        let (tr, va) = stratified_split(&rest_labels, classes, args.val_split, global.seed + k as u64);
+        let (tr, va) = stratified_split(
+            &rest_labels,
+            classes,
+            args.val_split,
+            global.seed + k as u64,
+        );
         let train_idx: Vec<usize> = tr.iter().map(|&i| rest[i]).collect();
         let val_idx: Vec<usize> = va.iter().map(|&i| rest[i]).collect();
         let optim = opts.optim(&data.labels_of(&train_idx), classes);
@@ -161,7 +166,11 @@ pub fn run(args: &CvArgs, global: &Global) -> Result<()> {
     println!(
         "{}-fold {}: accuracy {:.2} ± {:.2}%  micro-F1 {:.2} ± {:.2}%  macro-F1 {:.2} ± {:.2}%",
         folds.len(),
-        if args.by_speaker { "speaker-independent" } else { "stratified" },
+        if args.by_speaker {
+            "speaker-independent"
+        } else {
+            "stratified"
+        },
         100.0 * am,
         100.0 * asd,
         100.0 * mim,
@@ -207,7 +216,13 @@ pub fn run(args: &CvArgs, global: &Global) -> Result<()> {
         macro_f1_std: masd,
         confusion: total,
     };
-    atomic_write(&out.join("cv.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    println!("wrote {}/cv.json, confusion.png, learning_curve.png", out.display());
+    atomic_write(
+        &out.join("cv.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    println!(
+        "wrote {}/cv.json, confusion.png, learning_curve.png",
+        out.display()
+    );
     Ok(())
 }

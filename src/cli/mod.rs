@@ -1,9 +1,14 @@
 //! One file per subcommand: its clap arguments and its `run`. `main.rs` only dispatches.
 
+pub mod bench;
+pub mod cv;
+pub mod eval;
 pub mod features;
 pub mod gradcheck;
 pub mod info;
+pub mod predict;
 pub mod synth;
+pub mod train;
 
 use clap::{Args, ValueEnum};
 

@@ -37,7 +37,13 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
             }
         };
         let lm = log_mel(&audio.samples, cfg.sample_rate, &cfg.mel);
-        let batch = Batch::from_features(&[(&lm.data, lm.frames)], &[0], &[0], lm.n_mels, -cfg.mel.top_db);
+        let batch = Batch::from_features(
+            &[(&lm.data, lm.frames)],
+            &[0],
+            &[0],
+            lm.n_mels,
+            -cfg.mel.top_db,
+        );
         let logits = backend.eval_logits(&batch)?;
         let p = softmax(&logits);
         let best = argmax(&logits);
@@ -59,11 +65,20 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
                 .zip(&p)
                 .map(|(l, v)| format!("{l} {:.3}", v))
                 .collect();
-            println!("{}\t{}\t{}", path.display(), cfg.labels[best], probs.join("  "));
+            println!(
+                "{}\t{}\t{}",
+                path.display(),
+                cfg.labels[best],
+                probs.join("  ")
+            );
         }
     }
     if !failed.is_empty() {
-        bail!("{} of {} file(s) could not be read", failed.len(), args.files.len());
+        bail!(
+            "{} of {} file(s) could not be read",
+            failed.len(),
+            args.files.len()
+        );
     }
     Ok(())
 }

@@ -154,7 +154,13 @@ impl TrainOpts {
             let n = train_labels.len() as f32;
             counts
                 .iter()
-                .map(|&c| if c == 0 { 0.0 } else { n / (classes as f32 * c as f32) })
+                .map(|&c| {
+                    if c == 0 {
+                        0.0
+                    } else {
+                        n / (classes as f32 * c as f32)
+                    }
+                })
                 .collect()
         });
         OptimConfig {
@@ -183,7 +189,10 @@ pub fn load_dataset(
         None => {
             let dir = crate::audio::synth::ensure_demo_corpus(global.progress())?;
             if !global.quiet {
-                eprintln!("no --data given: using the demo corpus in {}", dir.display());
+                eprintln!(
+                    "no --data given: using the demo corpus in {}",
+                    dir.display()
+                );
             }
             dir
         }
@@ -293,7 +302,10 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         Some(c) => c.mel.clone(),
         None => opts.mel(),
     };
-    let rate = resume_from.as_ref().map(|c| c.sample_rate).or(opts.sample_rate);
+    let rate = resume_from
+        .as_ref()
+        .map(|c| c.sample_rate)
+        .or(opts.sample_rate);
     let (_corpus, data) = load_dataset(
         opts.data.as_deref(),
         opts.format,
@@ -329,7 +341,8 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             (merged, all, val)
         }
         None => {
-            let (tr, va) = stratified_split(&labels, data.labels.len(), args.val_split, global.seed);
+            let (tr, va) =
+                stratified_split(&labels, data.labels.len(), args.val_split, global.seed);
             (data, tr, va)
         }
     };

@@ -17,7 +17,11 @@ pub struct CpuBackend {
 impl CpuBackend {
     pub fn new(cfg: &ModelConfig, optim: &OptimConfig, seed: u64) -> Self {
         let model = CpuModel::<f32>::new(cfg.clone(), seed);
-        let mut adam = Adam::new(model.params.len(), optim.lr as f32, optim.weight_decay as f32);
+        let mut adam = Adam::new(
+            model.params.len(),
+            optim.lr as f32,
+            optim.weight_decay as f32,
+        );
         adam.decoupled = optim.decoupled_weight_decay;
         Self {
             model,

@@ -202,7 +202,10 @@ pub fn bucketed_batches(
     }
     // Stable sort keeps the shuffled order among equal lengths.
     order.sort_by_key(|&i| frames[i]);
-    let mut batches: Vec<Vec<usize>> = order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect();
+    let mut batches: Vec<Vec<usize>> = order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect();
     if let Some((seed, epoch)) = shuffle_seed {
         shuffle(&mut batches, seed, Purpose::Shuffle, 2 * epoch + 1);
     }

@@ -97,7 +97,10 @@ pub fn evaluate(
             out[i] = Some((pred[k], logits[k * classes..(k + 1) * classes].to_vec()));
         }
     }
-    let preds = idx.iter().map(|&i| out[i].take().expect("evaluated")).collect();
+    let preds = idx
+        .iter()
+        .map(|&i| out[i].take().expect("evaluated"))
+        .collect();
     Ok((loss_sum / idx.len().max(1) as f64, confusion, preds))
 }
 
@@ -142,7 +145,15 @@ pub fn augmented_batch(
                 clip.mel.clone()
             };
             spec_augment(
-                &mut mel, n_mels, clip.frames, clip.frames, silence, aug, seed, step, c,
+                &mut mel,
+                n_mels,
+                clip.frames,
+                clip.frames,
+                silence,
+                aug,
+                seed,
+                step,
+                c,
             );
             (mel, clip.frames)
         })
@@ -172,7 +183,12 @@ pub fn fit(
     let frames: Vec<usize> = data.clips.iter().map(|c| c.frames).collect();
     while progress.epochs_done < cfg.epochs && !progress.early.should_stop() {
         let epoch = progress.epochs_done;
-        let batches = bucketed_batches(&frames, train_idx, cfg.batch_size, Some((cfg.seed, epoch as u32)));
+        let batches = bucketed_batches(
+            &frames,
+            train_idx,
+            cfg.batch_size,
+            Some((cfg.seed, epoch as u32)),
+        );
         let bar = if show_progress {
             let b = ProgressBar::new(batches.len() as u64);
             b.set_style(

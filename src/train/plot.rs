@@ -91,7 +91,10 @@ impl Canvas {
 
     /// Writes the canvas as an 8-bit RGB PNG, atomically (temp file, then rename).
     pub fn save_png(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
         {
@@ -116,7 +119,12 @@ impl Canvas {
 
 /// Confusion matrix heat map: rows are true classes, columns predictions; each cell shows
 /// its count and is shaded by the row-normalised fraction.
-pub fn confusion_png(path: &Path, counts: &[Vec<u64>], labels: &[String], title: &str) -> Result<()> {
+pub fn confusion_png(
+    path: &Path,
+    counts: &[Vec<u64>],
+    labels: &[String],
+    title: &str,
+) -> Result<()> {
     let n = labels.len();
     let cell = 64i64;
     let label_w = 8 * 2 * labels.iter().map(|l| l.len()).max().unwrap_or(4).min(14) as i64 + 16;
@@ -135,14 +143,26 @@ pub fn confusion_png(path: &Path, counts: &[Vec<u64>], labels: &[String], title:
             cv.rect(x, y, cell - 2, cell - 2, col);
             let s = c.to_string();
             let ink = if f > 0.5 { WHITE } else { BLACK };
-            cv.text(x + (cell - 16 * s.len() as i64) / 2, y + cell / 2 - 8, &s, ink, 2);
+            cv.text(
+                x + (cell - 16 * s.len() as i64) / 2,
+                y + cell / 2 - 8,
+                &s,
+                ink,
+                2,
+            );
         }
         let l: String = labels[i].chars().take(14).collect();
         cv.text(8, top + i as i64 * cell + cell / 2 - 8, &l, BLACK, 2);
     }
     for (j, l) in labels.iter().enumerate() {
         let l: String = l.chars().take(7).collect();
-        cv.text(label_w + j as i64 * cell + 2, top + n as i64 * cell + 8, &l, BLACK, 1);
+        cv.text(
+            label_w + j as i64 * cell + 2,
+            top + n as i64 * cell + 8,
+            &l,
+            BLACK,
+            1,
+        );
     }
     cv.save_png(path)
 }
@@ -160,7 +180,10 @@ pub fn line_chart_png(path: &Path, title: &str, y_label: &str, series: &[Series]
     let (left, right, top, bottom) = (80i64, 200i64, 50i64, 50i64);
     let mut cv = Canvas::new(w as usize, h as usize);
     cv.text(left, 15, title, BLACK, 2);
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.1.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|p| p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -194,7 +217,12 @@ pub fn line_chart_png(path: &Path, title: &str, y_label: &str, series: &[Series]
     for (k, s) in series.iter().enumerate() {
         let finite: Vec<&(f64, f64)> = s.points.iter().filter(|p| p.1.is_finite()).collect();
         for p in finite.windows(2) {
-            cv.line((px(p[0].0), py(p[0].1)), (px(p[1].0), py(p[1].1)), s.color, 2);
+            cv.line(
+                (px(p[0].0), py(p[0].1)),
+                (px(p[1].0), py(p[1].1)),
+                s.color,
+                2,
+            );
         }
         let ly = top + 16 * k as i64;
         cv.rect(w - right + 10, ly, 14, 8, s.color);
@@ -212,8 +240,13 @@ mod tests {
     fn charts_write_decodable_pngs() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cm.png");
-        confusion_png(&p, &[vec![5, 1], vec![0, 7]], &["anger".into(), "sad".into()], "t")
-            .unwrap();
+        confusion_png(
+            &p,
+            &[vec![5, 1], vec![0, 7]],
+            &["anger".into(), "sad".into()],
+            "t",
+        )
+        .unwrap();
         let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
         let info = dec.read_info().unwrap().info().clone();
         assert!(info.width > 100 && info.height > 100);

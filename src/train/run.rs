@@ -86,7 +86,8 @@ impl RunDir {
         let p = self.path.join("config.json");
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not a valid run config", p.display()))
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid run config", p.display()))
     }
 
     pub fn write_config(&self, cfg: &RunConfig) -> Result<()> {
@@ -114,7 +115,13 @@ impl RunDir {
         let mut meta = BTreeMap::new();
         meta.insert("epoch".to_string(), epoch.to_string());
         meta.insert("labels".to_string(), serde_json::to_string(&cfg.labels)?);
-        save_checkpoint(&self.model_path(), &cfg.model, &state.params, &state.buffers, &meta)
+        save_checkpoint(
+            &self.model_path(),
+            &cfg.model,
+            &state.params,
+            &state.buffers,
+            &meta,
+        )
     }
 
     /// Best weights and BatchNorm buffers.
@@ -134,7 +141,10 @@ impl RunDir {
             .iter()
             .map(|(n, v)| {
                 let bytes: &[u8] = bytemuck::cast_slice(v);
-                (n.to_string(), TensorView::new(Dtype::F32, vec![v.len()], bytes).unwrap())
+                (
+                    n.to_string(),
+                    TensorView::new(Dtype::F32, vec![v.len()], bytes).unwrap(),
+                )
             })
             .collect();
         let mut meta = HashMap::new();
@@ -157,7 +167,8 @@ impl RunDir {
             );
         }
         let progress: FitProgress = serde_json::from_str(
-            &std::fs::read_to_string(&pj).with_context(|| format!("{}: cannot read", pj.display()))?,
+            &std::fs::read_to_string(&pj)
+                .with_context(|| format!("{}: cannot read", pj.display()))?,
         )
         .with_context(|| format!("{}: corrupt", pj.display()))?;
         let bytes = std::fs::read(&ps).with_context(|| format!("{}: cannot read", ps.display()))?;

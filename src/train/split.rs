@@ -145,14 +145,26 @@ mod tests {
     fn kfold_partitions_and_stratifies() {
         // 3 classes of 10, 7 and 13 clips.
         let labels: Vec<usize> = (0..30)
-            .map(|i| if i < 10 { 0 } else if i < 17 { 1 } else { 2 })
+            .map(|i| {
+                if i < 10 {
+                    0
+                } else if i < 17 {
+                    1
+                } else {
+                    2
+                }
+            })
             .collect();
         let folds = stratified_kfold(&labels, &names(3), 5, 1).unwrap();
         let mut all: Vec<usize> = folds.concat();
         all.sort_unstable();
         assert_eq!(all, (0..30).collect::<Vec<_>>());
         for f in &folds {
-            assert!(f.len() == 6, "fold sizes {:?}", folds.iter().map(Vec::len).collect::<Vec<_>>());
+            assert!(
+                f.len() == 6,
+                "fold sizes {:?}",
+                folds.iter().map(Vec::len).collect::<Vec<_>>()
+            );
             for c in 0..3 {
                 let n = f.iter().filter(|&&i| labels[i] == c).count();
                 let total = labels.iter().filter(|&&l| l == c).count();
@@ -194,6 +206,9 @@ mod tests {
         assert_eq!(folds.iter().map(Vec::len).sum::<usize>(), 40);
         assert!(speaker_kfold(&spk, 8).is_err());
         let none = vec![Some("a".to_string()), None];
-        assert!(speaker_kfold(&none, 2).unwrap_err().to_string().contains("clip 1"));
+        assert!(speaker_kfold(&none, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("clip 1"));
     }
 }
