@@ -55,7 +55,9 @@ fn info_summarises_a_corpus() {
         .stdout(contains("duration: 0:00:05"))
         .stdout(contains("sample rates: 8000 Hz (1), 16000 Hz (3)"))
         .stdout(contains("classes: 3"))
-        .stdout(contains("  anger: 2\n  happiness: 1\n  sadness: 1"))
+        .stdout(contains(
+            "  anger: 2 clips, 0:00:02\n  happiness: 1 clips, 0:00:01\n  sadness: 1 clips, 0:00:02",
+        ))
         .stdout(contains("speakers: 2 (Female01, Male01)"))
         .stdout(contains("unreadable: 1"))
         .stdout(contains("ml01_neu (1).wav: "));
@@ -69,4 +71,44 @@ fn info_with_a_missing_corpus_fails_naming_it() {
         .assert()
         .failure()
         .stderr(contains("/nonexistent/corpus dir"));
+}
+
+#[test]
+fn info_lists_devices_and_why_one_is_missing() {
+    // No GPU on CI: the report must say cuda is unavailable and why, and that sim works.
+    let out = Command::cargo_bin("ser-engine")
+        .unwrap()
+        .arg("info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.contains("cuda"), "{text}");
+    assert!(text.contains("sim"), "{text}");
+}
+
+#[test]
+fn model_summary_gives_the_paper_sizes() {
+    // Table 3 of the paper / MODEL_SPEC.md, counted without BatchNorm for 5 classes.
+    for (k, total) in [("3", "554374"), ("7", "965254"), ("11", "1704838")] {
+        Command::cargo_bin("ser-engine")
+            .unwrap()
+            .args(["info", "--model-summary", "--no-batchnorm", "--kernel-size", k])
+            .assert()
+            .success()
+            .stdout(contains("lstm.weight_hh_l1_reverse"))
+            .stdout(contains(total));
+    }
+    Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args(["info", "--model-summary", "--classes", "4"])
+        .assert()
+        .success()
+        .stdout(contains("of which BatchNorm"))
+        .stdout(contains("448"));
+    Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args(["info", "--model-summary", "--kernel-size", "4"])
+        .assert()
+        .failure();
 }

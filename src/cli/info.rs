@@ -1,5 +1,6 @@
-//! `ser-engine info`: the build (version, CPU threads), or with `--data` a corpus summary:
-//! layout, clip count, duration, sample rates, classes, speakers and unreadable files.
+//! `ser-engine info`: the build (version, CPU threads, devices and why one is missing), with
+//! `--data` a corpus summary (layout, clips, durations, sample rates, classes, speakers,
+//! unreadable files), with `--model-summary` the parameter table of the model.
 
 use crate::audio::corpus::{load_corpus, Corpus, CorpusFormat, CorpusOptions};
 use clap::Args;
@@ -17,12 +18,44 @@ pub struct InfoArgs {
     /// Regex with named groups `label` (and optionally `speaker`) over paths relative to --data.
     #[arg(long)]
     pub label_regex: Option<String>,
+    /// Print the model's parameters layer by layer (PyTorch state_dict names) and the total.
+    #[arg(long)]
+    pub model_summary: bool,
+    /// Convolution kernel size for --model-summary.
+    #[arg(long, default_value_t = 7)]
+    pub kernel_size: usize,
+    /// Number of classes for --model-summary.
+    #[arg(long, default_value_t = 5)]
+    pub classes: usize,
+    /// Leave BatchNorm out of --model-summary.
+    #[arg(long)]
+    pub no_batchnorm: bool,
 }
 
 pub fn run(args: &InfoArgs, _global: &super::Global) -> anyhow::Result<()> {
+    if args.model_summary {
+        let cfg = crate::model::ModelConfig {
+            kernel: args.kernel_size,
+            classes: args.classes,
+            batchnorm: !args.no_batchnorm,
+            ..Default::default()
+        };
+        cfg.validate()?;
+        println!(
+            "ArabEmoNet, kernel {k}x{k}, {} classes, BatchNorm {}",
+            cfg.classes,
+            if cfg.batchnorm { "on" } else { "off" },
+            k = cfg.kernel
+        );
+        print!("{}", crate::model::summary(&cfg));
+        return Ok(());
+    }
     match &args.data {
         None => {
             println!("{}", build_summary());
+            for line in crate::device::device_report() {
+                println!("{line}");
+            }
             Ok(())
         }
         Some(data) => {
@@ -86,8 +119,14 @@ pub fn corpus_summary(c: &Corpus) -> String {
             .join(", ")
     ));
     line(format!("classes: {}", c.labels.len()));
-    for (label, n) in c.labels.iter().zip(c.class_counts()) {
-        line(format!("  {label}: {n}"));
+    let mut seconds = vec![0.0f64; c.labels.len()];
+    for clip in &c.clips {
+        if let Some(i) = c.label_index(&clip.label) {
+            seconds[i] += clip.duration_s;
+        }
+    }
+    for ((label, n), s) in c.labels.iter().zip(c.class_counts()).zip(seconds) {
+        line(format!("  {label}: {n} clips, {}", hms(s)));
     }
     let speakers = c.speakers();
     if speakers.is_empty() {
