@@ -448,7 +448,16 @@ mod tests {
         let mut worst = 0.0f64;
         let mut x = 1e-10f32;
         while x < 1e6 {
-            for y in [x, x * 1.0001, x * 1.3, x * 1.41421, x * 1.41422, x * 1.9999] {
+            // Includes both sides of the √2 switch point of the mantissa reduction.
+            let r2 = std::f32::consts::SQRT_2;
+            for y in [
+                x,
+                x * 1.0001,
+                x * 1.3,
+                x * (r2 - 1e-5),
+                x * (r2 + 1e-5),
+                x * 1.9999,
+            ] {
                 let want = 10.0 * (y as f64).log10();
                 let got = db10(y) as f64;
                 let err = (got - want).abs();

@@ -253,14 +253,11 @@ mod tests {
         for t in [0, 1, 2, s.frames / 2, s.frames - 2, s.frames - 1] {
             let want = naive_power(&samples, n_fft, hop, t);
             let scale = want.iter().cloned().fold(0.0, f64::max);
-            for k in 0..s.n_bins {
+            assert_eq!(want.len(), s.n_bins);
+            for (k, &w) in want.iter().enumerate() {
                 let got = s.data[k * s.frames + t] as f64;
                 // f32 storage (6e-8 relative) plus O(N²) DFT round-off, relative to the peak.
-                assert!(
-                    (got - want[k]).abs() <= 1e-6 * scale,
-                    "t {t} k {k}: {got} vs {}",
-                    want[k]
-                );
+                assert!((got - w).abs() <= 1e-6 * scale, "t {t} k {k}: {got} vs {w}");
             }
         }
     }
