@@ -6,9 +6,15 @@
 //! It is the reference the CUDA front end is checked against and what `train`, `predict` and
 //! `ser-engine features` use on the CPU.
 //!
-//! Speed: one realfft R2C plan, Hann window and span-compressed filterbank per (rate, config),
-//! cached per thread; per-thread scratch buffers (no allocation per frame); frames are split
-//! into chunks that rayon spreads over the current pool.
+//! Speed: one FFT plan (the real FFT as a half-size rustfft complex FFT plus a fused split
+//! step), Hann window and span-compressed filterbank per (rate, config), cached per thread;
+//! scratch buffers reused across frames (no allocation per frame); power computed only for the
+//! bins below fmax; the per-frame kernel compiled for AVX2+FMA when the CPU has them; frames
+//! split into chunks that rayon spreads over the current pool.
+//!
+//! Precision: window × signal and the FFT in f64 as librosa does (numpy multiplies float32
+//! frames by a float64 window), mel sums in f64, dB in f32. Measured against librosa 0.11:
+//! max |diff| 1.5e-5 dB (2 f32 ulps at 80 dB) on the fixtures and on 12 EYASE clips.
 //!
 //! Submodules: `stft` (framing and power spectrum), `mel` (filterbank), `npy` (numpy files),
 //! `png` (spectrogram pictures), `augment` (training-time augmentation).
