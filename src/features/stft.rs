@@ -4,8 +4,8 @@
 //! librosa multiplies float32 frames by a float64 periodic Hann window, so the product and the
 //! rfft are float64 (then stored as complex64). We do the same in f64 (a rustfft complex FFT
 //! of half the size plus the real-input split step) and keep the power in f64 until the mel
-//! product; the difference from librosa's complex64
-//! rounding is ~1e-7 relative, far below the 1e-3 dB the tests demand.
+//! product; the difference from librosa's complex64 rounding is ~1e-7 relative, far below the
+//! 1e-3 dB the tests demand.
 
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
