@@ -6,9 +6,15 @@
 //! It is the reference the CUDA front end is checked against and what `train`, `predict` and
 //! `ser-engine features` use on the CPU.
 //!
-//! Speed: one realfft R2C plan, Hann window and span-compressed filterbank per (rate, config),
-//! cached per thread; per-thread scratch buffers (no allocation per frame); frames are split
-//! into chunks that rayon spreads over the current pool.
+//! Speed: one FFT plan (the real FFT as a half-size rustfft complex FFT plus a fused split
+//! step), Hann window and span-compressed filterbank per (rate, config), cached per thread;
+//! scratch buffers reused across frames (no allocation per frame); power computed only for the
+//! bins below fmax; the per-frame kernel compiled for AVX2+FMA when the CPU has them; frames
+//! split into chunks that rayon spreads over the current pool.
+//!
+//! Precision: window × signal and the FFT in f64 as librosa does (numpy multiplies float32
+//! frames by a float64 window), mel sums in f64, dB in f32. Measured against librosa 0.11:
+//! max |diff| 1.5e-5 dB (2 f32 ulps at 80 dB) on the fixtures and on 12 EYASE clips.
 //!
 //! Submodules: `stft` (framing and power spectrum), `mel` (filterbank), `npy` (numpy files),
 //! `png` (spectrogram pictures), `augment` (training-time augmentation).
@@ -346,7 +352,12 @@ pub fn extractor(sample_rate: u32, cfg: &MelConfig) -> Result<Arc<Extractor>> {
 
 /// [`log_mel`] that reports an invalid config or non-finite samples as an error.
 pub fn try_log_mel(samples: &[f32], sample_rate: u32, cfg: &MelConfig) -> Result<LogMel> {
-    if let Some(i) = samples.iter().position(|x| !x.is_finite()) {
+    // Branch-free per block so it vectorises; find the culprit only on failure.
+    let finite = samples
+        .chunks(4096)
+        .all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()));
+    if !finite {
+        let i = samples.iter().position(|x| !x.is_finite()).unwrap_or(0);
         bail!("sample {i} is not a finite number ({})", samples[i]);
     }
     Ok(extractor(sample_rate, cfg)?.log_mel(samples))
@@ -443,7 +454,16 @@ mod tests {
         let mut worst = 0.0f64;
         let mut x = 1e-10f32;
         while x < 1e6 {
-            for y in [x, x * 1.0001, x * 1.3, x * 1.41421, x * 1.41422, x * 1.9999] {
+            // Includes both sides of the √2 switch point of the mantissa reduction.
+            let r2 = std::f32::consts::SQRT_2;
+            for y in [
+                x,
+                x * 1.0001,
+                x * 1.3,
+                x * (r2 - 1e-5),
+                x * (r2 + 1e-5),
+                x * 1.9999,
+            ] {
                 let want = 10.0 * (y as f64).log10();
                 let got = db10(y) as f64;
                 let err = (got - want).abs();
