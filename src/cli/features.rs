@@ -1,10 +1,288 @@
-//! `ser-engine features`.
+//! `ser-engine features`: log-Mel spectrograms (librosa-exact) of audio files as float32 .npy
+//! `[n_mels, frames]` (and optionally a PNG picture), or `--bench` for the front end's speed.
+//!
+//! Inputs may be files or folders (searched recursively for audio files). A file given
+//! directly is written as `OUT/<stem>.npy`; files found in a folder keep their path relative to
+//! that folder (`OUT/<sub>/<stem>.npy`) so equal names in different folders do not collide.
+//! Each output is written to a temporary file in OUT and renamed, so a reader never sees a
+//! half-written .npy. A failing file does not stop the others; failures are listed at the end
+//! and the command then exits non-zero.
 
+use crate::audio::load_audio;
+use crate::features::{npy, png, try_log_mel, MelConfig};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// File extensions treated as audio when searching folders.
+const AUDIO_EXTS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
 
 #[derive(Debug, Args)]
-pub struct FeaturesArgs {}
+pub struct FeaturesArgs {
+    /// Audio files or folders (searched recursively for .wav/.flac/.mp3/.ogg).
+    #[arg(required_unless_present = "bench")]
+    pub inputs: Vec<PathBuf>,
+    /// Output folder (created if missing).
+    #[arg(long, required_unless_present = "bench")]
+    pub out: Option<PathBuf>,
+    /// Also write a PNG picture of each spectrogram.
+    #[arg(long)]
+    pub png: bool,
+    /// Resample to this rate first (default: keep each file's native rate).
+    #[arg(long)]
+    pub sample_rate: Option<u32>,
+    /// FFT size (even).
+    #[arg(long, default_value_t = 2048)]
+    pub n_fft: usize,
+    /// Hop between frames, samples.
+    #[arg(long, default_value_t = 256)]
+    pub hop: usize,
+    /// Number of mel bands.
+    #[arg(long, default_value_t = 128)]
+    pub n_mels: usize,
+    /// Lowest mel band edge, Hz.
+    #[arg(long, default_value_t = 80.0)]
+    pub fmin: f32,
+    /// Highest mel band edge, Hz.
+    #[arg(long, default_value_t = 7600.0)]
+    pub fmax: f32,
+    /// Dynamic range kept below the maximum, dB.
+    #[arg(long, default_value_t = 80.0)]
+    pub top_db: f32,
+    /// Measure throughput (audio-seconds per second) on synthetic audio instead.
+    #[arg(long)]
+    pub bench: bool,
+    /// Length of the synthetic clip for --bench, seconds.
+    #[arg(long, default_value_t = 60.0, requires = "bench")]
+    pub seconds: f64,
+}
 
-pub fn run(_args: &FeaturesArgs, _global: &super::Global) -> anyhow::Result<()> {
-    anyhow::bail!("'features' is being written")
+impl FeaturesArgs {
+    /// The front-end configuration these flags describe.
+    pub fn mel(&self) -> MelConfig {
+        MelConfig {
+            n_fft: self.n_fft,
+            hop: self.hop,
+            n_mels: self.n_mels,
+            fmin: self.fmin,
+            fmax: self.fmax,
+            top_db: self.top_db,
+        }
+    }
+}
+
+pub fn run(args: &FeaturesArgs, global: &super::Global) -> Result<()> {
+    if args.bench {
+        return bench(args, global);
+    }
+    let out_dir = args.out.as_ref().context("--out is required")?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{}: cannot create output folder", out_dir.display()))?;
+    let cfg = args.mel();
+    if let Some(sr) = args.sample_rate {
+        cfg.validate(sr)?;
+    }
+
+    let (jobs, mut failures) = collect_jobs(&args.inputs, out_dir);
+    let bar = if global.progress() && !jobs.is_empty() {
+        let b = ProgressBar::new(jobs.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("features {bar:30} {pos}/{len} files {elapsed}")
+                .expect("valid template"),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let results: Vec<(PathBuf, Result<()>)> = jobs
+        .par_iter()
+        .map(|(src, dst)| {
+            let r = process(src, dst, &cfg, args);
+            bar.inc(1);
+            (src.clone(), r)
+        })
+        .collect();
+    bar.finish_and_clear();
+    let written = results.iter().filter(|r| r.1.is_ok()).count();
+    failures.extend(
+        results
+            .into_iter()
+            .filter_map(|(p, r)| r.err().map(|e| (p, format!("{e:#}")))),
+    );
+    if !global.quiet {
+        println!("wrote {written} spectrograms to {}", out_dir.display());
+    }
+    if !failures.is_empty() {
+        for (p, e) in &failures {
+            eprintln!("failed: {}: {e}", p.display());
+        }
+        bail!(
+            "{} of {} inputs failed (listed above)",
+            failures.len(),
+            failures.len() + written
+        );
+    }
+    Ok(())
+}
+
+/// (source, destination .npy) pairs, and the inputs that could not be used.
+#[allow(clippy::type_complexity)]
+fn collect_jobs(
+    inputs: &[PathBuf],
+    out_dir: &Path,
+) -> (Vec<(PathBuf, PathBuf)>, Vec<(PathBuf, String)>) {
+    let mut jobs = Vec::new();
+    let mut failures = Vec::new();
+    let mut claimed: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut add = |src: PathBuf, rel: PathBuf, jobs: &mut Vec<_>, failures: &mut Vec<_>| {
+        let dst = out_dir.join(rel).with_extension("npy");
+        match claimed.get(&dst) {
+            Some(first) => failures.push((
+                src,
+                format!(
+                    "output {} is already taken by {}",
+                    dst.display(),
+                    first.display()
+                ),
+            )),
+            None => {
+                claimed.insert(dst.clone(), src.clone());
+                jobs.push((src, dst));
+            }
+        }
+    };
+    for input in inputs {
+        if input.is_dir() {
+            let mut found = 0;
+            for entry in walkdir::WalkDir::new(input).sort_by_file_name() {
+                match entry {
+                    Ok(e) if e.file_type().is_file() && is_audio(e.path()) => {
+                        let rel = e
+                            .path()
+                            .strip_prefix(input)
+                            .unwrap_or(e.path())
+                            .to_path_buf();
+                        add(e.path().to_path_buf(), rel, &mut jobs, &mut failures);
+                        found += 1;
+                    }
+                    Ok(_) => {}
+                    Err(err) => failures.push((input.clone(), format!("cannot list: {err}"))),
+                }
+            }
+            if found == 0 {
+                failures.push((input.clone(), "folder holds no audio files".into()));
+            }
+        } else if input.is_file() {
+            let name = input.file_name().map(PathBuf::from).unwrap_or_default();
+            add(input.clone(), name, &mut jobs, &mut failures);
+        } else {
+            failures.push((input.clone(), "no such file or folder".into()));
+        }
+    }
+    (jobs, failures)
+}
+
+fn is_audio(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| AUDIO_EXTS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Decode, compute, write `dst` (and its .png) atomically.
+fn process(src: &Path, dst: &Path, cfg: &MelConfig, args: &FeaturesArgs) -> Result<()> {
+    let audio = load_audio(src, args.sample_rate)?;
+    cfg.validate(audio.sample_rate)
+        .with_context(|| format!("{}: at {} Hz", src.display(), audio.sample_rate))?;
+    let lm = try_log_mel(&audio.samples, audio.sample_rate, cfg)
+        .with_context(|| format!("{}", src.display()))?;
+    // Shape [n_mels, frames], row 0 = lowest band: what librosa returns.
+    write_atomic(dst, |w| {
+        npy::write_npy_to(w, &[lm.n_mels, lm.frames], &lm.data)
+    })?;
+    if args.png {
+        write_atomic(&dst.with_extension("png"), |w| {
+            png::write_png_to(w, &lm.data, lm.n_mels, lm.frames, 2)
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file in the destination's folder, then renames it into place.
+fn write_atomic(
+    dst: &Path,
+    body: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> Result<()>,
+) -> Result<()> {
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file());
+        body(&mut w).with_context(|| format!("{}: write", dst.display()))?;
+        w.flush()
+            .with_context(|| format!("{}: write", dst.display()))?;
+    }
+    tmp.persist(dst)
+        .with_context(|| format!("{}: cannot rename into place", dst.display()))?;
+    Ok(())
+}
+
+/// Throughput on synthetic audio at 22.05 and 44.1 kHz, one thread and all threads.
+fn bench(args: &FeaturesArgs, global: &super::Global) -> Result<()> {
+    use crate::rng::{Purpose, Stream};
+    if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 3600.0) {
+        bail!("--seconds must be in (0, 3600]");
+    }
+    let cfg = args.mel();
+    let all = global
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    println!(
+        "log-Mel throughput, {} s synthetic clip, n_fft {} hop {} n_mels {} (audio-seconds per second)",
+        args.seconds, cfg.n_fft, cfg.hop, cfg.n_mels
+    );
+    for sr in [22050u32, 44100] {
+        cfg.validate(sr)?;
+        let n = (args.seconds * sr as f64) as usize;
+        // A tone plus noise: content does not change the cost, only the length does.
+        let noise = Stream::new(global.seed, Purpose::Synth, sr);
+        let x: Vec<f32> = (0..n)
+            .map(|i| {
+                let tone = (2.0 * std::f32::consts::PI * 220.0 * i as f32 / sr as f32).sin();
+                0.3 * tone + 0.05 * noise.normal(i as u64)
+            })
+            .collect();
+        let mut threads = vec![1];
+        if all > 1 {
+            threads.push(all);
+        }
+        for t in threads {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+            let (best, median) = pool.install(|| {
+                try_log_mel(&x, sr, &cfg)?; // warm-up: plans, filterbank, page faults
+                let mut times = Vec::new();
+                let start = Instant::now();
+                while times.len() < 3 || (start.elapsed().as_secs_f64() < 2.0 && times.len() < 50) {
+                    let t0 = Instant::now();
+                    std::hint::black_box(try_log_mel(&x, sr, &cfg)?);
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+                times.sort_by(f64::total_cmp);
+                Ok::<_, anyhow::Error>((times[0], times[times.len() / 2]))
+            })?;
+            println!(
+                "{sr:>6} Hz  {t:>2} thread(s): {:>9.1} best  {:>9.1} median  ({:.2} ms per clip)",
+                args.seconds / best,
+                args.seconds / median,
+                best * 1e3
+            );
+        }
+    }
+    Ok(())
 }
