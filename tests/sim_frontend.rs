@@ -281,15 +281,13 @@ fn pipeline_matches_cpu_on_real_speech() {
     let dev = device();
     let mut clips = Vec::new();
     let mut sr = 0;
-    // Mixed lengths, kept modest for the sim: 0.9 s, 0.55 s, 0.7 s, 0.35 s (+ odd offsets).
+    // Mixed lengths: up to 2.0 s, 1.6 s, 1.2 s, 0.8 s (+ odd offsets, none a multiple of hop).
     for (i, f) in files.iter().enumerate() {
         let a = ser_engine::audio::load_audio(f, None).unwrap();
         sr = a.sample_rate;
-        let n = ((0.9 - 0.2 * (i % 3) as f64 - 0.2 * (i / 3) as f64 * 1.75) * sr as f64) as usize
-            + 13 * i;
-        // skip the leading silence so the frames hold speech
-        let start = (a.samples.len() / 4).min(a.samples.len().saturating_sub(n));
-        clips.push(a.samples[start..(start + n).min(a.samples.len())].to_vec());
+        let n = (((2.0 - 0.4 * i as f64) * sr as f64) as usize + 13 * i + 1).min(a.samples.len());
+        let start = (a.samples.len() - n) / 2;
+        clips.push(a.samples[start..start + n].to_vec());
     }
     let cfg = MelConfig::default();
     let fe = DeviceFrontEnd::new(&dev, sr, &cfg).unwrap();
@@ -441,4 +439,41 @@ fn augmentation_matches_cpu() {
     let err = compare_log_mel(&got, &frames, &want, 32);
     eprintln!("augmented pipeline: max abs error {err:.3e} dB");
     assert!(err <= 1e-3, "augmented pipeline err {err} dB");
+}
+
+#[test]
+fn cli_features_on_sim_writes_what_the_cpu_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for (i, x) in signal(31, 7_001, 16000.0).iter().enumerate() {
+        w.write_sample(((x * 32767.0).round() as i16).wrapping_add((i % 3) as i16))
+            .unwrap();
+    }
+    w.finalize().unwrap();
+    let mut outs = Vec::new();
+    for device in ["cpu", "sim"] {
+        let out = dir.path().join(device);
+        assert_cmd::Command::cargo_bin("ser-engine")
+            .unwrap()
+            .args(["--quiet", "--device", device, "features"])
+            .arg(&wav)
+            .arg("--out")
+            .arg(&out)
+            .arg("--png")
+            .assert()
+            .success();
+        assert!(out.join("tone.png").is_file());
+        outs.push(ser_engine::features::npy::read_npy(&out.join("tone.npy")).unwrap());
+    }
+    assert_eq!(outs[0].shape, outs[1].shape);
+    let err = max_abs_diff(&outs[0].data, &outs[1].data);
+    // the same 1e-3 dB the library-level comparison uses
+    assert!(err <= 1e-3, "cli sim vs cpu: {err} dB");
 }

@@ -465,7 +465,7 @@ impl DeviceFrontEnd {
             b > 0 || pcm.is_empty(),
             "log_mel_batch: samples but no lengths"
         );
-        let max_samples = if b == 0 { 0 } else { pcm.len() / b };
+        let max_samples = pcm.len().checked_div(b).unwrap_or(0);
         let noisy;
         let src = match augment {
             Some((cfg, seed, step, ids)) if cfg.noise_prob > 0.0 => {
