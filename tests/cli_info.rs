@@ -93,7 +93,13 @@ fn model_summary_gives_the_paper_sizes() {
     for (k, total) in [("3", "554374"), ("7", "965254"), ("11", "1704838")] {
         Command::cargo_bin("ser-engine")
             .unwrap()
-            .args(["info", "--model-summary", "--no-batchnorm", "--kernel-size", k])
+            .args([
+                "info",
+                "--model-summary",
+                "--no-batchnorm",
+                "--kernel-size",
+                k,
+            ])
             .assert()
             .success()
             .stdout(contains("lstm.weight_hh_l1_reverse"))

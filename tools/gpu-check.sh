@@ -11,8 +11,11 @@ nvidia-smi || true
 echo "== device report"
 cargo run --release -q -- info || true
 echo "== kernel tests on the GPU"
-SER_TEST_DEVICE=cuda cargo test --release --test sim_kernels
+SER_TEST_DEVICE=cuda cargo test --release --test sim_kernels --test sim_frontend -- --nocapture
 echo "== kernel tests on sim"
-cargo test --release --test sim_kernels --test sim_shim
+cargo test --release --test sim_kernels --test sim_shim --test sim_frontend
 echo "== benchmarks"
 SER_BENCH_DEVICE=cuda cargo bench --bench kernels
+echo "== front end (log-Mel) throughput on the GPU and the CPU"
+cargo run --release -q -- --device cuda features --bench --seconds 600
+cargo run --release -q -- --device cpu features --bench --seconds 60

@@ -9,7 +9,10 @@
 //! and the command then exits non-zero.
 
 use crate::audio::load_audio;
-use crate::features::{npy, png, try_log_mel, MelConfig};
+use crate::cli::DeviceChoice;
+use crate::device::{Device, Selected};
+use crate::engine::frontend::DeviceFrontEnd;
+use crate::features::{npy, png, try_log_mel, LogMel, MelConfig};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -77,8 +80,19 @@ impl FeaturesArgs {
 }
 
 pub fn run(args: &FeaturesArgs, global: &super::Global) -> Result<()> {
+    // --device sim|cuda: the kernels (engine::frontend); cpu and auto: the CPU reference.
+    let device = match global.device {
+        DeviceChoice::Sim | DeviceChoice::Cuda => match crate::device::select(global.device)? {
+            Selected::Device(d) => Some(d),
+            Selected::Cpu => None,
+        },
+        _ => None,
+    };
     if args.bench {
-        return bench(args, global);
+        return match &device {
+            Some(dev) => bench_device(args, dev),
+            None => bench(args, global),
+        };
     }
     let out_dir = args.out.as_ref().context("--out is required")?;
     std::fs::create_dir_all(out_dir)
@@ -99,14 +113,27 @@ pub fn run(args: &FeaturesArgs, global: &super::Global) -> Result<()> {
     } else {
         ProgressBar::hidden()
     };
-    let results: Vec<(PathBuf, Result<()>)> = jobs
-        .par_iter()
-        .map(|(src, dst)| {
-            let r = process(src, dst, &cfg, args);
-            bar.inc(1);
-            (src.clone(), r)
-        })
-        .collect();
+    let results: Vec<(PathBuf, Result<()>)> = match &device {
+        // One device, one file at a time (decoding is the CPU's share).
+        Some(dev) => {
+            let mut fronts = HashMap::new();
+            jobs.iter()
+                .map(|(src, dst)| {
+                    let r = process_device(src, dst, &cfg, args, dev, &mut fronts);
+                    bar.inc(1);
+                    (src.clone(), r)
+                })
+                .collect()
+        }
+        None => jobs
+            .par_iter()
+            .map(|(src, dst)| {
+                let r = process(src, dst, &cfg, args);
+                bar.inc(1);
+                (src.clone(), r)
+            })
+            .collect(),
+    };
     bar.finish_and_clear();
     let written = results.iter().filter(|r| r.1.is_ok()).count();
     failures.extend(
@@ -200,6 +227,46 @@ fn process(src: &Path, dst: &Path, cfg: &MelConfig, args: &FeaturesArgs) -> Resu
         .with_context(|| format!("{}: at {} Hz", src.display(), audio.sample_rate))?;
     let lm = try_log_mel(&audio.samples, audio.sample_rate, cfg)
         .with_context(|| format!("{}", src.display()))?;
+    write_outputs(dst, &lm, args)
+}
+
+/// `process` on a device: one clip as a batch of one through the device front end (built once
+/// per sample rate).
+fn process_device(
+    src: &Path,
+    dst: &Path,
+    cfg: &MelConfig,
+    args: &FeaturesArgs,
+    dev: &Device,
+    fronts: &mut HashMap<u32, DeviceFrontEnd>,
+) -> Result<()> {
+    let audio = load_audio(src, args.sample_rate)?;
+    let sr = audio.sample_rate;
+    cfg.validate(sr)
+        .with_context(|| format!("{}: at {} Hz", src.display(), sr))?;
+    if let Some(i) = audio.samples.iter().position(|x| !x.is_finite()) {
+        bail!("{}: sample {i} is not a finite number", src.display());
+    }
+    let fe = match fronts.entry(sr) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(DeviceFrontEnd::new(dev, sr, cfg)?)
+        }
+    };
+    let pcm = dev.htod(&audio.samples)?;
+    let (out, frames) = fe
+        .log_mel_batch(dev, &pcm, &[audio.samples.len()], None)
+        .with_context(|| format!("{}", src.display()))?;
+    let lm = LogMel {
+        data: dev.dtoh(&out)?,
+        n_mels: cfg.n_mels,
+        frames: frames[0],
+    };
+    write_outputs(dst, &lm, args)
+}
+
+/// Writes the .npy (and .png) of one spectrogram.
+fn write_outputs(dst: &Path, lm: &LogMel, args: &FeaturesArgs) -> Result<()> {
     // Shape [n_mels, frames], row 0 = lowest band: what librosa returns.
     write_atomic(dst, |w| {
         npy::write_npy_to(w, &[lm.n_mels, lm.frames], &lm.data)
@@ -312,4 +379,85 @@ fn thread_cpu_seconds() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
     Some(ns * 1e-9)
+}
+
+/// `--bench` on a device: a batch of 8 clips of mixed lengths (about `--seconds` of audio in
+/// all) through `log_mel_batch`; prints audio-seconds per second and each kernel's FLOPs and
+/// DRAM bytes, so the achieved rate can be set against the device's bandwidth.
+fn bench_device(args: &FeaturesArgs, dev: &Device) -> Result<()> {
+    use crate::rng::{Purpose, Stream};
+    if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 3600.0) {
+        bail!("--seconds must be in (0, 3600]");
+    }
+    let cfg = args.mel();
+    println!(
+        "log-Mel throughput on {}, batch of 8 clips, {} s of audio, n_fft {} hop {} n_mels {}",
+        dev.describe(),
+        args.seconds,
+        cfg.n_fft,
+        cfg.hop,
+        cfg.n_mels
+    );
+    for sr in [22050u32, 44100] {
+        let fe = DeviceFrontEnd::new(dev, sr, &cfg)?;
+        // lengths 0.75x .. 1.25x of the mean, so the padding path runs too
+        let mean = args.seconds * sr as f64 / 8.0;
+        let lengths: Vec<usize> = (0..8)
+            .map(|i| ((0.75 + 0.5 * i as f64 / 7.0) * mean).max(1.0) as usize)
+            .collect();
+        let total: usize = lengths.iter().sum();
+        let max = *lengths.iter().max().unwrap_or(&1);
+        let noise = Stream::new(1, Purpose::Synth, sr);
+        let mut pcm = vec![0.0f32; 8 * max];
+        for (b, &l) in lengths.iter().enumerate() {
+            for i in 0..l {
+                let tone = (2.0 * std::f32::consts::PI * 220.0 * i as f32 / sr as f32).sin();
+                pcm[b * max + i] = 0.3 * tone + 0.05 * noise.normal((b * max + i) as u64);
+            }
+        }
+        let dpcm = dev.htod(&pcm)?;
+        let aug = crate::features::augment::AugmentConfig {
+            noise_prob: 1.0,
+            ..Default::default()
+        };
+        let ids: Vec<usize> = (0..8).collect();
+        for (label, a) in [
+            ("plain", None),
+            ("augmented", Some((&aug, 1u64, 0u32, &ids[..]))),
+        ] {
+            fe.log_mel_batch(dev, &dpcm, &lengths, a)?; // warm-up (module load, allocations)
+            dev.synchronize()?;
+            let mut times = Vec::new();
+            let start = Instant::now();
+            while times.is_empty() || (start.elapsed().as_secs_f64() < 2.0 && times.len() < 50) {
+                let t0 = Instant::now();
+                std::hint::black_box(fe.log_mel_batch(dev, &dpcm, &lengths, a)?);
+                dev.synchronize()?;
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            let best = times[0];
+            let costs = fe.costs(&lengths, a.is_some());
+            let (flops, bytes) = costs
+                .iter()
+                .fold((0.0, 0.0), |(f, b), c| (f + c.flops, b + c.bytes));
+            println!(
+                "{sr:>6} Hz {label:>9}: {:>10.1} audio-s/s best ({:.3} ms per batch; {:.1} GFLOP/s, {:.1} GB/s of the DRAM floor)",
+                total as f64 / sr as f64 / best,
+                best * 1e3,
+                flops / best / 1e9,
+                bytes / best / 1e9
+            );
+            for c in &costs {
+                println!(
+                    "        {:<15} {:>10.3} MFLOP {:>10.3} MB  ({:.1} FLOP/byte)",
+                    c.name,
+                    c.flops / 1e6,
+                    c.bytes / 1e6,
+                    c.flops / c.bytes.max(1.0)
+                );
+            }
+        }
+    }
+    Ok(())
 }
