@@ -369,7 +369,7 @@ fn augmentation_matches_cpu() {
             .all(|&x| x == 0.0));
     }
     assert!(
-        noised >= 1 && noised < 5,
+        (1..5).contains(&noised),
         "want both paths exercised, got {noised} noisy clips"
     );
 

@@ -4,7 +4,7 @@
 
 use super::train::{load_dataset, make_backend, TrainOpts};
 use super::Global;
-use crate::train::fit::{evaluate, fit, EpochRecord, FitProgress};
+use crate::train::fit::{evaluate, fit, EpochRecord, Evaluation, FitProgress};
 use crate::train::metrics::{mean_std, Confusion, Scores};
 use crate::train::plot::{confusion_png, line_chart_png, Series, PALETTE};
 use crate::train::run::atomic_write;
@@ -120,8 +120,7 @@ pub fn run(args: &CvArgs, global: &Global) -> Result<()> {
         let progress = fit(
             backend.as_mut(),
             &data,
-            &train_idx,
-            &val_idx,
+            (&train_idx, &val_idx),
             &fit_cfg,
             FitProgress::new(&fit_cfg),
             global.progress(),
@@ -135,7 +134,8 @@ pub fn run(args: &CvArgs, global: &Global) -> Result<()> {
         if let Some(s) = &best_state {
             backend.set_state(s)?;
         }
-        let (_, confusion, _) = evaluate(backend.as_mut(), &data, test, fit_cfg.batch_size)?;
+        let Evaluation { confusion, .. } =
+            evaluate(backend.as_mut(), &data, test, fit_cfg.batch_size)?;
         let scores = confusion.scores();
         println!(
             "fold {}: accuracy {:.2}%  micro-F1 {:.2}%  macro-F1 {:.2}%  (best epoch {})",

@@ -55,7 +55,9 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
     }
     data.labels = cfg.labels.clone();
     let idx: Vec<usize> = (0..data.clips.len()).collect();
-    let (loss, confusion, _) = evaluate(backend.as_mut(), &data, &idx, args.batch_size)?;
+    let crate::train::fit::Evaluation {
+        loss, confusion, ..
+    } = evaluate(backend.as_mut(), &data, &idx, args.batch_size)?;
     let s = confusion.scores();
     println!(
         "{} clips: loss {loss:.4}  accuracy {:.2}%  micro-F1 {:.2}%  macro-F1 {:.2}%",

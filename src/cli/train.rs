@@ -9,7 +9,7 @@ use crate::model::ModelConfig;
 use crate::train::backend::{Backend, OptimConfig};
 use crate::train::cpu_backend::CpuBackend;
 use crate::train::data::{choose_sample_rate, Dataset, DB_OFFSET, DB_SCALE};
-use crate::train::fit::{evaluate, fit, FitConfig, FitProgress};
+use crate::train::fit::{evaluate, fit, Evaluation, FitConfig, FitProgress};
 use crate::train::run::{RunConfig, RunDir};
 use crate::train::split::stratified_split;
 use anyhow::{bail, Context, Result};
@@ -412,8 +412,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     let progress = fit(
         backend.as_mut(),
         &data,
-        &train_idx,
-        &val_idx,
+        (&train_idx, &val_idx),
         &fit_cfg,
         progress,
         global.progress(),
@@ -446,7 +445,9 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     state.params = params;
     state.buffers = buffers;
     backend.set_state(&state)?;
-    let (loss, confusion, _) = evaluate(backend.as_mut(), &data, &val_idx, fit_cfg.batch_size)?;
+    let Evaluation {
+        loss, confusion, ..
+    } = evaluate(backend.as_mut(), &data, &val_idx, fit_cfg.batch_size)?;
     let s = confusion.scores();
     let best_epoch = progress.early.best_epoch + 1;
     println!(

@@ -222,7 +222,7 @@ mod tests {
         let b: Vec<f32> = vec![-40.0; 2 * 3]; // 3 frames: extended to 8 with silence
         let batch = Batch::from_features(&[(&a, 10), (&b, 3)], &[0, 1], &[5, 6], 2, -80.0);
         assert_eq!((batch.t_max, batch.lengths.clone()), (10, vec![10, 8]));
-        assert_eq!(batch.x[1 * 10 + 3], db_to_input(-13.0)); // clip 0, mel 1, frame 3
+        assert_eq!(batch.x[10 + 3], db_to_input(-13.0)); // clip 0, mel 1, frame 3
         let clip1 = &batch.x[2 * 10..];
         assert_eq!(clip1[2], 0.0 /* db_to_input(-40) */);
         assert_eq!(clip1[5], -1.0); // silence frame

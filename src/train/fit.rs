@@ -74,14 +74,22 @@ pub struct EpochEvent<'a> {
     pub val_confusion: &'a Confusion,
 }
 
-/// Evaluates `idx` in evaluation mode: mean loss, confusion matrix and per-clip predictions
-/// (in `idx` order) with logits.
+/// What `evaluate` measures on a set of clips.
+pub struct Evaluation {
+    /// Mean plain cross-entropy.
+    pub loss: f64,
+    pub confusion: Confusion,
+    /// Per clip, in the order asked for: predicted class and logits.
+    pub predictions: Vec<(usize, Vec<f32>)>,
+}
+
+/// Evaluates `idx` in evaluation mode.
 pub fn evaluate(
     backend: &mut dyn Backend,
     data: &Dataset,
     idx: &[usize],
     batch_size: usize,
-) -> Result<(f64, Confusion, Vec<(usize, Vec<f32>)>)> {
+) -> Result<Evaluation> {
     let classes = backend.classes();
     let frames: Vec<usize> = data.clips.iter().map(|c| c.frames).collect();
     let mut confusion = Confusion::new(classes);
@@ -97,11 +105,15 @@ pub fn evaluate(
             out[i] = Some((pred[k], logits[k * classes..(k + 1) * classes].to_vec()));
         }
     }
-    let preds = idx
+    let predictions = idx
         .iter()
         .map(|&i| out[i].take().expect("evaluated"))
         .collect();
-    Ok((loss_sum / idx.len().max(1) as f64, confusion, preds))
+    Ok(Evaluation {
+        loss: loss_sum / idx.len().max(1) as f64,
+        confusion,
+        predictions,
+    })
 }
 
 /// A batch of cached features, no augmentation.
@@ -167,8 +179,7 @@ pub fn augmented_batch(
 pub fn fit(
     backend: &mut dyn Backend,
     data: &Dataset,
-    train_idx: &[usize],
-    val_idx: &[usize],
+    (train_idx, val_idx): (&[usize], &[usize]),
     cfg: &FitConfig,
     mut progress: FitProgress,
     show_progress: bool,
@@ -227,7 +238,11 @@ pub fn fit(
             ));
         }
         bar.finish_and_clear();
-        let (val_loss, confusion, _) = evaluate(backend, data, val_idx, cfg.batch_size)?;
+        let Evaluation {
+            loss: val_loss,
+            confusion,
+            ..
+        } = evaluate(backend, data, val_idx, cfg.batch_size)?;
         let scores: Scores = confusion.scores();
         let best = progress.early.observe(epoch, val_loss);
         let record = EpochRecord {

@@ -264,6 +264,6 @@ mod tests {
     fn text_draws_ink() {
         let mut c = Canvas::new(40, 10);
         c.text(0, 0, "A", BLACK, 1);
-        assert!(c.pixels.iter().any(|&p| p == BLACK));
+        assert!(c.pixels.contains(&BLACK));
     }
 }
