@@ -11,9 +11,11 @@ nvidia-smi || true
 echo "== device report"
 cargo run --release -q -- info || true
 echo "== kernel tests on the GPU"
-SER_TEST_DEVICE=cuda cargo test --release --test sim_kernels --test sim_frontend -- --nocapture
+# Every tests/sim_*.rs: on the GPU (SER_TEST_DEVICE=cuda), then on sim.
+SIM_TESTS=$(for f in tests/sim_*.rs; do printf -- '--test %s ' "$(basename "$f" .rs)"; done)
+SER_TEST_DEVICE=cuda cargo test --release $SIM_TESTS -- --nocapture
 echo "== kernel tests on sim"
-cargo test --release --test sim_kernels --test sim_shim --test sim_frontend
+cargo test --release $SIM_TESTS
 echo "== benchmarks"
 SER_BENCH_DEVICE=cuda cargo bench --bench kernels
 echo "== front end (log-Mel) throughput on the GPU and the CPU"

@@ -1,2 +1,4 @@
-//! See lib.rs for this module's role. `frontend`: the batched log-Mel front end on a device.
+//! The device pipeline, written once for cuda and sim: `frontend` (batched log-Mel and
+//! augmentation), `rnn` (BiLSTM, attention, loss, Adam and clipping).
 pub mod frontend;
+pub mod rnn;

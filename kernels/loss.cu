@@ -1,0 +1,119 @@
+// Classifier head helpers and softmax cross-entropy with torch.nn.CrossEntropyLoss semantics
+// (src/cpu/loss.rs): optional class weights (weighted mean sum w_y l / sum w_y) and label
+// smoothing eps:
+//   loss = [(1-eps) sum_i w_{y_i} (-log p_{i,y_i}) + (eps/C) sum_i sum_c w_c (-log p_{i,c})] / W,
+//   W = sum_i w_{y_i} (= N without weights).
+// Also the slice helpers the device model uses to move a named tensor between the flat
+// parameter/gradient buffers and a GEMM operand (device buffers have no sub-views).
+#include "common.cuh"
+
+// dst[i] = src[src_off + i] for i < n.
+// Launch shape: 1D, block 256, grid = ceil(n / 256).
+// extent: dst n
+// extent: src src_off+n
+extern "C" __global__ void loss_copy_slice(float* dst, const float* src, int src_off, int n) {
+    int i = (int)ser_global_thread();
+    if (!ser_in_bounds(i, n)) return;
+    dst[i] = src[src_off + i];
+}
+
+// dst[dst_off + i] += src[i] for i < n (gradients accumulate).
+// Launch shape: 1D, block 256, grid = ceil(n / 256).
+// extent: dst dst_off+n
+// extent: src n
+extern "C" __global__ void loss_add_slice(float* dst, const float* src, int dst_off, int n) {
+    int i = (int)ser_global_thread();
+    if (!ser_in_bounds(i, n)) return;
+    dst[dst_off + i] += src[i];
+}
+
+// y[r][c] += params[b_off + c] (bias of a linear layer, y [rows][cols]).
+// Launch shape: 1D, block 256, grid = ceil(rows*cols / 256).
+// extent: y rows*cols
+// extent: params b_off+cols
+extern "C" __global__ void loss_bias_rows(float* y, const float* params, int b_off, int rows, int cols) {
+    int i = (int)ser_global_thread();
+    if (!ser_in_bounds(i, rows * cols)) return;
+    y[i] += params[b_off + i % cols];
+}
+
+__device__ __forceinline__ float loss_block_sum(float v) {
+    __shared__ float part[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = ser_warp_sum(v);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int nwarps = (blockDim.x + 31) >> 5;
+        float x = lane < nwarps ? part[lane] : 0.0f;
+        x = ser_warp_sum(x);
+        if (lane == 0) total = x;
+    }
+    __syncthreads();
+    float r = total;
+    __syncthreads();
+    return r;
+}
+
+// Mean loss and its gradient: out[0] = loss, out[1] = clips whose argmax (first maximum) is
+// the label; dlogits [B][C] = dloss/dlogits (overwritten). cw [C] class weights, read only when
+// has_w != 0. Labels must lie in 0..C (checked by the caller; asserted here).
+// Launch shape: grid = 1, block = 128 (any multiple of 32); each thread handles clips
+// tid, tid + blockDim, ...; block sums in a fixed order (deterministic).
+// extent: out 2
+// extent: dlogits batch*classes
+// extent: logits batch*classes
+// extent: labels batch
+// extent: cw classes*has_w
+extern "C" __global__ void loss_softmax_xent(float* out, float* dlogits, const float* logits, const int* labels, const float* cw, int has_w, int batch, int classes, float smoothing) {
+    SER_ASSERT((blockDim.x & 31) == 0 && gridDim.x == 1);
+    int tid = (int)threadIdx.x;
+    float eps = smoothing, cn = (float)classes;
+    float sw = 0.0f;
+    for (int c = 0; c < classes; ++c) sw += has_w ? cw[c] : 1.0f;
+    float wpart = 0.0f, lpart = 0.0f, cpart = 0.0f;
+    for (int i = tid; i < batch; i += (int)blockDim.x) {
+        int y = labels[i];
+        SER_ASSERT(y >= 0 && y < classes);
+        const float* z = logits + (size_t)i * classes;
+        float mx = -INFINITY;
+        int am = 0;
+        for (int c = 0; c < classes; ++c) {
+            mx = fmaxf(mx, z[c]);
+            if (z[c] > z[am]) am = c;
+        }
+        float se = 0.0f;
+        for (int c = 0; c < classes; ++c) se += expf(z[c] - mx);
+        float lse = mx + logf(se);
+        float smooth = 0.0f;
+        for (int c = 0; c < classes; ++c) smooth += (has_w ? cw[c] : 1.0f) * -(z[c] - lse);
+        float wy = has_w ? cw[y] : 1.0f;
+        wpart += wy;
+        lpart += (1.0f - eps) * wy * -(z[y] - lse) + eps / cn * smooth;
+        cpart += am == y ? 1.0f : 0.0f;
+    }
+    float wsum = loss_block_sum(wpart);
+    float lsum = loss_block_sum(lpart);
+    float csum = loss_block_sum(cpart);
+    for (int i = tid; i < batch; i += (int)blockDim.x) {
+        int y = labels[i];
+        const float* z = logits + (size_t)i * classes;
+        float mx = -INFINITY;
+        for (int c = 0; c < classes; ++c) mx = fmaxf(mx, z[c]);
+        float se = 0.0f;
+        for (int c = 0; c < classes; ++c) se += expf(z[c] - mx);
+        float lse = mx + logf(se);
+        float wy = has_w ? cw[y] : 1.0f;
+        for (int c = 0; c < classes; ++c) {
+            float pc = expf(z[c] - lse);
+            float hard = c == y ? 1.0f : 0.0f;
+            float wc = has_w ? cw[c] : 1.0f;
+            dlogits[(size_t)i * classes + c] = ((1.0f - eps) * wy * (pc - hard) + eps / cn * (sw * pc - wc)) / wsum;
+        }
+    }
+    if (tid == 0) {
+        out[0] = lsum / wsum;
+        out[1] = csum;
+    }
+}
