@@ -1,1 +1,2 @@
 //! See lib.rs for this module's role.
+pub mod cnn;
