@@ -11,8 +11,8 @@ nvidia-smi || true
 echo "== device report"
 cargo run --release -q -- info || true
 echo "== kernel tests on the GPU"
-SER_TEST_DEVICE=cuda cargo test --release --test sim_kernels
+SER_TEST_DEVICE=cuda cargo test --release --test sim_kernels --test sim_cnn
 echo "== kernel tests on sim"
-cargo test --release --test sim_kernels --test sim_shim
+cargo test --release --test sim_kernels --test sim_shim --test sim_cnn
 echo "== benchmarks"
 SER_BENCH_DEVICE=cuda cargo bench --bench kernels
