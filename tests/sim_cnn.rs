@@ -78,7 +78,7 @@ fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
 /// A size in [lo, hi) that is not a multiple of 16.
 fn odd(s: &Stream, k: u64, lo: u32, hi: u32) -> usize {
     let mut n = lo + s.below(k, hi - lo);
-    if n % 16 == 0 {
+    if n.is_multiple_of(16) {
         n += 1;
     }
     n as usize
