@@ -1,5 +1,5 @@
 //! `train`, `cv`, `eval` and `predict` end to end through the binary, on a tiny synthetic
-//! corpus (5 classes x 6 clips at 8 kHz, so a full-size model trains an epoch in seconds),
+//! corpus (5 classes x 6 clips, so a full-size model trains an epoch in seconds),
 //! and the bad inputs a user meets: empty corpus, one class, a broken file among good ones,
 //! fewer clips than folds, a checkpoint from another model configuration.
 
@@ -13,7 +13,7 @@ fn tiny_corpus(dir: &Path) -> PathBuf {
     let root = dir.join("corpus");
     let cfg = SynthConfig {
         per_class: 6,
-        sample_rate: 8000,
+        sample_rate: 16_000,
         seed: 7,
     };
     write_corpus(&root, &cfg, false).unwrap();
@@ -94,11 +94,11 @@ fn train_then_eval_and_predict() {
         .stdout(contains("30 clips"))
         .stdout(contains("accuracy"));
 
-    // A 16 kHz file for a model trained at 8 kHz: resampled, not refused.
-    let other = d.path().join("other rate (16k).wav");
+    // A 22.05 kHz file for a model trained at 16 kHz: resampled, not refused.
+    let other = d.path().join("other rate (22k).wav");
     let spec = hound::WavSpec {
         channels: 1,
-        sample_rate: 16_000,
+        sample_rate: 22_050,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
@@ -209,6 +209,26 @@ fn bad_corpora_give_clear_errors() {
     train(&one, &d.path().join("r2"), &["--epochs", "1"])
         .failure()
         .stderr(contains("one class"));
+
+    // 8 kHz audio cannot hold the paper's 7600 Hz top Mel band: an error that says what to do,
+    // not a panic.
+    let low = d.path().join("low rate");
+    let cfg = SynthConfig {
+        per_class: 2,
+        sample_rate: 8000,
+        seed: 1,
+    };
+    write_corpus(&low, &cfg, false).unwrap();
+    train(&low, &d.path().join("r3"), &["--epochs", "1"])
+        .failure()
+        .stderr(contains("--sample-rate"))
+        .stderr(contains("panicked").not());
+    train(
+        &low,
+        &d.path().join("r4"),
+        &["--epochs", "1", "--sample-rate", "16000"],
+    )
+    .success();
 
     // More folds than the smallest class has clips.
     ser()

@@ -3,7 +3,7 @@
 use super::train::load_run;
 use super::Global;
 use crate::audio::load_audio;
-use crate::features::log_mel;
+use crate::features::try_log_mel;
 use crate::train::backend::{argmax, softmax};
 use crate::train::data::Batch;
 use anyhow::{bail, Result};
@@ -36,7 +36,7 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
                 continue;
             }
         };
-        let lm = log_mel(&audio.samples, cfg.sample_rate, &cfg.mel);
+        let lm = try_log_mel(&audio.samples, cfg.sample_rate, &cfg.mel)?;
         let batch = Batch::from_features(
             &[(&lm.data, lm.frames)],
             &[0],

@@ -252,6 +252,13 @@ pub fn load_dataset(
              (choose with --sample-rate)"
         );
     }
+    mel.validate(rate).with_context(|| {
+        format!(
+            "{}: the feature settings do not fit {rate} Hz audio (resample with --sample-rate, \
+             e.g. 16000)",
+            root.display()
+        )
+    })?;
     let data = Dataset::load(&corpus, rate, mel, global.progress())?;
     if !data.skipped.is_empty() {
         eprintln!(

@@ -3,7 +3,7 @@
 
 use crate::audio::corpus::Corpus;
 use crate::audio::load_audio;
-use crate::features::{log_mel, MelConfig};
+use crate::features::{try_log_mel, MelConfig};
 use crate::rng::Purpose;
 use crate::train::split::shuffle;
 use anyhow::{bail, Result};
@@ -82,18 +82,18 @@ impl Dataset {
             .map(|clip| {
                 let label = corpus.label_index(&clip.label).expect("label listed");
                 let out = load_audio(&clip.path, Some(sample_rate))
-                    .map_err(|e| (clip.path.clone(), format!("{e:#}")))
-                    .map(|audio| {
-                        let lm = log_mel(&audio.samples, sample_rate, mel);
-                        ClipData {
+                    .and_then(|audio| {
+                        let lm = try_log_mel(&audio.samples, sample_rate, mel)?;
+                        Ok(ClipData {
                             path: clip.path.clone(),
                             label,
                             speaker: clip.speaker.clone(),
                             pcm: audio.samples,
                             frames: lm.frames,
                             mel: lm.data,
-                        }
-                    });
+                        })
+                    })
+                    .map_err(|e| (clip.path.clone(), format!("{e:#}")));
                 bar.inc(1);
                 out
             })
