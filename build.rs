@@ -243,7 +243,7 @@ fn use_prebuilt(
     changed.dedup();
     if !changed.is_empty() {
         return Err(format!(
-            "the prebuilt kernels in {} are stale (changed since packing: {}); they are not used. Fix: rerun tools/pack-kernels.sh on a machine with nvcc",
+            "the prebuilt kernels in {} are stale (changed since tools/pack-kernels.sh packed them: {}) and are not used",
             dir.display(),
             changed.join(", ")
         ));
@@ -424,10 +424,12 @@ fn main() {
                         _ => String::new(),
                     };
                     if strict {
-                        panic!("SER_KERNELS_STRICT=1 but {why} and there are no usable prebuilt kernels{stale}; run tools/install-cuda-compiler.sh, or tools/pack-kernels.sh where nvcc is");
+                        panic!("SER_KERNELS_STRICT=1 but {why} and there are no usable prebuilt kernels{stale}. Fix: run tools/install-cuda-compiler.sh, or tools/pack-kernels.sh where nvcc is and carry .kernels-prebuilt/");
                     }
                     println!("cargo:warning=CUDA kernels not compiled: {why}; the cuda device is unavailable (sim and cpu work). Fix: bash tools/install-cuda-compiler.sh, then rebuild");
-                    let fix = if skip {
+                    let fix = if !stale.is_empty() {
+                        "rerun `bash tools/pack-kernels.sh` where nvcc is (or `bash tools/install-cuda-compiler.sh`)"
+                    } else if skip {
                         "unset SER_NO_NVCC"
                     } else {
                         "run `bash tools/install-cuda-compiler.sh`"
