@@ -12,7 +12,14 @@
 //! OUT_DIR/kernels_table.rs (names, parameter types, buffer extents, embedded fatbins), which
 //! src/device/kernels.rs includes so launches are checked at run time.
 //!
-//! Environment: SER_NO_NVCC=1 skips nvcc; SER_KERNELS_STRICT=1 makes a missing nvcc an error.
+//! Without nvcc, the fatbins packed by tools/pack-kernels.sh into .kernels-prebuilt/ (or the
+//! folder SER_PREBUILT_KERNELS names) are embedded instead, but only when its manifest's source
+//! hashes match every file under kernels/ now; stale prebuilt kernels are never used. This is
+//! how a GPU machine without network or CUDA toolkit gets the kernels.
+//!
+//! Environment: SER_NO_NVCC=1 skips nvcc (prebuilt fatbins are still used);
+//! SER_PREBUILT_KERNELS=DIR reads prebuilt fatbins from DIR, =0 ignores them;
+//! SER_KERNELS_STRICT=1 makes kernels that are neither compiled nor prebuilt an error.
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,6 +167,109 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// FNV-1a 64 of a file's bytes: detects edits of kernel sources since they were packed (not a
+/// security hash; the prebuilt folder is the user's own build output).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `source HASH PATH` for every file under kernels/ (recursive, sorted): the .cu sources and
+/// the .cuh / sim headers they include. The same lines go into the prebuilt manifest.
+fn source_hashes(root: &Path) -> Vec<String> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&root.join("kernels"), &mut files);
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+            let rel = f.strip_prefix(root).unwrap().to_string_lossy();
+            format!("source {:016x} {rel}", fnv1a64(&bytes))
+        })
+        .collect()
+}
+
+/// Prebuilt fatbins from tools/pack-kernels.sh, checked against the current sources.
+/// Ok((status, ptxas report, fatbins)) when usable; Err(why not) when the folder is stale or
+/// incomplete.
+#[allow(clippy::type_complexity)]
+fn use_prebuilt(
+    root: &Path,
+    dir: &Path,
+    cu_files: &[PathBuf],
+) -> Result<(String, String, Vec<(String, PathBuf)>), String> {
+    let manifest_path = dir.join("manifest.txt");
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .map_err(|e| format!("cannot read {}: {e}", manifest_path.display()))?;
+    let field = |key: &str| {
+        manifest
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    };
+    let packed: Vec<&str> = manifest
+        .lines()
+        .filter(|l| l.starts_with("source "))
+        .collect();
+    let now = source_hashes(root);
+    let path_of = |l: &str| l.splitn(3, ' ').nth(2).unwrap_or("").to_string();
+    // a file edited, added or removed since packing
+    let mut changed: Vec<String> = Vec::new();
+    for l in &now {
+        if !packed.contains(&l.as_str()) {
+            changed.push(path_of(l));
+        }
+    }
+    for l in &packed {
+        if !now.iter().any(|n| n == l) {
+            changed.push(path_of(l));
+        }
+    }
+    changed.sort();
+    changed.dedup();
+    if !changed.is_empty() {
+        return Err(format!(
+            "the prebuilt kernels in {} are stale (changed since tools/pack-kernels.sh packed them: {}) and are not used",
+            dir.display(),
+            changed.join(", ")
+        ));
+    }
+    let mut fatbins = Vec::new();
+    for f in cu_files {
+        let stem = f.file_stem().unwrap().to_string_lossy();
+        let p = dir.join(format!("{stem}.fatbin"));
+        if !p.is_file() {
+            return Err(format!(
+                "{} is incomplete: no {stem}.fatbin; rerun tools/pack-kernels.sh",
+                dir.display()
+            ));
+        }
+        fatbins.push((f.file_name().unwrap().to_string_lossy().to_string(), p));
+    }
+    let report = std::fs::read_to_string(dir.join("ptxas-report.txt")).unwrap_or_default();
+    let status = format!(
+        "prebuilt fatbins from {} (built by nvcc {} on {}; sources match kernels/): sm_89 + sm_90 cubins, compute_89 PTX",
+        dir.strip_prefix(root).unwrap_or(dir).display(),
+        field("nvcc:"),
+        field("built:")
+    );
+    Ok((status, report, fatbins))
+}
+
 /// One row per (kernel, arch) from `ptxas -v` output.
 fn ptxas_table(report: &str) -> String {
     let mut rows = String::from(
@@ -216,6 +326,7 @@ fn main() {
         "CUDA_HOME",
         "SER_NO_NVCC",
         "SER_KERNELS_STRICT",
+        "SER_PREBUILT_KERNELS",
     ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
@@ -226,6 +337,16 @@ fn main() {
         .collect();
     files.sort();
     let kernels = parse_kernels(&kdir, &files);
+    let prebuilt = match std::env::var("SER_PREBUILT_KERNELS") {
+        Ok(v) if v == "0" => None,
+        Ok(v) if !v.is_empty() => Some(root.join(v)),
+        _ => Some(root.join(".kernels-prebuilt")),
+    };
+    // Only an existing path: cargo reruns the script on every build for a missing one.
+    // tools/pack-kernels.sh touches kernels/ after creating the folder.
+    if let Some(p) = prebuilt.as_ref().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
 
     // --- sim: host build of the same sources -------------------------------------------------
     let mut reg = String::from(
@@ -277,6 +398,8 @@ fn main() {
     let skip = std::env::var("SER_NO_NVCC").is_ok_and(|v| v == "1");
     let nvcc = if skip { None } else { find_nvcc(&root) };
     let mut fatbins: Vec<(String, PathBuf)> = Vec::new();
+    // written only by an nvcc build below, so tools/pack-kernels.sh never packs an old one
+    let _ = std::fs::remove_file(out.join("kernel-sources.txt"));
     let mut report = String::new();
     let status: String = match nvcc {
         None => {
@@ -285,16 +408,35 @@ fn main() {
             } else {
                 "nvcc was not found (NVCC, CUDA_PATH, CUDA_HOME, PATH, .tools/cuda)"
             };
-            if strict {
-                panic!("SER_KERNELS_STRICT=1 but {why}; run tools/install-cuda-compiler.sh");
+            let packed = prebuilt.filter(|p| p.join("manifest.txt").is_file());
+            match packed.map(|p| use_prebuilt(&root, &p, &files)) {
+                Some(Ok((status, rep, bins))) => {
+                    report = rep;
+                    fatbins = bins;
+                    status
+                }
+                other => {
+                    let stale = match other {
+                        Some(Err(e)) => {
+                            println!("cargo:warning={e}");
+                            format!("; {e}")
+                        }
+                        _ => String::new(),
+                    };
+                    if strict {
+                        panic!("SER_KERNELS_STRICT=1 but {why} and there are no usable prebuilt kernels{stale}. Fix: run tools/install-cuda-compiler.sh, or tools/pack-kernels.sh where nvcc is and carry .kernels-prebuilt/");
+                    }
+                    println!("cargo:warning=CUDA kernels not compiled: {why}; the cuda device is unavailable (sim and cpu work). Fix: bash tools/install-cuda-compiler.sh, then rebuild");
+                    let fix = if !stale.is_empty() {
+                        "rerun `bash tools/pack-kernels.sh` where nvcc is (or `bash tools/install-cuda-compiler.sh`)"
+                    } else if skip {
+                        "unset SER_NO_NVCC"
+                    } else {
+                        "run `bash tools/install-cuda-compiler.sh`"
+                    };
+                    format!("CUDA kernels were not compiled at build time: {why}{stale}. Fix: {fix} and rebuild.")
+                }
             }
-            println!("cargo:warning=CUDA kernels not compiled: {why}; the cuda device is unavailable (sim and cpu work). Fix: bash tools/install-cuda-compiler.sh, then rebuild");
-            let fix = if skip {
-                "unset SER_NO_NVCC"
-            } else {
-                "run `bash tools/install-cuda-compiler.sh`"
-            };
-            format!("CUDA kernels were not compiled at build time: {why}. Fix: {fix} and rebuild.")
         }
         Some(nvcc) => {
             let jobs: Vec<_> = files
@@ -355,6 +497,10 @@ fn main() {
                         .to_string()
                 })
                 .unwrap_or_default();
+            // what tools/pack-kernels.sh puts in .kernels-prebuilt/manifest.txt
+            let mut sources = source_hashes(&root).join("\n");
+            sources.push('\n');
+            std::fs::write(out.join("kernel-sources.txt"), sources).unwrap();
             format!(
                 "CUDA kernels compiled by {} ({ver}): sm_89 + sm_90 cubins, compute_89 PTX",
                 nvcc.display()

@@ -6,7 +6,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-NVCC_PATH="$(bash tools/install-cuda-compiler.sh)"
+# an nvcc given in NVCC is used as is (no install)
+NVCC_PATH="${NVCC:-$(bash tools/install-cuda-compiler.sh)}"
 echo "nvcc: $NVCC_PATH"
 export NVCC="$NVCC_PATH" SER_KERNELS_STRICT=1
 cargo build --release --lib
