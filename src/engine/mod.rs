@@ -1,4 +1,6 @@
 //! The device pipeline, written once for cuda and sim: `frontend` (batched log-Mel and
-//! augmentation), `rnn` (BiLSTM, attention, loss, Adam and clipping).
+//! augmentation), `cnn` (conv stages, BatchNorm, pooling, dropout, per-frame FC), `rnn`
+//! (BiLSTM, attention, loss, Adam and clipping).
+pub mod cnn;
 pub mod frontend;
 pub mod rnn;

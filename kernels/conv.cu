@@ -1,0 +1,134 @@
+// 2-D convolution, square odd kernel k, stride 1, zero padding k/2 ("same"), as im2col + GEMM
+// (device.gemm: cuBLAS on cuda, sgemm.cu on sim) over a chunk of clips b0..b0+nb, and col2im
+// (gather form, no atomics) for the data gradient. Length-aware exactly as src/cpu/conv.rs: clip
+// b reads inputs only at frames t < len = min(lens[b], T) and has outputs only at t < len (zero
+// elsewhere); dy at t >= len is ignored.
+// Layouts: x [B][cin][M][T], w [cout][cin][k][k], y [B][cout][M][T]; chunk matrices have column
+// index (bl*M + mo)*T + to with bl = b - b0: col [cin*k*k][nb*M*T], g / d [cout][nb*M*T].
+// Launch shape (all but cnn_row_sum_acc): 1D, block 256, any grid: grid-stride loop over the
+// elements of the array the kernel writes (64-bit index; col can pass 2^31 elements).
+#include "common.cuh"
+#include "dropout.cuh"
+
+// col[r][c], r = (ci*k + di)*k + dj: x[b][ci][mo+di-p][to+dj-p] where to < len and the source
+// is inside 0 <= mel < M, 0 <= frame < len; 0 otherwise (so invalid columns contribute nothing to
+// dW either).
+// extent: col cin*k*k*nb*m*t
+// extent: x (b0+nb)*cin*m*t
+// extent: lens b0+nb
+extern "C" __global__ void cnn_im2col(float* col, const float* x, const int* lens, int b0, int nb, int cin, int m, int t, int k) {
+    long long ncol = (long long)nb * m * t;
+    int p = k / 2;
+    SER_GRID_STRIDE(i, (long long)cin * k * k * ncol) {
+        long long c = i % ncol;
+        int r = (int)(i / ncol);
+        int to = (int)(c % t);
+        long long q = c / t;
+        int mo = (int)(q % m), b = b0 + (int)(q / m);
+        int dj = r % k, di = (r / k) % k, ci = r / (k * k);
+        int len = min(lens[b], t);
+        int mi = mo + di - p, ti = to + dj - p;
+        float v = 0.0f;
+        if (to < len && mi >= 0 && mi < m && ti >= 0 && ti < len) v = x[(((long long)b * cin + ci) * m + mi) * t + ti];
+        col[i] = v;
+    }
+}
+
+// y[b][co][mo][to] = g[co][(bl*M+mo)*T+to] + bias[co] for to < len, 0 otherwise (clips of the chunk).
+// extent: y (b0+nb)*cout*m*t
+// extent: g cout*nb*m*t
+// extent: bias cout
+// extent: lens b0+nb
+extern "C" __global__ void cnn_conv_out(float* y, const float* g, const float* bias, const int* lens, int b0, int nb, int cout, int m, int t) {
+    long long ncol = (long long)nb * m * t;
+    SER_GRID_STRIDE(i, (long long)cout * ncol) {
+        int to = (int)(i % t);
+        long long q = i / t;
+        int mo = (int)(q % m);
+        q /= m;
+        int co = (int)(q % cout), bl = (int)(q / cout);
+        int b = b0 + bl;
+        float v = 0.0f;
+        if (to < min(lens[b], t)) v = g[co * ncol + ((long long)bl * m + mo) * t + to] + bias[co];
+        y[(long long)b0 * cout * m * t + i] = v;
+    }
+}
+
+// d[co][(bl*M+mo)*T+to] = dy[b][co][mo][to] for to < len, 0 otherwise.
+// extent: d cout*nb*m*t
+// extent: dy (b0+nb)*cout*m*t
+// extent: lens b0+nb
+extern "C" __global__ void cnn_conv_dy_gather(float* d, const float* dy, const int* lens, int b0, int nb, int cout, int m, int t) {
+    long long ncol = (long long)nb * m * t;
+    SER_GRID_STRIDE(i, (long long)cout * ncol) {
+        int co = (int)(i / ncol);
+        long long c = i % ncol;
+        int to = (int)(c % t);
+        long long q = c / t;
+        int mo = (int)(q % m), bl = (int)(q / m);
+        int b = b0 + bl;
+        float v = 0.0f;
+        if (to < min(lens[b], t)) v = dy[(((long long)b * cout + co) * m + mo) * t + to];
+        d[i] = v;
+    }
+}
+
+// dx[b][ci][mi][ti] (overwritten, chunk clips) = sum over (di, dj) of dcol[(ci*k+di)*k+dj][col of
+// output (mi-di+p, ti-dj+p)] over outputs inside 0 <= mel < M, 0 <= frame < len; 0 at ti >= len.
+// The adjoint of cnn_im2col, as a gather (each dx element written by one thread).
+// extent: dx (b0+nb)*cin*m*t
+// extent: dcol cin*k*k*nb*m*t
+// extent: lens b0+nb
+extern "C" __global__ void cnn_col2im(float* dx, const float* dcol, const int* lens, int b0, int nb, int cin, int m, int t, int k) {
+    long long ncol = (long long)nb * m * t;
+    int p = k / 2;
+    SER_GRID_STRIDE(i, (long long)nb * cin * m * t) {
+        int ti = (int)(i % t);
+        long long q = i / t;
+        int mi = (int)(q % m);
+        q /= m;
+        int ci = (int)(q % cin), bl = (int)(q / cin);
+        int len = min(lens[b0 + bl], t);
+        float acc = 0.0f;
+        if (ti < len) {
+            for (int di = 0; di < k; ++di) {
+                int mo = mi - di + p;
+                if (mo < 0 || mo >= m) continue;
+                for (int dj = 0; dj < k; ++dj) {
+                    int to = ti - dj + p;
+                    if (to < 0 || to >= len) continue;
+                    acc += dcol[((long long)(ci * k + di) * k + dj) * ncol + ((long long)bl * m + mo) * t + to];
+                }
+            }
+        }
+        dx[(long long)b0 * cin * m * t + i] = acc;
+    }
+}
+
+// Sum across a block (any multiple of 32 threads up to 1024); valid in thread 0. Starts with a
+// barrier so consecutive calls do not race on the shared partials.
+static __device__ __forceinline__ float cnn_block_sum(float v) {
+    __shared__ float part[32];
+    __syncthreads();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = ser_warp_sum(v);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    int nwarps = (blockDim.x + 31) >> 5;
+    v = threadIdx.x < (unsigned)nwarps ? part[lane] : 0.0f;
+    if (warp == 0) v = ser_warp_sum(v);
+    return v;
+}
+
+// out[r] += sum of row r of a [rows][cols] (the conv bias gradient from d).
+// Launch shape: grid = rows (one block per row), block 256 (multiple of 32, <= 1024).
+// extent: out rows
+// extent: a rows*cols
+extern "C" __global__ void cnn_row_sum_acc(float* out, const float* a, int rows, int cols) {
+    int r = (int)blockIdx.x;
+    if (!ser_in_bounds(r, rows)) return;
+    float acc = 0.0f;
+    for (int c = (int)threadIdx.x; c < cols; c += (int)blockDim.x) acc += a[(long long)r * cols + c];
+    acc = cnn_block_sum(acc);
+    if (threadIdx.x == 0) out[r] += acc;
+}

@@ -1,0 +1,1331 @@
+//! The CNN half of the device model (MODEL_SPEC.md): three conv stages (conv → BatchNorm →
+//! ReLU → 2×2 max pool → dropout → time mask), the stage-3 → frames reshape and the per-frame
+//! FC + ReLU + dropout, forward and backward, on any [`Device`] (cuda or sim). Every launch
+//! shape lives here once; the kernels are kernels/{conv,batchnorm,pool,dropout,fc}.cu.
+//!
+//! Each op matches its CPU reference in `crate::cpu` (same lengths semantics, same dropout
+//! masks bit for bit); [`cnn_forward`] / [`cnn_backward`] compose them like
+//! `cpu::model::CpuModel::{forward, backward}` up to the FC output.
+//!
+//! Convolution is im2col + `Device::gemm` (cuBLAS on cuda, the sgemm kernel on sim) over chunks
+//! of clips whose column matrix stays under [`CnnOptions::max_col_elems`]; the data gradient is
+//! GEMM + col2im (a gather, no atomics, deterministic). cuDNN is not used.
+//! BatchNorm is fused with the following ReLU (one forward pass writes relu(bn(x)); the
+//! backward folds the ReLU mask into its two passes). Dropout masks are never stored: the pool
+//! and FC kernels regenerate them from (seed, step, site) in forward and backward.
+//!
+//! Gradients ACCUMULATE into a [`CnnParams`] (like the CPU backward), parameters are one device
+//! buffer per tensor (GEMM operands must start at a buffer's beginning).
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::cpu::conv::ConvShape;
+use crate::cpu::dropout::{site_base, SITE_FC, SITE_POOL1};
+use crate::cpu::Mode;
+use crate::device::{blocks_for, Device, DeviceBuffer, KernelArg, Transpose};
+use crate::model::{BufferLayout, ModelConfig, ParamLayout, BN_EPS, BN_MOMENTUM};
+
+/// Threads per block of every CNN kernel (reductions need a multiple of 32).
+pub const BLOCK: u32 = 256;
+/// Most blocks of a grid-stride launch (the kernels loop over the rest).
+const MAX_BLOCKS: u32 = 1 << 16;
+
+fn grid(n: usize) -> u32 {
+    blocks_for(n, BLOCK).min(MAX_BLOCKS)
+}
+
+fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).with_context(|| format!("{what} = {v} exceeds the kernels' i32 sizes"))
+}
+
+/// A dropout site of one training step: element n is kept iff
+/// `Stream::new(seed, Purpose::Dropout, step).uniform(site_base(site) + n) >= p` (scale
+/// 1/(1−p)), exactly `cpu::dropout::dropout_mask`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub seed: u64,
+    pub step: u32,
+    pub site: u64,
+    pub p: f32,
+}
+
+/// The (seed, step, base, p, drop) kernel arguments of an optional dropout.
+fn drop_args(d: Option<Dropout>) -> [KernelArg<'static>; 5] {
+    match d {
+        Some(d) => [
+            d.seed.into(),
+            d.step.into(),
+            site_base(d.site).into(),
+            d.p.into(),
+            1i32.into(),
+        ],
+        None => [
+            0u64.into(),
+            0u32.into(),
+            0u64.into(),
+            0f32.into(),
+            0i32.into(),
+        ],
+    }
+}
+
+/// Per-clip lengths as the kernels take them.
+pub fn upload_lens(dev: &Device, lens: &[usize]) -> Result<DeviceBuffer<i32>> {
+    let v: Vec<i32> = lens
+        .iter()
+        .map(|&l| i32_of(l, "clip length"))
+        .collect::<Result<_>>()?;
+    dev.htod(&v)
+}
+
+/// Multipliers (0 or 1/(1−p)) of `n` elements: `cpu::dropout::dropout_mask` on the device.
+pub fn dropout_mask(dev: &Device, d: Dropout, n: usize) -> Result<DeviceBuffer<f32>> {
+    let mask = dev.alloc_zeros::<f32>(n)?;
+    let [seed, step, base, p, _] = drop_args(Some(d));
+    dev.launch(
+        "dropout_mask_fill",
+        grid(n),
+        BLOCK,
+        0,
+        &[(&mask).into(), seed, step, base, p, i32_of(n, "n")?.into()],
+    )?;
+    Ok(mask)
+}
+
+/// y = x ⊙ mask(d) (forward) or dx = dy ⊙ mask(d) (backward); `y` may not alias `x` in Rust,
+/// the kernel itself allows it.
+pub fn dropout_apply(
+    dev: &Device,
+    d: Dropout,
+    x: &DeviceBuffer<f32>,
+    y: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    ensure!(
+        x.len() == y.len(),
+        "dropout_apply: {} vs {}",
+        x.len(),
+        y.len()
+    );
+    let [seed, step, base, p, _] = drop_args(Some(d));
+    let y: &DeviceBuffer<f32> = y;
+    dev.launch(
+        "dropout_apply",
+        grid(x.len()),
+        BLOCK,
+        0,
+        &[
+            y.into(),
+            x.into(),
+            seed,
+            step,
+            base,
+            p,
+            i32_of(x.len(), "n")?.into(),
+        ],
+    )
+}
+
+/// Shape integers of a conv launch.
+fn conv_dims(s: &ConvShape) -> Result<[i32; 5]> {
+    Ok([
+        i32_of(s.cin, "cin")?,
+        i32_of(s.cout, "cout")?,
+        i32_of(s.m, "mels")?,
+        i32_of(s.t, "frames")?,
+        i32_of(s.k, "kernel")?,
+    ])
+}
+
+/// Clips per im2col chunk: as many as fit in `max_col` column elements (at least one).
+fn chunk_clips(s: &ConvShape, max_col: usize) -> usize {
+    let per_clip = s.cin * s.k * s.k * s.m * s.t;
+    (max_col / per_clip.max(1)).clamp(1, s.batch.max(1))
+}
+
+fn check_conv(s: &ConvShape, lens: &DeviceBuffer<i32>) -> Result<()> {
+    ensure!(
+        s.k % 2 == 1 && s.batch > 0 && s.cin > 0 && s.cout > 0 && s.m > 0 && s.t > 0,
+        "conv: bad shape {s:?} (odd kernel, non-empty sizes)"
+    );
+    ensure!(
+        lens.len() == s.batch,
+        "conv: {} lengths for a batch of {}",
+        lens.len(),
+        s.batch
+    );
+    Ok(())
+}
+
+/// y `[B][cout][M][T]` = conv(x, w) + bias at each clip's valid frames, 0 elsewhere
+/// (`cpu::conv::conv2d_forward`). x `[B][cin][M][T]`, w `[cout][cin][k][k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    w: &DeviceBuffer<f32>,
+    bias: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    s: &ConvShape,
+    y: &mut DeviceBuffer<f32>,
+    max_col: usize,
+) -> Result<()> {
+    check_conv(s, lens)?;
+    ensure!(
+        x.len() == s.x_len() && y.len() == s.y_len() && w.len() == s.w_len(),
+        "conv2d_forward: buffer sizes do not match {s:?}"
+    );
+    let [cin, cout, m, t, k] = conv_dims(s)?;
+    let kk = s.cin * s.k * s.k;
+    let nbmax = chunk_clips(s, max_col);
+    let col = dev.alloc_zeros::<f32>(kk * nbmax * s.m * s.t)?;
+    let mut g = dev.alloc_zeros::<f32>(s.cout * nbmax * s.m * s.t)?;
+    let mut b0 = 0;
+    while b0 < s.batch {
+        let nb = nbmax.min(s.batch - b0);
+        let ncol = nb * s.m * s.t;
+        let (b0i, nbi) = (b0 as i32, nb as i32);
+        dev.launch(
+            "cnn_im2col",
+            grid(kk * ncol),
+            BLOCK,
+            0,
+            &[
+                (&col).into(),
+                x.into(),
+                lens.into(),
+                b0i.into(),
+                nbi.into(),
+                cin.into(),
+                m.into(),
+                t.into(),
+                k.into(),
+            ],
+        )?;
+        // g [cout][ncol] = w [cout][kk] · col [kk][ncol]
+        dev.gemm(
+            Transpose::N,
+            Transpose::N,
+            s.cout,
+            ncol,
+            kk,
+            1.0,
+            w,
+            &col,
+            0.0,
+            &mut g,
+        )?;
+        let yr: &DeviceBuffer<f32> = y;
+        dev.launch(
+            "cnn_conv_out",
+            grid(s.cout * ncol),
+            BLOCK,
+            0,
+            &[
+                yr.into(),
+                (&g).into(),
+                bias.into(),
+                lens.into(),
+                b0i.into(),
+                nbi.into(),
+                cout.into(),
+                m.into(),
+                t.into(),
+            ],
+        )?;
+        b0 += nb;
+    }
+    Ok(())
+}
+
+/// Conv backward (`cpu::conv::conv2d_backward`): dw, db ACCUMULATE; dx (if given) is
+/// overwritten (0 at t ≥ lens[b]); dy at t ≥ lens[b] is ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    w: &DeviceBuffer<f32>,
+    dy: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    s: &ConvShape,
+    dx: Option<&mut DeviceBuffer<f32>>,
+    dw: &mut DeviceBuffer<f32>,
+    db: &mut DeviceBuffer<f32>,
+    max_col: usize,
+) -> Result<()> {
+    check_conv(s, lens)?;
+    ensure!(
+        x.len() == s.x_len()
+            && dy.len() == s.y_len()
+            && w.len() == s.w_len()
+            && dw.len() == s.w_len()
+            && db.len() == s.cout
+            && dx.as_ref().is_none_or(|d| d.len() == s.x_len()),
+        "conv2d_backward: buffer sizes do not match {s:?}"
+    );
+    let [cin, cout, m, t, k] = conv_dims(s)?;
+    let kk = s.cin * s.k * s.k;
+    let nbmax = chunk_clips(s, max_col);
+    let mut col = dev.alloc_zeros::<f32>(kk * nbmax * s.m * s.t)?;
+    let d = dev.alloc_zeros::<f32>(s.cout * nbmax * s.m * s.t)?;
+    let dx: Option<&DeviceBuffer<f32>> = dx.map(|b| &*b);
+    let mut b0 = 0;
+    while b0 < s.batch {
+        let nb = nbmax.min(s.batch - b0);
+        let ncol = nb * s.m * s.t;
+        let (b0i, nbi) = (b0 as i32, nb as i32);
+        dev.launch(
+            "cnn_conv_dy_gather",
+            grid(s.cout * ncol),
+            BLOCK,
+            0,
+            &[
+                (&d).into(),
+                dy.into(),
+                lens.into(),
+                b0i.into(),
+                nbi.into(),
+                cout.into(),
+                m.into(),
+                t.into(),
+            ],
+        )?;
+        {
+            let dbr: &DeviceBuffer<f32> = db;
+            dev.launch(
+                "cnn_row_sum_acc",
+                cout as u32,
+                BLOCK,
+                0,
+                &[
+                    dbr.into(),
+                    (&d).into(),
+                    cout.into(),
+                    i32_of(ncol, "columns")?.into(),
+                ],
+            )?;
+        }
+        dev.launch(
+            "cnn_im2col",
+            grid(kk * ncol),
+            BLOCK,
+            0,
+            &[
+                (&col).into(),
+                x.into(),
+                lens.into(),
+                b0i.into(),
+                nbi.into(),
+                cin.into(),
+                m.into(),
+                t.into(),
+                k.into(),
+            ],
+        )?;
+        // dw [cout][kk] += d [cout][ncol] · col [kk][ncol]ᵀ
+        dev.gemm(
+            Transpose::N,
+            Transpose::T,
+            s.cout,
+            kk,
+            ncol,
+            1.0,
+            &d,
+            &col,
+            1.0,
+            dw,
+        )?;
+        if let Some(dx) = dx {
+            // dcol [kk][ncol] = wᵀ · d, written over col (no longer needed for this chunk)
+            dev.gemm(
+                Transpose::T,
+                Transpose::N,
+                kk,
+                ncol,
+                s.cout,
+                1.0,
+                w,
+                &d,
+                0.0,
+                &mut col,
+            )?;
+            dev.launch(
+                "cnn_col2im",
+                grid(nb * s.cin * s.m * s.t),
+                BLOCK,
+                0,
+                &[
+                    dx.into(),
+                    (&col).into(),
+                    lens.into(),
+                    b0i.into(),
+                    nbi.into(),
+                    cin.into(),
+                    m.into(),
+                    t.into(),
+                    k.into(),
+                ],
+            )?;
+        }
+        b0 += nb;
+    }
+    Ok(())
+}
+
+/// Dimensions `[B][C][M][T]` of a BatchNorm / pool launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims4 {
+    pub batch: usize,
+    pub c: usize,
+    pub m: usize,
+    pub t: usize,
+}
+impl Dims4 {
+    pub fn len(&self) -> usize {
+        self.batch * self.c * self.m * self.t
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn args(&self) -> Result<[KernelArg<'static>; 4]> {
+        Ok([
+            i32_of(self.batch, "batch")?.into(),
+            i32_of(self.c, "channels")?.into(),
+            i32_of(self.m, "mels")?.into(),
+            i32_of(self.t, "frames")?.into(),
+        ])
+    }
+    /// Valid values per channel: Σ_b min(lens[b], T) · M.
+    pub fn count(&self, lens: &[usize]) -> usize {
+        lens.iter().map(|&l| l.min(self.t) * self.m).sum()
+    }
+}
+
+/// Batch mean and biased variance per channel over the valid positions
+/// (`cpu::batchnorm::batch_stats`).
+pub fn bn_stats(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    d: Dims4,
+    mean: &mut DeviceBuffer<f32>,
+    var: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    ensure!(lens.len() == d.batch, "bn_stats: lengths vs batch");
+    let [b, c, m, t] = d.args()?;
+    let (mean, var): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (mean, var);
+    dev.launch(
+        "bn_stats",
+        d.c as u32,
+        BLOCK,
+        0,
+        &[mean.into(), var.into(), x.into(), lens.into(), b, c, m, t],
+    )
+}
+
+/// Running statistics update (`cpu::batchnorm::bn_update_running` without the counter).
+pub fn bn_update_running(
+    dev: &Device,
+    mean: &DeviceBuffer<f32>,
+    var: &DeviceBuffer<f32>,
+    count: usize,
+    rm: &mut DeviceBuffer<f32>,
+    rv: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let c = rm.len();
+    ensure!(
+        rv.len() == c && mean.len() == c && var.len() == c,
+        "bn_update_running: channel counts differ"
+    );
+    let n = count as f64;
+    let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+    let (rm, rv): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (rm, rv);
+    dev.launch(
+        "bn_update_running",
+        grid(c),
+        BLOCK,
+        0,
+        &[
+            rm.into(),
+            rv.into(),
+            mean.into(),
+            var.into(),
+            i32_of(c, "channels")?.into(),
+            (BN_MOMENTUM as f32).into(),
+            (unbias as f32).into(),
+        ],
+    )
+}
+
+/// y = relu(bn(x)) at valid positions, 0 elsewhere (`bn_apply` then `relu_forward`).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_forward(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    mean: &DeviceBuffer<f32>,
+    var: &DeviceBuffer<f32>,
+    gamma: &DeviceBuffer<f32>,
+    beta: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    d: Dims4,
+    y: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    ensure!(lens.len() == d.batch, "bn_relu_forward: lengths vs batch");
+    let [b, c, m, t] = d.args()?;
+    let y: &DeviceBuffer<f32> = y;
+    dev.launch(
+        "bn_relu_forward",
+        grid(d.len()),
+        BLOCK,
+        0,
+        &[
+            y.into(),
+            x.into(),
+            mean.into(),
+            var.into(),
+            gamma.into(),
+            beta.into(),
+            lens.into(),
+            b,
+            c,
+            m,
+            t,
+            (BN_EPS as f32).into(),
+        ],
+    )
+}
+
+/// Backward of relu(bn(x)) given the ReLU output y (`relu_backward` then `bn_backward`):
+/// dgamma, dbeta ACCUMULATE; dx is overwritten (0 at invalid positions). `train`: the gradient
+/// flows through the batch statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_backward(
+    dev: &Device,
+    dy: &DeviceBuffer<f32>,
+    y: &DeviceBuffer<f32>,
+    x: &DeviceBuffer<f32>,
+    mean: &DeviceBuffer<f32>,
+    var: &DeviceBuffer<f32>,
+    gamma: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    d: Dims4,
+    train: bool,
+    dx: &mut DeviceBuffer<f32>,
+    dgamma: &mut DeviceBuffer<f32>,
+    dbeta: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    ensure!(lens.len() == d.batch, "bn_relu_backward: lengths vs batch");
+    let [b, c, m, t] = d.args()?;
+    let eps: KernelArg = (BN_EPS as f32).into();
+    let sums = dev.alloc_zeros::<f32>(2 * d.c)?;
+    let (dgamma, dbeta): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (dgamma, dbeta);
+    dev.launch(
+        "bn_relu_backward_reduce",
+        d.c as u32,
+        BLOCK,
+        0,
+        &[
+            (&sums).into(),
+            dgamma.into(),
+            dbeta.into(),
+            dy.into(),
+            y.into(),
+            x.into(),
+            mean.into(),
+            var.into(),
+            lens.into(),
+            b,
+            c,
+            m,
+            t,
+            eps,
+        ],
+    )?;
+    let dx: &DeviceBuffer<f32> = dx;
+    dev.launch(
+        "bn_relu_backward_dx",
+        grid(d.len()),
+        BLOCK,
+        0,
+        &[
+            dx.into(),
+            dy.into(),
+            y.into(),
+            x.into(),
+            mean.into(),
+            var.into(),
+            gamma.into(),
+            (&sums).into(),
+            lens.into(),
+            b,
+            c,
+            m,
+            t,
+            eps,
+            (train as i32).into(),
+        ],
+    )
+}
+
+/// 2×2 max pool of x `[B][C][M][T]` into y, arg `[B][C][M/2][T/2]` with the time mask
+/// (pooled frames ≥ lens_out[b] are 0) and the optional dropout applied to y
+/// (`maxpool2_forward` then `apply_mask`).
+pub fn maxpool_forward(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    lens_out: &DeviceBuffer<i32>,
+    d: Dims4,
+    drop: Option<Dropout>,
+    y: &mut DeviceBuffer<f32>,
+    arg: &mut DeviceBuffer<i32>,
+) -> Result<()> {
+    ensure!(
+        lens_out.len() == d.batch,
+        "maxpool_forward: lengths vs batch"
+    );
+    let [b, c, m, t] = d.args()?;
+    let [seed, step, base, p, dr] = drop_args(drop);
+    let (y, arg): (&DeviceBuffer<f32>, &DeviceBuffer<i32>) = (y, arg);
+    let n = d.batch * d.c * (d.m / 2) * (d.t / 2);
+    dev.launch(
+        "pool_forward",
+        grid(n),
+        BLOCK,
+        0,
+        &[
+            y.into(),
+            arg.into(),
+            x.into(),
+            lens_out.into(),
+            b,
+            c,
+            m,
+            t,
+            seed,
+            step,
+            base,
+            p,
+            dr,
+        ],
+    )
+}
+
+/// Pool backward: dx `[B][C][M][T]` (overwritten) gets dy (⊙ dropout mask) at each valid
+/// window's winner (`apply_mask` then `maxpool2_backward`).
+pub fn maxpool_backward(
+    dev: &Device,
+    dy: &DeviceBuffer<f32>,
+    arg: &DeviceBuffer<i32>,
+    lens_out: &DeviceBuffer<i32>,
+    d: Dims4,
+    drop: Option<Dropout>,
+    dx: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    ensure!(
+        lens_out.len() == d.batch,
+        "maxpool_backward: lengths vs batch"
+    );
+    let [b, c, m, t] = d.args()?;
+    let [seed, step, base, p, dr] = drop_args(drop);
+    let dx: &DeviceBuffer<f32> = dx;
+    dev.launch(
+        "pool_backward",
+        grid(d.len()),
+        BLOCK,
+        0,
+        &[
+            dx.into(),
+            dy.into(),
+            arg.into(),
+            lens_out.into(),
+            b,
+            c,
+            m,
+            t,
+            seed,
+            step,
+            base,
+            p,
+            dr,
+        ],
+    )
+}
+
+/// h `[B][T][C·M]` from the stage-3 output x `[B][C][M][T]` (backward: `backward = true`
+/// maps h-shaped `src` to x-shaped `dst`).
+pub fn frames_reshape(
+    dev: &Device,
+    src: &DeviceBuffer<f32>,
+    d: Dims4,
+    backward: bool,
+    dst: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    ensure!(
+        src.len() == d.len() && dst.len() == d.len(),
+        "frames_reshape: sizes"
+    );
+    let [b, c, m, t] = d.args()?;
+    let name = if backward {
+        "fc_frames_backward"
+    } else {
+        "fc_frames_forward"
+    };
+    let dst: &DeviceBuffer<f32> = dst;
+    dev.launch(
+        name,
+        grid(d.len()),
+        BLOCK,
+        0,
+        &[dst.into(), src.into(), b, c, m, t],
+    )
+}
+
+/// FC forward over `rows` frames: r = relu(x Wᵀ + b) `[rows][dout]` (saved for backward),
+/// h = r ⊙ dropout mask (or r).
+#[allow(clippy::too_many_arguments)]
+pub fn fc_forward(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    w: &DeviceBuffer<f32>,
+    bias: &DeviceBuffer<f32>,
+    rows: usize,
+    din: usize,
+    dout: usize,
+    drop: Option<Dropout>,
+    r: &mut DeviceBuffer<f32>,
+    h: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    ensure!(
+        x.len() == rows * din
+            && w.len() == dout * din
+            && bias.len() == dout
+            && r.len() == rows * dout
+            && h.len() == rows * dout,
+        "fc_forward: buffer sizes do not match rows {rows}, in {din}, out {dout}"
+    );
+    dev.gemm(
+        Transpose::N,
+        Transpose::T,
+        rows,
+        dout,
+        din,
+        1.0,
+        x,
+        w,
+        0.0,
+        r,
+    )?;
+    let [seed, step, base, p, dr] = drop_args(drop);
+    let (r, h): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (r, h);
+    dev.launch(
+        "fc_bias_relu_dropout",
+        grid(rows * dout),
+        BLOCK,
+        0,
+        &[
+            h.into(),
+            r.into(),
+            bias.into(),
+            i32_of(rows, "rows")?.into(),
+            i32_of(dout, "fc width")?.into(),
+            seed,
+            step,
+            base,
+            p,
+            dr,
+        ],
+    )
+}
+
+/// FC backward from dh (gradient of h): dW += dzᵀ x, db += Σ dz, dx = dz W (if given), with
+/// dz = dh ⊙ mask where r > 0.
+#[allow(clippy::too_many_arguments)]
+pub fn fc_backward(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    w: &DeviceBuffer<f32>,
+    r: &DeviceBuffer<f32>,
+    dh: &DeviceBuffer<f32>,
+    rows: usize,
+    din: usize,
+    dout: usize,
+    drop: Option<Dropout>,
+    dx: Option<&mut DeviceBuffer<f32>>,
+    dw: &mut DeviceBuffer<f32>,
+    db: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    ensure!(
+        x.len() == rows * din
+            && w.len() == dout * din
+            && r.len() == rows * dout
+            && dh.len() == rows * dout
+            && dw.len() == dout * din
+            && db.len() == dout
+            && dx.as_ref().is_none_or(|d| d.len() == rows * din),
+        "fc_backward: buffer sizes do not match rows {rows}, in {din}, out {dout}"
+    );
+    let (ri, oi) = (i32_of(rows, "rows")?, i32_of(dout, "fc width")?);
+    let dz = dev.alloc_zeros::<f32>(rows * dout)?;
+    let [seed, step, base, p, dr] = drop_args(drop);
+    dev.launch(
+        "fc_relu_dropout_backward",
+        grid(rows * dout),
+        BLOCK,
+        0,
+        &[
+            (&dz).into(),
+            dh.into(),
+            r.into(),
+            ri.into(),
+            oi.into(),
+            seed,
+            step,
+            base,
+            p,
+            dr,
+        ],
+    )?;
+    {
+        let dbr: &DeviceBuffer<f32> = db;
+        dev.launch(
+            "fc_bias_grad",
+            dout as u32,
+            BLOCK,
+            0,
+            &[dbr.into(), (&dz).into(), ri.into(), oi.into()],
+        )?;
+    }
+    // dW [dout][din] += dzᵀ (dz stored rows × dout) · x [rows][din]
+    dev.gemm(
+        Transpose::T,
+        Transpose::N,
+        dout,
+        din,
+        rows,
+        1.0,
+        &dz,
+        x,
+        1.0,
+        dw,
+    )?;
+    if let Some(dx) = dx {
+        dev.gemm(
+            Transpose::N,
+            Transpose::N,
+            rows,
+            din,
+            dout,
+            1.0,
+            &dz,
+            w,
+            0.0,
+            dx,
+        )?;
+    }
+    Ok(())
+}
+
+/// The CNN + FC parameters (or their gradients), one device buffer per tensor, in the
+/// shapes of MODEL_SPEC.md. `bn_w`/`bn_b` are empty without BatchNorm.
+pub struct CnnParams {
+    pub conv_w: Vec<DeviceBuffer<f32>>,
+    pub conv_b: Vec<DeviceBuffer<f32>>,
+    pub bn_w: Vec<DeviceBuffer<f32>>,
+    pub bn_b: Vec<DeviceBuffer<f32>>,
+    pub fc_w: DeviceBuffer<f32>,
+    pub fc_b: DeviceBuffer<f32>,
+}
+
+/// Names of the CNN + FC tensors in the flat parameter layout, in [`CnnParams`] field order.
+fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    for s in 1..=3 {
+        v.push(format!("conv{s}.weight"));
+        v.push(format!("conv{s}.bias"));
+    }
+    if cfg.batchnorm {
+        for s in 1..=3 {
+            v.push(format!("bn{s}.weight"));
+            v.push(format!("bn{s}.bias"));
+        }
+    }
+    v.push("fc.weight".into());
+    v.push("fc.bias".into());
+    v
+}
+
+impl CnnParams {
+    /// Uploads the CNN + FC tensors of a flat parameter vector (`ParamLayout` order).
+    pub fn upload(dev: &Device, cfg: &ModelConfig, params: &[f32]) -> Result<Self> {
+        let layout = ParamLayout::new(cfg);
+        ensure!(
+            params.len() == layout.total(),
+            "{} parameters, the model has {}",
+            params.len(),
+            layout.total()
+        );
+        let mut bufs = Vec::new();
+        for n in cnn_names(cfg) {
+            bufs.push(dev.htod(&params[layout.range(&n)])?);
+        }
+        Ok(Self::from_vec(cfg, bufs))
+    }
+
+    /// Zero-filled tensors (a gradient accumulator).
+    pub fn zeros(dev: &Device, cfg: &ModelConfig) -> Result<Self> {
+        let layout = ParamLayout::new(cfg);
+        let mut bufs = Vec::new();
+        for n in cnn_names(cfg) {
+            bufs.push(dev.alloc_zeros(layout.range(&n).len())?);
+        }
+        Ok(Self::from_vec(cfg, bufs))
+    }
+
+    fn from_vec(cfg: &ModelConfig, bufs: Vec<DeviceBuffer<f32>>) -> Self {
+        let mut it = bufs.into_iter();
+        let mut next = || it.next().expect("cnn_names has every tensor");
+        let (mut conv_w, mut conv_b, mut bn_w, mut bn_b) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            conv_w.push(next());
+            conv_b.push(next());
+        }
+        if cfg.batchnorm {
+            for _ in 0..3 {
+                bn_w.push(next());
+                bn_b.push(next());
+            }
+        }
+        let fc_w = next();
+        let fc_b = next();
+        CnnParams {
+            conv_w,
+            conv_b,
+            bn_w,
+            bn_b,
+            fc_w,
+            fc_b,
+        }
+    }
+
+    fn in_order(&self) -> Vec<&DeviceBuffer<f32>> {
+        let mut v = Vec::new();
+        for s in 0..3 {
+            v.push(&self.conv_w[s]);
+            v.push(&self.conv_b[s]);
+        }
+        for s in 0..self.bn_w.len() {
+            v.push(&self.bn_w[s]);
+            v.push(&self.bn_b[s]);
+        }
+        v.push(&self.fc_w);
+        v.push(&self.fc_b);
+        v
+    }
+
+    /// Copies the tensors into their ranges of a flat parameter-layout vector.
+    pub fn download_into(&self, dev: &Device, cfg: &ModelConfig, out: &mut [f32]) -> Result<()> {
+        let layout = ParamLayout::new(cfg);
+        ensure!(out.len() == layout.total(), "download_into: layout size");
+        for (n, b) in cnn_names(cfg).iter().zip(self.in_order()) {
+            out[layout.range(n)].copy_from_slice(&dev.dtoh(b)?);
+        }
+        Ok(())
+    }
+}
+
+/// BatchNorm running statistics on the device (empty vectors without BatchNorm).
+pub struct BnRunning {
+    pub mean: Vec<DeviceBuffer<f32>>,
+    pub var: Vec<DeviceBuffer<f32>>,
+    /// num_batches_tracked of each stage (host counters).
+    pub batches_tracked: Vec<f32>,
+}
+
+impl BnRunning {
+    /// From a flat buffer vector (`BufferLayout` order).
+    pub fn upload(dev: &Device, cfg: &ModelConfig, buffers: &[f32]) -> Result<Self> {
+        let bl = BufferLayout::new(cfg);
+        ensure!(buffers.len() == bl.total(), "buffer vector size");
+        let mut r = BnRunning {
+            mean: Vec::new(),
+            var: Vec::new(),
+            batches_tracked: Vec::new(),
+        };
+        if cfg.batchnorm {
+            for s in 1..=3 {
+                r.mean
+                    .push(dev.htod(&buffers[bl.range(&format!("bn{s}.running_mean"))])?);
+                r.var
+                    .push(dev.htod(&buffers[bl.range(&format!("bn{s}.running_var"))])?);
+                r.batches_tracked
+                    .push(buffers[bl.range(&format!("bn{s}.num_batches_tracked")).start]);
+            }
+        }
+        Ok(r)
+    }
+
+    /// Back into a flat buffer vector.
+    pub fn download_into(&self, dev: &Device, cfg: &ModelConfig, out: &mut [f32]) -> Result<()> {
+        let bl = BufferLayout::new(cfg);
+        ensure!(out.len() == bl.total(), "buffer vector size");
+        for s in 0..self.mean.len() {
+            let n = s + 1;
+            out[bl.range(&format!("bn{n}.running_mean"))]
+                .copy_from_slice(&dev.dtoh(&self.mean[s])?);
+            out[bl.range(&format!("bn{n}.running_var"))].copy_from_slice(&dev.dtoh(&self.var[s])?);
+            out[bl.range(&format!("bn{n}.num_batches_tracked")).start] = self.batches_tracked[s];
+        }
+        Ok(())
+    }
+}
+
+/// Options of the composed forward/backward.
+#[derive(Clone, Copy, Debug)]
+pub struct CnnOptions {
+    /// Most elements of one im2col matrix (clips are processed in chunks that fit).
+    pub max_col_elems: usize,
+}
+impl Default for CnnOptions {
+    fn default() -> Self {
+        // 256 Mi floats = 1 GiB of column matrix (plus as much again in backward).
+        CnnOptions {
+            max_col_elems: 1 << 28,
+        }
+    }
+}
+
+/// Saved activations of one conv stage.
+pub struct StageWork {
+    /// conv input `[B][cin][M][T]`
+    pub input: DeviceBuffer<f32>,
+    /// conv output (pre-BN) `[B][cout][M][T]`
+    pub conv: DeviceBuffer<f32>,
+    /// statistics used (batch in training, a copy of the running ones in eval); empty without BN
+    pub mean: Option<DeviceBuffer<f32>>,
+    pub var: Option<DeviceBuffer<f32>>,
+    /// ReLU output `[B][cout][M][T]`
+    pub relu: DeviceBuffer<f32>,
+    /// pool winners 0..3 `[B][cout][M/2][T/2]`
+    pub arg: DeviceBuffer<i32>,
+    pub shape: ConvShape,
+}
+
+/// The composed forward's result and workspace.
+pub struct CnnForward {
+    pub batch: usize,
+    pub t_max: usize,
+    /// Valid lengths after 0..=3 poolings (host) and the same on the device.
+    pub lens: [Vec<usize>; 4],
+    pub lens_dev: Vec<DeviceBuffer<i32>>,
+    pub train: bool,
+    /// (seed, step, p) when dropout is active.
+    pub drop: Option<(u64, u32, f32)>,
+    pub stages: Vec<StageWork>,
+    /// stage-3 output `[B][C3][M3][T3]`
+    pub stage3: DeviceBuffer<f32>,
+    /// `[B][T3][fc_in]`
+    pub frames: DeviceBuffer<f32>,
+    /// FC output after ReLU, before dropout `[B·T3][fc]`
+    pub fc_relu: DeviceBuffer<f32>,
+    /// FC output after dropout `[B][T3][fc]`: the LSTM input.
+    pub out: DeviceBuffer<f32>,
+}
+
+impl CnnForward {
+    fn dropout(&self, site: u64) -> Option<Dropout> {
+        self.drop.map(|(seed, step, p)| Dropout {
+            seed,
+            step,
+            site,
+            p,
+        })
+    }
+}
+
+/// Forward of the three conv stages and the FC for input `x` `[B][n_mels][t_max]` (taken: it
+/// is saved for the backward) with per-clip `lengths`. Training mode uses batch statistics,
+/// updates `running` and applies the dropout masks of (seed, step); eval uses `running`.
+#[allow(clippy::too_many_arguments)]
+pub fn cnn_forward(
+    dev: &Device,
+    cfg: &ModelConfig,
+    params: &CnnParams,
+    running: &mut BnRunning,
+    x: DeviceBuffer<f32>,
+    lengths: &[usize],
+    t_max: usize,
+    mode: Mode,
+    opts: &CnnOptions,
+) -> Result<CnnForward> {
+    cfg.validate()?;
+    let bsz = lengths.len();
+    if bsz == 0 {
+        bail!("empty batch");
+    }
+    ensure!(
+        x.len() == bsz * cfg.n_mels * t_max,
+        "input has {} values, expected batch {bsz} × mels {} × frames {t_max}",
+        x.len(),
+        cfg.n_mels
+    );
+    if let Some((b, &l)) = lengths
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| !(8..=t_max).contains(&l))
+    {
+        bail!("clip {b} has length {l}; lengths must be in 8..={t_max}");
+    }
+    let train = matches!(mode, Mode::Train { .. });
+    let drop = match mode {
+        Mode::Train { seed, step } if cfg.dropout > 0.0 => Some((seed, step, cfg.dropout)),
+        _ => None,
+    };
+    let mut lens: [Vec<usize>; 4] = Default::default();
+    lens[0] = lengths.to_vec();
+    for s in 1..4 {
+        lens[s] = lens[s - 1].iter().map(|&l| l / 2).collect();
+    }
+    let lens_dev = lens
+        .iter()
+        .map(|l| upload_lens(dev, l))
+        .collect::<Result<Vec<_>>>()?;
+    let dropout = |site: u64| {
+        drop.map(|(seed, step, p)| Dropout {
+            seed,
+            step,
+            site,
+            p,
+        })
+    };
+    let mut cur = x;
+    let (mut m, mut t) = (cfg.n_mels, t_max);
+    let mut stages = Vec::with_capacity(3);
+    for s in 0..3 {
+        let sh = ConvShape {
+            batch: bsz,
+            cin: cfg.stage_in(s),
+            cout: cfg.channels[s],
+            k: cfg.kernel,
+            m,
+            t,
+        };
+        let d4 = Dims4 {
+            batch: bsz,
+            c: sh.cout,
+            m,
+            t,
+        };
+        let mut conv = dev.alloc_zeros::<f32>(sh.y_len())?;
+        conv2d_forward(
+            dev,
+            &cur,
+            &params.conv_w[s],
+            &params.conv_b[s],
+            &lens_dev[s],
+            &sh,
+            &mut conv,
+            opts.max_col_elems,
+        )?;
+        let mut relu = dev.alloc_zeros::<f32>(sh.y_len())?;
+        let (mean, var) = if cfg.batchnorm {
+            let (mut mean, mut var);
+            if train {
+                mean = dev.alloc_zeros::<f32>(sh.cout)?;
+                var = dev.alloc_zeros::<f32>(sh.cout)?;
+                bn_stats(dev, &conv, &lens_dev[s], d4, &mut mean, &mut var)?;
+                let (rm, rv) = (&mut running.mean[s], &mut running.var[s]);
+                bn_update_running(dev, &mean, &var, d4.count(&lens[s]), rm, rv)?;
+                running.batches_tracked[s] += 1.0;
+            } else {
+                // a copy, so later training steps cannot change what backward sees
+                mean = dev.htod(&dev.dtoh(&running.mean[s])?)?;
+                var = dev.htod(&dev.dtoh(&running.var[s])?)?;
+            }
+            bn_relu_forward(
+                dev,
+                &conv,
+                &mean,
+                &var,
+                &params.bn_w[s],
+                &params.bn_b[s],
+                &lens_dev[s],
+                d4,
+                &mut relu,
+            )?;
+            (Some(mean), Some(var))
+        } else {
+            // conv output is already 0 at invalid positions
+            crate::device::ops::relu_forward(dev, &mut relu, &conv)?;
+            (None, None)
+        };
+        let (mo, to) = (m / 2, t / 2);
+        let n = bsz * sh.cout * mo * to;
+        let mut pooled = dev.alloc_zeros::<f32>(n)?;
+        let mut arg = dev.alloc_zeros::<i32>(n)?;
+        maxpool_forward(
+            dev,
+            &relu,
+            &lens_dev[s + 1],
+            d4,
+            dropout(SITE_POOL1 + s as u64),
+            &mut pooled,
+            &mut arg,
+        )?;
+        stages.push(StageWork {
+            input: std::mem::replace(&mut cur, pooled),
+            conv,
+            mean,
+            var,
+            relu,
+            arg,
+            shape: sh,
+        });
+        m = mo;
+        t = to;
+    }
+    let stage3 = cur;
+    let d3 = Dims4 {
+        batch: bsz,
+        c: cfg.channels[2],
+        m,
+        t,
+    };
+    let mut frames = dev.alloc_zeros::<f32>(d3.len())?;
+    frames_reshape(dev, &stage3, d3, false, &mut frames)?;
+    let rows = bsz * t;
+    let mut fc_relu = dev.alloc_zeros::<f32>(rows * cfg.fc)?;
+    let mut out = dev.alloc_zeros::<f32>(rows * cfg.fc)?;
+    fc_forward(
+        dev,
+        &frames,
+        &params.fc_w,
+        &params.fc_b,
+        rows,
+        cfg.fc_in(),
+        cfg.fc,
+        dropout(SITE_FC),
+        &mut fc_relu,
+        &mut out,
+    )?;
+    Ok(CnnForward {
+        batch: bsz,
+        t_max,
+        lens,
+        lens_dev,
+        train,
+        drop,
+        stages,
+        stage3,
+        frames,
+        fc_relu,
+        out,
+    })
+}
+
+/// Backward of [`cnn_forward`] from `dout` (gradient of `fwd.out`, `[B][T3][fc]`); ACCUMULATES
+/// into `grads` (no gradient for the input).
+pub fn cnn_backward(
+    dev: &Device,
+    cfg: &ModelConfig,
+    params: &CnnParams,
+    fwd: &CnnForward,
+    dout: &DeviceBuffer<f32>,
+    grads: &mut CnnParams,
+    opts: &CnnOptions,
+) -> Result<()> {
+    let bsz = fwd.batch;
+    let t3 = fwd.t_max / 8;
+    let rows = bsz * t3;
+    ensure!(
+        dout.len() == rows * cfg.fc,
+        "cnn_backward: gradient has {} values, expected {}",
+        dout.len(),
+        rows * cfg.fc
+    );
+    let fin = cfg.fc_in();
+    let mut dframes = dev.alloc_zeros::<f32>(rows * fin)?;
+    fc_backward(
+        dev,
+        &fwd.frames,
+        &params.fc_w,
+        &fwd.fc_relu,
+        dout,
+        rows,
+        fin,
+        cfg.fc,
+        fwd.dropout(SITE_FC),
+        Some(&mut dframes),
+        &mut grads.fc_w,
+        &mut grads.fc_b,
+    )?;
+    let d3 = Dims4 {
+        batch: bsz,
+        c: cfg.channels[2],
+        m: cfg.n_mels / 8,
+        t: t3,
+    };
+    let mut dcur = dev.alloc_zeros::<f32>(d3.len())?;
+    frames_reshape(dev, &dframes, d3, true, &mut dcur)?;
+    drop(dframes);
+    for s in (0..3).rev() {
+        let st = &fwd.stages[s];
+        let sh = st.shape;
+        let d4 = Dims4 {
+            batch: bsz,
+            c: sh.cout,
+            m: sh.m,
+            t: sh.t,
+        };
+        let mut drelu = dev.alloc_zeros::<f32>(sh.y_len())?;
+        maxpool_backward(
+            dev,
+            &dcur,
+            &st.arg,
+            &fwd.lens_dev[s + 1],
+            d4,
+            fwd.dropout(SITE_POOL1 + s as u64),
+            &mut drelu,
+        )?;
+        let mut dconv = dev.alloc_zeros::<f32>(sh.y_len())?;
+        match (&st.mean, &st.var) {
+            (Some(mean), Some(var)) => bn_relu_backward(
+                dev,
+                &drelu,
+                &st.relu,
+                &st.conv,
+                mean,
+                var,
+                &params.bn_w[s],
+                &fwd.lens_dev[s],
+                d4,
+                fwd.train,
+                &mut dconv,
+                &mut grads.bn_w[s],
+                &mut grads.bn_b[s],
+            )?,
+            _ => crate::device::ops::relu_backward(dev, &mut dconv, &drelu, &st.relu)?,
+        }
+        drop(drelu);
+        let mut dx = if s > 0 {
+            Some(dev.alloc_zeros::<f32>(sh.x_len())?)
+        } else {
+            None
+        };
+        conv2d_backward(
+            dev,
+            &st.input,
+            &params.conv_w[s],
+            &dconv,
+            &fwd.lens_dev[s],
+            &sh,
+            dx.as_mut(),
+            &mut grads.conv_w[s],
+            &mut grads.conv_b[s],
+            opts.max_col_elems,
+        )?;
+        if let Some(dx) = dx {
+            dcur = dx;
+        }
+    }
+    Ok(())
+}

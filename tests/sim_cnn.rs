@@ -1,0 +1,734 @@
+//! The CNN + FC kernels (src/engine/cnn.rs, kernels/{conv,batchnorm,pool,dropout,fc}.cu) on the
+//! `sim` device with shuffled thread order (or the real GPU with SER_TEST_DEVICE=cuda), each op
+//! against its CPU reference in `ser_engine::cpu`, then the composed forward/backward against
+//! the CPU model's intermediates. Sizes are random and not multiples of the block size; clips
+//! have unequal lengths and garbage in their padding.
+//!
+//! Tolerances: the oracle runs in f64 on the same f32 inputs, so the error measured is the
+//! device's f32 rounding alone. Forward ops (sums of ≤ a few hundred products) stay at a
+//! relative-norm error ≤ 1e-5 (f32 ε = 6e-8 times accumulation length and a few ulp of the
+//! intermediate roundings); gradients (longer sums, BN's cancelling terms) ≤ 1e-4. Pooling,
+//! reshapes and dropout involve no arithmetic beyond one f32 multiply done identically on both
+//! sides, so they are compared bit for bit against the f32 CPU op.
+
+use ser_engine::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};
+use ser_engine::cpu::dropout::{apply_mask, dropout_mask, site_base, SITE_FC, SITE_POOL1};
+use ser_engine::cpu::{batchnorm, linear, pool, CpuModel, Input, Mode};
+use ser_engine::device::{Device, DeviceBuffer, SimDevice, SimOptions};
+use ser_engine::engine::cnn::{self, CnnOptions, Dims4, Dropout};
+use ser_engine::model::{ModelConfig, BN_EPS, BN_MOMENTUM};
+use ser_engine::rng::{Purpose, Stream};
+
+fn device() -> Device {
+    match std::env::var("SER_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(
+            ser_engine::device::CudaDevice::new(0).expect("SER_TEST_DEVICE=cuda but no usable GPU"),
+        ),
+        _ => Device::Sim(SimDevice::with_options(SimOptions {
+            shuffle: true,
+            seed: 11,
+            workers: 0,
+        })),
+    }
+}
+
+fn randn(seed: u64, n: usize) -> Vec<f32> {
+    let s = Stream::new(seed, Purpose::Test, 3);
+    (0..n as u64).map(|i| s.normal(i)).collect()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// ‖a − b‖ / ‖b‖ (absolute when b is 0); NaN anywhere gives NaN, which fails `<= tol`.
+fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let x = *x as f64;
+        if x.is_nan() || y.is_nan() {
+            return f64::NAN;
+        }
+        num += (x - y) * (x - y);
+        den += y * y;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    let e = rel_err(got, want);
+    eprintln!("{what}: relative error {e:.3e} (tol {tol:.0e})");
+    assert!(e <= tol, "{what}: relative error {e} > {tol}");
+    // positions the CPU leaves exactly zero (masks) must be exactly zero on the device too
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if *w == 0.0 {
+            assert!(
+                *g == 0.0,
+                "{what}: element {i} is {g}, the CPU has exactly 0"
+            );
+        }
+    }
+}
+
+/// A size in [lo, hi) that is not a multiple of 16.
+fn odd(s: &Stream, k: u64, lo: u32, hi: u32) -> usize {
+    let mut n = lo + s.below(k, hi - lo);
+    if n.is_multiple_of(16) {
+        n += 1;
+    }
+    n as usize
+}
+
+fn dl(dev: &Device, b: &DeviceBuffer<f32>) -> Vec<f32> {
+    dev.dtoh(b).unwrap()
+}
+
+/// Lengths in 1..=t with the first clip full and the others shorter.
+fn lengths(s: &Stream, k: u64, batch: usize, t: usize) -> Vec<usize> {
+    (0..batch)
+        .map(|b| {
+            if b == 0 {
+                t
+            } else {
+                1 + s.below(k * 10 + b as u64, t as u32 - 1) as usize
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn conv_matches_cpu() {
+    let dev = device();
+    let s = Stream::new(1, Purpose::Test, 1);
+    for (trial, k) in [(0u64, 3usize), (1, 5), (2, 1), (3, 3)] {
+        let sh = ConvShape {
+            batch: 3,
+            cin: 1 + s.below(100 + trial, 3) as usize,
+            cout: 1 + s.below(200 + trial, 5) as usize,
+            k,
+            m: odd(&s, 300 + trial, 3, 12),
+            t: odd(&s, 400 + trial, 6, 23),
+        };
+        let lens = lengths(&s, trial, sh.batch, sh.t);
+        let x = randn(10 + trial, sh.x_len()); // garbage in the padding on purpose
+        let w = randn(20 + trial, sh.w_len());
+        let bias = randn(30 + trial, sh.cout);
+        let dy = randn(40 + trial, sh.y_len());
+        let dw0 = randn(50 + trial, sh.w_len());
+        let db0 = randn(60 + trial, sh.cout);
+        // chunks of 1 clip in odd trials, the whole batch in one chunk otherwise
+        let max_col = if trial % 2 == 1 { 1 } else { 1 << 28 };
+
+        let mut want = vec![0.0f64; sh.y_len()];
+        conv2d_forward(&f64s(&x), &f64s(&w), &f64s(&bias), &lens, &sh, &mut want);
+        let (xd, wd, bd) = (
+            dev.htod(&x).unwrap(),
+            dev.htod(&w).unwrap(),
+            dev.htod(&bias).unwrap(),
+        );
+        let ld = cnn::upload_lens(&dev, &lens).unwrap();
+        let mut y = dev.htod(&vec![f32::NAN; sh.y_len()]).unwrap();
+        cnn::conv2d_forward(&dev, &xd, &wd, &bd, &ld, &sh, &mut y, max_col).unwrap();
+        check(
+            &format!("conv fwd {sh:?} {lens:?}"),
+            &dl(&dev, &y),
+            &want,
+            1e-5,
+        );
+
+        let (mut dxw, mut dww, mut dbw) = (vec![0.0; sh.x_len()], f64s(&dw0), f64s(&db0));
+        conv2d_backward(
+            &f64s(&x),
+            &f64s(&w),
+            &f64s(&dy),
+            &lens,
+            &sh,
+            Some(&mut dxw),
+            &mut dww,
+            &mut dbw,
+        );
+        let dyd = dev.htod(&dy).unwrap();
+        let mut dx = dev.htod(&vec![f32::NAN; sh.x_len()]).unwrap();
+        let (mut dw, mut db) = (dev.htod(&dw0).unwrap(), dev.htod(&db0).unwrap());
+        cnn::conv2d_backward(
+            &dev,
+            &xd,
+            &wd,
+            &dyd,
+            &ld,
+            &sh,
+            Some(&mut dx),
+            &mut dw,
+            &mut db,
+            max_col,
+        )
+        .unwrap();
+        check("conv dx", &dl(&dev, &dx), &dxw, 1e-4);
+        check("conv dw (accumulated)", &dl(&dev, &dw), &dww, 1e-4);
+        check("conv db (accumulated)", &dl(&dev, &db), &dbw, 1e-4);
+    }
+}
+
+#[test]
+fn batchnorm_relu_matches_cpu() {
+    let dev = device();
+    let s = Stream::new(2, Purpose::Test, 1);
+    for trial in 0..3u64 {
+        let d = Dims4 {
+            batch: 1 + s.below(trial, 3) as usize,
+            c: odd(&s, 10 + trial, 1, 6),
+            m: odd(&s, 20 + trial, 2, 9),
+            t: odd(&s, 30 + trial, 5, 40),
+        };
+        let lens = lengths(&s, trial + 5, d.batch, d.t);
+        // offset and scale so the statistics are not trivially 0/1
+        let x: Vec<f32> = randn(70 + trial, d.len())
+            .iter()
+            .map(|v| 0.5 + 2.0 * v)
+            .collect();
+        let gamma = randn(80 + trial, d.c);
+        let beta = randn(90 + trial, d.c);
+        let dy = randn(100 + trial, d.len());
+        let (x64, g64, b64) = (f64s(&x), f64s(&gamma), f64s(&beta));
+        let eps = BN_EPS;
+
+        let (xd, gd, bd, dyd) = (
+            dev.htod(&x).unwrap(),
+            dev.htod(&gamma).unwrap(),
+            dev.htod(&beta).unwrap(),
+            dev.htod(&dy).unwrap(),
+        );
+        let ld = cnn::upload_lens(&dev, &lens).unwrap();
+        let rm0 = randn(110 + trial, d.c);
+        let rv0: Vec<f32> = randn(120 + trial, d.c)
+            .iter()
+            .map(|v| 1.0 + v.abs())
+            .collect();
+        for train in [true, false] {
+            let mut act = vec![0.0f64; d.len()];
+            let st = if train {
+                batchnorm::bn_train_forward(&x64, &g64, &b64, &lens, d.c, d.m, d.t, eps, &mut act)
+            } else {
+                let st = batchnorm::running_stats(&f64s(&rm0), &f64s(&rv0), eps);
+                batchnorm::bn_apply(&x64, &st, &g64, &b64, &lens, d.c, d.m, d.t, &mut act);
+                st
+            };
+            let mut relu = vec![0.0f64; d.len()];
+            pool::relu_forward(&act, &mut relu);
+
+            let (mut mean, mut var) = if train {
+                let mut mean = dev.alloc_zeros::<f32>(d.c).unwrap();
+                let mut var = dev.alloc_zeros::<f32>(d.c).unwrap();
+                cnn::bn_stats(&dev, &xd, &ld, d, &mut mean, &mut var).unwrap();
+                check("bn mean", &dl(&dev, &mean), &st.mean, 1e-5);
+                check("bn var", &dl(&dev, &var), &st.var, 1e-5);
+                // running update
+                let (mut rm, mut rv) = (dev.htod(&rm0).unwrap(), dev.htod(&rv0).unwrap());
+                cnn::bn_update_running(&dev, &mean, &var, d.count(&lens), &mut rm, &mut rv)
+                    .unwrap();
+                let (mut rmw, mut rvw, mut nbt) = (f64s(&rm0), f64s(&rv0), 0.0);
+                batchnorm::bn_update_running(&st, BN_MOMENTUM, &mut rmw, &mut rvw, &mut nbt);
+                check("bn running mean", &dl(&dev, &rm), &rmw, 1e-5);
+                check("bn running var", &dl(&dev, &rv), &rvw, 1e-5);
+                (mean, var)
+            } else {
+                (dev.htod(&rm0).unwrap(), dev.htod(&rv0).unwrap())
+            };
+            let mut y = dev.htod(&vec![f32::NAN; d.len()]).unwrap();
+            cnn::bn_relu_forward(&dev, &xd, &mean, &var, &gd, &bd, &ld, d, &mut y).unwrap();
+            check(
+                &format!("bn+relu fwd train={train} {d:?}"),
+                &dl(&dev, &y),
+                &relu,
+                1e-5,
+            );
+
+            // backward: relu_backward then bn_backward; dgamma/dbeta accumulate onto 1
+            let mut dact = vec![0.0f64; d.len()];
+            pool::relu_backward(&relu, &f64s(&dy), &mut dact);
+            let (mut dxw, mut dgw, mut dbw) = (vec![0.0; d.len()], vec![1.0; d.c], vec![1.0; d.c]);
+            batchnorm::bn_backward(
+                &x64, &dact, &st, &g64, &lens, d.c, d.m, d.t, &mut dxw, &mut dgw, &mut dbw,
+            );
+            let mut dx = dev.htod(&vec![f32::NAN; d.len()]).unwrap();
+            let mut dg = dev.htod(&vec![1.0f32; d.c]).unwrap();
+            let mut dbt = dev.htod(&vec![1.0f32; d.c]).unwrap();
+            cnn::bn_relu_backward(
+                &dev, &dyd, &y, &xd, &mean, &var, &gd, &ld, d, train, &mut dx, &mut dg, &mut dbt,
+            )
+            .unwrap();
+            check(
+                &format!("bn+relu dx train={train}"),
+                &dl(&dev, &dx),
+                &dxw,
+                1e-4,
+            );
+            check("bn dgamma", &dl(&dev, &dg), &dgw, 1e-4);
+            check("bn dbeta", &dl(&dev, &dbt), &dbw, 1e-4);
+            let _ = (&mut mean, &mut var);
+        }
+    }
+}
+
+#[test]
+fn dropout_masks_are_bit_identical() {
+    let dev = device();
+    for (site, n, p, step) in [
+        (SITE_POOL1, 1usize, 0.3f32, 0u32),
+        (SITE_FC, 4097, 0.3, 7),
+        (4, 999, 0.5, 123_456),
+        (2, 5003, 0.1, 3),
+    ] {
+        let d = Dropout {
+            seed: 0xDEAD_BEEF_1234,
+            step,
+            site,
+            p,
+        };
+        let want: Vec<f32> = dropout_mask(d.seed, step, site, n, p);
+        let got = dl(&dev, &cnn::dropout_mask(&dev, d, n).unwrap());
+        assert_eq!(got, want, "mask site {site} n {n}");
+        let x = randn(site + 1, n);
+        let mut wantx = x.clone();
+        apply_mask(&mut wantx, &want);
+        let mut y = dev.alloc_zeros::<f32>(n).unwrap();
+        cnn::dropout_apply(&dev, d, &dev.htod(&x).unwrap(), &mut y).unwrap();
+        assert_eq!(dl(&dev, &y), wantx, "apply site {site} n {n}");
+    }
+    assert_eq!(site_base(3), 3 << 40);
+}
+
+#[test]
+fn maxpool_with_mask_and_dropout_matches_cpu_exactly() {
+    let dev = device();
+    let s = Stream::new(3, Purpose::Test, 1);
+    for trial in 0..4u64 {
+        let d = Dims4 {
+            batch: 1 + s.below(trial, 3) as usize,
+            c: odd(&s, 10 + trial, 1, 5),
+            m: odd(&s, 20 + trial, 2, 11),
+            t: odd(&s, 30 + trial, 4, 41),
+        };
+        let lens_out: Vec<usize> = lengths(&s, trial + 9, d.batch, d.t)
+            .iter()
+            .map(|l| l / 2)
+            .collect();
+        let x = randn(130 + trial, d.len());
+        let n = d.batch * d.c * (d.m / 2) * (d.t / 2);
+        let drop = (trial % 2 == 0).then_some(Dropout {
+            seed: 99,
+            step: trial as u32,
+            site: SITE_POOL1 + trial % 3,
+            p: 0.4,
+        });
+        let mut want = vec![f32::NAN; n];
+        let mut arg = vec![0u8; n];
+        pool::maxpool2_forward(&x, &lens_out, d.c, d.m, d.t, &mut want, &mut arg);
+        let mask = drop.map(|dr| dropout_mask::<f32>(dr.seed, dr.step, dr.site, n, dr.p));
+        if let Some(mk) = &mask {
+            apply_mask(&mut want, mk);
+        }
+        let ld = cnn::upload_lens(&dev, &lens_out).unwrap();
+        let mut y = dev.htod(&vec![f32::NAN; n]).unwrap();
+        let mut ad = dev.htod(&vec![-1i32; n]).unwrap();
+        cnn::maxpool_forward(&dev, &dev.htod(&x).unwrap(), &ld, d, drop, &mut y, &mut ad).unwrap();
+        assert_eq!(dl(&dev, &y), want, "pool fwd {d:?}");
+        let argd: Vec<i32> = dev.dtoh(&ad).unwrap();
+        assert!(
+            argd.iter().zip(&arg).all(|(a, b)| *a == *b as i32),
+            "pool argmax"
+        );
+
+        let dy = randn(140 + trial, n);
+        let mut dym = dy.clone();
+        if let Some(mk) = &mask {
+            apply_mask(&mut dym, mk);
+        }
+        let mut dxw = vec![f32::NAN; d.len()];
+        pool::maxpool2_backward(&dym, &arg, &lens_out, d.c, d.m, d.t, &mut dxw);
+        let mut dx = dev.htod(&vec![f32::NAN; d.len()]).unwrap();
+        cnn::maxpool_backward(&dev, &dev.htod(&dy).unwrap(), &ad, &ld, d, drop, &mut dx).unwrap();
+        assert_eq!(dl(&dev, &dx), dxw, "pool bwd {d:?}");
+    }
+}
+
+#[test]
+fn frames_and_fc_match_cpu() {
+    let dev = device();
+    let s = Stream::new(4, Purpose::Test, 1);
+    for trial in 0..3u64 {
+        let d = Dims4 {
+            batch: 1 + s.below(trial, 3) as usize,
+            c: odd(&s, 10 + trial, 1, 6),
+            m: odd(&s, 20 + trial, 1, 5),
+            t: odd(&s, 30 + trial, 1, 9),
+        };
+        let x = randn(150 + trial, d.len());
+        // reshape: h[b][t][c*M+m] = x[b][c][m][t]
+        let fin = d.c * d.m;
+        let mut want = vec![0.0f32; d.len()];
+        for b in 0..d.batch {
+            for c in 0..d.c {
+                for m in 0..d.m {
+                    for t in 0..d.t {
+                        want[(b * d.t + t) * fin + c * d.m + m] =
+                            x[((b * d.c + c) * d.m + m) * d.t + t];
+                    }
+                }
+            }
+        }
+        let xd = dev.htod(&x).unwrap();
+        let mut h = dev.alloc_zeros::<f32>(d.len()).unwrap();
+        cnn::frames_reshape(&dev, &xd, d, false, &mut h).unwrap();
+        assert_eq!(dl(&dev, &h), want, "frames fwd");
+        let mut back = dev.alloc_zeros::<f32>(d.len()).unwrap();
+        cnn::frames_reshape(&dev, &h, d, true, &mut back).unwrap();
+        assert_eq!(dl(&dev, &back), x, "frames bwd is the inverse permutation");
+
+        // FC + ReLU + dropout
+        let (rows, dout) = (d.batch * d.t, odd(&s, 40 + trial, 1, 20));
+        let w = randn(160 + trial, dout * fin);
+        let bias = randn(170 + trial, dout);
+        let drop = (trial != 1).then_some(Dropout {
+            seed: 5,
+            step: 2 + trial as u32,
+            site: SITE_FC,
+            p: 0.3,
+        });
+        let (h64, w64) = (f64s(&want), f64s(&w));
+        let mut fc = vec![0.0f64; rows * dout];
+        linear::linear_forward(&h64, &w64, &f64s(&bias), rows, fin, dout, &mut fc, false);
+        let mut r = vec![0.0f64; fc.len()];
+        pool::relu_forward(&fc, &mut r);
+        let mask: Option<Vec<f64>> =
+            drop.map(|dr| dropout_mask(dr.seed, dr.step, dr.site, fc.len(), dr.p));
+        let mut hw = r.clone();
+        if let Some(mk) = &mask {
+            apply_mask(&mut hw, mk);
+        }
+        let (wd, bd) = (dev.htod(&w).unwrap(), dev.htod(&bias).unwrap());
+        let mut rd = dev.alloc_zeros::<f32>(rows * dout).unwrap();
+        let mut hd = dev.alloc_zeros::<f32>(rows * dout).unwrap();
+        cnn::fc_forward(&dev, &h, &wd, &bd, rows, fin, dout, drop, &mut rd, &mut hd).unwrap();
+        check("fc relu", &dl(&dev, &rd), &r, 1e-5);
+        check("fc out", &dl(&dev, &hd), &hw, 1e-5);
+
+        let dh = randn(180 + trial, rows * dout);
+        let mut dhm = f64s(&dh);
+        if let Some(mk) = &mask {
+            apply_mask(&mut dhm, mk);
+        }
+        let mut dz = vec![0.0f64; dhm.len()];
+        pool::relu_backward(&r, &dhm, &mut dz);
+        let (mut dxw, mut dww, mut dbw) = (
+            vec![0.0; rows * fin],
+            vec![0.5; dout * fin],
+            vec![0.5; dout],
+        );
+        linear::linear_backward(
+            &h64,
+            &w64,
+            &dz,
+            rows,
+            fin,
+            dout,
+            Some(&mut dxw),
+            &mut dww,
+            &mut dbw,
+            false,
+        );
+        let mut dx = dev.htod(&vec![f32::NAN; rows * fin]).unwrap();
+        let mut dw = dev.htod(&vec![0.5f32; dout * fin]).unwrap();
+        let mut db = dev.htod(&vec![0.5f32; dout]).unwrap();
+        cnn::fc_backward(
+            &dev,
+            &h,
+            &wd,
+            &rd,
+            &dev.htod(&dh).unwrap(),
+            rows,
+            fin,
+            dout,
+            drop,
+            Some(&mut dx),
+            &mut dw,
+            &mut db,
+        )
+        .unwrap();
+        check("fc dx", &dl(&dev, &dx), &dxw, 1e-4);
+        check("fc dw", &dl(&dev, &dw), &dww, 1e-4);
+        check("fc db", &dl(&dev, &db), &dbw, 1e-4);
+    }
+}
+
+/// The CPU model's CNN + FC backward (the first half of `CpuModel::backward` run in reverse),
+/// from the gradient of the FC output: returns the flat gradient vector.
+fn cpu_cnn_backward(
+    m: &CpuModel<f64>,
+    f: &ser_engine::cpu::Forward<f64>,
+    dout: &[f64],
+) -> Vec<f64> {
+    let cfg = &m.cfg;
+    let mut grads = vec![0.0f64; m.params.len()];
+    let p = |n: &str| &m.params[m.layout.range(n)];
+    let t3 = f.t_max / 8;
+    let rows = f.batch * t3;
+    let mut dh = dout.to_vec();
+    if let Some(mk) = &f.fc_mask {
+        apply_mask(&mut dh, mk);
+    }
+    let mut dfc = vec![0.0; dh.len()];
+    pool::relu_backward(&f.fc_relu, &dh, &mut dfc);
+    let fin = cfg.fc_in();
+    let mut dframes = vec![0.0; rows * fin];
+    let (mut dw, mut db) = (vec![0.0; cfg.fc * fin], vec![0.0; cfg.fc]);
+    linear::linear_backward(
+        &f.frames,
+        p("fc.weight"),
+        &dfc,
+        rows,
+        fin,
+        cfg.fc,
+        Some(&mut dframes),
+        &mut dw,
+        &mut db,
+        false,
+    );
+    grads[m.layout.range("fc.weight")].copy_from_slice(&dw);
+    grads[m.layout.range("fc.bias")].copy_from_slice(&db);
+    let (c3, m3) = (cfg.channels[2], cfg.n_mels / 8);
+    let mut dcur = vec![0.0; f.stage3.len()];
+    for b in 0..f.batch {
+        for c in 0..c3 {
+            for mm in 0..m3 {
+                for t in 0..t3 {
+                    dcur[((b * c3 + c) * m3 + mm) * t3 + t] =
+                        dframes[(b * t3 + t) * fin + c * m3 + mm];
+                }
+            }
+        }
+    }
+    for s in (0..3).rev() {
+        let st = &f.stages[s];
+        let sh = st.shape;
+        let (c, mm, t) = (sh.cout, sh.m, sh.t);
+        if let Some(mk) = &st.mask {
+            apply_mask(&mut dcur, mk);
+        }
+        let mut drelu = vec![0.0; sh.y_len()];
+        pool::maxpool2_backward(&dcur, &st.arg, &f.lens[s + 1], c, mm, t, &mut drelu);
+        let mut dact = vec![0.0; sh.y_len()];
+        pool::relu_backward(&st.relu, &drelu, &mut dact);
+        let dconv = if let Some(bn) = &st.bn {
+            let (mut dg, mut dbt) = (vec![0.0; c], vec![0.0; c]);
+            batchnorm::bn_backward(
+                &st.conv,
+                &dact,
+                bn,
+                p(&format!("bn{}.weight", s + 1)),
+                &f.lens[s],
+                c,
+                mm,
+                t,
+                &mut drelu,
+                &mut dg,
+                &mut dbt,
+            );
+            grads[m.layout.range(&format!("bn{}.weight", s + 1))].copy_from_slice(&dg);
+            grads[m.layout.range(&format!("bn{}.bias", s + 1))].copy_from_slice(&dbt);
+            drelu
+        } else {
+            dact
+        };
+        let (mut dw, mut db) = (vec![0.0; sh.w_len()], vec![0.0; c]);
+        let mut dx = vec![0.0; sh.x_len()];
+        conv2d_backward(
+            &st.input,
+            p(&format!("conv{}.weight", s + 1)),
+            &dconv,
+            &f.lens[s],
+            &sh,
+            Some(&mut dx),
+            &mut dw,
+            &mut db,
+        );
+        grads[m.layout.range(&format!("conv{}.weight", s + 1))].copy_from_slice(&dw);
+        grads[m.layout.range(&format!("conv{}.bias", s + 1))].copy_from_slice(&db);
+        dcur = dx;
+    }
+    grads
+}
+
+#[test]
+fn composed_cnn_matches_cpu_model() {
+    let dev = device();
+    for (k, batchnorm, train) in [(3, true, true), (5, true, false), (3, false, true)] {
+        let cfg = ModelConfig {
+            n_mels: 16,
+            kernel: k,
+            channels: [4, 8, 8],
+            fc: 8,
+            hidden: 6,
+            lstm_layers: 2,
+            classes: 3,
+            dropout: 0.3,
+            batchnorm,
+        };
+        let (bsz, t_max) = (3usize, 43usize);
+        let lens = [43usize, 30, 17];
+        let x = randn(200 + k as u64, bsz * cfg.n_mels * t_max);
+        let mut cpu = CpuModel::<f64>::new(cfg.clone(), 42);
+        // perturb BN affine parameters and running stats away from 1/0 so they matter
+        let params32: Vec<f32> = {
+            let base = ser_engine::model::init_params(&cfg, 42);
+            let noise = randn(300, base.len());
+            base.iter()
+                .zip(&noise)
+                .enumerate()
+                .map(|(i, (v, n))| {
+                    let bn = cpu.layout.0.entries.iter().any(|e| {
+                        e.name.starts_with("bn") && (e.offset..e.offset + e.len).contains(&i)
+                    });
+                    if bn {
+                        v + 0.3 * n
+                    } else {
+                        *v
+                    }
+                })
+                .collect()
+        };
+        let mut buffers32 = ser_engine::model::init_buffers(&cfg);
+        for (i, v) in buffers32.iter_mut().enumerate() {
+            *v += 0.1 * (i % 5) as f32;
+        }
+        cpu.params = f64s(&params32);
+        cpu.buffers = f64s(&buffers32);
+        let mode = if train {
+            Mode::Train { seed: 77, step: 5 }
+        } else {
+            Mode::Eval
+        };
+        let x64 = f64s(&x);
+        let f = cpu.forward(
+            &Input {
+                x: &x64,
+                batch: bsz,
+                t_max,
+                lengths: &lens,
+            },
+            mode,
+        );
+
+        let params = cnn::CnnParams::upload(&dev, &cfg, &params32).unwrap();
+        let mut running = cnn::BnRunning::upload(&dev, &cfg, &buffers32).unwrap();
+        let opts = CnnOptions::default();
+        let fw = cnn::cnn_forward(
+            &dev,
+            &cfg,
+            &params,
+            &mut running,
+            dev.htod(&x).unwrap(),
+            &lens,
+            t_max,
+            mode,
+            &opts,
+        )
+        .unwrap();
+        let tag = format!("k={k} bn={batchnorm} train={train}");
+        // forward 1e-5 as per op: the f32 roundings compound over 3 stages + FC but measure
+        // ~3e-7 (a pool argmax flip would show as a far larger error).
+        for s in 0..3 {
+            check(
+                &format!("{tag} stage {s} conv"),
+                &dl(&dev, &fw.stages[s].conv),
+                &f.stages[s].conv,
+                1e-5,
+            );
+            check(
+                &format!("{tag} stage {s} relu"),
+                &dl(&dev, &fw.stages[s].relu),
+                &f.stages[s].relu,
+                1e-5,
+            );
+        }
+        check(
+            &format!("{tag} stage3"),
+            &dl(&dev, &fw.stage3),
+            &f.stage3,
+            1e-5,
+        );
+        check(
+            &format!("{tag} frames"),
+            &dl(&dev, &fw.frames),
+            &f.frames,
+            1e-5,
+        );
+        check(
+            &format!("{tag} fc relu"),
+            &dl(&dev, &fw.fc_relu),
+            &f.fc_relu,
+            1e-5,
+        );
+        check(
+            &format!("{tag} fc out"),
+            &dl(&dev, &fw.out),
+            &f.lstm_in[0],
+            1e-5,
+        );
+        let mut bufs = vec![0.0f32; buffers32.len()];
+        running.download_into(&dev, &cfg, &mut bufs).unwrap();
+        check(&format!("{tag} running buffers"), &bufs, &cpu.buffers, 1e-5);
+
+        let dout = randn(400, f.lstm_in[0].len());
+        let want = cpu_cnn_backward(&cpu, &f, &f64s(&dout));
+        let mut grads = cnn::CnnParams::zeros(&dev, &cfg).unwrap();
+        cnn::cnn_backward(
+            &dev,
+            &cfg,
+            &params,
+            &fw,
+            &dev.htod(&dout).unwrap(),
+            &mut grads,
+            &opts,
+        )
+        .unwrap();
+        let mut got = vec![0.0f32; params32.len()];
+        grads.download_into(&dev, &cfg, &mut got).unwrap();
+        for e in &cpu.layout.0.entries {
+            if e.name.starts_with("lstm")
+                || e.name.starts_with("attention")
+                || e.name.starts_with("classifier")
+            {
+                continue;
+            }
+            let r = e.offset..e.offset + e.len;
+            if batchnorm && train && e.name.starts_with("conv") && e.name.ends_with(".bias") {
+                // Training BN subtracts the batch mean, so the true bias gradient is 0 and the
+                // CPU's is rounding noise (~1e-17): compare on the scale of the weight gradient.
+                let wr = cpu.layout.range(&e.name.replace("bias", "weight"));
+                let scale = want[wr].iter().map(|v| v * v).sum::<f64>().sqrt();
+                let diff = got[r.clone()]
+                    .iter()
+                    .zip(&want[r])
+                    .map(|(a, b)| (*a as f64 - b).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let e2 = diff / scale;
+                eprintln!("{tag} grad {}: error / |dW| {e2:.3e} (tol 1e-4)", e.name);
+                assert!(e2 <= 1e-4, "{tag} grad {}: {e2}", e.name);
+                continue;
+            }
+            check(
+                &format!("{tag} grad {}", e.name),
+                &got[r.clone()],
+                &want[r],
+                1e-4,
+            );
+        }
+    }
+}
