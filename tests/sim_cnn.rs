@@ -732,3 +732,45 @@ fn composed_cnn_matches_cpu_model() {
         }
     }
 }
+
+#[test]
+fn forward_rejects_bad_input_with_errors() {
+    let dev = device();
+    let cfg = ModelConfig {
+        n_mels: 16,
+        kernel: 3,
+        channels: [2, 2, 2],
+        fc: 4,
+        hidden: 2,
+        lstm_layers: 1,
+        classes: 2,
+        dropout: 0.0,
+        batchnorm: true,
+    };
+    let params =
+        cnn::CnnParams::upload(&dev, &cfg, &ser_engine::model::init_params(&cfg, 1)).unwrap();
+    let mut running =
+        cnn::BnRunning::upload(&dev, &cfg, &ser_engine::model::init_buffers(&cfg)).unwrap();
+    let run = |lens: &[usize], n: usize, running: &mut cnn::BnRunning| {
+        cnn::cnn_forward(
+            &dev,
+            &cfg,
+            &params,
+            running,
+            dev.alloc_zeros(n).unwrap(),
+            lens,
+            16,
+            Mode::Eval,
+            &CnnOptions::default(),
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+    };
+    let e = run(&[16, 7], 2 * 16 * 16, &mut running).expect("length 7 < 8 is an error");
+    assert!(e.contains("clip 1 has length 7"), "{e}");
+    let e = run(&[16, 17], 2 * 16 * 16, &mut running).expect("length > t_max is an error");
+    assert!(e.contains("clip 1 has length 17"), "{e}");
+    let e = run(&[16], 2 * 16 * 16, &mut running).expect("wrong input size is an error");
+    assert!(e.contains("input has 512 values"), "{e}");
+    assert!(run(&[16, 8], 2 * 16 * 16, &mut running).is_none());
+}
