@@ -272,17 +272,15 @@ pub fn make_backend(
     optim: &OptimConfig,
     seed: u64,
 ) -> Result<Box<dyn Backend>> {
+    use crate::device::{select, Selected};
+    use crate::engine::step::DeviceBackend;
     match device {
-        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
-        DeviceChoice::Cuda | DeviceChoice::Sim => {
-            // Say first why the device itself is unavailable, when it is.
-            crate::device::select(device)?;
-            bail!(
-                "training on --device {} needs the device training step, which is not built \
-                 yet (the kernels exist op by op; see the README's status); use --device cpu",
-                device_name(device)
-            )
-        }
+        DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+        // select(Auto) is cuda when a usable GPU is present, else cpu.
+        DeviceChoice::Auto | DeviceChoice::Cuda | DeviceChoice::Sim => match select(device)? {
+            Selected::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+            Selected::Device(dev) => Ok(Box::new(DeviceBackend::new(dev, model, optim, seed)?)),
+        },
     }
 }
 
