@@ -184,10 +184,14 @@ fn every_parameter_gradient_matches_cpu() {
         for e in &layout.entries {
             let r = e.offset..e.offset + e.len;
             let (got, want) = (&g[r.clone()], &cpu.grads[r]);
-            if bn && e.name.starts_with("conv") && e.name.ends_with(".bias") {
-                // BatchNorm subtracts the per-channel mean over exactly the positions the bias
-                // was added to, so the true gradient is 0 and both sides hold rounding noise:
-                // bound the difference by the largest tensor gradient's norm instead.
+            let conv_bias_before_bn = bn && e.name.starts_with("conv") && e.name.ends_with(".bias");
+            if conv_bias_before_bn || e.name == "attention.bias" {
+                // Gradients that cancel by construction, so a relative error measures rounding
+                // noise against ~0: BatchNorm subtracts the per-channel mean over exactly the
+                // positions a conv bias was added to (true gradient 0), and attention.bias's
+                // gradient is Σ_t g_t(1−e_t²) with Σ_t g_t = 0 (softmax is shift-invariant),
+                // ~100x smaller than its terms (measured relative error ~7e-5). Bound the
+                // difference by the largest tensor gradient's norm instead.
                 let d: Vec<f64> = got.iter().zip(want).map(|(a, b)| *a as f64 - b).collect();
                 let err = norm(&d) / gmax;
                 eprintln!("{}: |diff| / max ‖g‖ = {err:.3e} (tol 1e-5)", e.name);
