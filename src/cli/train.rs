@@ -40,6 +40,16 @@ pub struct TrainOpts {
     /// Leave out BatchNorm after each convolution.
     #[arg(long)]
     pub no_batchnorm: bool,
+    /// Advanced (tests, experiments): channels of the three conv stages, e.g. 4,8,8
+    /// [default: 32,64,128 as the paper].
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub channels: Option<Vec<usize>>,
+    /// Advanced: width of the per-frame FC layer [default: 128].
+    #[arg(long, hide = true)]
+    pub fc_size: Option<usize>,
+    /// Advanced: LSTM hidden size per direction [default: 64].
+    #[arg(long, hide = true)]
+    pub hidden_size: Option<usize>,
     /// Dropout probability (conv stages, FC, between LSTM layers).
     #[arg(long, default_value_t = 0.3)]
     pub dropout: f32,
@@ -121,13 +131,22 @@ impl TrainOpts {
     }
 
     pub fn model(&self, classes: usize) -> Result<ModelConfig> {
+        let d = ModelConfig::default();
+        let channels = match self.channels.as_deref() {
+            None => d.channels,
+            Some(&[a, b, c]) => [a, b, c],
+            Some(v) => bail!("--channels takes three values, got {}", v.len()),
+        };
         let cfg = ModelConfig {
             n_mels: self.n_mels,
             kernel: self.kernel_size,
+            channels,
+            fc: self.fc_size.unwrap_or(d.fc),
+            hidden: self.hidden_size.unwrap_or(d.hidden),
             classes,
             dropout: self.dropout,
             batchnorm: !self.no_batchnorm,
-            ..ModelConfig::default()
+            ..d
         };
         cfg.validate()?;
         Ok(cfg)
