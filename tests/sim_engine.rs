@@ -458,4 +458,24 @@ fn default_model_step_counts() {
         launches[0], launches[1],
         "launches do not depend on the frame count"
     );
+    // Breakdown for the README: training forward (with loss) and forward + backward.
+    let (t_max, lens) = (32usize, [32usize, 20]);
+    let x = input(3, cfg.n_mels, t_max, &lens);
+    let a = thread_stats();
+    dm.forward(&x, &lens, t_max, Mode::Train { seed: 5, step: 9 })
+        .unwrap();
+    let b = thread_stats();
+    dm.compute_grads(&x, &lens, t_max, &[1, 3], 5, 9, &loss)
+        .unwrap();
+    let c = thread_stats();
+    dm.forward(&x, &lens, t_max, Mode::Eval).unwrap();
+    let d = thread_stats();
+    eprintln!(
+        "launches: training forward + loss {}, forward + backward {}, eval forward {}, \
+         clip + Adam + CNN parameter copies {}",
+        b.launches - a.launches,
+        c.launches - b.launches,
+        d.launches - c.launches,
+        launches[0] - (c.launches - b.launches)
+    );
 }

@@ -431,7 +431,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "demo".to_string()),
-        device: device_name(device).to_string(),
+        device: backend.device().to_string(),
     };
     let progress = match &resume_from {
         Some(_) => {
@@ -450,7 +450,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     if !global.quiet {
         eprintln!(
             "training on {}: {} train / {} validation clips, {} classes ({}), {} Hz, run folder {}",
-            device_name(device),
+            backend.device(),
             train_idx.len(),
             val_idx.len(),
             classes,

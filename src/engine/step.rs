@@ -531,4 +531,11 @@ impl Backend for DeviceBackend {
     fn set_state(&mut self, state: &TrainState) -> Result<()> {
         self.model.set_state(state)
     }
+
+    fn device(&self) -> &'static str {
+        match self.model.dev {
+            Device::Sim(_) => "sim",
+            Device::Cuda(_) => "cuda",
+        }
+    }
 }
