@@ -127,6 +127,10 @@ fn whole_forward_matches_cpu_in_eval_and_train() {
     let got = dm.forward(&x, &LENS, T_MAX, Mode::Eval).unwrap();
     let want = cpu.forward(&inp, Mode::Eval).logits;
     check("eval logits", &got, &want, 1e-5);
+    // The same input handed over already on the device gives the same logits.
+    let xb = dm.dev.htod(&x).unwrap();
+    let again = dm.forward_device(xb, &LENS, T_MAX, Mode::Eval).unwrap();
+    assert_eq!(again, got);
     // A second step of the same shape reuses its workspace.
     assert_eq!(dm.cached_shapes(), 1);
 }

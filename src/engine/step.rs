@@ -237,6 +237,24 @@ impl DeviceModel {
         logits
     }
 
+    /// [`Self::forward`] of an input already on the device (e.g. `engine::frontend`'s
+    /// log-Mel output, scaled), `[B][n_mels][t_max]`; the buffer is taken (it becomes the
+    /// shape's input buffer).
+    pub fn forward_device(
+        &mut self,
+        x: DeviceBuffer<f32>,
+        lengths: &[usize],
+        t_max: usize,
+        mode: Mode,
+    ) -> Result<Vec<f32>> {
+        self.check_input(x.len(), lengths, t_max)?;
+        let mut w = self.take_work(lengths.len(), t_max)?;
+        let r = self.forward_in(x, lengths, t_max, mode, &mut w);
+        let logits = r.and_then(|_| self.dev.dtoh(&w.rnn.logits));
+        self.work.insert((lengths.len(), t_max), w);
+        logits
+    }
+
     /// Forward of a device input (taken; it returns to `w.input`), labels all 0 (eval loss
     /// unused).
     fn forward_in(
