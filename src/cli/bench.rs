@@ -2,7 +2,7 @@
 //! - `bench train`: training samples/s (forward + backward + Adam) and inference samples/s of
 //!   the paper model on random log-Mel batches, and the process's peak memory.
 
-use super::train::{device_name, make_backend};
+use super::train::make_backend;
 use super::Global;
 use crate::model::ModelConfig;
 use crate::rng::{Purpose, Stream};
@@ -112,7 +112,7 @@ fn bench_train(
     let infer_rate = (b * steps) as f64 / infer_s;
     println!(
         "device {}  threads {threads}  batch {b} x {m} mels x {t} frames  kernel {kernel}",
-        device_name(global.device)
+        backend.device()
     );
     println!(
         "training   {train_rate:8.1} samples/s  ({:.1} ms/step)",

@@ -40,6 +40,16 @@ pub struct TrainOpts {
     /// Leave out BatchNorm after each convolution.
     #[arg(long)]
     pub no_batchnorm: bool,
+    /// Advanced (tests, experiments): channels of the three conv stages, e.g. 4,8,8
+    /// [default: 32,64,128 as the paper].
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub channels: Option<Vec<usize>>,
+    /// Advanced: width of the per-frame FC layer [default: 128].
+    #[arg(long, hide = true)]
+    pub fc_size: Option<usize>,
+    /// Advanced: LSTM hidden size per direction [default: 64].
+    #[arg(long, hide = true)]
+    pub hidden_size: Option<usize>,
     /// Dropout probability (conv stages, FC, between LSTM layers).
     #[arg(long, default_value_t = 0.3)]
     pub dropout: f32,
@@ -121,13 +131,22 @@ impl TrainOpts {
     }
 
     pub fn model(&self, classes: usize) -> Result<ModelConfig> {
+        let d = ModelConfig::default();
+        let channels = match self.channels.as_deref() {
+            None => d.channels,
+            Some(&[a, b, c]) => [a, b, c],
+            Some(v) => bail!("--channels takes three values, got {}", v.len()),
+        };
         let cfg = ModelConfig {
             n_mels: self.n_mels,
             kernel: self.kernel_size,
+            channels,
+            fc: self.fc_size.unwrap_or(d.fc),
+            hidden: self.hidden_size.unwrap_or(d.hidden),
             classes,
             dropout: self.dropout,
             batchnorm: !self.no_batchnorm,
-            ..ModelConfig::default()
+            ..d
         };
         cfg.validate()?;
         Ok(cfg)
@@ -279,17 +298,15 @@ pub fn make_backend(
     optim: &OptimConfig,
     seed: u64,
 ) -> Result<Box<dyn Backend>> {
+    use crate::device::{select, Selected};
+    use crate::engine::step::DeviceBackend;
     match device {
-        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
-        DeviceChoice::Cuda | DeviceChoice::Sim => {
-            // Say first why the device itself is unavailable, when it is.
-            crate::device::select(device)?;
-            bail!(
-                "training on --device {} needs the device training step, which is not built \
-                 yet (the kernels exist op by op; see the README's status); use --device cpu",
-                device_name(device)
-            )
-        }
+        DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+        // select(Auto) is cuda when a usable GPU is present, else cpu.
+        DeviceChoice::Auto | DeviceChoice::Cuda | DeviceChoice::Sim => match select(device)? {
+            Selected::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+            Selected::Device(dev) => Ok(Box::new(DeviceBackend::new(dev, model, optim, seed)?)),
+        },
     }
 }
 
@@ -421,7 +438,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "demo".to_string()),
-        device: device_name(device).to_string(),
+        device: backend.device().to_string(),
     };
     let progress = match &resume_from {
         Some(_) => {
@@ -440,7 +457,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     if !global.quiet {
         eprintln!(
             "training on {}: {} train / {} validation clips, {} classes ({}), {} Hz, run folder {}",
-            device_name(device),
+            backend.device(),
             train_idx.len(),
             val_idx.len(),
             classes,

@@ -280,6 +280,38 @@ impl ArgPack {
     }
 }
 
+/// Work a thread has asked of devices (all devices together), for launch and traffic counts:
+/// kernel launches (cuBLAS GEMMs count as one), host→device and device→host bytes, and
+/// allocations. Per thread, so concurrent tests do not mix their counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    pub launches: u64,
+    pub htod_bytes: u64,
+    pub dtoh_bytes: u64,
+    pub allocs: u64,
+    /// memset_zero calls (a driver memset on cuda, not a kernel).
+    pub memsets: u64,
+}
+
+thread_local! {
+    static STATS: std::cell::Cell<DeviceStats> = const {
+        std::cell::Cell::new(DeviceStats { launches: 0, htod_bytes: 0, dtoh_bytes: 0, allocs: 0, memsets: 0 })
+    };
+}
+
+/// This thread's counts so far (subtract two readings to measure a region).
+pub fn thread_stats() -> DeviceStats {
+    STATS.with(|s| s.get())
+}
+
+fn count(f: impl FnOnce(&mut DeviceStats)) {
+    STATS.with(|s| {
+        let mut v = s.get();
+        f(&mut v);
+        s.set(v);
+    });
+}
+
 /// Whether a GEMM operand is stored transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transpose {
@@ -308,6 +340,7 @@ impl Device {
     }
 
     pub fn alloc_zeros<T: Elem>(&self, n: usize) -> Result<DeviceBuffer<T>> {
+        count(|s| s.allocs += 1);
         match self {
             Device::Sim(_) => sim::alloc_zeros(n),
             Device::Cuda(c) => c.alloc_zeros(n),
@@ -329,6 +362,7 @@ impl Device {
             src.len(),
             dst.len
         );
+        count(|s| s.htod_bytes += std::mem::size_of_val(src) as u64);
         match (self, &mut dst.mem) {
             (Device::Sim(_), Mem::Sim(m)) => {
                 m.as_mut_slice::<T>(dst.len).copy_from_slice(src);
@@ -341,6 +375,7 @@ impl Device {
 
     /// The buffer's contents.
     pub fn dtoh<T: Elem>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>> {
+        count(|s| s.dtoh_bytes += (src.len * std::mem::size_of::<T>()) as u64);
         match (self, &src.mem) {
             (Device::Sim(_), Mem::Sim(m)) => Ok(m.as_slice::<T>(src.len).to_vec()),
             (Device::Cuda(c), Mem::Cuda(s)) => c.dtoh(s, src.len),
@@ -350,6 +385,7 @@ impl Device {
 
     /// Sets every element to zero.
     pub fn memset_zero<T: Elem>(&self, buf: &mut DeviceBuffer<T>) -> Result<()> {
+        count(|s| s.memsets += 1);
         match (self, &mut buf.mem) {
             (Device::Sim(_), Mem::Sim(m)) => {
                 m.as_mut_slice::<T>(buf.len).fill(T::default());
@@ -371,6 +407,7 @@ impl Device {
     ) -> Result<()> {
         let (grid, block) = (grid.into(), block.into());
         let idx = check_launch(name, grid, block, args)?;
+        count(|s| s.launches += 1);
         match self {
             Device::Sim(s) => s.launch_index(idx, grid, block, shared_bytes, args, &s.options),
             Device::Cuda(c) => c.launch_index(idx, grid, block, shared_bytes, args),
@@ -426,6 +463,7 @@ impl Device {
         );
         if let Device::Cuda(cd) = self {
             if cd.has_cublas() {
+                count(|s| s.launches += 1);
                 return cd.cublas_sgemm(ta, tb, mi, ni, ki, alpha, a, b, beta, c);
             }
         }

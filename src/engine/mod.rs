@@ -1,6 +1,10 @@
 //! The device pipeline, written once for cuda and sim: `frontend` (batched log-Mel and
 //! augmentation), `cnn` (conv stages, BatchNorm, pooling, dropout, per-frame FC), `rnn`
-//! (BiLSTM, attention, loss, Adam and clipping).
+//! (BiLSTM, attention, loss, Adam and clipping), `step`, which composes them into the
+//! training step and the `DeviceBackend` the training loop drives, and `check`, the
+//! device-vs-CPU table of `gradcheck --device sim|cuda`.
+pub mod check;
 pub mod cnn;
 pub mod frontend;
 pub mod rnn;
+pub mod step;

@@ -47,6 +47,10 @@ pub trait Backend {
     fn classes(&self) -> usize;
     fn state(&self) -> TrainState;
     fn set_state(&mut self, state: &TrainState) -> Result<()>;
+    /// Which device runs the steps (`cpu`, `sim`, `cuda`), for logs and the run's config.
+    fn device(&self) -> &'static str {
+        "cpu"
+    }
 }
 
 /// Plain mean cross-entropy and argmax predictions of logits (batch, classes).

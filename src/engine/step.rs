@@ -1,0 +1,559 @@
+//! The device training step, written once for `cuda` and `sim`: upload the batch → CNN + FC
+//! forward ([`super::cnn`]) → BiLSTM, attention, classifier and loss ([`super::rnn`]) → the
+//! backward of both halves → optional global-norm clipping → fused Adam. Everything stays on
+//! the device between steps; per step the host sends the input `[B][M][T]`, the lengths and
+//! the labels, and reads back the loss and correct count (8 bytes) plus, when clipping, the
+//! gradient norm (8 bytes).
+//!
+//! Parameters and gradients live in flat buffers in `ParamLayout` order (the CPU's order), so
+//! Adam and clipping are one launch each over all tensors and `state()` is one copy. The CNN
+//! half takes one buffer per tensor ([`CnnParams`]); those are device-side copies of their
+//! ranges of the flat buffer, refreshed after every Adam step by one copy launch per tensor,
+//! and the CNN gradients are added into the flat gradient buffer the same way. (Sub-buffer
+//! views would save those launches; the executor has none yet.)
+//!
+//! Dropout masks and BatchNorm follow MODEL_SPEC.md exactly as the CPU reference does (same
+//! Philox keys: seed, Purpose::Dropout, step, site), so a device step equals a CPU step up to
+//! f32 rounding; tests/sim_engine.rs checks it.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Result};
+
+use crate::cpu::Mode;
+use crate::device::{Device, DeviceBuffer};
+use crate::engine::cnn::{cnn_backward, cnn_forward, BnRunning, CnnOptions, CnnParams};
+use crate::engine::rnn::{
+    add_slice, clip_grad_norm, copy_slice, rnn_backward, rnn_forward, DeviceAdam, LossConfig,
+    LossOut, RnnDims, RnnOffsets, RnnWorkspace,
+};
+use crate::model::{init_buffers, init_params, BufferLayout, ModelConfig, ParamLayout};
+use crate::train::backend::{Backend, OptimConfig, StepStats, TrainState};
+use crate::train::data::Batch;
+
+/// Most (batch, t_max) shapes whose workspaces are kept; batches are bucketed by length, so a
+/// run sees few shapes. Past this the cache is emptied (a bound on memory, not a cost per step).
+const MAX_SHAPES: usize = 32;
+
+/// Names of the CNN + FC tensors in [`CnnParams`] field order (conv w/b per stage, then BN
+/// w/b per stage, then fc).
+fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    for s in 1..=3 {
+        v.push(format!("conv{s}.weight"));
+        v.push(format!("conv{s}.bias"));
+    }
+    if cfg.batchnorm {
+        for s in 1..=3 {
+            v.push(format!("bn{s}.weight"));
+            v.push(format!("bn{s}.bias"));
+        }
+    }
+    v.push("fc.weight".into());
+    v.push("fc.bias".into());
+    v
+}
+
+/// The tensors of `p` in [`cnn_names`] order.
+fn cnn_tensors(p: &mut CnnParams) -> Vec<&mut DeviceBuffer<f32>> {
+    let mut v: Vec<&mut DeviceBuffer<f32>> = Vec::new();
+    for (w, b) in p.conv_w.iter_mut().zip(p.conv_b.iter_mut()) {
+        v.push(w);
+        v.push(b);
+    }
+    for (w, b) in p.bn_w.iter_mut().zip(p.bn_b.iter_mut()) {
+        v.push(w);
+        v.push(b);
+    }
+    v.push(&mut p.fc_w);
+    v.push(&mut p.fc_b);
+    v
+}
+
+/// Buffers reused by every step of one (batch, t_max) shape.
+struct ShapeWork {
+    rnn: RnnWorkspace,
+    /// Input `[B][M][T]`; lent to `cnn_forward` (which keeps it for backward) and taken back.
+    input: Option<DeviceBuffer<f32>>,
+    /// Gradient of the FC output `[B][T3][fc]`.
+    dframes: DeviceBuffer<f32>,
+}
+
+/// Result of one training step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOut {
+    /// Mean loss of the batch (before the update).
+    pub loss: f32,
+    pub correct: usize,
+    /// Global gradient norm before clipping (None when clipping is off: not computed).
+    pub grad_norm: Option<f32>,
+}
+
+/// The whole model on a device: parameters, gradients, BatchNorm running statistics, Adam
+/// state and per-shape workspaces.
+pub struct DeviceModel {
+    pub dev: Device,
+    pub cfg: ModelConfig,
+    pub layout: ParamLayout,
+    /// Flat parameters, `ParamLayout` order.
+    pub params: DeviceBuffer<f32>,
+    /// Flat gradients of the last `compute_grads`, same layout.
+    pub grads: DeviceBuffer<f32>,
+    /// Per-tensor copies of the CNN + FC ranges of `params`, and their gradients.
+    cnn: CnnParams,
+    cnn_grads: CnnParams,
+    /// Offset of each [`cnn_names`] tensor in the flat layout.
+    cnn_offsets: Vec<usize>,
+    rnn_offsets: RnnOffsets,
+    pub running: BnRunning,
+    pub adam: DeviceAdam,
+    pub opts: CnnOptions,
+    work: HashMap<(usize, usize), ShapeWork>,
+}
+
+impl DeviceModel {
+    /// Fresh model: `init_params(cfg, seed)` and initial buffers (the CPU model's init).
+    pub fn new(dev: Device, cfg: &ModelConfig, seed: u64) -> Result<Self> {
+        let p = init_params(cfg, seed);
+        let b = init_buffers(cfg);
+        Self::from_params(dev, cfg, &p, &b)
+    }
+
+    /// Model from flat parameters and buffers (layout order); Adam state zero.
+    pub fn from_params(
+        dev: Device,
+        cfg: &ModelConfig,
+        params: &[f32],
+        buffers: &[f32],
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let layout = ParamLayout::new(cfg);
+        let bl = BufferLayout::new(cfg);
+        ensure!(
+            params.len() == layout.total() && buffers.len() == bl.total(),
+            "got {} parameters and {} buffer values; this model needs {} and {}",
+            params.len(),
+            buffers.len(),
+            layout.total(),
+            bl.total()
+        );
+        let cnn_offsets = cnn_names(cfg)
+            .iter()
+            .map(|n| layout.range(n).start)
+            .collect();
+        let rnn_offsets = RnnOffsets::new(cfg, &layout)?;
+        Ok(Self {
+            params: dev.htod(params)?,
+            grads: dev.alloc_zeros(params.len())?,
+            cnn: CnnParams::upload(&dev, cfg, params)?,
+            cnn_grads: CnnParams::zeros(&dev, cfg)?,
+            cnn_offsets,
+            rnn_offsets,
+            running: BnRunning::upload(&dev, cfg, buffers)?,
+            adam: DeviceAdam::new(&dev, params.len(), 1e-3, 0.0)?,
+            opts: CnnOptions::default(),
+            work: HashMap::new(),
+            cfg: cfg.clone(),
+            layout,
+            dev,
+        })
+    }
+
+    /// Refreshes the per-tensor CNN copies from the flat parameters (after Adam or a load).
+    fn sync_cnn_params(&mut self) -> Result<()> {
+        let offs = self.cnn_offsets.clone();
+        for (t, off) in cnn_tensors(&mut self.cnn).into_iter().zip(offs) {
+            copy_slice(&self.dev, t, &self.params, off)?;
+        }
+        Ok(())
+    }
+
+    fn check_input(&self, x_len: usize, lengths: &[usize], t_max: usize) -> Result<()> {
+        let b = lengths.len();
+        if b == 0 {
+            bail!("empty batch");
+        }
+        ensure!(
+            x_len == b * self.cfg.n_mels * t_max,
+            "input has {x_len} values, expected batch {b} × mels {} × frames {t_max}",
+            self.cfg.n_mels
+        );
+        if let Some((i, &l)) = lengths
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| !(crate::model::MIN_FRAMES..=t_max).contains(&l))
+        {
+            bail!(
+                "clip {i} has length {l}; lengths must be in {}..={t_max}",
+                crate::model::MIN_FRAMES
+            );
+        }
+        Ok(())
+    }
+
+    /// The workspace of shape (batch, t_max), created on first use.
+    fn take_work(&mut self, batch: usize, t_max: usize) -> Result<ShapeWork> {
+        if let Some(w) = self.work.remove(&(batch, t_max)) {
+            return Ok(w);
+        }
+        if self.work.len() >= MAX_SHAPES {
+            self.work.clear();
+        }
+        let t3 = ModelConfig::frames_out(t_max);
+        let dims = RnnDims::new(&self.cfg, batch, t3);
+        Ok(ShapeWork {
+            rnn: RnnWorkspace::new(&self.dev, dims)?,
+            input: None,
+            dframes: self.dev.alloc_zeros(batch * t3 * self.cfg.fc)?,
+        })
+    }
+
+    /// Upload `x` into the shape's input buffer (allocated once per shape).
+    fn upload_input(&self, w: &mut ShapeWork, x: &[f32]) -> Result<DeviceBuffer<f32>> {
+        let mut buf = match w.input.take() {
+            Some(b) if b.len() == x.len() => b,
+            _ => self.dev.alloc_zeros(x.len())?,
+        };
+        self.dev.copy_htod(x, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Logits `[B][classes]` of host input `x` `[B][n_mels][t_max]` with per-clip `lengths`.
+    /// Train mode uses batch BN statistics (updating the running ones) and dropout of
+    /// (seed, step), like `CpuModel::forward`.
+    pub fn forward(
+        &mut self,
+        x: &[f32],
+        lengths: &[usize],
+        t_max: usize,
+        mode: Mode,
+    ) -> Result<Vec<f32>> {
+        self.check_input(x.len(), lengths, t_max)?;
+        let mut w = self.take_work(lengths.len(), t_max)?;
+        let xb = self.upload_input(&mut w, x)?;
+        let r = self.forward_in(xb, lengths, t_max, mode, &mut w);
+        let logits = r.and_then(|_| self.dev.dtoh(&w.rnn.logits));
+        self.work.insert((lengths.len(), t_max), w);
+        logits
+    }
+
+    /// [`Self::forward`] of an input already on the device (e.g. `engine::frontend`'s
+    /// log-Mel output, scaled), `[B][n_mels][t_max]`; the buffer is taken (it becomes the
+    /// shape's input buffer).
+    pub fn forward_device(
+        &mut self,
+        x: DeviceBuffer<f32>,
+        lengths: &[usize],
+        t_max: usize,
+        mode: Mode,
+    ) -> Result<Vec<f32>> {
+        self.check_input(x.len(), lengths, t_max)?;
+        let mut w = self.take_work(lengths.len(), t_max)?;
+        let r = self.forward_in(x, lengths, t_max, mode, &mut w);
+        let logits = r.and_then(|_| self.dev.dtoh(&w.rnn.logits));
+        self.work.insert((lengths.len(), t_max), w);
+        logits
+    }
+
+    /// Forward of a device input (taken; it returns to `w.input`), labels all 0 (eval loss
+    /// unused).
+    fn forward_in(
+        &mut self,
+        x: DeviceBuffer<f32>,
+        lengths: &[usize],
+        t_max: usize,
+        mode: Mode,
+        w: &mut ShapeWork,
+    ) -> Result<()> {
+        let labels = vec![0usize; lengths.len()];
+        let (fwd, _) =
+            self.forward_loss(x, lengths, t_max, &labels, &LossConfig::default(), mode, w)?;
+        w.input = fwd.stages.into_iter().next().map(|s| s.input);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_loss(
+        &mut self,
+        x: DeviceBuffer<f32>,
+        lengths: &[usize],
+        t_max: usize,
+        labels: &[usize],
+        loss: &LossConfig,
+        mode: Mode,
+        w: &mut ShapeWork,
+    ) -> Result<(crate::engine::cnn::CnnForward, LossOut)> {
+        let fwd = cnn_forward(
+            &self.dev,
+            &self.cfg,
+            &self.cnn,
+            &mut self.running,
+            x,
+            lengths,
+            t_max,
+            mode,
+            &self.opts,
+        )?;
+        let train = match mode {
+            Mode::Train { seed, step } => Some((seed, step)),
+            Mode::Eval => None,
+        };
+        let out = rnn_forward(
+            &self.dev,
+            &self.params,
+            &self.rnn_offsets,
+            &fwd.out,
+            &fwd.lens[3],
+            labels,
+            loss,
+            train,
+            &mut w.rnn,
+        )?;
+        Ok((fwd, out))
+    }
+
+    /// Forward in training mode (seed, step), loss, and backward: `self.grads` holds the
+    /// gradient of the mean loss (overwritten, not accumulated). Parameters are unchanged;
+    /// BN running statistics are updated as in any training forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute_grads(
+        &mut self,
+        x: &[f32],
+        lengths: &[usize],
+        t_max: usize,
+        labels: &[usize],
+        seed: u64,
+        step: u32,
+        loss: &LossConfig,
+    ) -> Result<LossOut> {
+        self.check_input(x.len(), lengths, t_max)?;
+        ensure!(
+            labels.len() == lengths.len(),
+            "{} labels for {} clips",
+            labels.len(),
+            lengths.len()
+        );
+        let mut w = self.take_work(lengths.len(), t_max)?;
+        let r = self.grads_in(x, lengths, t_max, labels, seed, step, loss, &mut w);
+        self.work.insert((lengths.len(), t_max), w);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grads_in(
+        &mut self,
+        x: &[f32],
+        lengths: &[usize],
+        t_max: usize,
+        labels: &[usize],
+        seed: u64,
+        step: u32,
+        loss: &LossConfig,
+        w: &mut ShapeWork,
+    ) -> Result<LossOut> {
+        let xb = self.upload_input(w, x)?;
+        let mode = Mode::Train { seed, step };
+        let (fwd, out) = self.forward_loss(xb, lengths, t_max, labels, loss, mode, w)?;
+        self.dev.memset_zero(&mut self.grads)?;
+        for t in cnn_tensors(&mut self.cnn_grads) {
+            self.dev.memset_zero(t)?;
+        }
+        rnn_backward(
+            &self.dev,
+            &self.params,
+            &self.rnn_offsets,
+            &fwd.out,
+            &mut w.rnn,
+            &mut self.grads,
+            &mut w.dframes,
+        )?;
+        cnn_backward(
+            &self.dev,
+            &self.cfg,
+            &self.cnn,
+            &fwd,
+            &w.dframes,
+            &mut self.cnn_grads,
+            &self.opts,
+        )?;
+        for (g, &off) in cnn_tensors(&mut self.cnn_grads)
+            .into_iter()
+            .zip(&self.cnn_offsets)
+        {
+            add_slice(&self.dev, &mut self.grads, off, g)?;
+        }
+        w.input = fwd.stages.into_iter().next().map(|s| s.input);
+        Ok(out)
+    }
+
+    /// One training step: [`Self::compute_grads`], clip to `clip` (global L2 norm; 0 = off),
+    /// Adam at `lr` (weight decay and betas from `self.adam`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step(
+        &mut self,
+        x: &[f32],
+        lengths: &[usize],
+        t_max: usize,
+        labels: &[usize],
+        seed: u64,
+        step: u32,
+        lr: f32,
+        clip: f32,
+        loss: &LossConfig,
+    ) -> Result<StepOut> {
+        let out = self.compute_grads(x, lengths, t_max, labels, seed, step, loss)?;
+        let grad_norm = if clip > 0.0 {
+            Some(clip_grad_norm(&self.dev, &mut self.grads, clip)?)
+        } else {
+            None
+        };
+        self.adam.lr = lr;
+        self.adam.step(&self.dev, &mut self.params, &self.grads)?;
+        self.sync_cnn_params()?;
+        Ok(StepOut {
+            loss: out.loss,
+            correct: out.correct,
+            grad_norm,
+        })
+    }
+
+    /// Flat parameters on the host.
+    pub fn params_host(&self) -> Result<Vec<f32>> {
+        self.dev.dtoh(&self.params)
+    }
+
+    /// Flat gradients of the last `compute_grads` on the host.
+    pub fn grads_host(&self) -> Result<Vec<f32>> {
+        self.dev.dtoh(&self.grads)
+    }
+
+    /// Flat buffers (BN running statistics) on the host, `BufferLayout` order.
+    pub fn buffers_host(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; BufferLayout::new(&self.cfg).total()];
+        self.running.download_into(&self.dev, &self.cfg, &mut out)?;
+        Ok(out)
+    }
+
+    /// Parameters, buffers and Adam state on the host.
+    pub fn state(&self) -> Result<TrainState> {
+        Ok(TrainState {
+            params: self.params_host()?,
+            buffers: self.buffers_host()?,
+            adam_m: self.dev.dtoh(&self.adam.m)?,
+            adam_v: self.dev.dtoh(&self.adam.v)?,
+            adam_t: self.adam.t,
+        })
+    }
+
+    /// Loads parameters and buffers, and Adam's state when it has the parameters' size
+    /// (otherwise Adam restarts from zero, as `CpuBackend` does).
+    pub fn set_state(&mut self, s: &TrainState) -> Result<()> {
+        let bl = BufferLayout::new(&self.cfg);
+        if s.params.len() != self.layout.total() || s.buffers.len() != bl.total() {
+            bail!(
+                "saved state has {} parameters and {} buffers; this model has {} and {}",
+                s.params.len(),
+                s.buffers.len(),
+                self.layout.total(),
+                bl.total()
+            );
+        }
+        self.dev.copy_htod(&s.params, &mut self.params)?;
+        self.sync_cnn_params()?;
+        self.running = BnRunning::upload(&self.dev, &self.cfg, &s.buffers)?;
+        if s.adam_m.len() == s.params.len() && s.adam_v.len() == s.params.len() {
+            self.dev.copy_htod(&s.adam_m, &mut self.adam.m)?;
+            self.dev.copy_htod(&s.adam_v, &mut self.adam.v)?;
+            self.adam.t = s.adam_t;
+        }
+        Ok(())
+    }
+
+    /// Number of (batch, t_max) shapes with a cached workspace.
+    pub fn cached_shapes(&self) -> usize {
+        self.work.len()
+    }
+}
+
+/// [`DeviceModel`] as a training backend (`--device cuda|sim`).
+pub struct DeviceBackend {
+    pub model: DeviceModel,
+    pub optim: OptimConfig,
+    loss: LossConfig,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+}
+
+impl DeviceBackend {
+    /// Fresh model with `init_params(cfg, seed)` on `dev`, Adam configured from `optim`.
+    pub fn new(dev: Device, cfg: &ModelConfig, optim: &OptimConfig, seed: u64) -> Result<Self> {
+        let mut model = DeviceModel::new(dev, cfg, seed)?;
+        model.adam.lr = optim.lr as f32;
+        model.adam.weight_decay = optim.weight_decay as f32;
+        model.adam.decoupled = optim.decoupled_weight_decay;
+        if let Some(w) = &optim.class_weights {
+            ensure!(
+                w.len() == cfg.classes,
+                "{} class weights for {} classes",
+                w.len(),
+                cfg.classes
+            );
+        }
+        Ok(Self {
+            model,
+            loss: LossConfig {
+                class_weights: optim.class_weights.clone(),
+                label_smoothing: optim.label_smoothing as f32,
+            },
+            optim: optim.clone(),
+            seed,
+        })
+    }
+}
+
+impl Backend for DeviceBackend {
+    fn train_step(&mut self, batch: &Batch, step: u32, lr: f64) -> Result<StepStats> {
+        let o = self.model.train_step(
+            &batch.x,
+            &batch.lengths,
+            batch.t_max,
+            &batch.labels,
+            self.seed,
+            step,
+            lr as f32,
+            self.optim.clip_grad_norm as f32,
+            &self.loss,
+        )?;
+        Ok(StepStats {
+            loss: o.loss as f64,
+            correct: o.correct,
+        })
+    }
+
+    fn eval_logits(&mut self, batch: &Batch) -> Result<Vec<f32>> {
+        self.model
+            .forward(&batch.x, &batch.lengths, batch.t_max, Mode::Eval)
+    }
+
+    fn classes(&self) -> usize {
+        self.model.cfg.classes
+    }
+
+    fn state(&self) -> TrainState {
+        // The trait has no error channel here; a failed device read is unrecoverable anyway.
+        self.model
+            .state()
+            .unwrap_or_else(|e| panic!("reading the training state from the device: {e:#}"))
+    }
+
+    fn set_state(&mut self, state: &TrainState) -> Result<()> {
+        self.model.set_state(state)
+    }
+
+    fn device(&self) -> &'static str {
+        match self.model.dev {
+            Device::Sim(_) => "sim",
+            Device::Cuda(_) => "cuda",
+        }
+    }
+}
