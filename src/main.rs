@@ -29,7 +29,7 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Check every gradient of the CPU reference against finite differences (f64).
     Gradcheck(cli::gradcheck::GradcheckArgs),
-    /// Throughput: training and inference samples/s, front-end audio-seconds/s.
+    /// Throughput: training and inference samples/s and peak memory (front end: features --bench).
     Bench(cli::bench::BenchArgs),
 }
 
