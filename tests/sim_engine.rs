@@ -550,3 +550,37 @@ fn reused_workspace_gives_bit_identical_results() {
         assert_eq!(reused.cached_shapes(), 1);
     }
 }
+
+/// The workspace cache is bounded in bytes: `bytes_for` (used to decide before allocating)
+/// equals what a workspace holds, and a limit below two workspaces keeps one shape only.
+#[test]
+fn workspace_cache_is_bounded_in_bytes() {
+    use ser_engine::engine::cnn::CnnWorkspace;
+    let loss = LossConfig::default();
+    for batchnorm in [true, false] {
+        let cfg = small_cfg(batchnorm);
+        let dev = device();
+        for (b, t) in [(1usize, 8usize), (3, 40), (2, 37)] {
+            let ws = CnnWorkspace::new(&dev, &cfg, b, t).unwrap();
+            assert_eq!(
+                ws.bytes(),
+                CnnWorkspace::bytes_for(&cfg, b, t),
+                "b {b} t {t}"
+            );
+        }
+        let shapes = [(24usize, [24usize, 20]), (32, [32, 9])];
+        let two: usize = shapes
+            .iter()
+            .map(|(t, l)| CnnWorkspace::bytes_for(&cfg, l.len(), *t))
+            .sum();
+        for (limit, want) in [(two, 2), (two - 1, 1)] {
+            let mut m = DeviceModel::new(device(), &cfg, 4).unwrap();
+            m.max_cache_bytes = limit;
+            for (t, l) in shapes {
+                let x = input(5, cfg.n_mels, t, &l);
+                m.compute_grads(&x, &l, t, &[0, 1], 1, 0, &loss).unwrap();
+            }
+            assert_eq!(m.cached_shapes(), want, "limit {limit}");
+        }
+    }
+}

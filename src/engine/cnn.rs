@@ -14,6 +14,12 @@
 //! backward folds the ReLU mask into its two passes). Dropout masks are never stored: the pool
 //! and FC kernels regenerate them from (seed, step, site) in forward and backward.
 //!
+//! The composed passes write into a [`CnnWorkspace`] (every activation and backward buffer of
+//! one (batch, t_max) shape, made once) and a [`ConvScratch`] (the im2col matrices, shared by
+//! all shapes and grown to the largest chunk seen), so a repeated step of a seen shape makes
+//! no device allocation. The single-op functions keep allocating variants for tests and
+//! one-off use; their `_with` forms take the scratch.
+//!
 //! Gradients ACCUMULATE into a [`CnnParams`] (like the CPU backward), parameters are one device
 //! buffer per tensor (GEMM operands must start at a buffer's beginning).
 
@@ -1253,6 +1259,40 @@ impl CnnWorkspace {
             dframes: dev.alloc_zeros(rows * fin)?,
             fc_dz: dev.alloc_zeros(rows * cfg.fc)?,
         })
+    }
+
+    /// Bytes of device memory a workspace of this shape holds (what [`Self::new`] allocates,
+    /// computed without allocating), so callers can bound a cache of workspaces.
+    pub fn bytes_for(cfg: &ModelConfig, batch: usize, t_max: usize) -> usize {
+        let (mut m, mut t) = (cfg.n_mels, t_max);
+        let mut n = 4 * batch + batch * m * t; // lengths (i32) and the input
+        let bn = usize::from(cfg.batchnorm);
+        for s in 0..3 {
+            let (cout, y) = (cfg.channels[s], batch * cfg.channels[s] * m * t);
+            let pooled = batch * cout * (m / 2) * (t / 2);
+            // conv, relu, drelu, dconv; mean, var, sums; arg, dpool, next input
+            n += 4 * y + bn * 4 * cout + 3 * pooled;
+            m /= 2;
+            t /= 2;
+        }
+        let rows = batch * t;
+        n += 2 * rows * cfg.fc_in() + 3 * rows * cfg.fc;
+        4 * n
+    }
+
+    /// Bytes of device memory this workspace holds (sum of its buffers).
+    pub fn bytes(&self) -> usize {
+        let mut n = self.lens_dev.iter().map(|b| b.len()).sum::<usize>();
+        for st in &self.stages {
+            n += st.input.len() + st.conv.len() + st.relu.len() + st.arg.len();
+            n += st.dpool.len() + st.drelu.len() + st.dconv.len();
+            for b in [&st.mean, &st.var, &st.bn_sums].into_iter().flatten() {
+                n += b.len();
+            }
+        }
+        n += self.stage3.len() + self.frames.len() + self.fc_relu.len() + self.out.len();
+        n += self.dframes.len() + self.fc_dz.len();
+        4 * n
     }
 
     /// The model input `[B][n_mels][t_max]` that [`cnn_forward`] reads (fill it first, or

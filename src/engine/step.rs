@@ -36,6 +36,9 @@ use crate::train::data::Batch;
 /// Most (batch, t_max) shapes whose workspaces are kept; batches are bucketed by length, so a
 /// run sees few shapes. Past this the cache is emptied (a bound on memory, not a cost per step).
 const MAX_SHAPES: usize = 32;
+/// Default bound on the CNN workspaces' device memory kept across shapes (they dominate: the
+/// stage-1 activations are B·32·n_mels·T floats each, ~1.8 GiB for B 32, 128 mels, T 500).
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 30;
 
 /// Names of the CNN + FC tensors in [`CnnParams`] field order (conv w/b per stage, then BN
 /// w/b per stage, then fc).
@@ -111,6 +114,9 @@ pub struct DeviceModel {
     pub adam: DeviceAdam,
     pub opts: CnnOptions,
     work: HashMap<(usize, usize), ShapeWork>,
+    /// Bound on the bytes of cached CNN workspaces: a new shape that would pass it empties the
+    /// cache first (one shape's workspace is always kept, however large).
+    pub max_cache_bytes: usize,
     /// im2col scratch shared by every shape (grown to the largest seen).
     conv_scratch: ConvScratch,
     /// Scratch of gradient clipping (the flat gradient's length is fixed).
@@ -159,6 +165,7 @@ impl DeviceModel {
             adam: DeviceAdam::new(&dev, params.len(), 1e-3, 0.0)?,
             opts: CnnOptions::default(),
             work: HashMap::new(),
+            max_cache_bytes: DEFAULT_CACHE_BYTES,
             conv_scratch: ConvScratch::default(),
             clip_scratch: ClipScratch::new(&dev, params.len())?,
             cfg: cfg.clone(),
@@ -204,7 +211,10 @@ impl DeviceModel {
         if let Some(w) = self.work.remove(&(batch, t_max)) {
             return Ok(w);
         }
-        if self.work.len() >= MAX_SHAPES {
+        let cached: usize = self.work.values().map(|w| w.cnn.bytes()).sum();
+        let new = CnnWorkspace::bytes_for(&self.cfg, batch, t_max);
+        if self.work.len() >= MAX_SHAPES || cached + new > self.max_cache_bytes {
+            // dropped before the new workspace is allocated, so both never coexist
             self.work.clear();
         }
         let t3 = ModelConfig::frames_out(t_max);
