@@ -627,16 +627,19 @@ fn composed_cnn_matches_cpu_model() {
         let params = cnn::CnnParams::upload(&dev, &cfg, &params32).unwrap();
         let mut running = cnn::BnRunning::upload(&dev, &cfg, &buffers32).unwrap();
         let opts = CnnOptions::default();
-        let fw = cnn::cnn_forward(
+        let mut fw = cnn::CnnWorkspace::new(&dev, &cfg, bsz, t_max).unwrap();
+        let mut scratch = cnn::ConvScratch::default();
+        dev.copy_htod(&x, fw.input_mut()).unwrap();
+        cnn::cnn_forward(
             &dev,
             &cfg,
             &params,
             &mut running,
-            dev.htod(&x).unwrap(),
             &lens,
-            t_max,
             mode,
             &opts,
+            &mut fw,
+            &mut scratch,
         )
         .unwrap();
         let tag = format!("k={k} bn={batchnorm} train={train}");
@@ -691,10 +694,11 @@ fn composed_cnn_matches_cpu_model() {
             &dev,
             &cfg,
             &params,
-            &fw,
+            &mut fw,
             &dev.htod(&dout).unwrap(),
             &mut grads,
             &opts,
+            &mut scratch,
         )
         .unwrap();
         let mut got = vec![0.0f32; params32.len()];
@@ -752,16 +756,18 @@ fn forward_rejects_bad_input_with_errors() {
     let mut running =
         cnn::BnRunning::upload(&dev, &cfg, &ser_engine::model::init_buffers(&cfg)).unwrap();
     let run = |lens: &[usize], n: usize, running: &mut cnn::BnRunning| {
+        let mut ws = cnn::CnnWorkspace::new(&dev, &cfg, lens.len(), 16).unwrap();
+        *ws.input_mut() = dev.alloc_zeros(n).unwrap();
         cnn::cnn_forward(
             &dev,
             &cfg,
             &params,
             running,
-            dev.alloc_zeros(n).unwrap(),
             lens,
-            16,
             Mode::Eval,
             &CnnOptions::default(),
+            &mut ws,
+            &mut cnn::ConvScratch::default(),
         )
         .err()
         .map(|e| format!("{e:#}"))

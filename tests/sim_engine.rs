@@ -406,7 +406,8 @@ fn cli_train_on_sim_matches_cpu() {
 /// runs inside its kernels — as the two frame counts here show): printed for the README, and
 /// checked for the
 /// properties the design promises: a repeated step of a seen shape performs the same work,
-/// reads back only a few scalars, and sends only the input, lengths and labels.
+/// allocates nothing on the device, reads back only a few scalars, and sends only the input,
+/// lengths and labels.
 #[test]
 fn default_model_step_counts() {
     use ser_engine::device::thread_stats;
@@ -446,9 +447,12 @@ fn default_model_step_counts() {
             "same shape, same launches"
         );
         launches.push(s.launches);
-        // A seen shape reuses its sequence-half workspace (the CNN half still allocates its
-        // activations per call).
-        assert!(s.allocs < per_step[0].allocs, "{per_step:?}");
+        // A seen shape reuses its whole workspace (CNN, sequence half, im2col and clipping
+        // scratch): no device allocation at all.
+        assert_eq!(
+            s.allocs, 0,
+            "repeated step of a seen shape allocates: {per_step:?}"
+        );
         // Input + per-call length/label uploads: the input dominates.
         let input_bytes = (x.len() * 4) as u64;
         assert!(
@@ -474,6 +478,10 @@ fn default_model_step_counts() {
     let c = thread_stats();
     dm.forward(&x, &lens, t_max, Mode::Eval).unwrap();
     let d = thread_stats();
+    // Every call above is of a seen shape: none allocates on the device.
+    assert_eq!(b.allocs - a.allocs, 0, "training forward allocates");
+    assert_eq!(c.allocs - b.allocs, 0, "compute_grads allocates");
+    assert_eq!(d.allocs - c.allocs, 0, "eval forward allocates");
     eprintln!(
         "launches: training forward + loss {}, forward + backward {}, eval forward {}, \
          clip + Adam + CNN parameter copies {}",
@@ -482,4 +490,97 @@ fn default_model_step_counts() {
         d.launches - c.launches,
         launches[0] - (c.launches - b.launches)
     );
+}
+
+/// Workspaces are reused without clearing: a shape's buffers hold the previous call's values
+/// (here a batch with longer clips, so more valid positions, and other input values) when the
+/// next call runs. The gradients and training-mode logits must not depend on that history:
+/// compared BIT FOR BIT with a fresh model that only sees the second batch (gradients and a
+/// training forward do not read the BN running statistics, so those may differ). Several
+/// im2col chunks per stage (`max_col_elems` small) exercise the shared column scratch with a
+/// partial last chunk.
+#[test]
+fn reused_workspace_gives_bit_identical_results() {
+    for batchnorm in [true, false] {
+        let cfg = small_cfg(batchnorm);
+        let loss = LossConfig::default();
+        let t_max = 40;
+        let (lens_a, lens_b) = ([40usize, 40, 40], [33usize, 9, 21]);
+        let (xa, xb) = (
+            input(11, cfg.n_mels, t_max, &lens_a),
+            input(12, cfg.n_mels, t_max, &lens_b),
+        );
+        let new_model = || {
+            let mut m = DeviceModel::new(device(), &cfg, 4).unwrap();
+            // stage 1 has 9·16·40 = 5760 column values per clip: 2 clips per chunk
+            m.opts.max_col_elems = 12_000;
+            m
+        };
+        let mut reused = new_model();
+        reused
+            .compute_grads(&xa, &lens_a, t_max, &[0, 1, 2], 8, 1, &loss)
+            .unwrap();
+        reused
+            .forward(&xa, &lens_a, t_max, Mode::Train { seed: 8, step: 2 })
+            .unwrap();
+        let mut fresh = new_model();
+        for m in [&mut reused, &mut fresh] {
+            m.compute_grads(&xb, &lens_b, t_max, &[2, 0, 1], 8, 3, &loss)
+                .unwrap();
+        }
+        let (g_reused, g_fresh) = (reused.grads_host().unwrap(), fresh.grads_host().unwrap());
+        assert!(g_fresh.iter().all(|v| v.is_finite()));
+        assert!(
+            g_reused
+                .iter()
+                .zip(&g_fresh)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "bn={batchnorm}: gradients depend on the workspace's history"
+        );
+        let mode = Mode::Train { seed: 8, step: 4 };
+        let l_reused = reused.forward(&xb, &lens_b, t_max, mode).unwrap();
+        let l_fresh = fresh.forward(&xb, &lens_b, t_max, mode).unwrap();
+        assert!(
+            l_reused
+                .iter()
+                .zip(&l_fresh)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "bn={batchnorm}: logits depend on the workspace's history: {l_reused:?} vs {l_fresh:?}"
+        );
+        assert_eq!(reused.cached_shapes(), 1);
+    }
+}
+
+/// The workspace cache is bounded in bytes: `bytes_for` (used to decide before allocating)
+/// equals what a workspace holds, and a limit below two workspaces keeps one shape only.
+#[test]
+fn workspace_cache_is_bounded_in_bytes() {
+    use ser_engine::engine::cnn::CnnWorkspace;
+    let loss = LossConfig::default();
+    for batchnorm in [true, false] {
+        let cfg = small_cfg(batchnorm);
+        let dev = device();
+        for (b, t) in [(1usize, 8usize), (3, 40), (2, 37)] {
+            let ws = CnnWorkspace::new(&dev, &cfg, b, t).unwrap();
+            assert_eq!(
+                ws.bytes(),
+                CnnWorkspace::bytes_for(&cfg, b, t),
+                "b {b} t {t}"
+            );
+        }
+        let shapes = [(24usize, [24usize, 20]), (32, [32, 9])];
+        let two: usize = shapes
+            .iter()
+            .map(|(t, l)| CnnWorkspace::bytes_for(&cfg, l.len(), *t))
+            .sum();
+        for (limit, want) in [(two, 2), (two - 1, 1)] {
+            let mut m = DeviceModel::new(device(), &cfg, 4).unwrap();
+            m.max_cache_bytes = limit;
+            for (t, l) in shapes {
+                let x = input(5, cfg.n_mels, t, &l);
+                m.compute_grads(&x, &l, t, &[0, 1], 1, 0, &loss).unwrap();
+            }
+            assert_eq!(m.cached_shapes(), want, "limit {limit}");
+        }
+    }
 }

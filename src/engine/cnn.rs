@@ -14,6 +14,12 @@
 //! backward folds the ReLU mask into its two passes). Dropout masks are never stored: the pool
 //! and FC kernels regenerate them from (seed, step, site) in forward and backward.
 //!
+//! The composed passes write into a [`CnnWorkspace`] (every activation and backward buffer of
+//! one (batch, t_max) shape, made once) and a [`ConvScratch`] (the im2col matrices, shared by
+//! all shapes and grown to the largest chunk seen), so a repeated step of a seen shape makes
+//! no device allocation. The single-op functions keep allocating variants for tests and
+//! one-off use; their `_with` forms take the scratch.
+//!
 //! Gradients ACCUMULATE into a [`CnnParams`] (like the CPU backward), parameters are one device
 //! buffer per tensor (GEMM operands must start at a buffer's beginning).
 
@@ -142,6 +148,56 @@ fn chunk_clips(s: &ConvShape, max_col: usize) -> usize {
     (max_col / per_clip.max(1)).clamp(1, s.batch.max(1))
 }
 
+/// Reusable im2col scratch of the convolutions: `col` `[kk][ncol]` (also the data-gradient
+/// columns in backward) and `g` `[cout][ncol]` (conv output chunk, or the gathered dy chunk),
+/// each at least the largest chunk of the shapes it was reserved for. Grows, never shrinks:
+/// one scratch serves every batch shape, so a seen shape allocates nothing.
+#[derive(Default)]
+pub struct ConvScratch {
+    col: Option<DeviceBuffer<f32>>,
+    g: Option<DeviceBuffer<f32>>,
+}
+
+/// Column and output elements of the largest im2col chunk of `s`.
+fn chunk_elems(s: &ConvShape, max_col: usize) -> (usize, usize) {
+    let ncol = chunk_clips(s, max_col) * s.m * s.t;
+    (s.cin * s.k * s.k * ncol, s.cout * ncol)
+}
+
+impl ConvScratch {
+    /// Grows the buffers (allocating only if needed) to fit every shape of `shapes`.
+    pub fn reserve(&mut self, dev: &Device, shapes: &[ConvShape], max_col: usize) -> Result<()> {
+        let (mut nc, mut ng) = (0, 0);
+        for s in shapes {
+            let (c, g) = chunk_elems(s, max_col);
+            nc = nc.max(c);
+            ng = ng.max(g);
+        }
+        if self.col.as_ref().is_none_or(|b| b.len() < nc) {
+            self.col = None; // free the old one before allocating the larger one
+            self.col = Some(dev.alloc_zeros(nc.max(1))?);
+        }
+        if self.g.as_ref().is_none_or(|b| b.len() < ng) {
+            self.g = None;
+            self.g = Some(dev.alloc_zeros(ng.max(1))?);
+        }
+        Ok(())
+    }
+
+    /// (col, g), checked to hold the largest chunk of `s`.
+    fn bufs(
+        &mut self,
+        s: &ConvShape,
+        max_col: usize,
+    ) -> Result<(&mut DeviceBuffer<f32>, &mut DeviceBuffer<f32>)> {
+        let (nc, ng) = chunk_elems(s, max_col);
+        match (self.col.as_mut(), self.g.as_mut()) {
+            (Some(c), Some(g)) if c.len() >= nc && g.len() >= ng => Ok((c, g)),
+            _ => bail!("conv scratch not reserved for {s:?} (max_col {max_col})"),
+        }
+    }
+}
+
 fn check_conv(s: &ConvShape, lens: &DeviceBuffer<i32>) -> Result<()> {
     ensure!(
         s.k % 2 == 1 && s.batch > 0 && s.cin > 0 && s.cout > 0 && s.m > 0 && s.t > 0,
@@ -169,6 +225,25 @@ pub fn conv2d_forward(
     y: &mut DeviceBuffer<f32>,
     max_col: usize,
 ) -> Result<()> {
+    let mut scratch = ConvScratch::default();
+    scratch.reserve(dev, &[*s], max_col)?;
+    conv2d_forward_with(dev, x, w, bias, lens, s, y, max_col, &mut scratch)
+}
+
+/// [`conv2d_forward`] with caller-held column scratch (no allocation; `scratch` must have been
+/// [`ConvScratch::reserve`]d for `s` and `max_col`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_with(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    w: &DeviceBuffer<f32>,
+    bias: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    s: &ConvShape,
+    y: &mut DeviceBuffer<f32>,
+    max_col: usize,
+    scratch: &mut ConvScratch,
+) -> Result<()> {
     check_conv(s, lens)?;
     ensure!(
         x.len() == s.x_len() && y.len() == s.y_len() && w.len() == s.w_len(),
@@ -177,8 +252,8 @@ pub fn conv2d_forward(
     let [cin, cout, m, t, k] = conv_dims(s)?;
     let kk = s.cin * s.k * s.k;
     let nbmax = chunk_clips(s, max_col);
-    let col = dev.alloc_zeros::<f32>(kk * nbmax * s.m * s.t)?;
-    let mut g = dev.alloc_zeros::<f32>(s.cout * nbmax * s.m * s.t)?;
+    let (col, g) = scratch.bufs(s, max_col)?;
+    let col: &DeviceBuffer<f32> = col;
     let mut b0 = 0;
     while b0 < s.batch {
         let nb = nbmax.min(s.batch - b0);
@@ -190,7 +265,7 @@ pub fn conv2d_forward(
             BLOCK,
             0,
             &[
-                (&col).into(),
+                col.into(),
                 x.into(),
                 lens.into(),
                 b0i.into(),
@@ -210,9 +285,9 @@ pub fn conv2d_forward(
             kk,
             1.0,
             w,
-            &col,
+            col,
             0.0,
-            &mut g,
+            g,
         )?;
         let yr: &DeviceBuffer<f32> = y;
         dev.launch(
@@ -222,7 +297,7 @@ pub fn conv2d_forward(
             0,
             &[
                 yr.into(),
-                (&g).into(),
+                (&*g).into(),
                 bias.into(),
                 lens.into(),
                 b0i.into(),
@@ -252,6 +327,27 @@ pub fn conv2d_backward(
     db: &mut DeviceBuffer<f32>,
     max_col: usize,
 ) -> Result<()> {
+    let mut scratch = ConvScratch::default();
+    scratch.reserve(dev, &[*s], max_col)?;
+    conv2d_backward_with(dev, x, w, dy, lens, s, dx, dw, db, max_col, &mut scratch)
+}
+
+/// [`conv2d_backward`] with caller-held column scratch (no allocation; `scratch` must have
+/// been [`ConvScratch::reserve`]d for `s` and `max_col`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_with(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    w: &DeviceBuffer<f32>,
+    dy: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    s: &ConvShape,
+    dx: Option<&mut DeviceBuffer<f32>>,
+    dw: &mut DeviceBuffer<f32>,
+    db: &mut DeviceBuffer<f32>,
+    max_col: usize,
+    scratch: &mut ConvScratch,
+) -> Result<()> {
     check_conv(s, lens)?;
     ensure!(
         x.len() == s.x_len()
@@ -265,8 +361,9 @@ pub fn conv2d_backward(
     let [cin, cout, m, t, k] = conv_dims(s)?;
     let kk = s.cin * s.k * s.k;
     let nbmax = chunk_clips(s, max_col);
-    let mut col = dev.alloc_zeros::<f32>(kk * nbmax * s.m * s.t)?;
-    let d = dev.alloc_zeros::<f32>(s.cout * nbmax * s.m * s.t)?;
+    // the GEMM output buffer holds the gathered dy chunk here
+    let (col, d) = scratch.bufs(s, max_col)?;
+    let d: &DeviceBuffer<f32> = d;
     let dx: Option<&DeviceBuffer<f32>> = dx.map(|b| &*b);
     let mut b0 = 0;
     while b0 < s.batch {
@@ -279,7 +376,7 @@ pub fn conv2d_backward(
             BLOCK,
             0,
             &[
-                (&d).into(),
+                d.into(),
                 dy.into(),
                 lens.into(),
                 b0i.into(),
@@ -298,7 +395,7 @@ pub fn conv2d_backward(
                 0,
                 &[
                     dbr.into(),
-                    (&d).into(),
+                    d.into(),
                     cout.into(),
                     i32_of(ncol, "columns")?.into(),
                 ],
@@ -310,7 +407,7 @@ pub fn conv2d_backward(
             BLOCK,
             0,
             &[
-                (&col).into(),
+                (&*col).into(),
                 x.into(),
                 lens.into(),
                 b0i.into(),
@@ -329,8 +426,8 @@ pub fn conv2d_backward(
             kk,
             ncol,
             1.0,
-            &d,
-            &col,
+            d,
+            col,
             1.0,
             dw,
         )?;
@@ -344,9 +441,9 @@ pub fn conv2d_backward(
                 s.cout,
                 1.0,
                 w,
-                &d,
+                d,
                 0.0,
-                &mut col,
+                col,
             )?;
             dev.launch(
                 "cnn_col2im",
@@ -355,7 +452,7 @@ pub fn conv2d_backward(
                 0,
                 &[
                     dx.into(),
-                    (&col).into(),
+                    (&*col).into(),
                     lens.into(),
                     b0i.into(),
                     nbi.into(),
@@ -513,10 +610,39 @@ pub fn bn_relu_backward(
     dgamma: &mut DeviceBuffer<f32>,
     dbeta: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
+    let mut sums = dev.alloc_zeros::<f32>(2 * d.c)?;
+    bn_relu_backward_with(
+        dev, dy, y, x, mean, var, gamma, lens, d, train, dx, dgamma, dbeta, &mut sums,
+    )
+}
+
+/// [`bn_relu_backward`] with caller-held scratch `sums` (`2·C` floats, overwritten).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_backward_with(
+    dev: &Device,
+    dy: &DeviceBuffer<f32>,
+    y: &DeviceBuffer<f32>,
+    x: &DeviceBuffer<f32>,
+    mean: &DeviceBuffer<f32>,
+    var: &DeviceBuffer<f32>,
+    gamma: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    d: Dims4,
+    train: bool,
+    dx: &mut DeviceBuffer<f32>,
+    dgamma: &mut DeviceBuffer<f32>,
+    dbeta: &mut DeviceBuffer<f32>,
+    sums: &mut DeviceBuffer<f32>,
+) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_relu_backward: lengths vs batch");
+    ensure!(
+        sums.len() == 2 * d.c,
+        "bn_relu_backward: scratch of {}",
+        sums.len()
+    );
     let [b, c, m, t] = d.args()?;
     let eps: KernelArg = (BN_EPS as f32).into();
-    let sums = dev.alloc_zeros::<f32>(2 * d.c)?;
+    let sums: &DeviceBuffer<f32> = sums;
     let (dgamma, dbeta): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (dgamma, dbeta);
     dev.launch(
         "bn_relu_backward_reduce",
@@ -524,7 +650,7 @@ pub fn bn_relu_backward(
         BLOCK,
         0,
         &[
-            (&sums).into(),
+            sums.into(),
             dgamma.into(),
             dbeta.into(),
             dy.into(),
@@ -554,7 +680,7 @@ pub fn bn_relu_backward(
             mean.into(),
             var.into(),
             gamma.into(),
-            (&sums).into(),
+            sums.into(),
             lens.into(),
             b,
             c,
@@ -753,8 +879,30 @@ pub fn fc_backward(
     dw: &mut DeviceBuffer<f32>,
     db: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
+    let mut dz = dev.alloc_zeros::<f32>(rows * dout)?;
+    fc_backward_with(dev, x, w, r, dh, rows, din, dout, drop, dx, dw, db, &mut dz)
+}
+
+/// [`fc_backward`] with caller-held scratch `dz` (`rows·dout` floats, overwritten).
+#[allow(clippy::too_many_arguments)]
+pub fn fc_backward_with(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    w: &DeviceBuffer<f32>,
+    r: &DeviceBuffer<f32>,
+    dh: &DeviceBuffer<f32>,
+    rows: usize,
+    din: usize,
+    dout: usize,
+    drop: Option<Dropout>,
+    dx: Option<&mut DeviceBuffer<f32>>,
+    dw: &mut DeviceBuffer<f32>,
+    db: &mut DeviceBuffer<f32>,
+    dz: &mut DeviceBuffer<f32>,
+) -> Result<()> {
     ensure!(
-        x.len() == rows * din
+        dz.len() == rows * dout
+            && x.len() == rows * din
             && w.len() == dout * din
             && r.len() == rows * dout
             && dh.len() == rows * dout
@@ -764,7 +912,7 @@ pub fn fc_backward(
         "fc_backward: buffer sizes do not match rows {rows}, in {din}, out {dout}"
     );
     let (ri, oi) = (i32_of(rows, "rows")?, i32_of(dout, "fc width")?);
-    let dz = dev.alloc_zeros::<f32>(rows * dout)?;
+    let dz: &DeviceBuffer<f32> = dz;
     let [seed, step, base, p, dr] = drop_args(drop);
     dev.launch(
         "fc_relu_dropout_backward",
@@ -772,7 +920,7 @@ pub fn fc_backward(
         BLOCK,
         0,
         &[
-            (&dz).into(),
+            dz.into(),
             dh.into(),
             r.into(),
             ri.into(),
@@ -791,7 +939,7 @@ pub fn fc_backward(
             dout as u32,
             BLOCK,
             0,
-            &[dbr.into(), (&dz).into(), ri.into(), oi.into()],
+            &[dbr.into(), dz.into(), ri.into(), oi.into()],
         )?;
     }
     // dW [dout][din] += dzᵀ (dz stored rows × dout) · x [rows][din]
@@ -802,7 +950,7 @@ pub fn fc_backward(
         din,
         rows,
         1.0,
-        &dz,
+        dz,
         x,
         1.0,
         dw,
@@ -815,7 +963,7 @@ pub fn fc_backward(
             din,
             dout,
             1.0,
-            &dz,
+            dz,
             w,
             0.0,
             dx,
@@ -994,13 +1142,15 @@ impl Default for CnnOptions {
     }
 }
 
-/// Saved activations of one conv stage.
+/// Saved activations of one conv stage, and its backward buffers.
 pub struct StageWork {
-    /// conv input `[B][cin][M][T]`
+    /// conv input `[B][cin][M][T]` (stage 0: the model input, filled by the caller; stage
+    /// s > 0: the previous stage's pooled output)
     pub input: DeviceBuffer<f32>,
     /// conv output (pre-BN) `[B][cout][M][T]`
     pub conv: DeviceBuffer<f32>,
-    /// statistics used (batch in training, a copy of the running ones in eval); empty without BN
+    /// statistics used (batch in training, a copy of the running ones in eval), `[cout]`;
+    /// None without BN
     pub mean: Option<DeviceBuffer<f32>>,
     pub var: Option<DeviceBuffer<f32>>,
     /// ReLU output `[B][cout][M][T]`
@@ -1008,13 +1158,23 @@ pub struct StageWork {
     /// pool winners 0..3 `[B][cout][M/2][T/2]`
     pub arg: DeviceBuffer<i32>,
     pub shape: ConvShape,
+    /// backward: gradient of the pool output `[B][cout][M/2][T/2]`, of the ReLU output and of
+    /// the conv output `[B][cout][M][T]`
+    dpool: DeviceBuffer<f32>,
+    drelu: DeviceBuffer<f32>,
+    dconv: DeviceBuffer<f32>,
+    /// backward BN scratch `[2·cout]`; empty without BN
+    bn_sums: Option<DeviceBuffer<f32>>,
 }
 
-/// The composed forward's result and workspace.
-pub struct CnnForward {
+/// Every buffer of the composed forward and backward for one (batch, t_max) shape, created
+/// once by [`CnnWorkspace::new`] and overwritten by each [`cnn_forward`] / [`cnn_backward`]
+/// (which allocate nothing, except the shared [`ConvScratch`] growing for a larger shape).
+/// After [`cnn_forward`] it holds the forward's results.
+pub struct CnnWorkspace {
     pub batch: usize,
     pub t_max: usize,
-    /// Valid lengths after 0..=3 poolings (host) and the same on the device.
+    /// Valid lengths after 0..=3 poolings (host) and the same on the device, `[B]` each.
     pub lens: [Vec<usize>; 4],
     pub lens_dev: Vec<DeviceBuffer<i32>>,
     pub train: bool,
@@ -1029,9 +1189,127 @@ pub struct CnnForward {
     pub fc_relu: DeviceBuffer<f32>,
     /// FC output after dropout `[B][T3][fc]`: the LSTM input.
     pub out: DeviceBuffer<f32>,
+    /// backward: gradient of `frames` `[B][T3][fc_in]` and the FC scratch dz `[B·T3][fc]`
+    dframes: DeviceBuffer<f32>,
+    fc_dz: DeviceBuffer<f32>,
 }
 
-impl CnnForward {
+impl CnnWorkspace {
+    /// Buffers for batches of `batch` clips padded to `t_max` frames (t_max ≥ 8).
+    pub fn new(dev: &Device, cfg: &ModelConfig, batch: usize, t_max: usize) -> Result<Self> {
+        cfg.validate()?;
+        ensure!(
+            batch > 0 && t_max >= 8,
+            "CNN workspace: batch {batch}, t_max {t_max} (need ≥ 1 clip, ≥ 8 frames)"
+        );
+        let lens_dev = (0..4)
+            .map(|_| dev.alloc_zeros::<i32>(batch))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut m, mut t) = (cfg.n_mels, t_max);
+        let mut stages = Vec::with_capacity(3);
+        let mut input = dev.alloc_zeros::<f32>(batch * cfg.n_mels * t_max)?;
+        for s in 0..3 {
+            let sh = ConvShape {
+                batch,
+                cin: cfg.stage_in(s),
+                cout: cfg.channels[s],
+                k: cfg.kernel,
+                m,
+                t,
+            };
+            let pooled = batch * sh.cout * (m / 2) * (t / 2);
+            let bn = |n: usize| -> Result<Option<DeviceBuffer<f32>>> {
+                Ok(if cfg.batchnorm {
+                    Some(dev.alloc_zeros(n)?)
+                } else {
+                    None
+                })
+            };
+            stages.push(StageWork {
+                input,
+                conv: dev.alloc_zeros(sh.y_len())?,
+                mean: bn(sh.cout)?,
+                var: bn(sh.cout)?,
+                relu: dev.alloc_zeros(sh.y_len())?,
+                arg: dev.alloc_zeros(pooled)?,
+                shape: sh,
+                dpool: dev.alloc_zeros(pooled)?,
+                drelu: dev.alloc_zeros(sh.y_len())?,
+                dconv: dev.alloc_zeros(sh.y_len())?,
+                bn_sums: bn(2 * sh.cout)?,
+            });
+            input = dev.alloc_zeros(pooled)?;
+            m /= 2;
+            t /= 2;
+        }
+        let rows = batch * t;
+        let fin = cfg.fc_in();
+        Ok(Self {
+            batch,
+            t_max,
+            lens: Default::default(),
+            lens_dev,
+            train: false,
+            drop: None,
+            stages,
+            stage3: input,
+            frames: dev.alloc_zeros(rows * fin)?,
+            fc_relu: dev.alloc_zeros(rows * cfg.fc)?,
+            out: dev.alloc_zeros(rows * cfg.fc)?,
+            dframes: dev.alloc_zeros(rows * fin)?,
+            fc_dz: dev.alloc_zeros(rows * cfg.fc)?,
+        })
+    }
+
+    /// Bytes of device memory a workspace of this shape holds (what [`Self::new`] allocates,
+    /// computed without allocating), so callers can bound a cache of workspaces.
+    pub fn bytes_for(cfg: &ModelConfig, batch: usize, t_max: usize) -> usize {
+        let (mut m, mut t) = (cfg.n_mels, t_max);
+        let mut n = 4 * batch + batch * m * t; // lengths (i32) and the input
+        let bn = usize::from(cfg.batchnorm);
+        for s in 0..3 {
+            let (cout, y) = (cfg.channels[s], batch * cfg.channels[s] * m * t);
+            let pooled = batch * cout * (m / 2) * (t / 2);
+            // conv, relu, drelu, dconv; mean, var, sums; arg, dpool, next input
+            n += 4 * y + bn * 4 * cout + 3 * pooled;
+            m /= 2;
+            t /= 2;
+        }
+        let rows = batch * t;
+        n += 2 * rows * cfg.fc_in() + 3 * rows * cfg.fc;
+        4 * n
+    }
+
+    /// Bytes of device memory this workspace holds (sum of its buffers).
+    pub fn bytes(&self) -> usize {
+        let mut n = self.lens_dev.iter().map(|b| b.len()).sum::<usize>();
+        for st in &self.stages {
+            n += st.input.len() + st.conv.len() + st.relu.len() + st.arg.len();
+            n += st.dpool.len() + st.drelu.len() + st.dconv.len();
+            for b in [&st.mean, &st.var, &st.bn_sums].into_iter().flatten() {
+                n += b.len();
+            }
+        }
+        n += self.stage3.len() + self.frames.len() + self.fc_relu.len() + self.out.len();
+        n += self.dframes.len() + self.fc_dz.len();
+        4 * n
+    }
+
+    /// The model input `[B][n_mels][t_max]` that [`cnn_forward`] reads (fill it first, or
+    /// replace it with a buffer of the same length).
+    pub fn input_mut(&mut self) -> &mut DeviceBuffer<f32> {
+        &mut self.stages[0].input
+    }
+
+    /// The conv shapes of the three stages.
+    pub fn shapes(&self) -> [ConvShape; 3] {
+        [
+            self.stages[0].shape,
+            self.stages[1].shape,
+            self.stages[2].shape,
+        ]
+    }
+
     fn dropout(&self, site: u64) -> Option<Dropout> {
         self.drop.map(|(seed, step, p)| Dropout {
             seed,
@@ -1042,30 +1320,38 @@ impl CnnForward {
     }
 }
 
-/// Forward of the three conv stages and the FC for input `x` `[B][n_mels][t_max]` (taken: it
-/// is saved for the backward) with per-clip `lengths`. Training mode uses batch statistics,
-/// updates `running` and applies the dropout masks of (seed, step); eval uses `running`.
+/// Forward of the three conv stages and the FC for the input in `ws` (`ws.input_mut()`,
+/// `[B][n_mels][t_max]`, kept for the backward) with per-clip `lengths`; results are written
+/// into `ws`. Training mode uses batch statistics, updates `running` and applies the dropout
+/// masks of (seed, step); eval uses `running`. `scratch` grows to this shape's im2col chunks
+/// if it is smaller (the only allocation).
 #[allow(clippy::too_many_arguments)]
 pub fn cnn_forward(
     dev: &Device,
     cfg: &ModelConfig,
     params: &CnnParams,
     running: &mut BnRunning,
-    x: DeviceBuffer<f32>,
     lengths: &[usize],
-    t_max: usize,
     mode: Mode,
     opts: &CnnOptions,
-) -> Result<CnnForward> {
+    ws: &mut CnnWorkspace,
+    scratch: &mut ConvScratch,
+) -> Result<()> {
     cfg.validate()?;
     let bsz = lengths.len();
     if bsz == 0 {
         bail!("empty batch");
     }
+    let t_max = ws.t_max;
     ensure!(
-        x.len() == bsz * cfg.n_mels * t_max,
-        "input has {} values, expected batch {bsz} × mels {} × frames {t_max}",
-        x.len(),
+        bsz == ws.batch,
+        "{bsz} lengths for a workspace of batch {}",
+        ws.batch
+    );
+    let x_len = ws.stages[0].input.len();
+    ensure!(
+        x_len == bsz * cfg.n_mels * t_max,
+        "input has {x_len} values, expected batch {bsz} × mels {} × frames {t_max}",
         cfg.n_mels
     );
     if let Some((b, &l)) = lengths
@@ -1075,166 +1361,131 @@ pub fn cnn_forward(
     {
         bail!("clip {b} has length {l}; lengths must be in 8..={t_max}");
     }
+    scratch.reserve(dev, &ws.shapes(), opts.max_col_elems)?;
     let train = matches!(mode, Mode::Train { .. });
-    let drop = match mode {
+    ws.train = train;
+    ws.drop = match mode {
         Mode::Train { seed, step } if cfg.dropout > 0.0 => Some((seed, step, cfg.dropout)),
         _ => None,
     };
-    let mut lens: [Vec<usize>; 4] = Default::default();
-    lens[0] = lengths.to_vec();
+    ws.lens[0] = lengths.to_vec();
     for s in 1..4 {
-        lens[s] = lens[s - 1].iter().map(|&l| l / 2).collect();
+        ws.lens[s] = ws.lens[s - 1].iter().map(|&l| l / 2).collect();
     }
-    let lens_dev = lens
-        .iter()
-        .map(|l| upload_lens(dev, l))
-        .collect::<Result<Vec<_>>>()?;
-    let dropout = |site: u64| {
-        drop.map(|(seed, step, p)| Dropout {
-            seed,
-            step,
-            site,
-            p,
-        })
-    };
-    let mut cur = x;
-    let (mut m, mut t) = (cfg.n_mels, t_max);
-    let mut stages = Vec::with_capacity(3);
+    for (l, d) in ws.lens.iter().zip(ws.lens_dev.iter_mut()) {
+        let v: Vec<i32> = l
+            .iter()
+            .map(|&l| i32_of(l, "clip length"))
+            .collect::<Result<_>>()?;
+        dev.copy_htod(&v, d)?;
+    }
     for s in 0..3 {
-        let sh = ConvShape {
-            batch: bsz,
-            cin: cfg.stage_in(s),
-            cout: cfg.channels[s],
-            k: cfg.kernel,
-            m,
-            t,
+        let drop = ws.dropout(SITE_POOL1 + s as u64);
+        let (head, tail) = ws.stages.split_at_mut(s + 1);
+        let st = &mut head[s];
+        // the pooled output is the next stage's input (stage 3: `stage3`)
+        let pooled = match tail.first_mut() {
+            Some(next) => &mut next.input,
+            None => &mut ws.stage3,
         };
+        let sh = st.shape;
         let d4 = Dims4 {
             batch: bsz,
             c: sh.cout,
-            m,
-            t,
+            m: sh.m,
+            t: sh.t,
         };
-        let mut conv = dev.alloc_zeros::<f32>(sh.y_len())?;
-        conv2d_forward(
+        let lens_in = &ws.lens_dev[s];
+        conv2d_forward_with(
             dev,
-            &cur,
+            &st.input,
             &params.conv_w[s],
             &params.conv_b[s],
-            &lens_dev[s],
+            lens_in,
             &sh,
-            &mut conv,
+            &mut st.conv,
             opts.max_col_elems,
+            scratch,
         )?;
-        let mut relu = dev.alloc_zeros::<f32>(sh.y_len())?;
-        let (mean, var) = if cfg.batchnorm {
-            let (mut mean, mut var);
-            if train {
-                mean = dev.alloc_zeros::<f32>(sh.cout)?;
-                var = dev.alloc_zeros::<f32>(sh.cout)?;
-                bn_stats(dev, &conv, &lens_dev[s], d4, &mut mean, &mut var)?;
-                let (rm, rv) = (&mut running.mean[s], &mut running.var[s]);
-                bn_update_running(dev, &mean, &var, d4.count(&lens[s]), rm, rv)?;
-                running.batches_tracked[s] += 1.0;
-            } else {
-                // a copy, so later training steps cannot change what backward sees
-                mean = dev.htod(&dev.dtoh(&running.mean[s])?)?;
-                var = dev.htod(&dev.dtoh(&running.var[s])?)?;
+        match (&mut st.mean, &mut st.var) {
+            (Some(mean), Some(var)) => {
+                if train {
+                    bn_stats(dev, &st.conv, lens_in, d4, mean, var)?;
+                    let (rm, rv) = (&mut running.mean[s], &mut running.var[s]);
+                    bn_update_running(dev, mean, var, d4.count(&ws.lens[s]), rm, rv)?;
+                    running.batches_tracked[s] += 1.0;
+                } else {
+                    // a copy, so later training steps cannot change what backward sees
+                    crate::engine::rnn::copy_slice(dev, mean, &running.mean[s], 0)?;
+                    crate::engine::rnn::copy_slice(dev, var, &running.var[s], 0)?;
+                }
+                bn_relu_forward(
+                    dev,
+                    &st.conv,
+                    mean,
+                    var,
+                    &params.bn_w[s],
+                    &params.bn_b[s],
+                    lens_in,
+                    d4,
+                    &mut st.relu,
+                )?;
             }
-            bn_relu_forward(
-                dev,
-                &conv,
-                &mean,
-                &var,
-                &params.bn_w[s],
-                &params.bn_b[s],
-                &lens_dev[s],
-                d4,
-                &mut relu,
-            )?;
-            (Some(mean), Some(var))
-        } else {
-            // conv output is already 0 at invalid positions
-            crate::device::ops::relu_forward(dev, &mut relu, &conv)?;
-            (None, None)
-        };
-        let (mo, to) = (m / 2, t / 2);
-        let n = bsz * sh.cout * mo * to;
-        let mut pooled = dev.alloc_zeros::<f32>(n)?;
-        let mut arg = dev.alloc_zeros::<i32>(n)?;
+            _ => {
+                // conv output is already 0 at invalid positions
+                crate::device::ops::relu_forward(dev, &mut st.relu, &st.conv)?;
+            }
+        }
         maxpool_forward(
             dev,
-            &relu,
-            &lens_dev[s + 1],
+            &st.relu,
+            &ws.lens_dev[s + 1],
             d4,
-            dropout(SITE_POOL1 + s as u64),
-            &mut pooled,
-            &mut arg,
+            drop,
+            pooled,
+            &mut st.arg,
         )?;
-        stages.push(StageWork {
-            input: std::mem::replace(&mut cur, pooled),
-            conv,
-            mean,
-            var,
-            relu,
-            arg,
-            shape: sh,
-        });
-        m = mo;
-        t = to;
     }
-    let stage3 = cur;
+    let sh = ws.stages[2].shape;
+    let (m, t) = (sh.m / 2, sh.t / 2);
     let d3 = Dims4 {
         batch: bsz,
         c: cfg.channels[2],
         m,
         t,
     };
-    let mut frames = dev.alloc_zeros::<f32>(d3.len())?;
-    frames_reshape(dev, &stage3, d3, false, &mut frames)?;
+    frames_reshape(dev, &ws.stage3, d3, false, &mut ws.frames)?;
     let rows = bsz * t;
-    let mut fc_relu = dev.alloc_zeros::<f32>(rows * cfg.fc)?;
-    let mut out = dev.alloc_zeros::<f32>(rows * cfg.fc)?;
+    let drop = ws.dropout(SITE_FC);
     fc_forward(
         dev,
-        &frames,
+        &ws.frames,
         &params.fc_w,
         &params.fc_b,
         rows,
         cfg.fc_in(),
         cfg.fc,
-        dropout(SITE_FC),
-        &mut fc_relu,
-        &mut out,
-    )?;
-    Ok(CnnForward {
-        batch: bsz,
-        t_max,
-        lens,
-        lens_dev,
-        train,
         drop,
-        stages,
-        stage3,
-        frames,
-        fc_relu,
-        out,
-    })
+        &mut ws.fc_relu,
+        &mut ws.out,
+    )
 }
 
-/// Backward of [`cnn_forward`] from `dout` (gradient of `fwd.out`, `[B][T3][fc]`); ACCUMULATES
-/// into `grads` (no gradient for the input).
+/// Backward of [`cnn_forward`] (whose results `ws` holds) from `dout` (gradient of `ws.out`,
+/// `[B][T3][fc]`); ACCUMULATES into `grads` (no gradient for the input). Allocates nothing.
+#[allow(clippy::too_many_arguments)]
 pub fn cnn_backward(
     dev: &Device,
     cfg: &ModelConfig,
     params: &CnnParams,
-    fwd: &CnnForward,
+    ws: &mut CnnWorkspace,
     dout: &DeviceBuffer<f32>,
     grads: &mut CnnParams,
     opts: &CnnOptions,
+    scratch: &mut ConvScratch,
 ) -> Result<()> {
-    let bsz = fwd.batch;
-    let t3 = fwd.t_max / 8;
+    let bsz = ws.batch;
+    let t3 = ws.t_max / 8;
     let rows = bsz * t3;
     ensure!(
         dout.len() == rows * cfg.fc,
@@ -1243,20 +1494,21 @@ pub fn cnn_backward(
         rows * cfg.fc
     );
     let fin = cfg.fc_in();
-    let mut dframes = dev.alloc_zeros::<f32>(rows * fin)?;
-    fc_backward(
+    let drop = ws.dropout(SITE_FC);
+    fc_backward_with(
         dev,
-        &fwd.frames,
+        &ws.frames,
         &params.fc_w,
-        &fwd.fc_relu,
+        &ws.fc_relu,
         dout,
         rows,
         fin,
         cfg.fc,
-        fwd.dropout(SITE_FC),
-        Some(&mut dframes),
+        drop,
+        Some(&mut ws.dframes),
         &mut grads.fc_w,
         &mut grads.fc_b,
+        &mut ws.fc_dz,
     )?;
     let d3 = Dims4 {
         batch: bsz,
@@ -1264,11 +1516,11 @@ pub fn cnn_backward(
         m: cfg.n_mels / 8,
         t: t3,
     };
-    let mut dcur = dev.alloc_zeros::<f32>(d3.len())?;
-    frames_reshape(dev, &dframes, d3, true, &mut dcur)?;
-    drop(dframes);
+    frames_reshape(dev, &ws.dframes, d3, true, &mut ws.stages[2].dpool)?;
     for s in (0..3).rev() {
-        let st = &fwd.stages[s];
+        let drop = ws.dropout(SITE_POOL1 + s as u64);
+        let (head, tail) = ws.stages.split_at_mut(s);
+        let st = &mut tail[0];
         let sh = st.shape;
         let d4 = Dims4 {
             batch: bsz,
@@ -1276,56 +1528,49 @@ pub fn cnn_backward(
             m: sh.m,
             t: sh.t,
         };
-        let mut drelu = dev.alloc_zeros::<f32>(sh.y_len())?;
         maxpool_backward(
             dev,
-            &dcur,
+            &st.dpool,
             &st.arg,
-            &fwd.lens_dev[s + 1],
+            &ws.lens_dev[s + 1],
             d4,
-            fwd.dropout(SITE_POOL1 + s as u64),
-            &mut drelu,
+            drop,
+            &mut st.drelu,
         )?;
-        let mut dconv = dev.alloc_zeros::<f32>(sh.y_len())?;
-        match (&st.mean, &st.var) {
-            (Some(mean), Some(var)) => bn_relu_backward(
+        match (&st.mean, &st.var, &mut st.bn_sums) {
+            (Some(mean), Some(var), Some(sums)) => bn_relu_backward_with(
                 dev,
-                &drelu,
+                &st.drelu,
                 &st.relu,
                 &st.conv,
                 mean,
                 var,
                 &params.bn_w[s],
-                &fwd.lens_dev[s],
+                &ws.lens_dev[s],
                 d4,
-                fwd.train,
-                &mut dconv,
+                ws.train,
+                &mut st.dconv,
                 &mut grads.bn_w[s],
                 &mut grads.bn_b[s],
+                sums,
             )?,
-            _ => crate::device::ops::relu_backward(dev, &mut dconv, &drelu, &st.relu)?,
+            _ => crate::device::ops::relu_backward(dev, &mut st.dconv, &st.drelu, &st.relu)?,
         }
-        drop(drelu);
-        let mut dx = if s > 0 {
-            Some(dev.alloc_zeros::<f32>(sh.x_len())?)
-        } else {
-            None
-        };
-        conv2d_backward(
+        // the input gradient is the previous stage's pool-output gradient
+        let dx = head.last_mut().map(|prev| &mut prev.dpool);
+        conv2d_backward_with(
             dev,
             &st.input,
             &params.conv_w[s],
-            &dconv,
-            &fwd.lens_dev[s],
+            &st.dconv,
+            &ws.lens_dev[s],
             &sh,
-            dx.as_mut(),
+            dx,
             &mut grads.conv_w[s],
             &mut grads.conv_b[s],
             opts.max_col_elems,
+            scratch,
         )?;
-        if let Some(dx) = dx {
-            dcur = dx;
-        }
     }
     Ok(())
 }

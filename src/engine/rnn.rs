@@ -757,17 +757,50 @@ impl DeviceAdam {
 /// clipping. Two reduction passes and a scale launch that reads the coefficient on the device;
 /// one 8-byte read back for the returned norm.
 pub fn clip_grad_norm(dev: &Device, grads: &mut DeviceBuffer<f32>, max_norm: f32) -> Result<f32> {
+    let mut scratch = ClipScratch::new(dev, grads.len())?;
+    clip_grad_norm_with(dev, grads, max_norm, &mut scratch)
+}
+
+/// Scratch of [`clip_grad_norm_with`] for gradients of one length: per-block partial sums of
+/// squares `[blocks]` and the (norm, coefficient) pair `[2]`.
+pub struct ClipScratch {
+    partial: DeviceBuffer<f32>,
+    coef: DeviceBuffer<f32>,
+}
+
+impl ClipScratch {
+    /// Scratch for gradient vectors of `n` elements.
+    pub fn new(dev: &Device, n: usize) -> Result<Self> {
+        let blocks = blocks_for(n, BLOCK).min(NORM_MAX_BLOCKS);
+        Ok(Self {
+            partial: dev.alloc_zeros(blocks as usize)?,
+            coef: dev.alloc_zeros(2)?,
+        })
+    }
+}
+
+/// [`clip_grad_norm`] with caller-held scratch (made by `ClipScratch::new(dev, grads.len())`);
+/// allocates nothing on the device.
+pub fn clip_grad_norm_with(
+    dev: &Device,
+    grads: &mut DeviceBuffer<f32>,
+    max_norm: f32,
+    scratch: &mut ClipScratch,
+) -> Result<f32> {
     let n = i32_of(grads.len(), "gradients")?;
     let blocks = blocks_for(grads.len(), BLOCK).min(NORM_MAX_BLOCKS);
-    let partial = dev.alloc_zeros::<f32>(blocks as usize)?;
-    let coef = dev.alloc_zeros::<f32>(2)?;
+    ensure!(
+        scratch.partial.len() == blocks as usize,
+        "clip scratch made for another gradient length"
+    );
+    let (partial, coef) = (&scratch.partial, &scratch.coef);
     let g: &DeviceBuffer<f32> = grads;
     dev.launch(
         "adam_sumsq_partial",
         blocks,
         BLOCK,
         0,
-        &[(&partial).into(), g.into(), n.into()],
+        &[partial.into(), g.into(), n.into()],
     )?;
     dev.launch(
         "adam_clip_coef",
@@ -775,8 +808,8 @@ pub fn clip_grad_norm(dev: &Device, grads: &mut DeviceBuffer<f32>, max_norm: f32
         BLOCK,
         0,
         &[
-            (&coef).into(),
-            (&partial).into(),
+            coef.into(),
+            partial.into(),
             (blocks as i32).into(),
             max_norm.into(),
         ],
@@ -786,9 +819,9 @@ pub fn clip_grad_norm(dev: &Device, grads: &mut DeviceBuffer<f32>, max_norm: f32
         blocks_for(grads.len(), BLOCK),
         BLOCK,
         0,
-        &[g.into(), (&coef).into(), n.into()],
+        &[g.into(), coef.into(), n.into()],
     )?;
-    Ok(dev.dtoh(&coef)?[0])
+    Ok(dev.dtoh(coef)?[0])
 }
 
 /// Sizes of the sequence half for one batch.

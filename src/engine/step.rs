@@ -22,10 +22,12 @@ use anyhow::{bail, ensure, Result};
 
 use crate::cpu::Mode;
 use crate::device::{Device, DeviceBuffer};
-use crate::engine::cnn::{cnn_backward, cnn_forward, BnRunning, CnnOptions, CnnParams};
+use crate::engine::cnn::{
+    cnn_backward, cnn_forward, BnRunning, CnnOptions, CnnParams, CnnWorkspace, ConvScratch,
+};
 use crate::engine::rnn::{
-    add_slice, clip_grad_norm, copy_slice, rnn_backward, rnn_forward, DeviceAdam, LossConfig,
-    LossOut, RnnDims, RnnOffsets, RnnWorkspace,
+    add_slice, clip_grad_norm_with, copy_slice, rnn_backward, rnn_forward, ClipScratch, DeviceAdam,
+    LossConfig, LossOut, RnnDims, RnnOffsets, RnnWorkspace,
 };
 use crate::model::{init_buffers, init_params, BufferLayout, ModelConfig, ParamLayout};
 use crate::train::backend::{Backend, OptimConfig, StepStats, TrainState};
@@ -34,6 +36,9 @@ use crate::train::data::Batch;
 /// Most (batch, t_max) shapes whose workspaces are kept; batches are bucketed by length, so a
 /// run sees few shapes. Past this the cache is emptied (a bound on memory, not a cost per step).
 const MAX_SHAPES: usize = 32;
+/// Default bound on the CNN workspaces' device memory kept across shapes (they dominate: the
+/// stage-1 activations are B·32·n_mels·T floats each, ~1.8 GiB for B 32, 128 mels, T 500).
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 30;
 
 /// Names of the CNN + FC tensors in [`CnnParams`] field order (conv w/b per stage, then BN
 /// w/b per stage, then fc).
@@ -73,8 +78,8 @@ fn cnn_tensors(p: &mut CnnParams) -> Vec<&mut DeviceBuffer<f32>> {
 /// Buffers reused by every step of one (batch, t_max) shape.
 struct ShapeWork {
     rnn: RnnWorkspace,
-    /// Input `[B][M][T]`; lent to `cnn_forward` (which keeps it for backward) and taken back.
-    input: Option<DeviceBuffer<f32>>,
+    /// CNN + FC activations and backward buffers (the input `[B][M][T]` included).
+    cnn: CnnWorkspace,
     /// Gradient of the FC output `[B][T3][fc]`.
     dframes: DeviceBuffer<f32>,
 }
@@ -109,6 +114,13 @@ pub struct DeviceModel {
     pub adam: DeviceAdam,
     pub opts: CnnOptions,
     work: HashMap<(usize, usize), ShapeWork>,
+    /// Bound on the bytes of cached CNN workspaces: a new shape that would pass it empties the
+    /// cache first (one shape's workspace is always kept, however large).
+    pub max_cache_bytes: usize,
+    /// im2col scratch shared by every shape (grown to the largest seen).
+    conv_scratch: ConvScratch,
+    /// Scratch of gradient clipping (the flat gradient's length is fixed).
+    clip_scratch: ClipScratch,
 }
 
 impl DeviceModel {
@@ -153,6 +165,9 @@ impl DeviceModel {
             adam: DeviceAdam::new(&dev, params.len(), 1e-3, 0.0)?,
             opts: CnnOptions::default(),
             work: HashMap::new(),
+            max_cache_bytes: DEFAULT_CACHE_BYTES,
+            conv_scratch: ConvScratch::default(),
+            clip_scratch: ClipScratch::new(&dev, params.len())?,
             cfg: cfg.clone(),
             layout,
             dev,
@@ -196,26 +211,24 @@ impl DeviceModel {
         if let Some(w) = self.work.remove(&(batch, t_max)) {
             return Ok(w);
         }
-        if self.work.len() >= MAX_SHAPES {
+        let cached: usize = self.work.values().map(|w| w.cnn.bytes()).sum();
+        let new = CnnWorkspace::bytes_for(&self.cfg, batch, t_max);
+        if self.work.len() >= MAX_SHAPES || cached + new > self.max_cache_bytes {
+            // dropped before the new workspace is allocated, so both never coexist
             self.work.clear();
         }
         let t3 = ModelConfig::frames_out(t_max);
         let dims = RnnDims::new(&self.cfg, batch, t3);
         Ok(ShapeWork {
             rnn: RnnWorkspace::new(&self.dev, dims)?,
-            input: None,
+            cnn: CnnWorkspace::new(&self.dev, &self.cfg, batch, t_max)?,
             dframes: self.dev.alloc_zeros(batch * t3 * self.cfg.fc)?,
         })
     }
 
     /// Upload `x` into the shape's input buffer (allocated once per shape).
-    fn upload_input(&self, w: &mut ShapeWork, x: &[f32]) -> Result<DeviceBuffer<f32>> {
-        let mut buf = match w.input.take() {
-            Some(b) if b.len() == x.len() => b,
-            _ => self.dev.alloc_zeros(x.len())?,
-        };
-        self.dev.copy_htod(x, &mut buf)?;
-        Ok(buf)
+    fn upload_input(&self, w: &mut ShapeWork, x: &[f32]) -> Result<()> {
+        self.dev.copy_htod(x, w.cnn.input_mut())
     }
 
     /// Logits `[B][classes]` of host input `x` `[B][n_mels][t_max]` with per-clip `lengths`.
@@ -230,8 +243,9 @@ impl DeviceModel {
     ) -> Result<Vec<f32>> {
         self.check_input(x.len(), lengths, t_max)?;
         let mut w = self.take_work(lengths.len(), t_max)?;
-        let xb = self.upload_input(&mut w, x)?;
-        let r = self.forward_in(xb, lengths, t_max, mode, &mut w);
+        let r = self
+            .upload_input(&mut w, x)
+            .and_then(|_| self.forward_in(lengths, mode, &mut w));
         let logits = r.and_then(|_| self.dev.dtoh(&w.rnn.logits));
         self.work.insert((lengths.len(), t_max), w);
         logits
@@ -249,50 +263,40 @@ impl DeviceModel {
     ) -> Result<Vec<f32>> {
         self.check_input(x.len(), lengths, t_max)?;
         let mut w = self.take_work(lengths.len(), t_max)?;
-        let r = self.forward_in(x, lengths, t_max, mode, &mut w);
+        // check_input made sure x has the workspace input's length
+        *w.cnn.input_mut() = x;
+        let r = self.forward_in(lengths, mode, &mut w);
         let logits = r.and_then(|_| self.dev.dtoh(&w.rnn.logits));
         self.work.insert((lengths.len(), t_max), w);
         logits
     }
 
-    /// Forward of a device input (taken; it returns to `w.input`), labels all 0 (eval loss
-    /// unused).
-    fn forward_in(
-        &mut self,
-        x: DeviceBuffer<f32>,
-        lengths: &[usize],
-        t_max: usize,
-        mode: Mode,
-        w: &mut ShapeWork,
-    ) -> Result<()> {
+    /// Forward of the input in `w`, labels all 0 (eval loss unused).
+    fn forward_in(&mut self, lengths: &[usize], mode: Mode, w: &mut ShapeWork) -> Result<()> {
         let labels = vec![0usize; lengths.len()];
-        let (fwd, _) =
-            self.forward_loss(x, lengths, t_max, &labels, &LossConfig::default(), mode, w)?;
-        w.input = fwd.stages.into_iter().next().map(|s| s.input);
+        self.forward_loss(lengths, &labels, &LossConfig::default(), mode, w)?;
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Forward of the input in `w.cnn` through the loss; activations stay in `w`.
     fn forward_loss(
         &mut self,
-        x: DeviceBuffer<f32>,
         lengths: &[usize],
-        t_max: usize,
         labels: &[usize],
         loss: &LossConfig,
         mode: Mode,
         w: &mut ShapeWork,
-    ) -> Result<(crate::engine::cnn::CnnForward, LossOut)> {
-        let fwd = cnn_forward(
+    ) -> Result<LossOut> {
+        cnn_forward(
             &self.dev,
             &self.cfg,
             &self.cnn,
             &mut self.running,
-            x,
             lengths,
-            t_max,
             mode,
             &self.opts,
+            &mut w.cnn,
+            &mut self.conv_scratch,
         )?;
         let train = match mode {
             Mode::Train { seed, step } => Some((seed, step)),
@@ -302,14 +306,14 @@ impl DeviceModel {
             &self.dev,
             &self.params,
             &self.rnn_offsets,
-            &fwd.out,
-            &fwd.lens[3],
+            &w.cnn.out,
+            &w.cnn.lens[3],
             labels,
             loss,
             train,
             &mut w.rnn,
         )?;
-        Ok((fwd, out))
+        Ok(out)
     }
 
     /// Forward in training mode (seed, step), loss, and backward: `self.grads` holds the
@@ -334,7 +338,7 @@ impl DeviceModel {
             lengths.len()
         );
         let mut w = self.take_work(lengths.len(), t_max)?;
-        let r = self.grads_in(x, lengths, t_max, labels, seed, step, loss, &mut w);
+        let r = self.grads_in(x, lengths, labels, seed, step, loss, &mut w);
         self.work.insert((lengths.len(), t_max), w);
         r
     }
@@ -344,16 +348,15 @@ impl DeviceModel {
         &mut self,
         x: &[f32],
         lengths: &[usize],
-        t_max: usize,
         labels: &[usize],
         seed: u64,
         step: u32,
         loss: &LossConfig,
         w: &mut ShapeWork,
     ) -> Result<LossOut> {
-        let xb = self.upload_input(w, x)?;
+        self.upload_input(w, x)?;
         let mode = Mode::Train { seed, step };
-        let (fwd, out) = self.forward_loss(xb, lengths, t_max, labels, loss, mode, w)?;
+        let out = self.forward_loss(lengths, labels, loss, mode, w)?;
         self.dev.memset_zero(&mut self.grads)?;
         for t in cnn_tensors(&mut self.cnn_grads) {
             self.dev.memset_zero(t)?;
@@ -362,7 +365,7 @@ impl DeviceModel {
             &self.dev,
             &self.params,
             &self.rnn_offsets,
-            &fwd.out,
+            &w.cnn.out,
             &mut w.rnn,
             &mut self.grads,
             &mut w.dframes,
@@ -371,10 +374,11 @@ impl DeviceModel {
             &self.dev,
             &self.cfg,
             &self.cnn,
-            &fwd,
+            &mut w.cnn,
             &w.dframes,
             &mut self.cnn_grads,
             &self.opts,
+            &mut self.conv_scratch,
         )?;
         for (g, &off) in cnn_tensors(&mut self.cnn_grads)
             .into_iter()
@@ -382,7 +386,6 @@ impl DeviceModel {
         {
             add_slice(&self.dev, &mut self.grads, off, g)?;
         }
-        w.input = fwd.stages.into_iter().next().map(|s| s.input);
         Ok(out)
     }
 
@@ -403,7 +406,12 @@ impl DeviceModel {
     ) -> Result<StepOut> {
         let out = self.compute_grads(x, lengths, t_max, labels, seed, step, loss)?;
         let grad_norm = if clip > 0.0 {
-            Some(clip_grad_norm(&self.dev, &mut self.grads, clip)?)
+            Some(clip_grad_norm_with(
+                &self.dev,
+                &mut self.grads,
+                clip,
+                &mut self.clip_scratch,
+            )?)
         } else {
             None
         };
