@@ -69,6 +69,10 @@ pub struct TrainOpts {
     /// Decoupled weight decay (AdamW) instead of L2.
     #[arg(long)]
     pub adamw: bool,
+    /// Learning-rate schedule: `plateau` (the paper's reduce-on-plateau) or `cosine` (warmup
+    /// over the first epoch, then cosine decay to zero at the last epoch).
+    #[arg(long, value_enum, default_value = "plateau")]
+    pub schedule: crate::train::schedule::Schedule,
     /// Reduce-on-plateau factor and patience (epochs) on validation loss.
     #[arg(long, default_value_t = 0.5)]
     pub plateau_factor: f64,
@@ -179,6 +183,7 @@ impl TrainOpts {
             lr: self.lr(),
             plateau_factor: self.plateau_factor,
             plateau_patience: self.plateau_patience,
+            schedule: self.schedule,
             early_stop_patience: self.early_stop,
             augment: self.augment(),
             seed,

@@ -7,7 +7,7 @@ use crate::features::log_mel;
 use crate::train::backend::{eval_loss, Backend, TrainState};
 use crate::train::data::{bucketed_batches, Batch, Dataset};
 use crate::train::metrics::{Confusion, Scores};
-use crate::train::schedule::{EarlyStopping, ReduceOnPlateau};
+use crate::train::schedule::{cosine_lr, EarlyStopping, ReduceOnPlateau, Schedule};
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -20,6 +20,9 @@ pub struct FitConfig {
     pub lr: f64,
     pub plateau_factor: f64,
     pub plateau_patience: usize,
+    /// Older run folders have no schedule: they trained with the plateau one.
+    #[serde(default)]
+    pub schedule: Schedule,
     pub early_stop_patience: usize,
     pub augment: AugmentConfig,
     pub seed: u64,
@@ -192,6 +195,10 @@ pub fn fit(
         bail!("the validation set is empty (give --val-split > 0 or --val-data)");
     }
     let frames: Vec<usize> = data.clips.iter().map(|c| c.frames).collect();
+    // The cosine schedule's horizon: every epoch has the same number of batches (the buckets
+    // depend on the clips, not on the shuffle), so this counts each run's steps exactly.
+    let steps_per_epoch = bucketed_batches(&frames, train_idx, cfg.batch_size, None).len();
+    let total_steps = steps_per_epoch * cfg.epochs;
     while progress.epochs_done < cfg.epochs && !progress.early.should_stop() {
         let epoch = progress.epochs_done;
         let batches = bucketed_batches(
@@ -216,6 +223,10 @@ pub fn fit(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for b in &batches {
             let batch = augmented_batch(data, b, &cfg.augment, cfg.seed, progress.step);
+            if cfg.schedule == Schedule::Cosine {
+                progress.lr =
+                    cosine_lr(cfg.lr, progress.step as usize, steps_per_epoch, total_steps);
+            }
             let s = backend.train_step(&batch, progress.step, progress.lr)?;
             if !s.loss.is_finite() {
                 bail!(
@@ -256,7 +267,9 @@ pub fn fit(
             val_macro_f1: scores.macro_f1,
             best,
         };
-        progress.lr = progress.plateau.step(val_loss, progress.lr);
+        if cfg.schedule == Schedule::Plateau {
+            progress.lr = progress.plateau.step(val_loss, progress.lr);
+        }
         progress.epochs_done += 1;
         progress.history.push(record.clone());
         let state = backend.state();

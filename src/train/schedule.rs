@@ -1,6 +1,32 @@
-//! Learning-rate schedule and early stopping on validation loss.
+//! Learning-rate schedules (reduce-on-plateau per epoch, or warmup + cosine per step) and
+//! early stopping on validation loss.
 
 use serde::{Deserialize, Serialize};
+
+/// How the learning rate moves during a run.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// The paper's: constant, halved by [`ReduceOnPlateau`] when validation loss stalls.
+    #[default]
+    Plateau,
+    /// Linear warmup over the first epoch, then half a cosine down to zero at the last step
+    /// of the last epoch ([`cosine_lr`]); for short runs with a fixed epoch budget.
+    Cosine,
+}
+
+/// The learning rate of training step `step` (0-based) of `total` steps under
+/// [`Schedule::Cosine`]: `peak·(step+1)/warmup` during the first `warmup` steps, then
+/// `peak·½(1 + cos(π·(step−warmup)/(total−warmup)))`. Steps past `total` (a run extended by
+/// `--resume --epochs`) get the last value, never a negative one.
+pub fn cosine_lr(peak: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let x = ((step - warmup) as f64 / span as f64).min(1.0);
+    peak * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())
+}
 
 /// torch.optim.lr_scheduler.ReduceLROnPlateau(mode='min', threshold=1e-4,
 /// threshold_mode='rel', cooldown=0): after `patience` epochs without a relative improvement
@@ -98,6 +124,24 @@ mod tests {
             lrs.push(lr);
         }
         assert_eq!(lrs, vec![1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]);
+    }
+
+    #[test]
+    fn cosine_warms_up_then_decays_to_zero() {
+        let (peak, warm, total) = (2e-3, 10, 110);
+        // warmup is linear and reaches the peak on its last step
+        assert!((cosine_lr(peak, 0, warm, total) - 2e-4).abs() < 1e-15);
+        assert!((cosine_lr(peak, 9, warm, total) - peak).abs() < 1e-15);
+        assert!((cosine_lr(peak, 10, warm, total) - peak).abs() < 1e-15);
+        // halfway through the decay: half the peak; at the end: zero; past the end: stays 0
+        assert!((cosine_lr(peak, 60, warm, total) - peak / 2.0).abs() < 1e-15);
+        assert!(cosine_lr(peak, 110, warm, total).abs() < 1e-15);
+        assert!(cosine_lr(peak, 500, warm, total).abs() < 1e-15);
+        // monotone after warmup
+        let lrs: Vec<f64> = (10..=110)
+            .map(|s| cosine_lr(peak, s, warm, total))
+            .collect();
+        assert!(lrs.windows(2).all(|w| w[1] <= w[0]));
     }
 
     #[test]
