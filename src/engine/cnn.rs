@@ -20,15 +20,22 @@
 //! no device allocation. The single-op functions keep allocating variants for tests and
 //! one-off use; their `_with` forms take the scratch.
 //!
-//! Gradients ACCUMULATE into a [`CnnParams`] (like the CPU backward), parameters are one device
-//! buffer per tensor (GEMM operands must start at a buffer's beginning).
+//! Gradients ACCUMULATE into a [`CnnParams`] (like the CPU backward). Its tensors are own
+//! buffers or views of flat buffers ([`CnnParams::views`], [`CnnParams::views_mut`]): the
+//! training step reads the weights from, and writes the gradients into, the flat parameter and
+//! gradient buffers directly.
+
+use std::ops::Range;
 
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::cpu::conv::ConvShape;
 use crate::cpu::dropout::{site_base, SITE_FC, SITE_POOL1};
 use crate::cpu::Mode;
-use crate::device::{blocks_for, Device, DeviceBuffer, KernelArg, Transpose};
+use crate::device::{
+    blocks_for, AsView, AsViewMut, Device, DeviceBuffer, DeviceSlice, DeviceSliceMut, KernelArg,
+    Transpose,
+};
 use crate::model::{BufferLayout, ModelConfig, ParamLayout, BN_EPS, BN_MOMENTUM};
 
 /// Threads per block of every CNN kernel (reductions need a multiple of 32).
@@ -38,6 +45,12 @@ const MAX_BLOCKS: u32 = 1 << 16;
 
 fn grid(n: usize) -> u32 {
     blocks_for(n, BLOCK).min(MAX_BLOCKS)
+}
+
+/// A grid-stride launch of `BLOCK`-thread blocks covering `n` items (the shape of most CNN
+/// kernels).
+fn launch_1d(dev: &Device, name: &str, n: usize, args: &[KernelArg]) -> Result<()> {
+    dev.launch(name, grid(n), BLOCK, 0, args)
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
@@ -88,11 +101,10 @@ pub fn upload_lens(dev: &Device, lens: &[usize]) -> Result<DeviceBuffer<i32>> {
 pub fn dropout_mask(dev: &Device, d: Dropout, n: usize) -> Result<DeviceBuffer<f32>> {
     let mask = dev.alloc_zeros::<f32>(n)?;
     let [seed, step, base, p, _] = drop_args(Some(d));
-    dev.launch(
+    launch_1d(
+        dev,
         "dropout_mask_fill",
-        grid(n),
-        BLOCK,
-        0,
+        n,
         &[(&mask).into(), seed, step, base, p, i32_of(n, "n")?.into()],
     )?;
     Ok(mask)
@@ -113,14 +125,12 @@ pub fn dropout_apply(
         y.len()
     );
     let [seed, step, base, p, _] = drop_args(Some(d));
-    let y: &DeviceBuffer<f32> = y;
-    dev.launch(
+    launch_1d(
+        dev,
         "dropout_apply",
-        grid(x.len()),
-        BLOCK,
-        0,
+        x.len(),
         &[
-            y.into(),
+            (&*y).into(),
             x.into(),
             seed,
             step,
@@ -218,8 +228,8 @@ fn check_conv(s: &ConvShape, lens: &DeviceBuffer<i32>) -> Result<()> {
 pub fn conv2d_forward(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
-    bias: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
+    bias: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     s: &ConvShape,
     y: &mut DeviceBuffer<f32>,
@@ -236,8 +246,8 @@ pub fn conv2d_forward(
 pub fn conv2d_forward_with(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
-    bias: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
+    bias: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     s: &ConvShape,
     y: &mut DeviceBuffer<f32>,
@@ -246,26 +256,24 @@ pub fn conv2d_forward_with(
 ) -> Result<()> {
     check_conv(s, lens)?;
     ensure!(
-        x.len() == s.x_len() && y.len() == s.y_len() && w.len() == s.w_len(),
+        x.len() == s.x_len() && y.len() == s.y_len() && w.view().len() == s.w_len(),
         "conv2d_forward: buffer sizes do not match {s:?}"
     );
     let [cin, cout, m, t, k] = conv_dims(s)?;
     let kk = s.cin * s.k * s.k;
     let nbmax = chunk_clips(s, max_col);
     let (col, g) = scratch.bufs(s, max_col)?;
-    let col: &DeviceBuffer<f32> = col;
     let mut b0 = 0;
     while b0 < s.batch {
         let nb = nbmax.min(s.batch - b0);
         let ncol = nb * s.m * s.t;
         let (b0i, nbi) = (b0 as i32, nb as i32);
-        dev.launch(
+        launch_1d(
+            dev,
             "cnn_im2col",
-            grid(kk * ncol),
-            BLOCK,
-            0,
+            kk * ncol,
             &[
-                col.into(),
+                (&*col).into(),
                 x.into(),
                 lens.into(),
                 b0i.into(),
@@ -289,16 +297,14 @@ pub fn conv2d_forward_with(
             0.0,
             g,
         )?;
-        let yr: &DeviceBuffer<f32> = y;
-        dev.launch(
+        launch_1d(
+            dev,
             "cnn_conv_out",
-            grid(s.cout * ncol),
-            BLOCK,
-            0,
+            s.cout * ncol,
             &[
-                yr.into(),
+                (&*y).into(),
                 (&*g).into(),
-                bias.into(),
+                bias.view().into(),
                 lens.into(),
                 b0i.into(),
                 nbi.into(),
@@ -318,13 +324,13 @@ pub fn conv2d_forward_with(
 pub fn conv2d_backward(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
     dy: &DeviceBuffer<f32>,
     lens: &DeviceBuffer<i32>,
     s: &ConvShape,
     dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut DeviceBuffer<f32>,
-    db: &mut DeviceBuffer<f32>,
+    dw: &mut impl AsViewMut<f32>,
+    db: &mut impl AsViewMut<f32>,
     max_col: usize,
 ) -> Result<()> {
     let mut scratch = ConvScratch::default();
@@ -338,13 +344,13 @@ pub fn conv2d_backward(
 pub fn conv2d_backward_with(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
     dy: &DeviceBuffer<f32>,
     lens: &DeviceBuffer<i32>,
     s: &ConvShape,
     dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut DeviceBuffer<f32>,
-    db: &mut DeviceBuffer<f32>,
+    dw: &mut impl AsViewMut<f32>,
+    db: &mut impl AsViewMut<f32>,
     max_col: usize,
     scratch: &mut ConvScratch,
 ) -> Result<()> {
@@ -352,9 +358,9 @@ pub fn conv2d_backward_with(
     ensure!(
         x.len() == s.x_len()
             && dy.len() == s.y_len()
-            && w.len() == s.w_len()
-            && dw.len() == s.w_len()
-            && db.len() == s.cout
+            && w.view().len() == s.w_len()
+            && dw.view().len() == s.w_len()
+            && db.view().len() == s.cout
             && dx.as_ref().is_none_or(|d| d.len() == s.x_len()),
         "conv2d_backward: buffer sizes do not match {s:?}"
     );
@@ -363,20 +369,18 @@ pub fn conv2d_backward_with(
     let nbmax = chunk_clips(s, max_col);
     // the GEMM output buffer holds the gathered dy chunk here
     let (col, d) = scratch.bufs(s, max_col)?;
-    let d: &DeviceBuffer<f32> = d;
     let dx: Option<&DeviceBuffer<f32>> = dx.map(|b| &*b);
     let mut b0 = 0;
     while b0 < s.batch {
         let nb = nbmax.min(s.batch - b0);
         let ncol = nb * s.m * s.t;
         let (b0i, nbi) = (b0 as i32, nb as i32);
-        dev.launch(
+        launch_1d(
+            dev,
             "cnn_conv_dy_gather",
-            grid(s.cout * ncol),
-            BLOCK,
-            0,
+            s.cout * ncol,
             &[
-                d.into(),
+                (&*d).into(),
                 dy.into(),
                 lens.into(),
                 b0i.into(),
@@ -387,25 +391,23 @@ pub fn conv2d_backward_with(
             ],
         )?;
         {
-            let dbr: &DeviceBuffer<f32> = db;
             dev.launch(
                 "cnn_row_sum_acc",
                 cout as u32,
                 BLOCK,
                 0,
                 &[
-                    dbr.into(),
-                    d.into(),
+                    db.view().into(),
+                    (&*d).into(),
                     cout.into(),
                     i32_of(ncol, "columns")?.into(),
                 ],
             )?;
         }
-        dev.launch(
+        launch_1d(
+            dev,
             "cnn_im2col",
-            grid(kk * ncol),
-            BLOCK,
-            0,
+            kk * ncol,
             &[
                 (&*col).into(),
                 x.into(),
@@ -445,13 +447,12 @@ pub fn conv2d_backward_with(
                 0.0,
                 col,
             )?;
-            dev.launch(
+            launch_1d(
+                dev,
                 "cnn_col2im",
-                grid(nb * s.cin * s.m * s.t),
-                BLOCK,
-                0,
+                nb * s.cin * s.m * s.t,
                 &[
-                    dx.into(),
+                    (&*dx).into(),
                     (&*col).into(),
                     lens.into(),
                     b0i.into(),
@@ -509,13 +510,21 @@ pub fn bn_stats(
 ) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_stats: lengths vs batch");
     let [b, c, m, t] = d.args()?;
-    let (mean, var): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (mean, var);
     dev.launch(
         "bn_stats",
         d.c as u32,
         BLOCK,
         0,
-        &[mean.into(), var.into(), x.into(), lens.into(), b, c, m, t],
+        &[
+            (&*mean).into(),
+            (&*var).into(),
+            x.into(),
+            lens.into(),
+            b,
+            c,
+            m,
+            t,
+        ],
     )
 }
 
@@ -535,17 +544,15 @@ pub fn bn_update_running(
     );
     let n = count as f64;
     let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-    let (rm, rv): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (rm, rv);
-    dev.launch(
+    launch_1d(
+        dev,
         "bn_update_running",
-        grid(c),
-        BLOCK,
-        0,
+        c,
         &[
-            rm.into(),
-            rv.into(),
-            mean.into(),
-            var.into(),
+            (&*rm).into(),
+            (&*rv).into(),
+            (&*mean).into(),
+            (&*var).into(),
             i32_of(c, "channels")?.into(),
             (BN_MOMENTUM as f32).into(),
             (unbias as f32).into(),
@@ -560,27 +567,25 @@ pub fn bn_relu_forward(
     x: &DeviceBuffer<f32>,
     mean: &DeviceBuffer<f32>,
     var: &DeviceBuffer<f32>,
-    gamma: &DeviceBuffer<f32>,
-    beta: &DeviceBuffer<f32>,
+    gamma: &impl AsView<f32>,
+    beta: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     d: Dims4,
     y: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_relu_forward: lengths vs batch");
     let [b, c, m, t] = d.args()?;
-    let y: &DeviceBuffer<f32> = y;
-    dev.launch(
+    launch_1d(
+        dev,
         "bn_relu_forward",
-        grid(d.len()),
-        BLOCK,
-        0,
+        d.len(),
         &[
-            y.into(),
+            (&*y).into(),
             x.into(),
-            mean.into(),
-            var.into(),
-            gamma.into(),
-            beta.into(),
+            (&*mean).into(),
+            (&*var).into(),
+            gamma.view().into(),
+            beta.view().into(),
             lens.into(),
             b,
             c,
@@ -602,13 +607,13 @@ pub fn bn_relu_backward(
     x: &DeviceBuffer<f32>,
     mean: &DeviceBuffer<f32>,
     var: &DeviceBuffer<f32>,
-    gamma: &DeviceBuffer<f32>,
+    gamma: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     d: Dims4,
     train: bool,
     dx: &mut DeviceBuffer<f32>,
-    dgamma: &mut DeviceBuffer<f32>,
-    dbeta: &mut DeviceBuffer<f32>,
+    dgamma: &mut impl AsViewMut<f32>,
+    dbeta: &mut impl AsViewMut<f32>,
 ) -> Result<()> {
     let mut sums = dev.alloc_zeros::<f32>(2 * d.c)?;
     bn_relu_backward_with(
@@ -625,13 +630,13 @@ pub fn bn_relu_backward_with(
     x: &DeviceBuffer<f32>,
     mean: &DeviceBuffer<f32>,
     var: &DeviceBuffer<f32>,
-    gamma: &DeviceBuffer<f32>,
+    gamma: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     d: Dims4,
     train: bool,
     dx: &mut DeviceBuffer<f32>,
-    dgamma: &mut DeviceBuffer<f32>,
-    dbeta: &mut DeviceBuffer<f32>,
+    dgamma: &mut impl AsViewMut<f32>,
+    dbeta: &mut impl AsViewMut<f32>,
     sums: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_relu_backward: lengths vs batch");
@@ -642,22 +647,20 @@ pub fn bn_relu_backward_with(
     );
     let [b, c, m, t] = d.args()?;
     let eps: KernelArg = (BN_EPS as f32).into();
-    let sums: &DeviceBuffer<f32> = sums;
-    let (dgamma, dbeta): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (dgamma, dbeta);
     dev.launch(
         "bn_relu_backward_reduce",
         d.c as u32,
         BLOCK,
         0,
         &[
-            sums.into(),
-            dgamma.into(),
-            dbeta.into(),
+            (&*sums).into(),
+            dgamma.view().into(),
+            dbeta.view().into(),
             dy.into(),
-            y.into(),
+            (&*y).into(),
             x.into(),
-            mean.into(),
-            var.into(),
+            (&*mean).into(),
+            (&*var).into(),
             lens.into(),
             b,
             c,
@@ -666,21 +669,19 @@ pub fn bn_relu_backward_with(
             eps,
         ],
     )?;
-    let dx: &DeviceBuffer<f32> = dx;
-    dev.launch(
+    launch_1d(
+        dev,
         "bn_relu_backward_dx",
-        grid(d.len()),
-        BLOCK,
-        0,
+        d.len(),
         &[
-            dx.into(),
+            (&*dx).into(),
             dy.into(),
-            y.into(),
+            (&*y).into(),
             x.into(),
-            mean.into(),
-            var.into(),
-            gamma.into(),
-            sums.into(),
+            (&*mean).into(),
+            (&*var).into(),
+            gamma.view().into(),
+            (&*sums).into(),
             lens.into(),
             b,
             c,
@@ -710,16 +711,14 @@ pub fn maxpool_forward(
     );
     let [b, c, m, t] = d.args()?;
     let [seed, step, base, p, dr] = drop_args(drop);
-    let (y, arg): (&DeviceBuffer<f32>, &DeviceBuffer<i32>) = (y, arg);
     let n = d.batch * d.c * (d.m / 2) * (d.t / 2);
-    dev.launch(
+    launch_1d(
+        dev,
         "pool_forward",
-        grid(n),
-        BLOCK,
-        0,
+        n,
         &[
-            y.into(),
-            arg.into(),
+            (&*y).into(),
+            (&*arg).into(),
             x.into(),
             lens_out.into(),
             b,
@@ -752,16 +751,14 @@ pub fn maxpool_backward(
     );
     let [b, c, m, t] = d.args()?;
     let [seed, step, base, p, dr] = drop_args(drop);
-    let dx: &DeviceBuffer<f32> = dx;
-    dev.launch(
+    launch_1d(
+        dev,
         "pool_backward",
-        grid(d.len()),
-        BLOCK,
-        0,
+        d.len(),
         &[
-            dx.into(),
+            (&*dx).into(),
             dy.into(),
-            arg.into(),
+            (&*arg).into(),
             lens_out.into(),
             b,
             c,
@@ -795,13 +792,11 @@ pub fn frames_reshape(
     } else {
         "fc_frames_forward"
     };
-    let dst: &DeviceBuffer<f32> = dst;
-    dev.launch(
+    launch_1d(
+        dev,
         name,
-        grid(d.len()),
-        BLOCK,
-        0,
-        &[dst.into(), src.into(), b, c, m, t],
+        d.len(),
+        &[(&*dst).into(), src.into(), b, c, m, t],
     )
 }
 
@@ -811,8 +806,8 @@ pub fn frames_reshape(
 pub fn fc_forward(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
-    bias: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
+    bias: &impl AsView<f32>,
     rows: usize,
     din: usize,
     dout: usize,
@@ -822,8 +817,8 @@ pub fn fc_forward(
 ) -> Result<()> {
     ensure!(
         x.len() == rows * din
-            && w.len() == dout * din
-            && bias.len() == dout
+            && w.view().len() == dout * din
+            && bias.view().len() == dout
             && r.len() == rows * dout
             && h.len() == rows * dout,
         "fc_forward: buffer sizes do not match rows {rows}, in {din}, out {dout}"
@@ -841,16 +836,14 @@ pub fn fc_forward(
         r,
     )?;
     let [seed, step, base, p, dr] = drop_args(drop);
-    let (r, h): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (r, h);
-    dev.launch(
+    launch_1d(
+        dev,
         "fc_bias_relu_dropout",
-        grid(rows * dout),
-        BLOCK,
-        0,
+        rows * dout,
         &[
-            h.into(),
-            r.into(),
-            bias.into(),
+            (&*h).into(),
+            (&*r).into(),
+            bias.view().into(),
             i32_of(rows, "rows")?.into(),
             i32_of(dout, "fc width")?.into(),
             seed,
@@ -868,7 +861,7 @@ pub fn fc_forward(
 pub fn fc_backward(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
     r: &DeviceBuffer<f32>,
     dh: &DeviceBuffer<f32>,
     rows: usize,
@@ -876,8 +869,8 @@ pub fn fc_backward(
     dout: usize,
     drop: Option<Dropout>,
     dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut DeviceBuffer<f32>,
-    db: &mut DeviceBuffer<f32>,
+    dw: &mut impl AsViewMut<f32>,
+    db: &mut impl AsViewMut<f32>,
 ) -> Result<()> {
     let mut dz = dev.alloc_zeros::<f32>(rows * dout)?;
     fc_backward_with(dev, x, w, r, dh, rows, din, dout, drop, dx, dw, db, &mut dz)
@@ -888,7 +881,7 @@ pub fn fc_backward(
 pub fn fc_backward_with(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
     r: &DeviceBuffer<f32>,
     dh: &DeviceBuffer<f32>,
     rows: usize,
@@ -896,33 +889,31 @@ pub fn fc_backward_with(
     dout: usize,
     drop: Option<Dropout>,
     dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut DeviceBuffer<f32>,
-    db: &mut DeviceBuffer<f32>,
+    dw: &mut impl AsViewMut<f32>,
+    db: &mut impl AsViewMut<f32>,
     dz: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     ensure!(
         dz.len() == rows * dout
             && x.len() == rows * din
-            && w.len() == dout * din
+            && w.view().len() == dout * din
             && r.len() == rows * dout
             && dh.len() == rows * dout
-            && dw.len() == dout * din
-            && db.len() == dout
+            && dw.view().len() == dout * din
+            && db.view().len() == dout
             && dx.as_ref().is_none_or(|d| d.len() == rows * din),
         "fc_backward: buffer sizes do not match rows {rows}, in {din}, out {dout}"
     );
     let (ri, oi) = (i32_of(rows, "rows")?, i32_of(dout, "fc width")?);
-    let dz: &DeviceBuffer<f32> = dz;
     let [seed, step, base, p, dr] = drop_args(drop);
-    dev.launch(
+    launch_1d(
+        dev,
         "fc_relu_dropout_backward",
-        grid(rows * dout),
-        BLOCK,
-        0,
+        rows * dout,
         &[
-            dz.into(),
+            (&*dz).into(),
             dh.into(),
-            r.into(),
+            (&*r).into(),
             ri.into(),
             oi.into(),
             seed,
@@ -933,13 +924,12 @@ pub fn fc_backward_with(
         ],
     )?;
     {
-        let dbr: &DeviceBuffer<f32> = db;
         dev.launch(
             "fc_bias_grad",
             dout as u32,
             BLOCK,
             0,
-            &[dbr.into(), dz.into(), ri.into(), oi.into()],
+            &[db.view().into(), (&*dz).into(), ri.into(), oi.into()],
         )?;
     }
     // dW [dout][din] += dzᵀ (dz stored rows × dout) · x [rows][din]
@@ -972,19 +962,23 @@ pub fn fc_backward_with(
     Ok(())
 }
 
-/// The CNN + FC parameters (or their gradients), one device buffer per tensor, in the
-/// shapes of MODEL_SPEC.md. `bn_w`/`bn_b` are empty without BatchNorm.
-pub struct CnnParams {
-    pub conv_w: Vec<DeviceBuffer<f32>>,
-    pub conv_b: Vec<DeviceBuffer<f32>>,
-    pub bn_w: Vec<DeviceBuffer<f32>>,
-    pub bn_b: Vec<DeviceBuffer<f32>>,
-    pub fc_w: DeviceBuffer<f32>,
-    pub fc_b: DeviceBuffer<f32>,
+/// The CNN + FC parameters (or their gradients), one tensor each, in the shapes of
+/// MODEL_SPEC.md. `bn_w`/`bn_b` are empty without BatchNorm. `V` is how a tensor is held: an
+/// own buffer ([`CnnParams::upload`], [`CnnParams::zeros`]), or a view of a flat
+/// `ParamLayout`-order buffer ([`CnnParams::views`] to read parameters, [`CnnParams::views_mut`]
+/// to write gradients), which is what the training step uses: no per-tensor copies.
+pub struct CnnParams<V = DeviceBuffer<f32>> {
+    pub conv_w: Vec<V>,
+    pub conv_b: Vec<V>,
+    pub bn_w: Vec<V>,
+    pub bn_b: Vec<V>,
+    pub fc_w: V,
+    pub fc_b: V,
 }
 
-/// Names of the CNN + FC tensors in the flat parameter layout, in [`CnnParams`] field order.
-fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
+/// Names of the CNN + FC tensors in the flat parameter layout, in [`CnnParams`] field order
+/// (conv w/b per stage, then BN w/b per stage, then fc).
+pub fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
     let mut v = Vec::new();
     for s in 1..=3 {
         v.push(format!("conv{s}.weight"));
@@ -1001,6 +995,12 @@ fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
     v
 }
 
+/// Ranges of the CNN + FC tensors in the flat parameter layout, in [`CnnParams`] field order.
+pub fn cnn_ranges(cfg: &ModelConfig) -> Vec<Range<usize>> {
+    let layout = ParamLayout::new(cfg);
+    cnn_names(cfg).iter().map(|n| layout.range(n)).collect()
+}
+
 impl CnnParams {
     /// Uploads the CNN + FC tensors of a flat parameter vector (`ParamLayout` order).
     pub fn upload(dev: &Device, cfg: &ModelConfig, params: &[f32]) -> Result<Self> {
@@ -1015,22 +1015,67 @@ impl CnnParams {
         for n in cnn_names(cfg) {
             bufs.push(dev.htod(&params[layout.range(&n)])?);
         }
-        Ok(Self::from_vec(cfg, bufs))
+        Self::from_vec(cfg, bufs)
     }
 
     /// Zero-filled tensors (a gradient accumulator).
     pub fn zeros(dev: &Device, cfg: &ModelConfig) -> Result<Self> {
-        let layout = ParamLayout::new(cfg);
         let mut bufs = Vec::new();
-        for n in cnn_names(cfg) {
-            bufs.push(dev.alloc_zeros(layout.range(&n).len())?);
+        for r in cnn_ranges(cfg) {
+            bufs.push(dev.alloc_zeros(r.len())?);
         }
-        Ok(Self::from_vec(cfg, bufs))
+        Self::from_vec(cfg, bufs)
     }
 
-    fn from_vec(cfg: &ModelConfig, bufs: Vec<DeviceBuffer<f32>>) -> Self {
-        let mut it = bufs.into_iter();
-        let mut next = || it.next().expect("cnn_names has every tensor");
+    /// Copies the tensors into their ranges of a flat parameter-layout vector.
+    pub fn download_into(&self, dev: &Device, cfg: &ModelConfig, out: &mut [f32]) -> Result<()> {
+        let layout = ParamLayout::new(cfg);
+        ensure!(out.len() == layout.total(), "download_into: layout size");
+        for (r, b) in cnn_ranges(cfg).into_iter().zip(self.in_order()) {
+            out[r].copy_from_slice(&dev.dtoh(b)?);
+        }
+        Ok(())
+    }
+}
+
+impl<'a> CnnParams<DeviceSlice<'a, f32>> {
+    /// Views of the tensors at `ranges` ([`cnn_ranges`]) of the flat buffer `flat`.
+    pub fn views(
+        cfg: &ModelConfig,
+        flat: &'a DeviceBuffer<f32>,
+        ranges: &[Range<usize>],
+    ) -> Result<Self> {
+        let v = ranges
+            .iter()
+            .map(|r| flat.slice(r.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_vec(cfg, v)
+    }
+}
+
+impl<'a> CnnParams<DeviceSliceMut<'a, f32>> {
+    /// Mutable views of the tensors at `ranges` ([`cnn_ranges`]) of the flat buffer `flat`
+    /// (e.g. the gradient buffer, which the backward then accumulates into).
+    pub fn views_mut(
+        cfg: &ModelConfig,
+        flat: &'a mut DeviceBuffer<f32>,
+        ranges: &[Range<usize>],
+    ) -> Result<Self> {
+        let v = flat.split_mut(ranges)?;
+        Self::from_vec(cfg, v)
+    }
+}
+
+impl<V> CnnParams<V> {
+    fn from_vec(cfg: &ModelConfig, tensors: Vec<V>) -> Result<Self> {
+        let want = 8 + if cfg.batchnorm { 6 } else { 0 };
+        ensure!(
+            tensors.len() == want,
+            "{} CNN tensors, this model has {want}",
+            tensors.len()
+        );
+        let mut it = tensors.into_iter();
+        let mut next = || it.next().expect("length checked");
         let (mut conv_w, mut conv_b, mut bn_w, mut bn_b) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
@@ -1045,17 +1090,17 @@ impl CnnParams {
         }
         let fc_w = next();
         let fc_b = next();
-        CnnParams {
+        Ok(CnnParams {
             conv_w,
             conv_b,
             bn_w,
             bn_b,
             fc_w,
             fc_b,
-        }
+        })
     }
 
-    fn in_order(&self) -> Vec<&DeviceBuffer<f32>> {
+    fn in_order(&self) -> Vec<&V> {
         let mut v = Vec::new();
         for s in 0..3 {
             v.push(&self.conv_w[s]);
@@ -1068,16 +1113,6 @@ impl CnnParams {
         v.push(&self.fc_w);
         v.push(&self.fc_b);
         v
-    }
-
-    /// Copies the tensors into their ranges of a flat parameter-layout vector.
-    pub fn download_into(&self, dev: &Device, cfg: &ModelConfig, out: &mut [f32]) -> Result<()> {
-        let layout = ParamLayout::new(cfg);
-        ensure!(out.len() == layout.total(), "download_into: layout size");
-        for (n, b) in cnn_names(cfg).iter().zip(self.in_order()) {
-            out[layout.range(n)].copy_from_slice(&dev.dtoh(b)?);
-        }
-        Ok(())
     }
 }
 
@@ -1329,7 +1364,7 @@ impl CnnWorkspace {
 pub fn cnn_forward(
     dev: &Device,
     cfg: &ModelConfig,
-    params: &CnnParams,
+    params: &CnnParams<impl AsView<f32>>,
     running: &mut BnRunning,
     lengths: &[usize],
     mode: Mode,
@@ -1477,10 +1512,10 @@ pub fn cnn_forward(
 pub fn cnn_backward(
     dev: &Device,
     cfg: &ModelConfig,
-    params: &CnnParams,
+    params: &CnnParams<impl AsView<f32>>,
     ws: &mut CnnWorkspace,
     dout: &DeviceBuffer<f32>,
-    grads: &mut CnnParams,
+    grads: &mut CnnParams<impl AsViewMut<f32>>,
     opts: &CnnOptions,
     scratch: &mut ConvScratch,
 ) -> Result<()> {
