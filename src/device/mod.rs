@@ -406,7 +406,7 @@ pub fn check_launch(name: &str, grid: Dim3, block: Dim3, args: &[KernelArg]) -> 
         );
         ensure!(
             have >= need,
-            "kernel '{name}': buffer (view) '{pname}' has {have} elements but the launch may touch {expr} = {need}"
+            "kernel '{name}': buffer '{pname}' has {have} elements (of its view) but the launch may touch {expr} = {need}"
         );
     }
     Ok(idx)
