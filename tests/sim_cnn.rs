@@ -750,3 +750,87 @@ fn forward_rejects_bad_input_with_errors() {
     assert!(e.contains("input has 512 values"), "{e}");
     assert!(run(&[16, 8], 2 * 16 * 16, &mut running).is_none());
 }
+
+/// `CnnOptions::eval_stats_snapshot` off: the eval forward reads the BatchNorm running
+/// statistics in place (no copy launch) and gives bit-identical outputs; its backward is an
+/// error instead of using statistics that may have changed since.
+#[test]
+fn eval_without_stats_snapshot_is_identical_and_has_no_backward() {
+    use ser_engine::device::thread_kernel_launches;
+    let dev = device();
+    let cfg = ModelConfig {
+        n_mels: 16,
+        kernel: 3,
+        channels: [3, 4, 4],
+        fc: 5,
+        hidden: 2,
+        lstm_layers: 1,
+        classes: 2,
+        dropout: 0.3,
+        batchnorm: true,
+    };
+    let params =
+        cnn::CnnParams::upload(&dev, &cfg, &ser_engine::model::init_params(&cfg, 3)).unwrap();
+    // running statistics away from their 0/1 init, so using the wrong ones would show
+    let mut buffers = ser_engine::model::init_buffers(&cfg);
+    for (i, v) in buffers.iter_mut().enumerate() {
+        *v += 0.05 * (i % 7) as f32;
+    }
+    let mut running = cnn::BnRunning::upload(&dev, &cfg, &buffers).unwrap();
+    let (lens, t_max) = ([24usize, 13], 24usize);
+    let x = randn(600, lens.len() * cfg.n_mels * t_max);
+    let mut outs = Vec::new();
+    for snapshot in [true, false] {
+        let opts = CnnOptions {
+            eval_stats_snapshot: snapshot,
+            ..CnnOptions::default()
+        };
+        let mut ws = cnn::CnnWorkspace::new(&dev, &cfg, lens.len(), t_max).unwrap();
+        let mut scratch = cnn::ConvScratch::default();
+        dev.copy_htod(&x, ws.input_mut()).unwrap();
+        let copies = thread_kernel_launches("loss_copy_slice").unwrap();
+        cnn::cnn_forward(
+            &dev,
+            &cfg,
+            &params,
+            &mut running,
+            &lens,
+            Mode::Eval,
+            &opts,
+            &mut ws,
+            &mut scratch,
+        )
+        .unwrap();
+        let copied = thread_kernel_launches("loss_copy_slice").unwrap() - copies;
+        assert_eq!(copied, if snapshot { 6 } else { 0 }, "snapshot {snapshot}");
+        outs.push(dtoh(&dev, &ws.out));
+        let dout = dev.htod(&randn(601, ws.out.len())).unwrap();
+        let mut grads = cnn::CnnParams::zeros(&dev, &cfg).unwrap();
+        let r = cnn::cnn_backward(
+            &dev,
+            &cfg,
+            &params,
+            &mut ws,
+            &dout,
+            &mut grads,
+            &opts,
+            &mut scratch,
+        );
+        match (snapshot, r) {
+            (true, r) => r.unwrap(),
+            (false, Ok(())) => panic!("backward of an eval forward without snapshot succeeded"),
+            (false, Err(e)) => assert!(format!("{e:#}").contains("eval_stats_snapshot"), "{e:#}"),
+        }
+    }
+    assert!(
+        outs[0].iter().any(|&v| v != 0.0),
+        "all-zero output tests nothing"
+    );
+    assert!(
+        outs[0]
+            .iter()
+            .zip(&outs[1])
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "eval outputs differ with and without the snapshot"
+    );
+}

@@ -222,6 +222,37 @@ fn check_conv(s: &ConvShape, lens: &DeviceBuffer<i32>) -> Result<()> {
     Ok(())
 }
 
+/// col `[cin·k·k][nb·M·T]` = the im2col columns of clips b0..b0+nb of x (0 past each clip's
+/// length): the GEMM operand of a conv chunk, forward and backward.
+fn im2col(
+    dev: &Device,
+    col: &DeviceBuffer<f32>,
+    x: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    b0: usize,
+    nb: usize,
+    s: &ConvShape,
+) -> Result<()> {
+    let [cin, _, m, t, k] = conv_dims(s)?;
+    let kk = s.cin * s.k * s.k;
+    launch_1d(
+        dev,
+        "cnn_im2col",
+        kk * nb * s.m * s.t,
+        &[
+            col.into(),
+            x.into(),
+            lens.into(),
+            i32_of(b0, "clip")?.into(),
+            i32_of(nb, "clips")?.into(),
+            cin.into(),
+            m.into(),
+            t.into(),
+            k.into(),
+        ],
+    )
+}
+
 /// y `[B][cout][M][T]` = conv(x, w) + bias at each clip's valid frames, 0 elsewhere
 /// (`cpu::conv::conv2d_forward`). x `[B][cin][M][T]`, w `[cout][cin][k][k]`.
 #[allow(clippy::too_many_arguments)]
@@ -268,22 +299,7 @@ pub fn conv2d_forward_with(
         let nb = nbmax.min(s.batch - b0);
         let ncol = nb * s.m * s.t;
         let (b0i, nbi) = (b0 as i32, nb as i32);
-        launch_1d(
-            dev,
-            "cnn_im2col",
-            kk * ncol,
-            &[
-                (&*col).into(),
-                x.into(),
-                lens.into(),
-                b0i.into(),
-                nbi.into(),
-                cin.into(),
-                m.into(),
-                t.into(),
-                k.into(),
-            ],
-        )?;
+        im2col(dev, col, x, lens, b0, nb, s)?;
         // g [cout][ncol] = w [cout][kk] · col [kk][ncol]
         dev.gemm(
             Transpose::N,
@@ -404,22 +420,7 @@ pub fn conv2d_backward_with(
                 ],
             )?;
         }
-        launch_1d(
-            dev,
-            "cnn_im2col",
-            kk * ncol,
-            &[
-                (&*col).into(),
-                x.into(),
-                lens.into(),
-                b0i.into(),
-                nbi.into(),
-                cin.into(),
-                m.into(),
-                t.into(),
-                k.into(),
-            ],
-        )?;
+        im2col(dev, col, x, lens, b0, nb, s)?;
         // dw [cout][kk] += d [cout][ncol] · col [kk][ncol]ᵀ
         dev.gemm(
             Transpose::N,
@@ -1167,12 +1168,19 @@ impl BnRunning {
 pub struct CnnOptions {
     /// Most elements of one im2col matrix (clips are processed in chunks that fit).
     pub max_col_elems: usize,
+    /// In eval mode with BatchNorm, copy the running statistics into the workspace (one copy
+    /// launch per statistic and stage) so that [`cnn_backward`] can differentiate the forward
+    /// even if a training step changes them in between. Off: the forward reads the running
+    /// statistics in place and such a backward is an error (`DeviceModel` never differentiates
+    /// an eval forward, so it turns this off).
+    pub eval_stats_snapshot: bool,
 }
 impl Default for CnnOptions {
     fn default() -> Self {
         // 256 Mi floats = 1 GiB of column matrix (plus as much again in backward).
         CnnOptions {
             max_col_elems: 1 << 28,
+            eval_stats_snapshot: true,
         }
     }
 }
@@ -1184,8 +1192,8 @@ pub struct StageWork {
     pub input: DeviceBuffer<f32>,
     /// conv output (pre-BN) `[B][cout][M][T]`
     pub conv: DeviceBuffer<f32>,
-    /// statistics used (batch in training, a copy of the running ones in eval), `[cout]`;
-    /// None without BN
+    /// statistics used (batch in training, a copy of the running ones in eval when
+    /// [`CnnOptions::eval_stats_snapshot`]), `[cout]`; None without BN
     pub mean: Option<DeviceBuffer<f32>>,
     pub var: Option<DeviceBuffer<f32>>,
     /// ReLU output `[B][cout][M][T]`
@@ -1213,6 +1221,9 @@ pub struct CnnWorkspace {
     pub lens: [Vec<usize>; 4],
     pub lens_dev: Vec<DeviceBuffer<i32>>,
     pub train: bool,
+    /// The forward was in eval mode without [`CnnOptions::eval_stats_snapshot`]: the BN
+    /// statistics it used are not in the workspace, so it has no backward.
+    stats_missing: bool,
     /// (seed, step, p) when dropout is active.
     pub drop: Option<(u64, u32, f32)>,
     pub stages: Vec<StageWork>,
@@ -1285,6 +1296,7 @@ impl CnnWorkspace {
             lens: Default::default(),
             lens_dev,
             train: false,
+            stats_missing: false,
             drop: None,
             stages,
             stage3: input,
@@ -1399,6 +1411,7 @@ pub fn cnn_forward(
     scratch.reserve(dev, &ws.shapes(), opts.max_col_elems)?;
     let train = matches!(mode, Mode::Train { .. });
     ws.train = train;
+    ws.stats_missing = !train && cfg.batchnorm && !opts.eval_stats_snapshot;
     ws.drop = match mode {
         Mode::Train { seed, step } if cfg.dropout > 0.0 => Some((seed, step, cfg.dropout)),
         _ => None,
@@ -1449,11 +1462,16 @@ pub fn cnn_forward(
                     let (rm, rv) = (&mut running.mean[s], &mut running.var[s]);
                     bn_update_running(dev, mean, var, d4.count(&ws.lens[s]), rm, rv)?;
                     running.batches_tracked[s] += 1.0;
-                } else {
+                } else if opts.eval_stats_snapshot {
                     // a copy, so later training steps cannot change what backward sees
                     crate::engine::rnn::copy_slice(dev, mean, &running.mean[s], 0)?;
                     crate::engine::rnn::copy_slice(dev, var, &running.var[s], 0)?;
                 }
+                let (mean, var) = if train || opts.eval_stats_snapshot {
+                    (&*mean, &*var)
+                } else {
+                    (&running.mean[s], &running.var[s])
+                };
                 bn_relu_forward(
                     dev,
                     &st.conv,
@@ -1519,6 +1537,11 @@ pub fn cnn_backward(
     opts: &CnnOptions,
     scratch: &mut ConvScratch,
 ) -> Result<()> {
+    ensure!(
+        !ws.stats_missing,
+        "cnn_backward: the eval-mode forward read the BatchNorm running statistics without a \
+         snapshot (CnnOptions::eval_stats_snapshot is off), so it cannot be differentiated"
+    );
     let bsz = ws.batch;
     let t3 = ws.t_max / 8;
     let rows = bsz * t3;

@@ -543,27 +543,6 @@ pub fn copy_slice(
     )
 }
 
-/// dst[off + i] += src[i] for all of src.
-pub fn add_slice(
-    dev: &Device,
-    dst: &mut DeviceBuffer<f32>,
-    off: usize,
-    src: &DeviceBuffer<f32>,
-) -> Result<()> {
-    let n = i32_of(src.len(), "slice length")?;
-    launch_1d(
-        dev,
-        "loss_add_slice",
-        src.len(),
-        &[
-            (&*dst).into(),
-            src.into(),
-            i32_of(off, "offset")?.into(),
-            n.into(),
-        ],
-    )
-}
-
 /// y `[rows][cols]` += params[b_off..b_off+cols] per row.
 pub fn add_bias_rows(
     dev: &Device,

@@ -10,7 +10,9 @@
 //! halves work on those flat buffers directly: the CNN gets views of its tensors' ranges
 //! ([`CnnParams::views`] for the weights, [`CnnParams::views_mut`] for the gradients, which its
 //! backward accumulates into the zeroed flat gradient), the sequence half takes offsets or
-//! views; no tensor is copied between the flat buffers and per-tensor ones.
+//! views; no tensor is copied between the flat buffers and per-tensor ones. An eval forward
+//! reads the BatchNorm running statistics in place too (`CnnOptions::eval_stats_snapshot`
+//! off: the model never differentiates an eval forward).
 //!
 //! Dropout masks and BatchNorm follow MODEL_SPEC.md exactly as the CPU reference does (same
 //! Philox keys: seed, Purpose::Dropout, step, site), so a device step equals a CPU step up to
@@ -121,7 +123,12 @@ impl DeviceModel {
             rnn_offsets,
             running: BnRunning::upload(&dev, cfg, buffers)?,
             adam: DeviceAdam::new(&dev, params.len(), 1e-3, 0.0)?,
-            opts: CnnOptions::default(),
+            // an eval forward is never differentiated here: BN reads the running statistics
+            // in place instead of snapshotting them
+            opts: CnnOptions {
+                eval_stats_snapshot: false,
+                ..CnnOptions::default()
+            },
             work: HashMap::new(),
             max_cache_bytes: DEFAULT_CACHE_BYTES,
             conv_scratch: ConvScratch::default(),
