@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{check, f64s, rel_err};
+use common::{check, f64s};
 use ser_engine::cpu::{cross_entropy, CpuModel, Input, Mode};
 use ser_engine::device::Device;
 use ser_engine::engine::rnn::LossConfig;

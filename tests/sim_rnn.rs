@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{check, dtoh, f64s, rel_err};
+use common::{check, dtoh, f64s};
 use ser_engine::cpu::attention::{attention_backward, attention_forward};
 use ser_engine::cpu::dropout::{dropout_mask, SITE_LSTM0};
 use ser_engine::cpu::linear::{linear_backward, linear_forward};

@@ -290,7 +290,7 @@ pub fn conv2d_forward_with(
         x.len() == s.x_len() && y.len() == s.y_len() && w.view().len() == s.w_len(),
         "conv2d_forward: buffer sizes do not match {s:?}"
     );
-    let [cin, cout, m, t, k] = conv_dims(s)?;
+    let [_, cout, m, t, _] = conv_dims(s)?;
     let kk = s.cin * s.k * s.k;
     let nbmax = chunk_clips(s, max_col);
     let (col, g) = scratch.bufs(s, max_col)?;
