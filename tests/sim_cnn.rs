@@ -707,10 +707,9 @@ fn composed_cnn_matches_cpu_model() {
     }
 }
 
-#[test]
-fn forward_rejects_bad_input_with_errors() {
-    let dev = device();
-    let cfg = ModelConfig {
+/// A tiny BatchNorm model (16 mels, 2 channels per stage) for the error-path tests.
+fn tiny_bn_cfg() -> ModelConfig {
+    ModelConfig {
         n_mels: 16,
         kernel: 3,
         channels: [2, 2, 2],
@@ -720,7 +719,13 @@ fn forward_rejects_bad_input_with_errors() {
         classes: 2,
         dropout: 0.0,
         batchnorm: true,
-    };
+    }
+}
+
+#[test]
+fn forward_rejects_bad_input_with_errors() {
+    let dev = device();
+    let cfg = tiny_bn_cfg();
     let params =
         cnn::CnnParams::upload(&dev, &cfg, &ser_engine::model::init_params(&cfg, 1)).unwrap();
     let mut running =
@@ -758,17 +763,7 @@ fn forward_rejects_bad_input_with_errors() {
 fn eval_without_stats_snapshot_is_identical_and_has_no_backward() {
     use ser_engine::device::thread_kernel_launches;
     let dev = device();
-    let cfg = ModelConfig {
-        n_mels: 16,
-        kernel: 3,
-        channels: [3, 4, 4],
-        fc: 5,
-        hidden: 2,
-        lstm_layers: 1,
-        classes: 2,
-        dropout: 0.3,
-        batchnorm: true,
-    };
+    let cfg = tiny_bn_cfg();
     let params =
         cnn::CnnParams::upload(&dev, &cfg, &ser_engine::model::init_params(&cfg, 3)).unwrap();
     // running statistics away from their 0/1 init, so using the wrong ones would show
