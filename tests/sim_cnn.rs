@@ -763,7 +763,11 @@ fn forward_rejects_bad_input_with_errors() {
 fn eval_without_stats_snapshot_is_identical_and_has_no_backward() {
     use ser_engine::device::thread_kernel_launches;
     let dev = device();
-    let cfg = tiny_bn_cfg();
+    let cfg = ModelConfig {
+        channels: [3, 4, 4],
+        fc: 5,
+        ..tiny_bn_cfg()
+    };
     let params =
         cnn::CnnParams::upload(&dev, &cfg, &ser_engine::model::init_params(&cfg, 3)).unwrap();
     // running statistics away from their 0/1 init, so using the wrong ones would show
@@ -798,7 +802,13 @@ fn eval_without_stats_snapshot_is_identical_and_has_no_backward() {
         .unwrap();
         let copied = thread_kernel_launches("loss_copy_slice").unwrap() - copies;
         assert_eq!(copied, if snapshot { 6 } else { 0 }, "snapshot {snapshot}");
-        outs.push(dtoh(&dev, &ws.out));
+        let mut o: Vec<f32> = ws
+            .stages
+            .iter()
+            .flat_map(|st| dtoh(&dev, &st.relu))
+            .collect();
+        o.extend(dtoh(&dev, &ws.out));
+        outs.push(o);
         let dout = dev.htod(&randn(601, ws.out.len())).unwrap();
         let mut grads = cnn::CnnParams::zeros(&dev, &cfg).unwrap();
         let r = cnn::cnn_backward(
