@@ -3,8 +3,8 @@
 // smoothing eps:
 //   loss = [(1-eps) sum_i w_{y_i} (-log p_{i,y_i}) + (eps/C) sum_i sum_c w_c (-log p_{i,c})] / W,
 //   W = sum_i w_{y_i} (= N without weights).
-// Also the slice helpers the device model uses to move a named tensor between the flat
-// parameter/gradient buffers and a GEMM operand (device buffers have no sub-views).
+// Also a slice copy (the CNN's eval BatchNorm snapshots the running statistics with it; the
+// flat parameter/gradient buffers themselves are read and written through views, no copies).
 #include "common.cuh"
 
 // dst[i] = src[src_off + i] for i < n.
@@ -15,16 +15,6 @@ extern "C" __global__ void loss_copy_slice(float* dst, const float* src, int src
     int i = (int)ser_global_thread();
     if (!ser_in_bounds(i, n)) return;
     dst[i] = src[src_off + i];
-}
-
-// dst[dst_off + i] += src[i] for i < n (gradients accumulate).
-// Launch shape: 1D, block 256, grid = ceil(n / 256).
-// extent: dst dst_off+n
-// extent: src n
-extern "C" __global__ void loss_add_slice(float* dst, const float* src, int dst_off, int n) {
-    int i = (int)ser_global_thread();
-    if (!ser_in_bounds(i, n)) return;
-    dst[dst_off + i] += src[i];
 }
 
 // y[r][c] += params[b_off + c] (bias of a linear layer, y [rows][cols]).

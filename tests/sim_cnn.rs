@@ -11,25 +11,19 @@
 //! reshapes and dropout involve no arithmetic beyond one f32 multiply done identically on both
 //! sides, so they are compared bit for bit against the f32 CPU op.
 
+mod common;
+
+use common::{dtoh, f64s};
 use ser_engine::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use ser_engine::cpu::dropout::{apply_mask, dropout_mask, site_base, SITE_FC, SITE_POOL1};
 use ser_engine::cpu::{batchnorm, linear, pool, CpuModel, Input, Mode};
-use ser_engine::device::{Device, DeviceBuffer, SimDevice, SimOptions};
+use ser_engine::device::Device;
 use ser_engine::engine::cnn::{self, CnnOptions, Dims4, Dropout};
 use ser_engine::model::{ModelConfig, BN_EPS, BN_MOMENTUM};
 use ser_engine::rng::{Purpose, Stream};
 
 fn device() -> Device {
-    match std::env::var("SER_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(
-            ser_engine::device::CudaDevice::new(0).expect("SER_TEST_DEVICE=cuda but no usable GPU"),
-        ),
-        _ => Device::Sim(SimDevice::with_options(SimOptions {
-            shuffle: true,
-            seed: 11,
-            workers: 0,
-        })),
-    }
+    common::device(11)
 }
 
 fn randn(seed: u64, n: usize) -> Vec<f32> {
@@ -37,33 +31,9 @@ fn randn(seed: u64, n: usize) -> Vec<f32> {
     (0..n as u64).map(|i| s.normal(i)).collect()
 }
 
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-/// ‖a − b‖ / ‖b‖ (absolute when b is 0); NaN anywhere gives NaN, which fails `<= tol`.
-fn rel_err(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        let x = *x as f64;
-        if x.is_nan() || y.is_nan() {
-            return f64::NAN;
-        }
-        num += (x - y) * (x - y);
-        den += y * y;
-    }
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
-}
-
+/// [`common::check`], and positions where the CPU is exactly 0 must be exactly 0 here.
 fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    let e = rel_err(got, want);
-    eprintln!("{what}: relative error {e:.3e} (tol {tol:.0e})");
-    assert!(e <= tol, "{what}: relative error {e} > {tol}");
+    common::check(what, got, want, tol);
     // positions the CPU leaves exactly zero (masks) must be exactly zero on the device too
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         if *w == 0.0 {
@@ -82,10 +52,6 @@ fn odd(s: &Stream, k: u64, lo: u32, hi: u32) -> usize {
         n += 1;
     }
     n as usize
-}
-
-fn dl(dev: &Device, b: &DeviceBuffer<f32>) -> Vec<f32> {
-    dev.dtoh(b).unwrap()
 }
 
 /// Lengths in 1..=t with the first clip full and the others shorter.
@@ -136,7 +102,7 @@ fn conv_matches_cpu() {
         cnn::conv2d_forward(&dev, &xd, &wd, &bd, &ld, &sh, &mut y, max_col).unwrap();
         check(
             &format!("conv fwd {sh:?} {lens:?}"),
-            &dl(&dev, &y),
+            &dtoh(&dev, &y),
             &want,
             1e-5,
         );
@@ -168,9 +134,9 @@ fn conv_matches_cpu() {
             max_col,
         )
         .unwrap();
-        check("conv dx", &dl(&dev, &dx), &dxw, 1e-4);
-        check("conv dw (accumulated)", &dl(&dev, &dw), &dww, 1e-4);
-        check("conv db (accumulated)", &dl(&dev, &db), &dbw, 1e-4);
+        check("conv dx", &dtoh(&dev, &dx), &dxw, 1e-4);
+        check("conv dw (accumulated)", &dtoh(&dev, &dw), &dww, 1e-4);
+        check("conv db (accumulated)", &dtoh(&dev, &db), &dbw, 1e-4);
     }
 }
 
@@ -225,16 +191,16 @@ fn batchnorm_relu_matches_cpu() {
                 let mut mean = dev.alloc_zeros::<f32>(d.c).unwrap();
                 let mut var = dev.alloc_zeros::<f32>(d.c).unwrap();
                 cnn::bn_stats(&dev, &xd, &ld, d, &mut mean, &mut var).unwrap();
-                check("bn mean", &dl(&dev, &mean), &st.mean, 1e-5);
-                check("bn var", &dl(&dev, &var), &st.var, 1e-5);
+                check("bn mean", &dtoh(&dev, &mean), &st.mean, 1e-5);
+                check("bn var", &dtoh(&dev, &var), &st.var, 1e-5);
                 // running update
                 let (mut rm, mut rv) = (dev.htod(&rm0).unwrap(), dev.htod(&rv0).unwrap());
                 cnn::bn_update_running(&dev, &mean, &var, d.count(&lens), &mut rm, &mut rv)
                     .unwrap();
                 let (mut rmw, mut rvw, mut nbt) = (f64s(&rm0), f64s(&rv0), 0.0);
                 batchnorm::bn_update_running(&st, BN_MOMENTUM, &mut rmw, &mut rvw, &mut nbt);
-                check("bn running mean", &dl(&dev, &rm), &rmw, 1e-5);
-                check("bn running var", &dl(&dev, &rv), &rvw, 1e-5);
+                check("bn running mean", &dtoh(&dev, &rm), &rmw, 1e-5);
+                check("bn running var", &dtoh(&dev, &rv), &rvw, 1e-5);
                 (mean, var)
             } else {
                 (dev.htod(&rm0).unwrap(), dev.htod(&rv0).unwrap())
@@ -243,7 +209,7 @@ fn batchnorm_relu_matches_cpu() {
             cnn::bn_relu_forward(&dev, &xd, &mean, &var, &gd, &bd, &ld, d, &mut y).unwrap();
             check(
                 &format!("bn+relu fwd train={train} {d:?}"),
-                &dl(&dev, &y),
+                &dtoh(&dev, &y),
                 &relu,
                 1e-5,
             );
@@ -264,12 +230,12 @@ fn batchnorm_relu_matches_cpu() {
             .unwrap();
             check(
                 &format!("bn+relu dx train={train}"),
-                &dl(&dev, &dx),
+                &dtoh(&dev, &dx),
                 &dxw,
                 1e-4,
             );
-            check("bn dgamma", &dl(&dev, &dg), &dgw, 1e-4);
-            check("bn dbeta", &dl(&dev, &dbt), &dbw, 1e-4);
+            check("bn dgamma", &dtoh(&dev, &dg), &dgw, 1e-4);
+            check("bn dbeta", &dtoh(&dev, &dbt), &dbw, 1e-4);
             let _ = (&mut mean, &mut var);
         }
     }
@@ -291,14 +257,14 @@ fn dropout_masks_are_bit_identical() {
             p,
         };
         let want: Vec<f32> = dropout_mask(d.seed, step, site, n, p);
-        let got = dl(&dev, &cnn::dropout_mask(&dev, d, n).unwrap());
+        let got = dtoh(&dev, &cnn::dropout_mask(&dev, d, n).unwrap());
         assert_eq!(got, want, "mask site {site} n {n}");
         let x = randn(site + 1, n);
         let mut wantx = x.clone();
         apply_mask(&mut wantx, &want);
         let mut y = dev.alloc_zeros::<f32>(n).unwrap();
         cnn::dropout_apply(&dev, d, &dev.htod(&x).unwrap(), &mut y).unwrap();
-        assert_eq!(dl(&dev, &y), wantx, "apply site {site} n {n}");
+        assert_eq!(dtoh(&dev, &y), wantx, "apply site {site} n {n}");
     }
     assert_eq!(site_base(3), 3 << 40);
 }
@@ -337,7 +303,7 @@ fn maxpool_with_mask_and_dropout_matches_cpu_exactly() {
         let mut y = dev.htod(&vec![f32::NAN; n]).unwrap();
         let mut ad = dev.htod(&vec![-1i32; n]).unwrap();
         cnn::maxpool_forward(&dev, &dev.htod(&x).unwrap(), &ld, d, drop, &mut y, &mut ad).unwrap();
-        assert_eq!(dl(&dev, &y), want, "pool fwd {d:?}");
+        assert_eq!(dtoh(&dev, &y), want, "pool fwd {d:?}");
         let argd: Vec<i32> = dev.dtoh(&ad).unwrap();
         assert!(
             argd.iter().zip(&arg).all(|(a, b)| *a == *b as i32),
@@ -353,7 +319,7 @@ fn maxpool_with_mask_and_dropout_matches_cpu_exactly() {
         pool::maxpool2_backward(&dym, &arg, &lens_out, d.c, d.m, d.t, &mut dxw);
         let mut dx = dev.htod(&vec![f32::NAN; d.len()]).unwrap();
         cnn::maxpool_backward(&dev, &dev.htod(&dy).unwrap(), &ad, &ld, d, drop, &mut dx).unwrap();
-        assert_eq!(dl(&dev, &dx), dxw, "pool bwd {d:?}");
+        assert_eq!(dtoh(&dev, &dx), dxw, "pool bwd {d:?}");
     }
 }
 
@@ -385,10 +351,14 @@ fn frames_and_fc_match_cpu() {
         let xd = dev.htod(&x).unwrap();
         let mut h = dev.alloc_zeros::<f32>(d.len()).unwrap();
         cnn::frames_reshape(&dev, &xd, d, false, &mut h).unwrap();
-        assert_eq!(dl(&dev, &h), want, "frames fwd");
+        assert_eq!(dtoh(&dev, &h), want, "frames fwd");
         let mut back = dev.alloc_zeros::<f32>(d.len()).unwrap();
         cnn::frames_reshape(&dev, &h, d, true, &mut back).unwrap();
-        assert_eq!(dl(&dev, &back), x, "frames bwd is the inverse permutation");
+        assert_eq!(
+            dtoh(&dev, &back),
+            x,
+            "frames bwd is the inverse permutation"
+        );
 
         // FC + ReLU + dropout
         let (rows, dout) = (d.batch * d.t, odd(&s, 40 + trial, 1, 20));
@@ -415,8 +385,8 @@ fn frames_and_fc_match_cpu() {
         let mut rd = dev.alloc_zeros::<f32>(rows * dout).unwrap();
         let mut hd = dev.alloc_zeros::<f32>(rows * dout).unwrap();
         cnn::fc_forward(&dev, &h, &wd, &bd, rows, fin, dout, drop, &mut rd, &mut hd).unwrap();
-        check("fc relu", &dl(&dev, &rd), &r, 1e-5);
-        check("fc out", &dl(&dev, &hd), &hw, 1e-5);
+        check("fc relu", &dtoh(&dev, &rd), &r, 1e-5);
+        check("fc out", &dtoh(&dev, &hd), &hw, 1e-5);
 
         let dh = randn(180 + trial, rows * dout);
         let mut dhm = f64s(&dh);
@@ -460,9 +430,9 @@ fn frames_and_fc_match_cpu() {
             &mut db,
         )
         .unwrap();
-        check("fc dx", &dl(&dev, &dx), &dxw, 1e-4);
-        check("fc dw", &dl(&dev, &dw), &dww, 1e-4);
-        check("fc db", &dl(&dev, &db), &dbw, 1e-4);
+        check("fc dx", &dtoh(&dev, &dx), &dxw, 1e-4);
+        check("fc dw", &dtoh(&dev, &dw), &dww, 1e-4);
+        check("fc db", &dtoh(&dev, &db), &dbw, 1e-4);
     }
 }
 
@@ -648,38 +618,38 @@ fn composed_cnn_matches_cpu_model() {
         for s in 0..3 {
             check(
                 &format!("{tag} stage {s} conv"),
-                &dl(&dev, &fw.stages[s].conv),
+                &dtoh(&dev, &fw.stages[s].conv),
                 &f.stages[s].conv,
                 1e-5,
             );
             check(
                 &format!("{tag} stage {s} relu"),
-                &dl(&dev, &fw.stages[s].relu),
+                &dtoh(&dev, &fw.stages[s].relu),
                 &f.stages[s].relu,
                 1e-5,
             );
         }
         check(
             &format!("{tag} stage3"),
-            &dl(&dev, &fw.stage3),
+            &dtoh(&dev, &fw.stage3),
             &f.stage3,
             1e-5,
         );
         check(
             &format!("{tag} frames"),
-            &dl(&dev, &fw.frames),
+            &dtoh(&dev, &fw.frames),
             &f.frames,
             1e-5,
         );
         check(
             &format!("{tag} fc relu"),
-            &dl(&dev, &fw.fc_relu),
+            &dtoh(&dev, &fw.fc_relu),
             &f.fc_relu,
             1e-5,
         );
         check(
             &format!("{tag} fc out"),
-            &dl(&dev, &fw.out),
+            &dtoh(&dev, &fw.out),
             &f.lstm_in[0],
             1e-5,
         );
@@ -737,10 +707,9 @@ fn composed_cnn_matches_cpu_model() {
     }
 }
 
-#[test]
-fn forward_rejects_bad_input_with_errors() {
-    let dev = device();
-    let cfg = ModelConfig {
+/// A tiny BatchNorm model (16 mels, 2 channels per stage) for the error-path tests.
+fn tiny_bn_cfg() -> ModelConfig {
+    ModelConfig {
         n_mels: 16,
         kernel: 3,
         channels: [2, 2, 2],
@@ -750,7 +719,13 @@ fn forward_rejects_bad_input_with_errors() {
         classes: 2,
         dropout: 0.0,
         batchnorm: true,
-    };
+    }
+}
+
+#[test]
+fn forward_rejects_bad_input_with_errors() {
+    let dev = device();
+    let cfg = tiny_bn_cfg();
     let params =
         cnn::CnnParams::upload(&dev, &cfg, &ser_engine::model::init_params(&cfg, 1)).unwrap();
     let mut running =
@@ -779,4 +754,88 @@ fn forward_rejects_bad_input_with_errors() {
     let e = run(&[16], 2 * 16 * 16, &mut running).expect("wrong input size is an error");
     assert!(e.contains("input has 512 values"), "{e}");
     assert!(run(&[16, 8], 2 * 16 * 16, &mut running).is_none());
+}
+
+/// `CnnOptions::eval_stats_snapshot` off: the eval forward reads the BatchNorm running
+/// statistics in place (no copy launch) and gives bit-identical outputs; its backward is an
+/// error instead of using statistics that may have changed since.
+#[test]
+fn eval_without_stats_snapshot_is_identical_and_has_no_backward() {
+    use ser_engine::device::thread_kernel_launches;
+    let dev = device();
+    let cfg = ModelConfig {
+        channels: [3, 4, 4],
+        fc: 5,
+        ..tiny_bn_cfg()
+    };
+    let params =
+        cnn::CnnParams::upload(&dev, &cfg, &ser_engine::model::init_params(&cfg, 3)).unwrap();
+    // running statistics away from their 0/1 init, so using the wrong ones would show
+    let mut buffers = ser_engine::model::init_buffers(&cfg);
+    for (i, v) in buffers.iter_mut().enumerate() {
+        *v += 0.05 * (i % 7) as f32;
+    }
+    let mut running = cnn::BnRunning::upload(&dev, &cfg, &buffers).unwrap();
+    let (lens, t_max) = ([24usize, 13], 24usize);
+    let x = randn(600, lens.len() * cfg.n_mels * t_max);
+    let mut outs = Vec::new();
+    for snapshot in [true, false] {
+        let opts = CnnOptions {
+            eval_stats_snapshot: snapshot,
+            ..CnnOptions::default()
+        };
+        let mut ws = cnn::CnnWorkspace::new(&dev, &cfg, lens.len(), t_max).unwrap();
+        let mut scratch = cnn::ConvScratch::default();
+        dev.copy_htod(&x, ws.input_mut()).unwrap();
+        let copies = thread_kernel_launches("loss_copy_slice").unwrap();
+        cnn::cnn_forward(
+            &dev,
+            &cfg,
+            &params,
+            &mut running,
+            &lens,
+            Mode::Eval,
+            &opts,
+            &mut ws,
+            &mut scratch,
+        )
+        .unwrap();
+        let copied = thread_kernel_launches("loss_copy_slice").unwrap() - copies;
+        assert_eq!(copied, if snapshot { 6 } else { 0 }, "snapshot {snapshot}");
+        let mut o: Vec<f32> = ws
+            .stages
+            .iter()
+            .flat_map(|st| dtoh(&dev, &st.relu))
+            .collect();
+        o.extend(dtoh(&dev, &ws.out));
+        outs.push(o);
+        let dout = dev.htod(&randn(601, ws.out.len())).unwrap();
+        let mut grads = cnn::CnnParams::zeros(&dev, &cfg).unwrap();
+        let r = cnn::cnn_backward(
+            &dev,
+            &cfg,
+            &params,
+            &mut ws,
+            &dout,
+            &mut grads,
+            &opts,
+            &mut scratch,
+        );
+        match (snapshot, r) {
+            (true, r) => r.unwrap(),
+            (false, Ok(())) => panic!("backward of an eval forward without snapshot succeeded"),
+            (false, Err(e)) => assert!(format!("{e:#}").contains("eval_stats_snapshot"), "{e:#}"),
+        }
+    }
+    assert!(
+        outs[0].iter().any(|&v| v != 0.0),
+        "all-zero output tests nothing"
+    );
+    assert!(
+        outs[0]
+            .iter()
+            .zip(&outs[1])
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "eval outputs differ with and without the snapshot"
+    );
 }

@@ -12,8 +12,11 @@
 //! relative gradient error to at most the same relative update error, so after 3 steps the
 //! parameters agree far inside 1e-4 (the update is lr·O(1) on parameters of size ~0.3).
 
+mod common;
+
+use common::{check, f64s};
 use ser_engine::cpu::{cross_entropy, CpuModel, Input, Mode};
-use ser_engine::device::{Device, SimDevice, SimOptions};
+use ser_engine::device::Device;
 use ser_engine::engine::rnn::LossConfig;
 use ser_engine::engine::step::{DeviceBackend, DeviceModel};
 use ser_engine::model::{BufferLayout, ModelConfig, ParamLayout};
@@ -23,16 +26,7 @@ use ser_engine::train::cpu_backend::CpuBackend;
 use ser_engine::train::data::Batch;
 
 fn device() -> Device {
-    match std::env::var("SER_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(
-            ser_engine::device::CudaDevice::new(0).expect("SER_TEST_DEVICE=cuda but no usable GPU"),
-        ),
-        _ => Device::Sim(SimDevice::with_options(SimOptions {
-            shuffle: true,
-            seed: 23,
-            workers: 0,
-        })),
-    }
+    common::device(23)
 }
 
 fn small_cfg(batchnorm: bool) -> ModelConfig {
@@ -64,37 +58,8 @@ fn input(seed: u64, n_mels: usize, t_max: usize, lengths: &[usize]) -> Vec<f32> 
     x
 }
 
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-/// ‖a − b‖ / ‖b‖ (absolute when b is 0); NaN anywhere gives NaN, which fails every `<=`.
-fn rel(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        let x = *x as f64;
-        if x.is_nan() || y.is_nan() {
-            return f64::NAN;
-        }
-        num += (x - y) * (x - y);
-        den += y * y;
-    }
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
-}
-
 fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    let e = rel(got, want);
-    eprintln!("{what}: relative error {e:.3e} (tol {tol:.0e})");
-    assert!(e <= tol, "{what}: relative error {e} > {tol}");
 }
 
 const LENS: [usize; 3] = [32, 27, 18];
@@ -406,11 +371,14 @@ fn cli_train_on_sim_matches_cpu() {
 /// runs inside its kernels — as the two frame counts here show): printed for the README, and
 /// checked for the
 /// properties the design promises: a repeated step of a seen shape performs the same work,
-/// allocates nothing on the device, reads back only a few scalars, and sends only the input,
-/// lengths and labels.
+/// allocates nothing on the device, reads back only a few scalars, sends only the input,
+/// lengths and labels, and copies no tensor between buffers (views instead).
 #[test]
 fn default_model_step_counts() {
-    use ser_engine::device::thread_stats;
+    use ser_engine::device::{thread_kernel_launches, thread_stats};
+    /// Launches of one training step of this model, measured (B, T and mels do not change it).
+    const MAX_STEP_LAUNCHES: u64 = 87;
+    let copy_launches = || thread_kernel_launches("loss_copy_slice").unwrap();
     let cfg = ModelConfig {
         classes: 5,
         n_mels: 16,
@@ -423,10 +391,19 @@ fn default_model_step_counts() {
         let x = input(3, cfg.n_mels, t_max, &lens);
         let mut per_step = Vec::new();
         for step in 0..2 {
+            let copies0 = copy_launches();
             let a = thread_stats();
             dm.train_step(&x, &lens, t_max, &[1, 3], 5, step, 1e-4, 1.0, &loss)
                 .unwrap();
             let b = thread_stats();
+            // The CNN and the classifier read their weights from, and write their gradients
+            // into, views of the flat buffers: no copy launch in a training step (and the
+            // add-into-slice kernel is gone).
+            assert_eq!(
+                copy_launches() - copies0,
+                0,
+                "copy launches in a training step"
+            );
             per_step.push(ser_engine::device::DeviceStats {
                 launches: b.launches - a.launches,
                 htod_bytes: b.htod_bytes - a.htod_bytes,
@@ -447,6 +424,8 @@ fn default_model_step_counts() {
             "same shape, same launches"
         );
         launches.push(s.launches);
+        // 119 before views removed the per-tensor copies; more means copies came back.
+        assert!(s.launches <= MAX_STEP_LAUNCHES, "{s:?}");
         // A seen shape reuses its whole workspace (CNN, sequence half, im2col and clipping
         // scratch): no device allocation at all.
         assert_eq!(
@@ -476,15 +455,22 @@ fn default_model_step_counts() {
     dm.compute_grads(&x, &lens, t_max, &[1, 3], 5, 9, &loss)
         .unwrap();
     let c = thread_stats();
+    let copies_c = copy_launches();
     dm.forward(&x, &lens, t_max, Mode::Eval).unwrap();
     let d = thread_stats();
+    // BN reads the running statistics in place in eval: no snapshot copies either
+    assert_eq!(
+        copy_launches() - copies_c,
+        0,
+        "copy launches in an eval forward"
+    );
     // Every call above is of a seen shape: none allocates on the device.
     assert_eq!(b.allocs - a.allocs, 0, "training forward allocates");
     assert_eq!(c.allocs - b.allocs, 0, "compute_grads allocates");
     assert_eq!(d.allocs - c.allocs, 0, "eval forward allocates");
     eprintln!(
         "launches: training forward + loss {}, forward + backward {}, eval forward {}, \
-         clip + Adam + CNN parameter copies {}",
+         clip + Adam {}",
         b.launches - a.launches,
         c.launches - b.launches,
         d.launches - c.launches,

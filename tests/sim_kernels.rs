@@ -345,3 +345,126 @@ fn launch_errors_are_reported() {
     dev.memset_zero(&mut y).unwrap();
     assert_eq!(dev.dtoh(&y).unwrap(), vec![0.0; 3]);
 }
+
+/// Sub-buffer views: a launch on `buf.slice(a..b)` touches exactly that range, its extent check
+/// uses the view's length (not the buffer's), and ranges outside the buffer are errors.
+#[test]
+fn views_launch_on_their_range_only() {
+    use ser_engine::device::thread_kernel_launches;
+    let dev = device();
+    let n = 1000;
+    let x = randn(40, n);
+    let buf = dev.htod(&x).unwrap();
+    let (a, b) = (123usize, 456usize);
+    let v = buf.slice(a..b).unwrap();
+    assert_eq!((v.len(), v.offset()), (b - a, a));
+    let before = thread_kernel_launches("scale").unwrap();
+    dev.launch(
+        "scale",
+        ser_engine::device::blocks_for(b - a, 64),
+        64u32,
+        0,
+        &[v.into(), 2.0f32.into(), ((b - a) as i32).into()],
+    )
+    .unwrap();
+    assert_eq!(thread_kernel_launches("scale").unwrap() - before, 1);
+    assert!(thread_kernel_launches("no_such_kernel").is_err());
+    let got = dev.dtoh(&buf).unwrap();
+    for i in 0..n {
+        let want = if (a..b).contains(&i) {
+            2.0 * x[i]
+        } else {
+            x[i]
+        };
+        // x * 2 is exact in f32, so equality is the right check (NaN would fail it)
+        assert!(got[i] == want, "element {i}: {} vs {want}", got[i]);
+    }
+    // the extent check sees the view: one element more than the view is an error, although
+    // the buffer has room after it
+    let e = dev
+        .launch(
+            "scale",
+            1u32,
+            64u32,
+            0,
+            &[v.into(), 2.0f32.into(), ((b - a + 1) as i32).into()],
+        )
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("kernel 'scale'") && msg.contains("buffer 'x' has 333 elements"),
+        "{msg}"
+    );
+    // sub-views are relative to their view and bounded by it
+    let w = v.slice(10..20).unwrap();
+    assert_eq!((w.len(), w.offset()), (10, a + 10));
+    assert!(v.slice(300..334).is_err());
+    assert!(buf.slice(900..1001).is_err());
+    #[allow(clippy::reversed_empty_ranges)]
+    let reversed = 5..3;
+    assert!(buf.slice(reversed).is_err());
+    let mut buf = buf;
+    assert!(buf.slice_mut(0..1001).is_err());
+    let e = buf.split_mut(&[0..10, 20..30, 9..12]).err().unwrap();
+    assert!(format!("{e:#}").contains("overlap"), "{e:#}");
+    assert!(buf.split_mut(&[0..10, 20..30, 10..20]).is_ok());
+    assert!(buf.split_mut(&[0..10, 990..1001]).is_err());
+}
+
+/// GEMM on views: operands at odd offsets of larger buffers, the output a range of a larger
+/// buffer with beta != 0 (so the old values are read from the right place); elements outside
+/// the output range stay untouched.
+#[test]
+fn gemm_on_views_matches_cpu() {
+    let dev = device();
+    let (m, n, k) = (7usize, 13usize, 9usize);
+    for (ta, tb) in [
+        (Transpose::N, Transpose::N),
+        (Transpose::N, Transpose::T),
+        (Transpose::T, Transpose::N),
+    ] {
+        let (oa, ob, oc) = (5usize, 17usize, 3usize);
+        let a_all = randn(50, oa + m * k + 4);
+        let b_all = randn(51, ob + k * n + 1);
+        let c_all = randn(52, oc + m * n + 6);
+        let (da, db) = (dev.htod(&a_all).unwrap(), dev.htod(&b_all).unwrap());
+        let mut dc = dev.htod(&c_all).unwrap();
+        let (alpha, beta) = (0.75f32, -0.5f32);
+        {
+            let av = da.slice(oa..oa + m * k).unwrap();
+            let bv = db.slice(ob..ob + k * n).unwrap();
+            let mut cv = dc.slice_mut(oc..oc + m * n).unwrap();
+            dev.gemm(ta, tb, m, n, k, alpha, &av, &bv, beta, &mut cv)
+                .unwrap();
+        }
+        let got = dev.dtoh(&dc).unwrap();
+        let want = cpu_gemm(
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            alpha,
+            &a_all[oa..oa + m * k],
+            &b_all[ob..ob + k * n],
+            beta,
+            &c_all[oc..oc + m * n],
+        );
+        // same tolerance argument as gemm_matches_cpu (k = 9 products per element)
+        let err = max_abs_diff(&got[oc..oc + m * n], &want);
+        assert!(err <= 4e-5 * k as f32, "{ta:?}{tb:?}: err {err}");
+        assert_eq!(&got[..oc], &c_all[..oc], "{ta:?}{tb:?}: before the view");
+        assert_eq!(
+            &got[oc + m * n..],
+            &c_all[oc + m * n..],
+            "{ta:?}{tb:?}: after the view"
+        );
+        // a view too small for the product is an error, not a write past it
+        let small = da.slice(oa..oa + m * k - 1).unwrap();
+        let bv = db.slice(ob..ob + k * n).unwrap();
+        let mut cv = dc.slice_mut(oc..oc + m * n).unwrap();
+        assert!(dev
+            .gemm(ta, tb, m, n, k, alpha, &small, &bv, beta, &mut cv)
+            .is_err());
+    }
+}

@@ -14,27 +14,21 @@
 //!   (differences only from FMA contraction, ~1 ulp per step).
 //! - dropout masks: bit-identical (same Philox words, same comparison, same f32 scale).
 
+mod common;
+
+use common::{check, dtoh, f64s};
 use ser_engine::cpu::attention::{attention_backward, attention_forward};
 use ser_engine::cpu::dropout::{dropout_mask, SITE_LSTM0};
 use ser_engine::cpu::linear::{linear_backward, linear_forward};
 use ser_engine::cpu::lstm::{lstm_layer_backward, lstm_layer_forward, LstmShape};
 use ser_engine::cpu::{clip_grad_norm, cross_entropy, Adam};
-use ser_engine::device::{Device, DeviceBuffer, SimDevice, SimOptions};
+use ser_engine::device::Device;
 use ser_engine::engine::rnn::{self, LossConfig, LstmDims, RnnDims, RnnOffsets, RnnWorkspace};
 use ser_engine::model::{init_params, ModelConfig, ParamLayout};
 use ser_engine::rng::{Purpose, Stream};
 
 fn device() -> Device {
-    match std::env::var("SER_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(
-            ser_engine::device::CudaDevice::new(0).expect("SER_TEST_DEVICE=cuda but no usable GPU"),
-        ),
-        _ => Device::Sim(SimDevice::with_options(SimOptions {
-            shuffle: true,
-            seed: 11,
-            workers: 0,
-        })),
-    }
+    common::device(11)
 }
 
 /// Uniform values in [-scale, scale).
@@ -43,40 +37,6 @@ fn rand(seed: u32, n: usize, scale: f32) -> Vec<f32> {
     (0..n as u64)
         .map(|i| (2.0 * s.uniform(i) - 1.0) * scale)
         .collect()
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-/// ‖a − b‖ / ‖b‖ (b the reference); NaN anywhere gives NaN, which fails every `<=` check.
-fn rel(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        let x = *x as f64;
-        if x.is_nan() || y.is_nan() {
-            return f64::NAN;
-        }
-        num += (x - y) * (x - y);
-        den += y * y;
-    }
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
-}
-
-fn check(what: &str, got: &[f32], want: &[f64], tol: f64) -> f64 {
-    let e = rel(got, want);
-    eprintln!("{what}: relative error {e:.3e} (tol {tol:.0e})");
-    assert!(e <= tol, "{what}: relative error {e} > {tol}");
-    e
-}
-
-fn dtoh(dev: &Device, b: &DeviceBuffer<f32>) -> Vec<f32> {
-    dev.dtoh(b).unwrap()
 }
 
 #[test]

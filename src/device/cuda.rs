@@ -9,9 +9,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 
-use super::{kernels, ArgPack, DeviceBuffer, Dim3, Elem, KernelArg, Mem, Transpose};
+use super::{
+    kernels, ArgPack, DeviceBuffer, DeviceSlice, DeviceSliceMut, Dim3, Elem, KernelArg, Mem,
+    Transpose,
+};
 
 /// Runs `f`, turning a cudarc panic (missing library symbol) into an error naming `what`.
 fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
@@ -182,9 +185,13 @@ impl CudaDevice {
             .map_err(|e| anyhow!("cuda: synchronize (an earlier launch may have failed): {e}"))
     }
 
-    fn dptr<T: Elem>(&self, b: &DeviceBuffer<T>) -> Result<u64> {
-        match &b.mem {
-            Mem::Cuda(s) => Ok(s.device_ptr(&self.stream).0),
+    /// Device address of a view's first element: the allocation's address plus the offset in
+    /// bytes (the view lies inside the buffer by construction).
+    fn dptr<T: Elem>(&self, v: &DeviceSlice<'_, T>) -> Result<u64> {
+        match &v.buffer().mem {
+            Mem::Cuda(s) => {
+                Ok(s.device_ptr(&self.stream).0 + (v.offset() * std::mem::size_of::<T>()) as u64)
+            }
             Mem::Sim(_) => bail!("a sim buffer was passed to a cuda launch"),
         }
     }
@@ -203,9 +210,9 @@ impl CudaDevice {
             .get(name)
             .with_context(|| format!("kernel '{name}' not loaded"))?;
         let mut pack = ArgPack::new(args, &mut |a| match a {
-            KernelArg::F32Buf(b) => self.dptr(b),
-            KernelArg::I32Buf(b) => self.dptr(b),
-            KernelArg::U32Buf(b) => self.dptr(b),
+            KernelArg::F32Buf(v) => self.dptr(v),
+            KernelArg::I32Buf(v) => self.dptr(v),
+            KernelArg::U32Buf(v) => self.dptr(v),
             _ => unreachable!("scalars are packed by ArgPack"),
         })?;
         // SAFETY: arguments checked against the kernel's signature and extents (check_launch).
@@ -234,10 +241,10 @@ impl CudaDevice {
         n: i32,
         k: i32,
         alpha: f32,
-        a: &DeviceBuffer<f32>,
-        b: &DeviceBuffer<f32>,
+        a: DeviceSlice<'_, f32>,
+        b: DeviceSlice<'_, f32>,
         beta: f32,
-        c: &mut DeviceBuffer<f32>,
+        c: DeviceSliceMut<'_, f32>,
     ) -> Result<()> {
         use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         let blas = self.blas.as_ref().context("cuBLAS not loaded")?;
@@ -251,12 +258,10 @@ impl CudaDevice {
         } else {
             (CUBLAS_OP_T, m)
         };
-        let (pa, pb) = (self.dptr(a)?, self.dptr(b)?);
-        let pc = match &mut c.mem {
-            Mem::Cuda(s) => s.device_ptr_mut(&self.stream).0,
-            Mem::Sim(_) => bail!("a sim buffer was passed to cuBLAS"),
-        };
-        // SAFETY: sizes checked by Device::gemm; pointers are live device allocations.
+        // c is written through its view (exclusive by construction, like the kernels' outputs)
+        let (pa, pb, pc) = (self.dptr(&a)?, self.dptr(&b)?, self.dptr(&c.view)?);
+        // SAFETY: sizes checked by Device::gemm against the views; pointers are live device
+        // allocations plus in-bounds offsets.
         unsafe {
             cudarc::cublas::result::sgemm(
                 *blas.handle(),

@@ -11,6 +11,14 @@
 //! corruption. The argument list is built once as cuLaunchKernel's `void** args` and handed to
 //! either device.
 //!
+//! A pointer argument (and a GEMM operand) is a [`DeviceSlice`]: a whole [`DeviceBuffer`] or a
+//! range of one (`buf.slice(a..b)?`, mutable: `buf.slice_mut(..)`, several disjoint mutable
+//! ranges at once: `buf.split_mut(&[..])`). The kernel gets the buffer's address plus the
+//! offset, and the extent check uses the view's own length, so a kernel cannot reach past the
+//! end of its view; a range past the buffer's end is an error when the view is made. This is
+//! how the engine reads parameters from and writes gradients into the flat buffers without
+//! per-tensor copies.
+//!
 //! Adding a kernel: write `extern "C" __global__ void name(...)` on ONE line in a kernels/*.cu
 //! file that includes "common.cuh"; above it, comment lines giving the launch shape and one
 //! `// extent: PARAM EXPR` per pointer parameter; guard threads past the end with
@@ -22,6 +30,8 @@ pub mod ops;
 pub mod sim;
 
 use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::ops::Range;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -44,15 +54,26 @@ pub trait Elem:
 {
     /// The pointer parameter kind a buffer of this type matches.
     const PTR_KIND: ParamKind;
+    /// A view of this element type as a kernel argument.
+    fn kernel_arg(v: DeviceSlice<'_, Self>) -> KernelArg<'_>;
 }
 impl Elem for f32 {
     const PTR_KIND: ParamKind = ParamKind::PtrF32;
+    fn kernel_arg(v: DeviceSlice<'_, Self>) -> KernelArg<'_> {
+        KernelArg::F32Buf(v)
+    }
 }
 impl Elem for i32 {
     const PTR_KIND: ParamKind = ParamKind::PtrI32;
+    fn kernel_arg(v: DeviceSlice<'_, Self>) -> KernelArg<'_> {
+        KernelArg::I32Buf(v)
+    }
 }
 impl Elem for u32 {
     const PTR_KIND: ParamKind = ParamKind::PtrU32;
+    fn kernel_arg(v: DeviceSlice<'_, Self>) -> KernelArg<'_> {
+        KernelArg::U32Buf(v)
+    }
 }
 
 pub(crate) enum Mem<T: Elem> {
@@ -72,6 +93,157 @@ impl<T: Elem> DeviceBuffer<T> {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The whole buffer as a view.
+    pub fn view(&self) -> DeviceSlice<'_, T> {
+        DeviceSlice {
+            buf: self,
+            off: 0,
+            len: self.len,
+        }
+    }
+
+    /// Elements `r` of the buffer; an error (not a panic) when `r` is not inside `0..len`.
+    pub fn slice(&self, r: Range<usize>) -> Result<DeviceSlice<'_, T>> {
+        self.view().slice(r)
+    }
+
+    /// Elements `r` of the buffer, for writing.
+    pub fn slice_mut(&mut self, r: Range<usize>) -> Result<DeviceSliceMut<'_, T>> {
+        Ok(DeviceSliceMut {
+            view: self.view().slice(r)?,
+            _excl: PhantomData,
+        })
+    }
+
+    /// One mutable view per range (in the order given); the ranges must lie inside the buffer
+    /// and not overlap, so each view is the only access to its elements.
+    pub fn split_mut(&mut self, ranges: &[Range<usize>]) -> Result<Vec<DeviceSliceMut<'_, T>>> {
+        let mut sorted: Vec<&Range<usize>> = ranges.iter().collect();
+        sorted.sort_by_key(|r| (r.start, r.end));
+        for w in sorted.windows(2) {
+            ensure!(
+                w[0].end <= w[1].start || w[0].is_empty() || w[1].is_empty(),
+                "split_mut: ranges {:?} and {:?} overlap",
+                w[0],
+                w[1]
+            );
+        }
+        let all = self.view();
+        ranges
+            .iter()
+            .map(|r| {
+                Ok(DeviceSliceMut {
+                    view: all.slice(r.clone())?,
+                    _excl: PhantomData,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `len` elements of a [`DeviceBuffer`] from element `off`: what a kernel pointer argument or
+/// a GEMM operand refers to. Launch checks use the view's length, not the buffer's.
+pub struct DeviceSlice<'a, T: Elem> {
+    buf: &'a DeviceBuffer<T>,
+    off: usize,
+    len: usize,
+}
+impl<T: Elem> Clone for DeviceSlice<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: Elem> Copy for DeviceSlice<'_, T> {}
+
+impl<'a, T: Elem> DeviceSlice<'a, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// First element of the view in its buffer.
+    pub fn offset(&self) -> usize {
+        self.off
+    }
+    /// Elements `r` of this view (relative to its start); an error when `r` is not inside
+    /// `0..len`.
+    pub fn slice(&self, r: Range<usize>) -> Result<DeviceSlice<'a, T>> {
+        ensure!(
+            r.start <= r.end && r.end <= self.len,
+            "view {}..{} is outside a device buffer (view) of {} elements",
+            r.start,
+            r.end,
+            self.len
+        );
+        Ok(DeviceSlice {
+            buf: self.buf,
+            off: self.off + r.start,
+            len: r.end - r.start,
+        })
+    }
+    pub(crate) fn buffer(&self) -> &'a DeviceBuffer<T> {
+        self.buf
+    }
+}
+
+/// A [`DeviceSlice`] made from an exclusive borrow of its buffer (`slice_mut`, `split_mut`):
+/// nothing else can read or write these elements while it lives. Kernels write through it
+/// (as through `&mut DeviceBuffer`).
+pub struct DeviceSliceMut<'a, T: Elem> {
+    view: DeviceSlice<'a, T>,
+    _excl: PhantomData<&'a mut DeviceBuffer<T>>,
+}
+
+impl<T: Elem> DeviceSliceMut<'_, T> {
+    pub fn len(&self) -> usize {
+        self.view.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.view.len == 0
+    }
+}
+
+/// Anything that can be read as a [`DeviceSlice`]: buffers and views. Ops take `&impl
+/// AsView<T>` so callers pass a whole buffer or a range of one alike.
+pub trait AsView<T: Elem> {
+    fn view(&self) -> DeviceSlice<'_, T>;
+}
+/// Anything that can be written as a [`DeviceSliceMut`]: buffers and mutable views.
+pub trait AsViewMut<T: Elem>: AsView<T> {
+    fn view_mut(&mut self) -> DeviceSliceMut<'_, T>;
+}
+impl<T: Elem> AsView<T> for DeviceBuffer<T> {
+    fn view(&self) -> DeviceSlice<'_, T> {
+        DeviceBuffer::view(self)
+    }
+}
+impl<T: Elem> AsViewMut<T> for DeviceBuffer<T> {
+    fn view_mut(&mut self) -> DeviceSliceMut<'_, T> {
+        DeviceSliceMut {
+            view: DeviceBuffer::view(self),
+            _excl: PhantomData,
+        }
+    }
+}
+impl<T: Elem> AsView<T> for DeviceSlice<'_, T> {
+    fn view(&self) -> DeviceSlice<'_, T> {
+        *self
+    }
+}
+impl<T: Elem> AsView<T> for DeviceSliceMut<'_, T> {
+    fn view(&self) -> DeviceSlice<'_, T> {
+        self.view
+    }
+}
+impl<T: Elem> AsViewMut<T> for DeviceSliceMut<'_, T> {
+    fn view_mut(&mut self) -> DeviceSliceMut<'_, T> {
+        DeviceSliceMut {
+            view: self.view,
+            _excl: PhantomData,
+        }
     }
 }
 
@@ -103,30 +275,27 @@ pub fn blocks_for(n: usize, block: u32) -> u32 {
     (n.div_ceil(block as usize)).max(1) as u32
 }
 
-/// One kernel argument; `From` impls let call sites write `(&buf).into()`, `n.into()`.
+/// One kernel argument; `From` impls let call sites write `(&buf).into()`,
+/// `buf.slice(a..b)?.into()`, `n.into()`. A pointer argument is a view (a whole buffer is the
+/// view of all of it).
 #[derive(Clone, Copy)]
 pub enum KernelArg<'a> {
-    F32Buf(&'a DeviceBuffer<f32>),
-    I32Buf(&'a DeviceBuffer<i32>),
-    U32Buf(&'a DeviceBuffer<u32>),
+    F32Buf(DeviceSlice<'a, f32>),
+    I32Buf(DeviceSlice<'a, i32>),
+    U32Buf(DeviceSlice<'a, u32>),
     I32(i32),
     U32(u32),
     F32(f32),
     U64(u64),
 }
-impl<'a> From<&'a DeviceBuffer<f32>> for KernelArg<'a> {
-    fn from(b: &'a DeviceBuffer<f32>) -> Self {
-        KernelArg::F32Buf(b)
+impl<'a, T: Elem> From<&'a DeviceBuffer<T>> for KernelArg<'a> {
+    fn from(b: &'a DeviceBuffer<T>) -> Self {
+        T::kernel_arg(b.view())
     }
 }
-impl<'a> From<&'a DeviceBuffer<i32>> for KernelArg<'a> {
-    fn from(b: &'a DeviceBuffer<i32>) -> Self {
-        KernelArg::I32Buf(b)
-    }
-}
-impl<'a> From<&'a DeviceBuffer<u32>> for KernelArg<'a> {
-    fn from(b: &'a DeviceBuffer<u32>) -> Self {
-        KernelArg::U32Buf(b)
+impl<'a, T: Elem> From<DeviceSlice<'a, T>> for KernelArg<'a> {
+    fn from(v: DeviceSlice<'a, T>) -> Self {
+        T::kernel_arg(v)
     }
 }
 impl From<i32> for KernelArg<'_> {
@@ -164,9 +333,9 @@ impl KernelArg<'_> {
     }
     fn buf_len(&self) -> Option<usize> {
         match self {
-            KernelArg::F32Buf(b) => Some(b.len),
-            KernelArg::I32Buf(b) => Some(b.len),
-            KernelArg::U32Buf(b) => Some(b.len),
+            KernelArg::F32Buf(v) => Some(v.len),
+            KernelArg::I32Buf(v) => Some(v.len),
+            KernelArg::U32Buf(v) => Some(v.len),
             _ => None,
         }
     }
@@ -237,7 +406,7 @@ pub fn check_launch(name: &str, grid: Dim3, block: Dim3, args: &[KernelArg]) -> 
         );
         ensure!(
             have >= need,
-            "kernel '{name}': buffer '{pname}' has {have} elements but the launch may touch {expr} = {need}"
+            "kernel '{name}': buffer '{pname}' has {have} elements (of its view) but the launch may touch {expr} = {need}"
         );
     }
     Ok(idx)
@@ -299,9 +468,31 @@ thread_local! {
     };
 }
 
+thread_local! {
+    /// Launches of each kernel of the table by this thread (index as in `kernels::KERNELS`).
+    static KERNEL_LAUNCHES: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// This thread's counts so far (subtract two readings to measure a region).
 pub fn thread_stats() -> DeviceStats {
     STATS.with(|s| s.get())
+}
+
+/// How many times this thread has launched kernel `name` (on any device; cuBLAS GEMMs are
+/// not kernel launches of the table). An error for a name that is not a kernel.
+pub fn thread_kernel_launches(name: &str) -> Result<u64> {
+    let (idx, _) = kernels::find(name)?;
+    Ok(KERNEL_LAUNCHES.with(|k| k.borrow().get(idx).copied().unwrap_or(0)))
+}
+
+fn count_kernel(idx: usize) {
+    KERNEL_LAUNCHES.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() <= idx {
+            k.resize(kernels::KERNELS.len().max(idx + 1), 0);
+        }
+        k[idx] += 1;
+    });
 }
 
 fn count(f: impl FnOnce(&mut DeviceStats)) {
@@ -408,6 +599,7 @@ impl Device {
         let (grid, block) = (grid.into(), block.into());
         let idx = check_launch(name, grid, block, args)?;
         count(|s| s.launches += 1);
+        count_kernel(idx);
         match self {
             Device::Sim(s) => s.launch_index(idx, grid, block, shared_bytes, args, &s.options),
             Device::Cuda(c) => c.launch_index(idx, grid, block, shared_bytes, args),
@@ -424,7 +616,9 @@ impl Device {
 
     /// Row-major `c (m x n) = alpha * op(a) * op(b) + beta * c`, op(a) m x k, op(b) k x n;
     /// `Transpose::T` means the operand is stored transposed (a: k x m, b: n x k). NN, NT and TN
-    /// are supported. cuBLAS on cuda when it loaded, the sgemm kernels otherwise.
+    /// are supported. Operands are buffers or views (a view's first element is the matrix's
+    /// first element; rows are contiguous). cuBLAS on cuda when it loaded, the sgemm kernels
+    /// otherwise.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -434,11 +628,12 @@ impl Device {
         n: usize,
         k: usize,
         alpha: f32,
-        a: &DeviceBuffer<f32>,
-        b: &DeviceBuffer<f32>,
+        a: &impl AsView<f32>,
+        b: &impl AsView<f32>,
         beta: f32,
-        c: &mut DeviceBuffer<f32>,
+        c: &mut impl AsViewMut<f32>,
     ) -> Result<()> {
+        let (a, b, c) = (a.view(), b.view(), c.view_mut());
         let name = match (ta, tb) {
             (Transpose::N, Transpose::N) => "sgemm_nn",
             (Transpose::N, Transpose::T) => "sgemm_nt",
@@ -455,11 +650,11 @@ impl Device {
         };
         let (mi, ni, ki) = (dims(m, "m")?, dims(n, "n")?, dims(k, "k")?);
         ensure!(
-            a.len >= m * k && b.len >= k * n && c.len >= m * n,
+            a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
             "gemm: buffers too small for m={m} n={n} k={k} (a {}, b {}, c {})",
-            a.len,
-            b.len,
-            c.len
+            a.len(),
+            b.len(),
+            c.len()
         );
         if let Device::Cuda(cd) = self {
             if cd.has_cublas() {
@@ -468,14 +663,13 @@ impl Device {
             }
         }
         let grid = (blocks_for(n, 16), blocks_for(m, 16));
-        let c: &DeviceBuffer<f32> = c;
         self.launch(
             name,
             grid,
             (16, 16),
             0,
             &[
-                c.into(),
+                c.view().into(),
                 a.into(),
                 b.into(),
                 mi.into(),

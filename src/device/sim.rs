@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 
-use super::{ArgPack, DeviceBuffer, Dim3, Elem, KernelArg, Mem};
+use super::{ArgPack, DeviceBuffer, DeviceSlice, Dim3, Elem, KernelArg, Mem};
 
 /// How the sim schedules threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,9 +123,9 @@ impl SimDevice {
     ) -> Result<()> {
         let mut pack = ArgPack::new(args, &mut |a| {
             let p = match a {
-                KernelArg::F32Buf(b) => host_ptr(b)?,
-                KernelArg::I32Buf(b) => host_ptr(b)?,
-                KernelArg::U32Buf(b) => host_ptr(b)?,
+                KernelArg::F32Buf(v) => host_ptr(v)?,
+                KernelArg::I32Buf(v) => host_ptr(v)?,
+                KernelArg::U32Buf(v) => host_ptr(v)?,
                 _ => unreachable!("scalars are packed by ArgPack"),
             };
             Ok(p as u64)
@@ -164,9 +164,9 @@ impl SimDevice {
         let sig = &super::kernels::KERNELS[idx];
         for (a, p) in args.iter().zip(sig.params) {
             let intact = match a {
-                KernelArg::F32Buf(b) => guard_ok(b),
-                KernelArg::I32Buf(b) => guard_ok(b),
-                KernelArg::U32Buf(b) => guard_ok(b),
+                KernelArg::F32Buf(v) => guard_ok(v.buffer()),
+                KernelArg::I32Buf(v) => guard_ok(v.buffer()),
+                KernelArg::U32Buf(v) => guard_ok(v.buffer()),
                 _ => true,
             };
             if !intact {
@@ -203,9 +203,12 @@ fn guard_ok<T: Elem>(b: &DeviceBuffer<T>) -> bool {
     }
 }
 
-fn host_ptr<T: Elem>(b: &DeviceBuffer<T>) -> Result<*mut u8> {
-    match &b.mem {
-        Mem::Sim(m) => Ok(m.ptr.as_ptr()),
+/// Host address of a view's first element (buffer start + offset; the view lies inside the
+/// buffer by construction).
+fn host_ptr<T: Elem>(v: &DeviceSlice<'_, T>) -> Result<*mut u8> {
+    match &v.buffer().mem {
+        // SAFETY: off ≤ len, so the result is inside the allocation (or one past its data).
+        Mem::Sim(m) => Ok(unsafe { m.ptr.as_ptr().add(v.offset() * std::mem::size_of::<T>()) }),
         Mem::Cuda(_) => bail!("a cuda buffer was passed to a sim launch"),
     }
 }

@@ -20,15 +20,22 @@
 //! no device allocation. The single-op functions keep allocating variants for tests and
 //! one-off use; their `_with` forms take the scratch.
 //!
-//! Gradients ACCUMULATE into a [`CnnParams`] (like the CPU backward), parameters are one device
-//! buffer per tensor (GEMM operands must start at a buffer's beginning).
+//! Gradients ACCUMULATE into a [`CnnParams`] (like the CPU backward). Its tensors are own
+//! buffers or views of flat buffers ([`CnnParams::views`], [`CnnParams::views_mut`]): the
+//! training step reads the weights from, and writes the gradients into, the flat parameter and
+//! gradient buffers directly.
+
+use std::ops::Range;
 
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::cpu::conv::ConvShape;
 use crate::cpu::dropout::{site_base, SITE_FC, SITE_POOL1};
 use crate::cpu::Mode;
-use crate::device::{blocks_for, Device, DeviceBuffer, KernelArg, Transpose};
+use crate::device::{
+    blocks_for, AsView, AsViewMut, Device, DeviceBuffer, DeviceSlice, DeviceSliceMut, KernelArg,
+    Transpose,
+};
 use crate::model::{BufferLayout, ModelConfig, ParamLayout, BN_EPS, BN_MOMENTUM};
 
 /// Threads per block of every CNN kernel (reductions need a multiple of 32).
@@ -38,6 +45,12 @@ const MAX_BLOCKS: u32 = 1 << 16;
 
 fn grid(n: usize) -> u32 {
     blocks_for(n, BLOCK).min(MAX_BLOCKS)
+}
+
+/// A grid-stride launch of `BLOCK`-thread blocks covering `n` items (the shape of most CNN
+/// kernels).
+fn launch_1d(dev: &Device, name: &str, n: usize, args: &[KernelArg]) -> Result<()> {
+    dev.launch(name, grid(n), BLOCK, 0, args)
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
@@ -88,11 +101,10 @@ pub fn upload_lens(dev: &Device, lens: &[usize]) -> Result<DeviceBuffer<i32>> {
 pub fn dropout_mask(dev: &Device, d: Dropout, n: usize) -> Result<DeviceBuffer<f32>> {
     let mask = dev.alloc_zeros::<f32>(n)?;
     let [seed, step, base, p, _] = drop_args(Some(d));
-    dev.launch(
+    launch_1d(
+        dev,
         "dropout_mask_fill",
-        grid(n),
-        BLOCK,
-        0,
+        n,
         &[(&mask).into(), seed, step, base, p, i32_of(n, "n")?.into()],
     )?;
     Ok(mask)
@@ -113,14 +125,12 @@ pub fn dropout_apply(
         y.len()
     );
     let [seed, step, base, p, _] = drop_args(Some(d));
-    let y: &DeviceBuffer<f32> = y;
-    dev.launch(
+    launch_1d(
+        dev,
         "dropout_apply",
-        grid(x.len()),
-        BLOCK,
-        0,
+        x.len(),
         &[
-            y.into(),
+            (&*y).into(),
             x.into(),
             seed,
             step,
@@ -212,14 +222,45 @@ fn check_conv(s: &ConvShape, lens: &DeviceBuffer<i32>) -> Result<()> {
     Ok(())
 }
 
+/// col `[cin·k·k][nb·M·T]` = the im2col columns of clips b0..b0+nb of x (0 past each clip's
+/// length): the GEMM operand of a conv chunk, forward and backward.
+fn im2col(
+    dev: &Device,
+    col: &DeviceBuffer<f32>,
+    x: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    b0: usize,
+    nb: usize,
+    s: &ConvShape,
+) -> Result<()> {
+    let [cin, _, m, t, k] = conv_dims(s)?;
+    let kk = s.cin * s.k * s.k;
+    launch_1d(
+        dev,
+        "cnn_im2col",
+        kk * nb * s.m * s.t,
+        &[
+            col.into(),
+            x.into(),
+            lens.into(),
+            i32_of(b0, "clip")?.into(),
+            i32_of(nb, "clips")?.into(),
+            cin.into(),
+            m.into(),
+            t.into(),
+            k.into(),
+        ],
+    )
+}
+
 /// y `[B][cout][M][T]` = conv(x, w) + bias at each clip's valid frames, 0 elsewhere
 /// (`cpu::conv::conv2d_forward`). x `[B][cin][M][T]`, w `[cout][cin][k][k]`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
-    bias: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
+    bias: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     s: &ConvShape,
     y: &mut DeviceBuffer<f32>,
@@ -236,8 +277,8 @@ pub fn conv2d_forward(
 pub fn conv2d_forward_with(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
-    bias: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
+    bias: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     s: &ConvShape,
     y: &mut DeviceBuffer<f32>,
@@ -246,36 +287,19 @@ pub fn conv2d_forward_with(
 ) -> Result<()> {
     check_conv(s, lens)?;
     ensure!(
-        x.len() == s.x_len() && y.len() == s.y_len() && w.len() == s.w_len(),
+        x.len() == s.x_len() && y.len() == s.y_len() && w.view().len() == s.w_len(),
         "conv2d_forward: buffer sizes do not match {s:?}"
     );
-    let [cin, cout, m, t, k] = conv_dims(s)?;
+    let [_, cout, m, t, _] = conv_dims(s)?;
     let kk = s.cin * s.k * s.k;
     let nbmax = chunk_clips(s, max_col);
     let (col, g) = scratch.bufs(s, max_col)?;
-    let col: &DeviceBuffer<f32> = col;
     let mut b0 = 0;
     while b0 < s.batch {
         let nb = nbmax.min(s.batch - b0);
         let ncol = nb * s.m * s.t;
         let (b0i, nbi) = (b0 as i32, nb as i32);
-        dev.launch(
-            "cnn_im2col",
-            grid(kk * ncol),
-            BLOCK,
-            0,
-            &[
-                col.into(),
-                x.into(),
-                lens.into(),
-                b0i.into(),
-                nbi.into(),
-                cin.into(),
-                m.into(),
-                t.into(),
-                k.into(),
-            ],
-        )?;
+        im2col(dev, col, x, lens, b0, nb, s)?;
         // g [cout][ncol] = w [cout][kk] · col [kk][ncol]
         dev.gemm(
             Transpose::N,
@@ -289,16 +313,14 @@ pub fn conv2d_forward_with(
             0.0,
             g,
         )?;
-        let yr: &DeviceBuffer<f32> = y;
-        dev.launch(
+        launch_1d(
+            dev,
             "cnn_conv_out",
-            grid(s.cout * ncol),
-            BLOCK,
-            0,
+            s.cout * ncol,
             &[
-                yr.into(),
+                (&*y).into(),
                 (&*g).into(),
-                bias.into(),
+                bias.view().into(),
                 lens.into(),
                 b0i.into(),
                 nbi.into(),
@@ -318,13 +340,13 @@ pub fn conv2d_forward_with(
 pub fn conv2d_backward(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
     dy: &DeviceBuffer<f32>,
     lens: &DeviceBuffer<i32>,
     s: &ConvShape,
     dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut DeviceBuffer<f32>,
-    db: &mut DeviceBuffer<f32>,
+    dw: &mut impl AsViewMut<f32>,
+    db: &mut impl AsViewMut<f32>,
     max_col: usize,
 ) -> Result<()> {
     let mut scratch = ConvScratch::default();
@@ -338,13 +360,13 @@ pub fn conv2d_backward(
 pub fn conv2d_backward_with(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
     dy: &DeviceBuffer<f32>,
     lens: &DeviceBuffer<i32>,
     s: &ConvShape,
     dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut DeviceBuffer<f32>,
-    db: &mut DeviceBuffer<f32>,
+    dw: &mut impl AsViewMut<f32>,
+    db: &mut impl AsViewMut<f32>,
     max_col: usize,
     scratch: &mut ConvScratch,
 ) -> Result<()> {
@@ -352,9 +374,9 @@ pub fn conv2d_backward_with(
     ensure!(
         x.len() == s.x_len()
             && dy.len() == s.y_len()
-            && w.len() == s.w_len()
-            && dw.len() == s.w_len()
-            && db.len() == s.cout
+            && w.view().len() == s.w_len()
+            && dw.view().len() == s.w_len()
+            && db.view().len() == s.cout
             && dx.as_ref().is_none_or(|d| d.len() == s.x_len()),
         "conv2d_backward: buffer sizes do not match {s:?}"
     );
@@ -363,20 +385,18 @@ pub fn conv2d_backward_with(
     let nbmax = chunk_clips(s, max_col);
     // the GEMM output buffer holds the gathered dy chunk here
     let (col, d) = scratch.bufs(s, max_col)?;
-    let d: &DeviceBuffer<f32> = d;
     let dx: Option<&DeviceBuffer<f32>> = dx.map(|b| &*b);
     let mut b0 = 0;
     while b0 < s.batch {
         let nb = nbmax.min(s.batch - b0);
         let ncol = nb * s.m * s.t;
         let (b0i, nbi) = (b0 as i32, nb as i32);
-        dev.launch(
+        launch_1d(
+            dev,
             "cnn_conv_dy_gather",
-            grid(s.cout * ncol),
-            BLOCK,
-            0,
+            s.cout * ncol,
             &[
-                d.into(),
+                (&*d).into(),
                 dy.into(),
                 lens.into(),
                 b0i.into(),
@@ -387,37 +407,20 @@ pub fn conv2d_backward_with(
             ],
         )?;
         {
-            let dbr: &DeviceBuffer<f32> = db;
             dev.launch(
                 "cnn_row_sum_acc",
                 cout as u32,
                 BLOCK,
                 0,
                 &[
-                    dbr.into(),
-                    d.into(),
+                    db.view().into(),
+                    (&*d).into(),
                     cout.into(),
                     i32_of(ncol, "columns")?.into(),
                 ],
             )?;
         }
-        dev.launch(
-            "cnn_im2col",
-            grid(kk * ncol),
-            BLOCK,
-            0,
-            &[
-                (&*col).into(),
-                x.into(),
-                lens.into(),
-                b0i.into(),
-                nbi.into(),
-                cin.into(),
-                m.into(),
-                t.into(),
-                k.into(),
-            ],
-        )?;
+        im2col(dev, col, x, lens, b0, nb, s)?;
         // dw [cout][kk] += d [cout][ncol] · col [kk][ncol]ᵀ
         dev.gemm(
             Transpose::N,
@@ -445,11 +448,10 @@ pub fn conv2d_backward_with(
                 0.0,
                 col,
             )?;
-            dev.launch(
+            launch_1d(
+                dev,
                 "cnn_col2im",
-                grid(nb * s.cin * s.m * s.t),
-                BLOCK,
-                0,
+                nb * s.cin * s.m * s.t,
                 &[
                     dx.into(),
                     (&*col).into(),
@@ -509,13 +511,21 @@ pub fn bn_stats(
 ) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_stats: lengths vs batch");
     let [b, c, m, t] = d.args()?;
-    let (mean, var): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (mean, var);
     dev.launch(
         "bn_stats",
         d.c as u32,
         BLOCK,
         0,
-        &[mean.into(), var.into(), x.into(), lens.into(), b, c, m, t],
+        &[
+            (&*mean).into(),
+            (&*var).into(),
+            x.into(),
+            lens.into(),
+            b,
+            c,
+            m,
+            t,
+        ],
     )
 }
 
@@ -535,15 +545,13 @@ pub fn bn_update_running(
     );
     let n = count as f64;
     let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-    let (rm, rv): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (rm, rv);
-    dev.launch(
+    launch_1d(
+        dev,
         "bn_update_running",
-        grid(c),
-        BLOCK,
-        0,
+        c,
         &[
-            rm.into(),
-            rv.into(),
+            (&*rm).into(),
+            (&*rv).into(),
             mean.into(),
             var.into(),
             i32_of(c, "channels")?.into(),
@@ -560,27 +568,25 @@ pub fn bn_relu_forward(
     x: &DeviceBuffer<f32>,
     mean: &DeviceBuffer<f32>,
     var: &DeviceBuffer<f32>,
-    gamma: &DeviceBuffer<f32>,
-    beta: &DeviceBuffer<f32>,
+    gamma: &impl AsView<f32>,
+    beta: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     d: Dims4,
     y: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_relu_forward: lengths vs batch");
     let [b, c, m, t] = d.args()?;
-    let y: &DeviceBuffer<f32> = y;
-    dev.launch(
+    launch_1d(
+        dev,
         "bn_relu_forward",
-        grid(d.len()),
-        BLOCK,
-        0,
+        d.len(),
         &[
-            y.into(),
+            (&*y).into(),
             x.into(),
             mean.into(),
             var.into(),
-            gamma.into(),
-            beta.into(),
+            gamma.view().into(),
+            beta.view().into(),
             lens.into(),
             b,
             c,
@@ -602,13 +608,13 @@ pub fn bn_relu_backward(
     x: &DeviceBuffer<f32>,
     mean: &DeviceBuffer<f32>,
     var: &DeviceBuffer<f32>,
-    gamma: &DeviceBuffer<f32>,
+    gamma: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     d: Dims4,
     train: bool,
     dx: &mut DeviceBuffer<f32>,
-    dgamma: &mut DeviceBuffer<f32>,
-    dbeta: &mut DeviceBuffer<f32>,
+    dgamma: &mut impl AsViewMut<f32>,
+    dbeta: &mut impl AsViewMut<f32>,
 ) -> Result<()> {
     let mut sums = dev.alloc_zeros::<f32>(2 * d.c)?;
     bn_relu_backward_with(
@@ -625,13 +631,13 @@ pub fn bn_relu_backward_with(
     x: &DeviceBuffer<f32>,
     mean: &DeviceBuffer<f32>,
     var: &DeviceBuffer<f32>,
-    gamma: &DeviceBuffer<f32>,
+    gamma: &impl AsView<f32>,
     lens: &DeviceBuffer<i32>,
     d: Dims4,
     train: bool,
     dx: &mut DeviceBuffer<f32>,
-    dgamma: &mut DeviceBuffer<f32>,
-    dbeta: &mut DeviceBuffer<f32>,
+    dgamma: &mut impl AsViewMut<f32>,
+    dbeta: &mut impl AsViewMut<f32>,
     sums: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_relu_backward: lengths vs batch");
@@ -642,17 +648,15 @@ pub fn bn_relu_backward_with(
     );
     let [b, c, m, t] = d.args()?;
     let eps: KernelArg = (BN_EPS as f32).into();
-    let sums: &DeviceBuffer<f32> = sums;
-    let (dgamma, dbeta): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (dgamma, dbeta);
     dev.launch(
         "bn_relu_backward_reduce",
         d.c as u32,
         BLOCK,
         0,
         &[
-            sums.into(),
-            dgamma.into(),
-            dbeta.into(),
+            (&*sums).into(),
+            dgamma.view().into(),
+            dbeta.view().into(),
             dy.into(),
             y.into(),
             x.into(),
@@ -666,21 +670,19 @@ pub fn bn_relu_backward_with(
             eps,
         ],
     )?;
-    let dx: &DeviceBuffer<f32> = dx;
-    dev.launch(
+    launch_1d(
+        dev,
         "bn_relu_backward_dx",
-        grid(d.len()),
-        BLOCK,
-        0,
+        d.len(),
         &[
-            dx.into(),
+            (&*dx).into(),
             dy.into(),
             y.into(),
             x.into(),
             mean.into(),
             var.into(),
-            gamma.into(),
-            sums.into(),
+            gamma.view().into(),
+            (&*sums).into(),
             lens.into(),
             b,
             c,
@@ -710,16 +712,14 @@ pub fn maxpool_forward(
     );
     let [b, c, m, t] = d.args()?;
     let [seed, step, base, p, dr] = drop_args(drop);
-    let (y, arg): (&DeviceBuffer<f32>, &DeviceBuffer<i32>) = (y, arg);
     let n = d.batch * d.c * (d.m / 2) * (d.t / 2);
-    dev.launch(
+    launch_1d(
+        dev,
         "pool_forward",
-        grid(n),
-        BLOCK,
-        0,
+        n,
         &[
-            y.into(),
-            arg.into(),
+            (&*y).into(),
+            (&*arg).into(),
             x.into(),
             lens_out.into(),
             b,
@@ -752,14 +752,12 @@ pub fn maxpool_backward(
     );
     let [b, c, m, t] = d.args()?;
     let [seed, step, base, p, dr] = drop_args(drop);
-    let dx: &DeviceBuffer<f32> = dx;
-    dev.launch(
+    launch_1d(
+        dev,
         "pool_backward",
-        grid(d.len()),
-        BLOCK,
-        0,
+        d.len(),
         &[
-            dx.into(),
+            (&*dx).into(),
             dy.into(),
             arg.into(),
             lens_out.into(),
@@ -795,13 +793,11 @@ pub fn frames_reshape(
     } else {
         "fc_frames_forward"
     };
-    let dst: &DeviceBuffer<f32> = dst;
-    dev.launch(
+    launch_1d(
+        dev,
         name,
-        grid(d.len()),
-        BLOCK,
-        0,
-        &[dst.into(), src.into(), b, c, m, t],
+        d.len(),
+        &[(&*dst).into(), src.into(), b, c, m, t],
     )
 }
 
@@ -811,8 +807,8 @@ pub fn frames_reshape(
 pub fn fc_forward(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
-    bias: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
+    bias: &impl AsView<f32>,
     rows: usize,
     din: usize,
     dout: usize,
@@ -822,8 +818,8 @@ pub fn fc_forward(
 ) -> Result<()> {
     ensure!(
         x.len() == rows * din
-            && w.len() == dout * din
-            && bias.len() == dout
+            && w.view().len() == dout * din
+            && bias.view().len() == dout
             && r.len() == rows * dout
             && h.len() == rows * dout,
         "fc_forward: buffer sizes do not match rows {rows}, in {din}, out {dout}"
@@ -841,16 +837,14 @@ pub fn fc_forward(
         r,
     )?;
     let [seed, step, base, p, dr] = drop_args(drop);
-    let (r, h): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (r, h);
-    dev.launch(
+    launch_1d(
+        dev,
         "fc_bias_relu_dropout",
-        grid(rows * dout),
-        BLOCK,
-        0,
+        rows * dout,
         &[
-            h.into(),
-            r.into(),
-            bias.into(),
+            (&*h).into(),
+            (&*r).into(),
+            bias.view().into(),
             i32_of(rows, "rows")?.into(),
             i32_of(dout, "fc width")?.into(),
             seed,
@@ -868,7 +862,7 @@ pub fn fc_forward(
 pub fn fc_backward(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
     r: &DeviceBuffer<f32>,
     dh: &DeviceBuffer<f32>,
     rows: usize,
@@ -876,8 +870,8 @@ pub fn fc_backward(
     dout: usize,
     drop: Option<Dropout>,
     dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut DeviceBuffer<f32>,
-    db: &mut DeviceBuffer<f32>,
+    dw: &mut impl AsViewMut<f32>,
+    db: &mut impl AsViewMut<f32>,
 ) -> Result<()> {
     let mut dz = dev.alloc_zeros::<f32>(rows * dout)?;
     fc_backward_with(dev, x, w, r, dh, rows, din, dout, drop, dx, dw, db, &mut dz)
@@ -888,7 +882,7 @@ pub fn fc_backward(
 pub fn fc_backward_with(
     dev: &Device,
     x: &DeviceBuffer<f32>,
-    w: &DeviceBuffer<f32>,
+    w: &impl AsView<f32>,
     r: &DeviceBuffer<f32>,
     dh: &DeviceBuffer<f32>,
     rows: usize,
@@ -896,31 +890,29 @@ pub fn fc_backward_with(
     dout: usize,
     drop: Option<Dropout>,
     dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut DeviceBuffer<f32>,
-    db: &mut DeviceBuffer<f32>,
+    dw: &mut impl AsViewMut<f32>,
+    db: &mut impl AsViewMut<f32>,
     dz: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     ensure!(
         dz.len() == rows * dout
             && x.len() == rows * din
-            && w.len() == dout * din
+            && w.view().len() == dout * din
             && r.len() == rows * dout
             && dh.len() == rows * dout
-            && dw.len() == dout * din
-            && db.len() == dout
+            && dw.view().len() == dout * din
+            && db.view().len() == dout
             && dx.as_ref().is_none_or(|d| d.len() == rows * din),
         "fc_backward: buffer sizes do not match rows {rows}, in {din}, out {dout}"
     );
     let (ri, oi) = (i32_of(rows, "rows")?, i32_of(dout, "fc width")?);
-    let dz: &DeviceBuffer<f32> = dz;
     let [seed, step, base, p, dr] = drop_args(drop);
-    dev.launch(
+    launch_1d(
+        dev,
         "fc_relu_dropout_backward",
-        grid(rows * dout),
-        BLOCK,
-        0,
+        rows * dout,
         &[
-            dz.into(),
+            (&*dz).into(),
             dh.into(),
             r.into(),
             ri.into(),
@@ -933,13 +925,12 @@ pub fn fc_backward_with(
         ],
     )?;
     {
-        let dbr: &DeviceBuffer<f32> = db;
         dev.launch(
             "fc_bias_grad",
             dout as u32,
             BLOCK,
             0,
-            &[dbr.into(), dz.into(), ri.into(), oi.into()],
+            &[db.view().into(), (&*dz).into(), ri.into(), oi.into()],
         )?;
     }
     // dW [dout][din] += dzᵀ (dz stored rows × dout) · x [rows][din]
@@ -972,19 +963,23 @@ pub fn fc_backward_with(
     Ok(())
 }
 
-/// The CNN + FC parameters (or their gradients), one device buffer per tensor, in the
-/// shapes of MODEL_SPEC.md. `bn_w`/`bn_b` are empty without BatchNorm.
-pub struct CnnParams {
-    pub conv_w: Vec<DeviceBuffer<f32>>,
-    pub conv_b: Vec<DeviceBuffer<f32>>,
-    pub bn_w: Vec<DeviceBuffer<f32>>,
-    pub bn_b: Vec<DeviceBuffer<f32>>,
-    pub fc_w: DeviceBuffer<f32>,
-    pub fc_b: DeviceBuffer<f32>,
+/// The CNN + FC parameters (or their gradients), one tensor each, in the shapes of
+/// MODEL_SPEC.md. `bn_w`/`bn_b` are empty without BatchNorm. `V` is how a tensor is held: an
+/// own buffer ([`CnnParams::upload`], [`CnnParams::zeros`]), or a view of a flat
+/// `ParamLayout`-order buffer ([`CnnParams::views`] to read parameters, [`CnnParams::views_mut`]
+/// to write gradients), which is what the training step uses: no per-tensor copies.
+pub struct CnnParams<V = DeviceBuffer<f32>> {
+    pub conv_w: Vec<V>,
+    pub conv_b: Vec<V>,
+    pub bn_w: Vec<V>,
+    pub bn_b: Vec<V>,
+    pub fc_w: V,
+    pub fc_b: V,
 }
 
-/// Names of the CNN + FC tensors in the flat parameter layout, in [`CnnParams`] field order.
-fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
+/// Names of the CNN + FC tensors in the flat parameter layout, in [`CnnParams`] field order
+/// (conv w/b per stage, then BN w/b per stage, then fc).
+pub fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
     let mut v = Vec::new();
     for s in 1..=3 {
         v.push(format!("conv{s}.weight"));
@@ -1001,6 +996,12 @@ fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
     v
 }
 
+/// Ranges of the CNN + FC tensors in the flat parameter layout, in [`CnnParams`] field order.
+pub fn cnn_ranges(cfg: &ModelConfig) -> Vec<Range<usize>> {
+    let layout = ParamLayout::new(cfg);
+    cnn_names(cfg).iter().map(|n| layout.range(n)).collect()
+}
+
 impl CnnParams {
     /// Uploads the CNN + FC tensors of a flat parameter vector (`ParamLayout` order).
     pub fn upload(dev: &Device, cfg: &ModelConfig, params: &[f32]) -> Result<Self> {
@@ -1015,22 +1016,67 @@ impl CnnParams {
         for n in cnn_names(cfg) {
             bufs.push(dev.htod(&params[layout.range(&n)])?);
         }
-        Ok(Self::from_vec(cfg, bufs))
+        Self::from_vec(cfg, bufs)
     }
 
     /// Zero-filled tensors (a gradient accumulator).
     pub fn zeros(dev: &Device, cfg: &ModelConfig) -> Result<Self> {
-        let layout = ParamLayout::new(cfg);
         let mut bufs = Vec::new();
-        for n in cnn_names(cfg) {
-            bufs.push(dev.alloc_zeros(layout.range(&n).len())?);
+        for r in cnn_ranges(cfg) {
+            bufs.push(dev.alloc_zeros(r.len())?);
         }
-        Ok(Self::from_vec(cfg, bufs))
+        Self::from_vec(cfg, bufs)
     }
 
-    fn from_vec(cfg: &ModelConfig, bufs: Vec<DeviceBuffer<f32>>) -> Self {
-        let mut it = bufs.into_iter();
-        let mut next = || it.next().expect("cnn_names has every tensor");
+    /// Copies the tensors into their ranges of a flat parameter-layout vector.
+    pub fn download_into(&self, dev: &Device, cfg: &ModelConfig, out: &mut [f32]) -> Result<()> {
+        let layout = ParamLayout::new(cfg);
+        ensure!(out.len() == layout.total(), "download_into: layout size");
+        for (r, b) in cnn_ranges(cfg).into_iter().zip(self.in_order()) {
+            out[r].copy_from_slice(&dev.dtoh(b)?);
+        }
+        Ok(())
+    }
+}
+
+impl<'a> CnnParams<DeviceSlice<'a, f32>> {
+    /// Views of the tensors at `ranges` ([`cnn_ranges`]) of the flat buffer `flat`.
+    pub fn views(
+        cfg: &ModelConfig,
+        flat: &'a DeviceBuffer<f32>,
+        ranges: &[Range<usize>],
+    ) -> Result<Self> {
+        let v = ranges
+            .iter()
+            .map(|r| flat.slice(r.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_vec(cfg, v)
+    }
+}
+
+impl<'a> CnnParams<DeviceSliceMut<'a, f32>> {
+    /// Mutable views of the tensors at `ranges` ([`cnn_ranges`]) of the flat buffer `flat`
+    /// (e.g. the gradient buffer, which the backward then accumulates into).
+    pub fn views_mut(
+        cfg: &ModelConfig,
+        flat: &'a mut DeviceBuffer<f32>,
+        ranges: &[Range<usize>],
+    ) -> Result<Self> {
+        let v = flat.split_mut(ranges)?;
+        Self::from_vec(cfg, v)
+    }
+}
+
+impl<V> CnnParams<V> {
+    fn from_vec(cfg: &ModelConfig, tensors: Vec<V>) -> Result<Self> {
+        let want = 8 + if cfg.batchnorm { 6 } else { 0 };
+        ensure!(
+            tensors.len() == want,
+            "{} CNN tensors, this model has {want}",
+            tensors.len()
+        );
+        let mut it = tensors.into_iter();
+        let mut next = || it.next().expect("length checked");
         let (mut conv_w, mut conv_b, mut bn_w, mut bn_b) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
@@ -1045,17 +1091,17 @@ impl CnnParams {
         }
         let fc_w = next();
         let fc_b = next();
-        CnnParams {
+        Ok(CnnParams {
             conv_w,
             conv_b,
             bn_w,
             bn_b,
             fc_w,
             fc_b,
-        }
+        })
     }
 
-    fn in_order(&self) -> Vec<&DeviceBuffer<f32>> {
+    fn in_order(&self) -> Vec<&V> {
         let mut v = Vec::new();
         for s in 0..3 {
             v.push(&self.conv_w[s]);
@@ -1068,16 +1114,6 @@ impl CnnParams {
         v.push(&self.fc_w);
         v.push(&self.fc_b);
         v
-    }
-
-    /// Copies the tensors into their ranges of a flat parameter-layout vector.
-    pub fn download_into(&self, dev: &Device, cfg: &ModelConfig, out: &mut [f32]) -> Result<()> {
-        let layout = ParamLayout::new(cfg);
-        ensure!(out.len() == layout.total(), "download_into: layout size");
-        for (n, b) in cnn_names(cfg).iter().zip(self.in_order()) {
-            out[layout.range(n)].copy_from_slice(&dev.dtoh(b)?);
-        }
-        Ok(())
     }
 }
 
@@ -1132,12 +1168,19 @@ impl BnRunning {
 pub struct CnnOptions {
     /// Most elements of one im2col matrix (clips are processed in chunks that fit).
     pub max_col_elems: usize,
+    /// In eval mode with BatchNorm, copy the running statistics into the workspace (one copy
+    /// launch per statistic and stage) so that [`cnn_backward`] can differentiate the forward
+    /// even if a training step changes them in between. Off: the forward reads the running
+    /// statistics in place and such a backward is an error (`DeviceModel` never differentiates
+    /// an eval forward, so it turns this off).
+    pub eval_stats_snapshot: bool,
 }
 impl Default for CnnOptions {
     fn default() -> Self {
         // 256 Mi floats = 1 GiB of column matrix (plus as much again in backward).
         CnnOptions {
             max_col_elems: 1 << 28,
+            eval_stats_snapshot: true,
         }
     }
 }
@@ -1149,8 +1192,8 @@ pub struct StageWork {
     pub input: DeviceBuffer<f32>,
     /// conv output (pre-BN) `[B][cout][M][T]`
     pub conv: DeviceBuffer<f32>,
-    /// statistics used (batch in training, a copy of the running ones in eval), `[cout]`;
-    /// None without BN
+    /// statistics used (batch in training, a copy of the running ones in eval when
+    /// [`CnnOptions::eval_stats_snapshot`]), `[cout]`; None without BN
     pub mean: Option<DeviceBuffer<f32>>,
     pub var: Option<DeviceBuffer<f32>>,
     /// ReLU output `[B][cout][M][T]`
@@ -1178,6 +1221,9 @@ pub struct CnnWorkspace {
     pub lens: [Vec<usize>; 4],
     pub lens_dev: Vec<DeviceBuffer<i32>>,
     pub train: bool,
+    /// The forward was in eval mode without [`CnnOptions::eval_stats_snapshot`]: the BN
+    /// statistics it used are not in the workspace, so it has no backward.
+    stats_missing: bool,
     /// (seed, step, p) when dropout is active.
     pub drop: Option<(u64, u32, f32)>,
     pub stages: Vec<StageWork>,
@@ -1250,6 +1296,7 @@ impl CnnWorkspace {
             lens: Default::default(),
             lens_dev,
             train: false,
+            stats_missing: false,
             drop: None,
             stages,
             stage3: input,
@@ -1329,7 +1376,7 @@ impl CnnWorkspace {
 pub fn cnn_forward(
     dev: &Device,
     cfg: &ModelConfig,
-    params: &CnnParams,
+    params: &CnnParams<impl AsView<f32>>,
     running: &mut BnRunning,
     lengths: &[usize],
     mode: Mode,
@@ -1364,6 +1411,7 @@ pub fn cnn_forward(
     scratch.reserve(dev, &ws.shapes(), opts.max_col_elems)?;
     let train = matches!(mode, Mode::Train { .. });
     ws.train = train;
+    ws.stats_missing = !train && cfg.batchnorm && !opts.eval_stats_snapshot;
     ws.drop = match mode {
         Mode::Train { seed, step } if cfg.dropout > 0.0 => Some((seed, step, cfg.dropout)),
         _ => None,
@@ -1414,11 +1462,16 @@ pub fn cnn_forward(
                     let (rm, rv) = (&mut running.mean[s], &mut running.var[s]);
                     bn_update_running(dev, mean, var, d4.count(&ws.lens[s]), rm, rv)?;
                     running.batches_tracked[s] += 1.0;
-                } else {
+                } else if opts.eval_stats_snapshot {
                     // a copy, so later training steps cannot change what backward sees
                     crate::engine::rnn::copy_slice(dev, mean, &running.mean[s], 0)?;
                     crate::engine::rnn::copy_slice(dev, var, &running.var[s], 0)?;
                 }
+                let (mean, var) = if train || opts.eval_stats_snapshot {
+                    (&*mean, &*var)
+                } else {
+                    (&running.mean[s], &running.var[s])
+                };
                 bn_relu_forward(
                     dev,
                     &st.conv,
@@ -1477,13 +1530,18 @@ pub fn cnn_forward(
 pub fn cnn_backward(
     dev: &Device,
     cfg: &ModelConfig,
-    params: &CnnParams,
+    params: &CnnParams<impl AsView<f32>>,
     ws: &mut CnnWorkspace,
     dout: &DeviceBuffer<f32>,
-    grads: &mut CnnParams,
+    grads: &mut CnnParams<impl AsViewMut<f32>>,
     opts: &CnnOptions,
     scratch: &mut ConvScratch,
 ) -> Result<()> {
+    ensure!(
+        !ws.stats_missing,
+        "cnn_backward: the eval-mode forward read the BatchNorm running statistics without a \
+         snapshot (CnnOptions::eval_stats_snapshot is off), so it cannot be differentiated"
+    );
     let bsz = ws.batch;
     let t3 = ws.t_max / 8;
     let rows = bsz * t3;

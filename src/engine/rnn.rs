@@ -19,7 +19,7 @@
 use anyhow::{bail, ensure, Result};
 
 use crate::cpu::dropout::SITE_LSTM0;
-use crate::device::{blocks_for, Device, DeviceBuffer, Transpose};
+use crate::device::{blocks_for, Device, DeviceBuffer, KernelArg, Transpose};
 use crate::model::{lstm_names, ModelConfig, ParamLayout};
 
 /// Largest LSTM hidden size the recurrent kernels support (`LSTM_MAX_H` in kernels/lstm.cu).
@@ -32,6 +32,11 @@ pub const ATTN_BLOCK: u32 = 128;
 pub const LOSS_BLOCK: u32 = 128;
 /// Most first-pass blocks of the gradient-norm reduction.
 pub const NORM_MAX_BLOCKS: u32 = 1024;
+
+/// A launch of `BLOCK`-thread blocks, one thread per item of `n`.
+fn launch_1d(dev: &Device, name: &str, n: usize, args: &[KernelArg]) -> Result<()> {
+    dev.launch(name, blocks_for(n, BLOCK), BLOCK, 0, args)
+}
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow::anyhow!("{what} = {v} exceeds the kernels' i32 indexing"))
@@ -162,11 +167,10 @@ pub fn lstm_layer_forward(
     );
     let (h, din) = (i32_of(s.h, "hidden")?, i32_of(s.din, "din")?);
     let poff = i32_of(p_off, "parameter offset")?;
-    dev.launch(
+    launch_1d(
+        dev,
         "lstm_stack_wih",
-        blocks_for(8 * s.h * s.din, BLOCK),
-        BLOCK,
-        0,
+        8 * s.h * s.din,
         &[
             (&ws.wst).into(),
             params.into(),
@@ -296,11 +300,10 @@ pub fn lstm_layer_backward(
         &mut gw.dbias,
     )?;
     let grads_ro: &DeviceBuffer<f32> = grads;
-    dev.launch(
+    launch_1d(
+        dev,
         "lstm_scatter_grads",
-        blocks_for(s.params(), BLOCK),
-        BLOCK,
-        0,
+        s.params(),
         &[
             grads_ro.into(),
             (&gw.dwih).into(),
@@ -351,14 +354,12 @@ pub fn dropout(
     );
     let site = u32::try_from(site).map_err(|_| anyhow::anyhow!("dropout site {site} too large"))?;
     let n = i32_of(x.len(), "dropout elements")?;
-    let y: &DeviceBuffer<f32> = y;
-    dev.launch(
+    launch_1d(
+        dev,
         "lstm_dropout",
-        blocks_for(x.len(), BLOCK),
-        BLOCK,
-        0,
+        x.len(),
         &[
-            y.into(),
+            (&*y).into(),
             x.into(),
             seed.into(),
             step.into(),
@@ -384,15 +385,13 @@ pub fn dropout_in_place(
     );
     let site = u32::try_from(site).map_err(|_| anyhow::anyhow!("dropout site {site} too large"))?;
     let n = i32_of(x.len(), "dropout elements")?;
-    let x: &DeviceBuffer<f32> = x;
-    dev.launch(
+    launch_1d(
+        dev,
         "lstm_dropout",
-        blocks_for(x.len(), BLOCK),
-        BLOCK,
-        0,
+        x.len(),
         &[
-            x.into(),
-            x.into(),
+            (&*x).into(),
+            (&*x).into(),
             seed.into(),
             step.into(),
             site.into(),
@@ -452,8 +451,6 @@ pub struct AttnGradWs {
     pub dwb: DeviceBuffer<f32>,
     /// `[B][T]`
     pub da: DeviceBuffer<f32>,
-    /// `[1][D+1]`
-    pub dwb_sum: DeviceBuffer<f32>,
     /// B ones
     pub ones: DeviceBuffer<f32>,
 }
@@ -463,7 +460,6 @@ impl AttnGradWs {
         Ok(Self {
             dwb: dev.alloc_zeros(batch * (d + 1))?,
             da: dev.alloc_zeros(batch * t)?,
-            dwb_sum: dev.alloc_zeros(d + 1)?,
             ones: dev.htod(&vec![1.0f32; batch])?,
         })
     }
@@ -490,14 +486,13 @@ pub fn attention_backward(
 ) -> Result<()> {
     check_lens(lens, batch)?;
     let woff = i32_of(w_off, "parameter offset")?;
-    let dh: &DeviceBuffer<f32> = dh;
     dev.launch(
         "attn_backward",
         batch as u32,
         ATTN_BLOCK,
         0,
         &[
-            dh.into(),
+            (&*dh).into(),
             (&gw.dwb).into(),
             (&gw.da).into(),
             h.into(),
@@ -512,6 +507,7 @@ pub fn attention_backward(
             i32_of(d, "features")?.into(),
         ],
     )?;
+    // [dw | db] += ones · dwb, straight into their range of the flat gradient
     dev.gemm(
         Transpose::N,
         Transpose::N,
@@ -521,10 +517,9 @@ pub fn attention_backward(
         1.0,
         &gw.ones,
         &gw.dwb,
-        0.0,
-        &mut gw.dwb_sum,
-    )?;
-    add_slice(dev, grads, w_off, &gw.dwb_sum)
+        1.0,
+        &mut grads.slice_mut(w_off..w_off + d + 1)?,
+    )
 }
 
 /// dst[off..off+n] = src[..] (n = dst.len()).
@@ -535,37 +530,12 @@ pub fn copy_slice(
     off: usize,
 ) -> Result<()> {
     let n = i32_of(dst.len(), "slice length")?;
-    let dst: &DeviceBuffer<f32> = dst;
-    dev.launch(
+    launch_1d(
+        dev,
         "loss_copy_slice",
-        blocks_for(dst.len(), BLOCK),
-        BLOCK,
-        0,
+        dst.len(),
         &[
-            dst.into(),
-            src.into(),
-            i32_of(off, "offset")?.into(),
-            n.into(),
-        ],
-    )
-}
-
-/// dst[off + i] += src[i] for all of src.
-pub fn add_slice(
-    dev: &Device,
-    dst: &mut DeviceBuffer<f32>,
-    off: usize,
-    src: &DeviceBuffer<f32>,
-) -> Result<()> {
-    let n = i32_of(src.len(), "slice length")?;
-    let dst: &DeviceBuffer<f32> = dst;
-    dev.launch(
-        "loss_add_slice",
-        blocks_for(src.len(), BLOCK),
-        BLOCK,
-        0,
-        &[
-            dst.into(),
+            (&*dst).into(),
             src.into(),
             i32_of(off, "offset")?.into(),
             n.into(),
@@ -587,14 +557,12 @@ pub fn add_bias_rows(
         "bias rows: {} values for {rows}×{cols}",
         y.len()
     );
-    let y: &DeviceBuffer<f32> = y;
-    dev.launch(
+    launch_1d(
+        dev,
         "loss_bias_rows",
-        blocks_for(rows * cols, BLOCK),
-        BLOCK,
-        0,
+        rows * cols,
         &[
-            y.into(),
+            (&*y).into(),
             params.into(),
             i32_of(b_off, "offset")?.into(),
             i32_of(rows, "rows")?.into(),
@@ -728,11 +696,10 @@ impl DeviceAdam {
         let bc2_sqrt = (1.0f32 - self.beta2.powi(ti)).sqrt();
         let step_size = self.lr / bc1;
         let p: &DeviceBuffer<f32> = params;
-        dev.launch(
+        launch_1d(
+            dev,
             "adam_step",
-            blocks_for(n, BLOCK),
-            BLOCK,
-            0,
+            n,
             &[
                 p.into(),
                 (&self.m).into(),
@@ -814,11 +781,10 @@ pub fn clip_grad_norm_with(
             max_norm.into(),
         ],
     )?;
-    dev.launch(
+    launch_1d(
+        dev,
         "adam_clip_scale",
-        blocks_for(grads.len(), BLOCK),
-        BLOCK,
-        0,
+        grads.len(),
         &[g.into(), coef.into(), n.into()],
     )?;
     Ok(dev.dtoh(coef)?[0])
@@ -902,14 +868,13 @@ pub struct RnnWorkspace {
     /// `[C]` (1 unused value without class weights)
     pub class_weights: DeviceBuffer<f32>,
     pub layers: Vec<LstmLayerWs>,
-    /// Input of layer l+1 (= layer l's output after dropout) `[N][2H]`.
+    /// Input of layer l+1 when dropout is active (layer l's output after dropout) `[N][2H]`;
+    /// without dropout layer l+1 reads layer l's output directly.
     pub next_in: Vec<DeviceBuffer<f32>>,
     pub e: DeviceBuffer<f32>,
     pub alpha: DeviceBuffer<f32>,
     /// `[B][2H]`
     pub ctx: DeviceBuffer<f32>,
-    /// classifier.weight copy `[C][2H]`
-    pub wc: DeviceBuffer<f32>,
     /// `[B][C]`
     pub logits: DeviceBuffer<f32>,
     pub dlogits: DeviceBuffer<f32>,
@@ -921,8 +886,6 @@ pub struct RnnWorkspace {
     pub lgrad: Vec<LstmGradWs>,
     pub agrad: AttnGradWs,
     pub dctx: DeviceBuffer<f32>,
-    pub dcls_w: DeviceBuffer<f32>,
-    pub dcls_b: DeviceBuffer<f32>,
     /// gradient of the current layer's output `[N][2H]`, and of its input `[N][2H]`
     pub dout: DeviceBuffer<f32>,
     pub dmid: DeviceBuffer<f32>,
@@ -954,7 +917,6 @@ impl RnnWorkspace {
             e: dev.alloc_zeros(b * dims.t)?,
             alpha: dev.alloc_zeros(b * dims.t)?,
             ctx: dev.alloc_zeros(b * d)?,
-            wc: dev.alloc_zeros(dims.classes * d)?,
             logits: dev.alloc_zeros(b * dims.classes)?,
             dlogits: dev.alloc_zeros(b * dims.classes)?,
             loss_out: dev.alloc_zeros(2)?,
@@ -962,11 +924,23 @@ impl RnnWorkspace {
             lgrad,
             agrad: AttnGradWs::new(dev, b, dims.t, d)?,
             dctx: dev.alloc_zeros(b * d)?,
-            dcls_w: dev.alloc_zeros(dims.classes * d)?,
-            dcls_b: dev.alloc_zeros(dims.classes)?,
             dout: dev.alloc_zeros(n * d)?,
             dmid: dev.alloc_zeros(n * d)?,
         })
+    }
+}
+
+/// Input of the LSTM layer after `prev`: its output after dropout (`next_in`) when dropout is
+/// active, else the output itself (no copy).
+fn layer_input<'a>(
+    train: Option<(u64, u32)>,
+    prev: &'a LstmLayerWs,
+    next_in: &'a DeviceBuffer<f32>,
+) -> &'a DeviceBuffer<f32> {
+    if train.is_some() {
+        next_in
+    } else {
+        &prev.out
     }
 }
 
@@ -1020,22 +994,23 @@ pub fn rnn_forward(
     };
     ws.train = train.filter(|_| dims.dropout > 0.0);
     for l in 0..dims.layers {
-        let x = if l == 0 { frames } else { &ws.next_in[l - 1] };
-        lstm_layer_forward(dev, params, offs.lstm[l], x, &ws.lens, &mut ws.layers[l])?;
-        if l + 1 < dims.layers {
-            let out = &ws.layers[l].out;
-            match ws.train {
-                Some((seed, step)) => dropout(
-                    dev,
-                    &mut ws.next_in[l],
-                    out,
-                    seed,
-                    step,
-                    SITE_LSTM0 + l as u64,
-                    dims.dropout,
-                )?,
-                None => copy_slice(dev, &mut ws.next_in[l], out, 0)?,
-            }
+        let (head, tail) = ws.layers.split_at_mut(l);
+        let x = if l == 0 {
+            frames
+        } else {
+            layer_input(ws.train, &head[l - 1], &ws.next_in[l - 1])
+        };
+        lstm_layer_forward(dev, params, offs.lstm[l], x, &ws.lens, &mut tail[0])?;
+        if let (Some((seed, step)), true) = (ws.train, l + 1 < dims.layers) {
+            dropout(
+                dev,
+                &mut ws.next_in[l],
+                &ws.layers[l].out,
+                seed,
+                step,
+                SITE_LSTM0 + l as u64,
+                dims.dropout,
+            )?;
         }
     }
     let last = &ws.layers[dims.layers - 1].out;
@@ -1052,7 +1027,6 @@ pub fn rnn_forward(
         &mut ws.e,
         &mut ws.alpha,
     )?;
-    copy_slice(dev, &mut ws.wc, params, offs.cls_w)?;
     dev.gemm(
         Transpose::N,
         Transpose::T,
@@ -1061,7 +1035,7 @@ pub fn rnn_forward(
         d,
         1.0,
         &ws.ctx,
-        &ws.wc,
+        &params.slice(offs.cls_w..offs.cls_w + c * d)?,
         0.0,
         &mut ws.logits,
     )?;
@@ -1109,7 +1083,8 @@ pub fn rnn_backward(
         dframes.len(),
         frames.len()
     );
-    // Classifier: dWc = dlogitsᵀ ctx, dbc = Σ rows, dctx = dlogits Wc.
+    // Classifier: dWc += dlogitsᵀ ctx, dbc += Σ rows (both straight into their ranges of the
+    // flat gradient), dctx = dlogits Wc.
     dev.gemm(
         Transpose::T,
         Transpose::N,
@@ -1119,8 +1094,8 @@ pub fn rnn_backward(
         1.0,
         &ws.dlogits,
         &ws.ctx,
-        0.0,
-        &mut ws.dcls_w,
+        1.0,
+        &mut grads.slice_mut(offs.cls_w..offs.cls_w + c * d)?,
     )?;
     dev.gemm(
         Transpose::N,
@@ -1131,8 +1106,8 @@ pub fn rnn_backward(
         1.0,
         &ws.agrad.ones,
         &ws.dlogits,
-        0.0,
-        &mut ws.dcls_b,
+        1.0,
+        &mut grads.slice_mut(offs.cls_b..offs.cls_b + c)?,
     )?;
     dev.gemm(
         Transpose::N,
@@ -1142,12 +1117,10 @@ pub fn rnn_backward(
         c,
         1.0,
         &ws.dlogits,
-        &ws.wc,
+        &params.slice(offs.cls_w..offs.cls_w + c * d)?,
         0.0,
         &mut ws.dctx,
     )?;
-    add_slice(dev, grads, offs.cls_w, &ws.dcls_w)?;
-    add_slice(dev, grads, offs.cls_b, &ws.dcls_b)?;
     let last = &ws.layers[dims.layers - 1].out;
     attention_backward(
         dev,
@@ -1166,7 +1139,11 @@ pub fn rnn_backward(
         &mut ws.agrad,
     )?;
     for l in (0..dims.layers).rev() {
-        let x = if l == 0 { frames } else { &ws.next_in[l - 1] };
+        let x = if l == 0 {
+            frames
+        } else {
+            layer_input(ws.train, &ws.layers[l - 1], &ws.next_in[l - 1])
+        };
         let dx = if l == 0 { &mut *dframes } else { &mut ws.dmid };
         lstm_layer_backward(
             dev,

@@ -6,28 +6,32 @@
 //! gradient norm (8 bytes).
 //!
 //! Parameters and gradients live in flat buffers in `ParamLayout` order (the CPU's order), so
-//! Adam and clipping are one launch each over all tensors and `state()` is one copy. The CNN
-//! half takes one buffer per tensor ([`CnnParams`]); those are device-side copies of their
-//! ranges of the flat buffer, refreshed after every Adam step by one copy launch per tensor,
-//! and the CNN gradients are added into the flat gradient buffer the same way. (Sub-buffer
-//! views would save those launches; the executor has none yet.)
+//! Adam and clipping are one launch each over all tensors and `state()` is one copy. Both
+//! halves work on those flat buffers directly: the CNN gets views of its tensors' ranges
+//! ([`CnnParams::views`] for the weights, [`CnnParams::views_mut`] for the gradients, which its
+//! backward accumulates into the zeroed flat gradient), the sequence half takes offsets or
+//! views; no tensor is copied between the flat buffers and per-tensor ones. An eval forward
+//! reads the BatchNorm running statistics in place too (`CnnOptions::eval_stats_snapshot`
+//! off: the model never differentiates an eval forward).
 //!
 //! Dropout masks and BatchNorm follow MODEL_SPEC.md exactly as the CPU reference does (same
 //! Philox keys: seed, Purpose::Dropout, step, site), so a device step equals a CPU step up to
 //! f32 rounding; tests/sim_engine.rs checks it.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use anyhow::{bail, ensure, Result};
 
 use crate::cpu::Mode;
 use crate::device::{Device, DeviceBuffer};
 use crate::engine::cnn::{
-    cnn_backward, cnn_forward, BnRunning, CnnOptions, CnnParams, CnnWorkspace, ConvScratch,
+    cnn_backward, cnn_forward, cnn_ranges, BnRunning, CnnOptions, CnnParams, CnnWorkspace,
+    ConvScratch,
 };
 use crate::engine::rnn::{
-    add_slice, clip_grad_norm_with, copy_slice, rnn_backward, rnn_forward, ClipScratch, DeviceAdam,
-    LossConfig, LossOut, RnnDims, RnnOffsets, RnnWorkspace,
+    clip_grad_norm_with, rnn_backward, rnn_forward, ClipScratch, DeviceAdam, LossConfig, LossOut,
+    RnnDims, RnnOffsets, RnnWorkspace,
 };
 use crate::model::{init_buffers, init_params, BufferLayout, ModelConfig, ParamLayout};
 use crate::train::backend::{Backend, OptimConfig, StepStats, TrainState};
@@ -39,41 +43,6 @@ const MAX_SHAPES: usize = 32;
 /// Default bound on the CNN workspaces' device memory kept across shapes (they dominate: the
 /// stage-1 activations are B·32·n_mels·T floats each, ~1.8 GiB for B 32, 128 mels, T 500).
 pub const DEFAULT_CACHE_BYTES: usize = 4 << 30;
-
-/// Names of the CNN + FC tensors in [`CnnParams`] field order (conv w/b per stage, then BN
-/// w/b per stage, then fc).
-fn cnn_names(cfg: &ModelConfig) -> Vec<String> {
-    let mut v = Vec::new();
-    for s in 1..=3 {
-        v.push(format!("conv{s}.weight"));
-        v.push(format!("conv{s}.bias"));
-    }
-    if cfg.batchnorm {
-        for s in 1..=3 {
-            v.push(format!("bn{s}.weight"));
-            v.push(format!("bn{s}.bias"));
-        }
-    }
-    v.push("fc.weight".into());
-    v.push("fc.bias".into());
-    v
-}
-
-/// The tensors of `p` in [`cnn_names`] order.
-fn cnn_tensors(p: &mut CnnParams) -> Vec<&mut DeviceBuffer<f32>> {
-    let mut v: Vec<&mut DeviceBuffer<f32>> = Vec::new();
-    for (w, b) in p.conv_w.iter_mut().zip(p.conv_b.iter_mut()) {
-        v.push(w);
-        v.push(b);
-    }
-    for (w, b) in p.bn_w.iter_mut().zip(p.bn_b.iter_mut()) {
-        v.push(w);
-        v.push(b);
-    }
-    v.push(&mut p.fc_w);
-    v.push(&mut p.fc_b);
-    v
-}
 
 /// Buffers reused by every step of one (batch, t_max) shape.
 struct ShapeWork {
@@ -104,11 +73,8 @@ pub struct DeviceModel {
     pub params: DeviceBuffer<f32>,
     /// Flat gradients of the last `compute_grads`, same layout.
     pub grads: DeviceBuffer<f32>,
-    /// Per-tensor copies of the CNN + FC ranges of `params`, and their gradients.
-    cnn: CnnParams,
-    cnn_grads: CnnParams,
-    /// Offset of each [`cnn_names`] tensor in the flat layout.
-    cnn_offsets: Vec<usize>,
+    /// Range of each CNN + FC tensor in the flat layout ([`cnn_ranges`], [`CnnParams`] order).
+    cnn_ranges: Vec<Range<usize>>,
     rnn_offsets: RnnOffsets,
     pub running: BnRunning,
     pub adam: DeviceAdam,
@@ -149,21 +115,20 @@ impl DeviceModel {
             layout.total(),
             bl.total()
         );
-        let cnn_offsets = cnn_names(cfg)
-            .iter()
-            .map(|n| layout.range(n).start)
-            .collect();
         let rnn_offsets = RnnOffsets::new(cfg, &layout)?;
         Ok(Self {
             params: dev.htod(params)?,
             grads: dev.alloc_zeros(params.len())?,
-            cnn: CnnParams::upload(&dev, cfg, params)?,
-            cnn_grads: CnnParams::zeros(&dev, cfg)?,
-            cnn_offsets,
+            cnn_ranges: cnn_ranges(cfg),
             rnn_offsets,
             running: BnRunning::upload(&dev, cfg, buffers)?,
             adam: DeviceAdam::new(&dev, params.len(), 1e-3, 0.0)?,
-            opts: CnnOptions::default(),
+            // an eval forward is never differentiated here: BN reads the running statistics
+            // in place instead of snapshotting them
+            opts: CnnOptions {
+                eval_stats_snapshot: false,
+                ..CnnOptions::default()
+            },
             work: HashMap::new(),
             max_cache_bytes: DEFAULT_CACHE_BYTES,
             conv_scratch: ConvScratch::default(),
@@ -172,15 +137,6 @@ impl DeviceModel {
             layout,
             dev,
         })
-    }
-
-    /// Refreshes the per-tensor CNN copies from the flat parameters (after Adam or a load).
-    fn sync_cnn_params(&mut self) -> Result<()> {
-        let offs = self.cnn_offsets.clone();
-        for (t, off) in cnn_tensors(&mut self.cnn).into_iter().zip(offs) {
-            copy_slice(&self.dev, t, &self.params, off)?;
-        }
-        Ok(())
     }
 
     fn check_input(&self, x_len: usize, lengths: &[usize], t_max: usize) -> Result<()> {
@@ -290,7 +246,7 @@ impl DeviceModel {
         cnn_forward(
             &self.dev,
             &self.cfg,
-            &self.cnn,
+            &CnnParams::views(&self.cfg, &self.params, &self.cnn_ranges)?,
             &mut self.running,
             lengths,
             mode,
@@ -358,9 +314,6 @@ impl DeviceModel {
         let mode = Mode::Train { seed, step };
         let out = self.forward_loss(lengths, labels, loss, mode, w)?;
         self.dev.memset_zero(&mut self.grads)?;
-        for t in cnn_tensors(&mut self.cnn_grads) {
-            self.dev.memset_zero(t)?;
-        }
         rnn_backward(
             &self.dev,
             &self.params,
@@ -370,22 +323,18 @@ impl DeviceModel {
             &mut self.grads,
             &mut w.dframes,
         )?;
+        // the CNN ranges of the zeroed gradient are untouched by rnn_backward; the CNN
+        // backward accumulates into them in place
         cnn_backward(
             &self.dev,
             &self.cfg,
-            &self.cnn,
+            &CnnParams::views(&self.cfg, &self.params, &self.cnn_ranges)?,
             &mut w.cnn,
             &w.dframes,
-            &mut self.cnn_grads,
+            &mut CnnParams::views_mut(&self.cfg, &mut self.grads, &self.cnn_ranges)?,
             &self.opts,
             &mut self.conv_scratch,
         )?;
-        for (g, &off) in cnn_tensors(&mut self.cnn_grads)
-            .into_iter()
-            .zip(&self.cnn_offsets)
-        {
-            add_slice(&self.dev, &mut self.grads, off, g)?;
-        }
         Ok(out)
     }
 
@@ -417,7 +366,6 @@ impl DeviceModel {
         };
         self.adam.lr = lr;
         self.adam.step(&self.dev, &mut self.params, &self.grads)?;
-        self.sync_cnn_params()?;
         Ok(StepOut {
             loss: out.loss,
             correct: out.correct,
@@ -467,7 +415,6 @@ impl DeviceModel {
             );
         }
         self.dev.copy_htod(&s.params, &mut self.params)?;
-        self.sync_cnn_params()?;
         self.running = BnRunning::upload(&self.dev, &self.cfg, &s.buffers)?;
         if s.adam_m.len() == s.params.len() && s.adam_v.len() == s.params.len() {
             self.dev.copy_htod(&s.adam_m, &mut self.adam.m)?;

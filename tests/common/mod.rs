@@ -1,0 +1,70 @@
+//! Helpers shared by the device-vs-CPU tests (tests/sim_cnn.rs, sim_rnn.rs, sim_engine.rs):
+//! the test device, f32 → f64 conversion and the relative-error check. Each test file
+//! includes this with `mod common;` and uses only some of it.
+#![allow(dead_code)]
+
+use ser_engine::device::{Device, DeviceBuffer, SimDevice, SimOptions};
+
+/// The device under test: the sim with shuffled thread order (seeded by `seed`, so each test
+/// file keeps its own schedule), or the real GPU with SER_TEST_DEVICE=cuda.
+pub fn device(seed: u64) -> Device {
+    match std::env::var("SER_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(
+            ser_engine::device::CudaDevice::new(0).expect("SER_TEST_DEVICE=cuda but no usable GPU"),
+        ),
+        _ => Device::Sim(SimDevice::with_options(SimOptions {
+            shuffle: true,
+            seed,
+            workers: 0,
+        })),
+    }
+}
+
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// ‖a − b‖ / ‖b‖ with b the reference; the absolute ‖a − b‖ when b is all zeros (so a zero
+/// reference still needs a near-zero result, and 0/0 never occurs). NaN in either input gives
+/// NaN, which fails every `<= tol` check. Panics when the lengths differ.
+pub fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let x = *x as f64;
+        if x.is_nan() || y.is_nan() {
+            return f64::NAN;
+        }
+        num += (x - y) * (x - y);
+        den += y * y;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Prints and asserts `rel_err(got, want) <= tol` (NaN fails); returns the error.
+pub fn check(what: &str, got: &[f32], want: &[f64], tol: f64) -> f64 {
+    let e = rel_err(got, want);
+    eprintln!("{what}: relative error {e:.3e} (tol {tol:.0e})");
+    assert!(e <= tol, "{what}: relative error {e} > {tol}");
+    e
+}
+
+/// A device buffer's contents.
+pub fn dtoh(dev: &Device, b: &DeviceBuffer<f32>) -> Vec<f32> {
+    dev.dtoh(b).unwrap()
+}
+
+#[test]
+fn rel_err_handles_zero_reference_and_nan() {
+    assert_eq!(rel_err(&[3.0, 4.0], &[0.0, 0.0]), 5.0);
+    assert_eq!(rel_err(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
+    assert!((rel_err(&[1.0, 1.0], &[2.0, 1.0]) - 0.2f64.sqrt()).abs() < 1e-12);
+    assert!(rel_err(&[f32::NAN], &[1.0]).is_nan());
+    assert!(rel_err(&[1.0], &[f64::NAN]).is_nan());
+    // NaN (which fails every `<= tol`) also with an all-zero reference
+    assert!(rel_err(&[f32::NAN], &[0.0]).is_nan());
+}
