@@ -304,7 +304,7 @@ pub fn thread_stats() -> DeviceStats {
     STATS.with(|s| s.get())
 }
 
-fn count(f: impl FnOnce(&mut DeviceStats)) {
+pub(crate) fn count(f: impl FnOnce(&mut DeviceStats)) {
     STATS.with(|s| {
         let mut v = s.get();
         f(&mut v);
