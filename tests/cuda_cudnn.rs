@@ -226,8 +226,7 @@ fn cudnn_backend_on_sim_is_an_error_and_auto_uses_our_kernels() {
     let sh = shapes()[0];
     let e = ConvScratch::with_backend(ConvBackend::Cudnn)
         .reserve(&dev, &[sh], 1 << 20)
-        .err()
-        .expect("cuDNN on sim must fail");
+        .expect_err("cuDNN on sim must fail");
     assert!(format!("{e:#}").contains("sim"), "{e:#}");
     let mut auto = ConvScratch::default();
     auto.reserve(&dev, &[sh], 1 << 20).unwrap();
