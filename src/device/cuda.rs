@@ -306,12 +306,16 @@ pub fn cudnn_version() -> Result<String> {
     let v = guarded("cudnnGetVersion", || {
         Ok(cudarc::cudnn::result::get_version())
     })?;
+    Ok(cudnn_version_string(v))
+}
+
+fn cudnn_version_string(v: usize) -> String {
     let (major, rest) = if v >= 90000 {
         (v / 10000, v % 10000)
     } else {
         (v / 1000, v % 1000)
     };
-    Ok(format!("{major}.{}.{} ({v})", rest / 100, rest % 100))
+    format!("{major}.{}.{} ({v})", rest / 100, rest % 100)
 }
 
 /// Report lines about the CUDA libraries and GPU (never panics).
@@ -361,4 +365,15 @@ pub fn probe_report() -> Vec<String> {
         v.push("gpu: none (no NVIDIA driver)".into());
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cudnn_version_numbers_decode() {
+        // cudnn_version.h: from 9.0 major*10000 + minor*100 + patch, before major*1000 + ...
+        assert_eq!(super::cudnn_version_string(90100), "9.1.0 (90100)");
+        assert_eq!(super::cudnn_version_string(91002), "9.10.2 (91002)");
+        assert_eq!(super::cudnn_version_string(8902), "8.9.2 (8902)");
+    }
 }

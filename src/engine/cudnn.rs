@@ -77,7 +77,11 @@ pub enum ConvBackend {
 
 /// Whether `SER_NO_CUDNN` asks for our kernels (set, non-empty and not "0").
 pub fn disabled_by_env() -> bool {
-    std::env::var_os("SER_NO_CUDNN").is_some_and(|v| !v.is_empty() && v != "0")
+    flag_set(std::env::var_os("SER_NO_CUDNN").as_deref())
+}
+
+fn flag_set(v: Option<&std::ffi::OsStr>) -> bool {
+    v.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 const BLOCK: u32 = 256;
@@ -442,16 +446,19 @@ struct Cand<A> {
     ok: bool,
     deterministic: bool,
     tensor_op: bool,
+    fma: bool,
     memory: usize,
 }
 
-/// The best-ranked candidate that succeeded, is deterministic, uses plain FP32 math and fits
-/// `cap` bytes of workspace.
+/// The best-ranked candidate that succeeded, is deterministic, does not use tensor-core math
+/// and fits `cap` bytes of workspace; among those, the first reported with `CUDNN_FMA_MATH`
+/// (the descriptor's math type) if any, else the first reported with the default math type
+/// (the launch still runs under the descriptor's FMA restriction).
 fn choose<A: Copy>(cands: impl Iterator<Item = Cand<A>>, cap: usize) -> Option<A> {
-    cands
+    let ok: Vec<Cand<A>> = cands
         .filter(|c| c.ok && c.deterministic && !c.tensor_op && c.memory <= cap)
-        .map(|c| c.algo)
-        .next()
+        .collect();
+    ok.iter().find(|c| c.fma).or(ok.first()).map(|c| c.algo)
 }
 
 fn is_tensor_op(m: sys::cudnnMathType_t) -> bool {
@@ -469,6 +476,7 @@ macro_rules! cands {
             ok: p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS,
             deterministic: p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
             tensor_op: is_tensor_op(p.mathType),
+            fma: p.mathType == sys::cudnnMathType_t::CUDNN_FMA_MATH,
             memory: p.memory,
         })
     };
@@ -1089,5 +1097,61 @@ impl DenseConv for CudnnDense<'_> {
                 s,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(
+        algo: u32,
+        deterministic: bool,
+        tensor_op: bool,
+        fma: bool,
+        memory: usize,
+    ) -> Cand<u32> {
+        Cand {
+            algo,
+            ok: true,
+            deterministic,
+            tensor_op,
+            fma,
+            memory,
+        }
+    }
+
+    #[test]
+    fn choose_keeps_rank_and_excludes_nondeterministic_tensor_core_and_oversized() {
+        let c = || {
+            vec![
+                cand(0, false, false, true, 0),  // fastest, atomics: excluded
+                cand(1, true, true, false, 0),   // TF32: excluded
+                cand(2, true, false, false, 99), // too much workspace for cap 50
+                cand(3, true, false, false, 10), // default math
+                cand(4, true, false, true, 10),  // FMA: preferred over 3
+                cand(5, true, false, true, 0),
+            ]
+        };
+        assert_eq!(choose(c().into_iter(), 50), Some(4));
+        assert_eq!(choose(c().into_iter(), 100), Some(4));
+        // without an FMA-reported one, the best-ranked default-math one
+        let no_fma = c().into_iter().filter(|c| !c.fma);
+        assert_eq!(choose(no_fma, 1000), Some(2));
+        // a failed status never qualifies; nothing left gives None (our kernels)
+        let mut failed = cand(7, true, false, true, 0);
+        failed.ok = false;
+        assert_eq!(choose(std::iter::once(failed), 100), None);
+        assert_eq!(choose(c().into_iter().take(2), 100), None);
+    }
+
+    #[test]
+    fn ser_no_cudnn_values() {
+        use std::ffi::OsStr;
+        assert!(!flag_set(None));
+        assert!(!flag_set(Some(OsStr::new(""))));
+        assert!(!flag_set(Some(OsStr::new("0"))));
+        assert!(flag_set(Some(OsStr::new("1"))));
+        assert!(flag_set(Some(OsStr::new("yes"))));
     }
 }
