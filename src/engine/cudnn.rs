@@ -773,7 +773,7 @@ impl CudnnConv {
         let cap = max_col.saturating_mul(4);
         for s in shapes {
             if !st.plans.iter().any(|(p, _)| p == s) {
-                bind(c, s)?;
+                bind(c).with_context(|| format!("conv {s:?}"))?;
                 let h = st.handle.0;
                 let plan = guarded("choosing cuDNN algorithms", || Plan::new(h, s, cap))?;
                 st.plans.push((*s, plan));
@@ -803,8 +803,7 @@ impl CudnnConv {
     }
 
     fn start(c: &CudaDevice) -> Result<State> {
-        let s0 = ConvShape::default();
-        bind(c, &s0)?;
+        bind(c)?;
         guarded("starting cuDNN", || {
             let v = cr::get_version();
             ensure!(
@@ -911,11 +910,11 @@ impl CudnnConv {
 }
 
 /// Makes the device's context current on this thread (cuDNN calls use the current context).
-fn bind(c: &CudaDevice, s: &ConvShape) -> Result<()> {
+fn bind(c: &CudaDevice) -> Result<()> {
     c.stream()
         .context()
         .bind_to_thread()
-        .map_err(|e| anyhow!("binding the CUDA context before cuDNN (conv {s:?}): {e}"))
+        .map_err(|e| anyhow!("binding the CUDA context before a cuDNN call: {e}"))
 }
 
 /// The cuDNN calls of one planned shape.
@@ -966,7 +965,7 @@ impl DenseConv for CudnnDense<'_> {
                 (y, s.y_len(), "y"),
             ],
         )?;
-        bind(self.c, s)?;
+        bind(self.c).with_context(|| format!("conv {s:?}"))?;
         let (px, pw, py) = (ptr(self.c, x)?, ptr(self.c, w)?, ptr(self.c, y)?);
         let (p, bytes) = (self.plan, self.plan.ws[0]);
         let pws = self.ws(bytes, s)?;
@@ -1016,7 +1015,7 @@ impl DenseConv for CudnnDense<'_> {
                 (dw, s.w_len(), "dw"),
             ],
         )?;
-        bind(self.c, s)?;
+        bind(self.c).with_context(|| format!("conv {s:?}"))?;
         let (px, pdy, pdw) = (ptr(self.c, x)?, ptr(self.c, dy)?, ptr(self.c, dw)?);
         let (p, bytes) = (self.plan, self.plan.ws[2]);
         let pws = self.ws(bytes, s)?;
@@ -1066,7 +1065,7 @@ impl DenseConv for CudnnDense<'_> {
                 (dx, s.x_len(), "dx"),
             ],
         )?;
-        bind(self.c, s)?;
+        bind(self.c).with_context(|| format!("conv {s:?}"))?;
         let (pw, pdy, pdx) = (ptr(self.c, w)?, ptr(self.c, dy)?, ptr(self.c, dx)?);
         let (p, bytes) = (self.plan, self.plan.ws[1]);
         let pws = self.ws(bytes, s)?;
