@@ -132,3 +132,54 @@ extern "C" __global__ void cnn_row_sum_acc(float* out, const float* a, int rows,
     acc = cnn_block_sum(acc);
     if (threadIdx.x == 0) out[r] += acc;
 }
+
+// ---- Around cuDNN (src/engine/cudnn.rs): cuDNN convolves the whole padded [B][C][M][T] tensor,
+// so the clip-length semantics above are restored by masking its inputs and outputs with these.
+
+// dst = src at frames t < min(lens[b], T), 0 elsewhere, over [B][C][M][T]. dst may be src (each
+// element is read and then written by the same thread), which masks in place.
+// extent: dst batch*c*m*t
+// extent: src batch*c*m*t
+// extent: lens batch
+extern "C" __global__ void cnn_time_mask(float* dst, const float* src, const int* lens, int batch, int c, int m, int t) {
+    SER_GRID_STRIDE(i, (long long)batch * c * m * t) {
+        int ti = (int)(i % t);
+        int b = (int)(i / ((long long)c * m * t));
+        dst[i] = ti < min(lens[b], t) ? src[i] : 0.0f;
+    }
+}
+
+// y[b][co][mi][ti] += bias[co] at frames ti < min(lens[b], T), y = 0 elsewhere (in place, over
+// cuDNN's bias-free, length-unaware output).
+// extent: y batch*c*m*t
+// extent: bias c
+// extent: lens batch
+extern "C" __global__ void cnn_bias_mask(float* y, const float* bias, const int* lens, int batch, int c, int m, int t) {
+    SER_GRID_STRIDE(i, (long long)batch * c * m * t) {
+        int ti = (int)(i % t);
+        long long q = i / ((long long)m * t);
+        int co = (int)(q % c), b = (int)(q / c);
+        y[i] = ti < min(lens[b], t) ? y[i] + bias[co] : 0.0f;
+    }
+}
+
+// db[co] += sum of dy[b][co][mi][ti] over clips b, mels mi and frames ti < min(lens[b], T): the
+// conv bias gradient read straight from the NCHW dy (dy past a clip's end ignored).
+// Launch shape: grid = c (one block per channel), block 256 (multiple of 32, <= 1024).
+// extent: db c
+// extent: dy batch*c*m*t
+// extent: lens batch
+extern "C" __global__ void cnn_bias_grad_acc(float* db, const float* dy, const int* lens, int batch, int c, int m, int t) {
+    int co = (int)blockIdx.x;
+    if (!ser_in_bounds(co, c)) return;
+    long long plane = (long long)m * t;
+    float acc = 0.0f;
+    for (int b = 0; b < batch; ++b) {
+        int len = min(lens[b], t);
+        const float* d = dy + ((long long)b * c + co) * plane;
+        for (long long j = threadIdx.x; j < plane; j += blockDim.x)
+            if ((int)(j % t) < len) acc += d[j];
+    }
+    acc = cnn_block_sum(acc);
+    if (threadIdx.x == 0) db[co] += acc;
+}

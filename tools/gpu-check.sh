@@ -40,7 +40,12 @@ SIM_TESTS=$(for f in tests/sim_*.rs; do printf -- '--test %s ' "$(basename "$f" 
 step "kernels build (strict)" kernel_step
 step "nvidia-smi" nvidia-smi
 step "device report" cargo run --release -q -- info
+# On cuda the conv stages use cuDNN when it loads (src/engine/cudnn.rs): run the kernel tests
+# that way, again with our own conv kernels (SER_NO_CUDNN=1), and cuDNN op by op against the CPU
+# and our kernels (a missing libcudnn fails that step; SER_REQUIRE_CUDNN=0 makes it a skip).
 step "kernel tests on cuda" env SER_TEST_DEVICE=cuda cargo test --release $SIM_TESTS -- --nocapture
+step "kernel tests on cuda, no cuDNN" env SER_TEST_DEVICE=cuda SER_NO_CUDNN=1 cargo test --release $SIM_TESTS
+step "cuDNN vs cpu and our kernels" env SER_REQUIRE_CUDNN="${SER_REQUIRE_CUDNN:-1}" cargo test --release --test cuda_cudnn -- --nocapture
 step "kernel tests on sim" cargo test --release $SIM_TESTS
 step "kernel benchmarks on cuda" env SER_BENCH_DEVICE=cuda cargo bench --bench kernels
 step "log-Mel throughput on cuda" cargo run --release -q -- --device cuda features --bench --seconds 600

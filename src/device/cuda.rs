@@ -17,7 +17,7 @@ use super::{
 };
 
 /// Runs `f`, turning a cudarc panic (missing library symbol) into an error naming `what`.
-fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
@@ -123,7 +123,7 @@ impl CudaDevice {
             .map(|b| format!(", {:.1} GiB", b as f64 / (1u64 << 30) as f64))
             .unwrap_or_default();
         format!(
-            "cuda: {} (sm_{}{}{mem}), GEMM by {}",
+            "cuda: {} (sm_{}{}{mem}), GEMM by {}, convolution by {}",
             self.name,
             self.cc.0,
             self.cc.1,
@@ -131,12 +131,18 @@ impl CudaDevice {
                 "cuBLAS"
             } else {
                 "the sgemm kernels (cuBLAS not found)"
-            }
+            },
+            cudnn_status().1
         )
     }
 
     pub fn has_cublas(&self) -> bool {
         self.blas.is_some()
+    }
+
+    /// The one stream every launch, copy, cuBLAS and cuDNN call of this device runs on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     pub(crate) fn alloc_zeros<T: Elem>(&self, n: usize) -> Result<DeviceBuffer<T>> {
@@ -284,6 +290,39 @@ impl CudaDevice {
     }
 }
 
+/// Whether the conv stages will use cuDNN on this machine (libcudnn loads and `SER_NO_CUDNN` is
+/// not set), and a phrase saying by what they run.
+pub fn cudnn_status() -> (bool, String) {
+    if crate::engine::cudnn::disabled_by_env() {
+        return (false, "our kernels (SER_NO_CUDNN is set)".into());
+    }
+    if !libraries_present().2 {
+        return (false, "our kernels (cuDNN not found)".into());
+    }
+    match cudnn_version() {
+        Ok(v) => (true, format!("cuDNN {v}")),
+        Err(e) => (false, format!("our kernels (cuDNN did not load: {e:#})")),
+    }
+}
+
+/// The loaded cuDNN's version as `major.minor.patch` (cudnnGetVersion: major·10000 + minor·100 +
+/// patch from cuDNN 9 on, major·1000 + minor·100 + patch before).
+pub fn cudnn_version() -> Result<String> {
+    let v = guarded("cudnnGetVersion", || {
+        Ok(cudarc::cudnn::result::get_version())
+    })?;
+    Ok(cudnn_version_string(v))
+}
+
+fn cudnn_version_string(v: usize) -> String {
+    let (major, rest) = if v >= 90000 {
+        (v / 10000, v % 10000)
+    } else {
+        (v / 1000, v % 1000)
+    };
+    format!("{major}.{}.{} ({v})", rest / 100, rest % 100)
+}
+
 /// Report lines about the CUDA libraries and GPU (never panics).
 pub fn probe_report() -> Vec<String> {
     let (cuda, cublas, cudnn) = libraries_present();
@@ -294,6 +333,16 @@ pub fn probe_report() -> Vec<String> {
         yes(cublas),
         yes(cudnn)
     )];
+    if cudnn {
+        match cudnn_version() {
+            Ok(ver) => v.push(format!("cuDNN version: {ver}")),
+            Err(e) => v.push(format!("cuDNN version: error: {e:#}")),
+        }
+    }
+    v.push(format!(
+        "convolution on cuda: {} (SER_NO_CUDNN=1 forces our kernels)",
+        cudnn_status().1
+    ));
     if cuda {
         let gpus = guarded("probing GPUs", || {
             let n = CudaContext::device_count().map_err(|e| anyhow!("{e}"))?;
@@ -321,4 +370,15 @@ pub fn probe_report() -> Vec<String> {
         v.push("gpu: none (no NVIDIA driver)".into());
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cudnn_version_numbers_decode() {
+        // cudnn_version.h: from 9.0 major*10000 + minor*100 + patch, before major*1000 + ...
+        assert_eq!(super::cudnn_version_string(90100), "9.1.0 (90100)");
+        assert_eq!(super::cudnn_version_string(91002), "9.10.2 (91002)");
+        assert_eq!(super::cudnn_version_string(8902), "8.9.2 (8902)");
+    }
 }

@@ -495,7 +495,7 @@ fn count_kernel(idx: usize) {
     });
 }
 
-fn count(f: impl FnOnce(&mut DeviceStats)) {
+pub(crate) fn count(f: impl FnOnce(&mut DeviceStats)) {
     STATS.with(|s| {
         let mut v = s.get();
         f(&mut v);

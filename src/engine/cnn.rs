@@ -9,7 +9,9 @@
 //!
 //! Convolution is im2col + `Device::gemm` (cuBLAS on cuda, the sgemm kernel on sim) over chunks
 //! of clips whose column matrix stays under [`CnnOptions::max_col_elems`]; the data gradient is
-//! GEMM + col2im (a gather, no atomics, deterministic). cuDNN is not used.
+//! GEMM + col2im (a gather, no atomics, deterministic). On cuda where libcudnn loads, the
+//! convolutions run through cuDNN instead (`super::cudnn`, chosen by the [`ConvScratch`]'s
+//! [`ConvBackend`]; same semantics, deterministic algorithms); pooling always runs here.
 //! BatchNorm is fused with the following ReLU (one forward pass writes relu(bn(x)); the
 //! backward folds the ReLU mask into its two passes). Dropout masks are never stored: the pool
 //! and FC kernels regenerate them from (seed, step, site) in forward and backward.
@@ -36,6 +38,8 @@ use crate::device::{
     blocks_for, AsView, AsViewMut, Device, DeviceBuffer, DeviceSlice, DeviceSliceMut, KernelArg,
     Transpose,
 };
+pub use crate::engine::cudnn::ConvBackend;
+use crate::engine::cudnn::CudnnConv;
 use crate::model::{BufferLayout, ModelConfig, ParamLayout, BN_EPS, BN_MOMENTUM};
 
 /// Threads per block of every CNN kernel (reductions need a multiple of 32).
@@ -161,11 +165,14 @@ fn chunk_clips(s: &ConvShape, max_col: usize) -> usize {
 /// Reusable im2col scratch of the convolutions: `col` `[kk][ncol]` (also the data-gradient
 /// columns in backward) and `g` `[cout][ncol]` (conv output chunk, or the gathered dy chunk),
 /// each at least the largest chunk of the shapes it was reserved for. Grows, never shrinks:
-/// one scratch serves every batch shape, so a seen shape allocates nothing.
+/// one scratch serves every batch shape, so a seen shape allocates nothing. On cuda with cuDNN
+/// it also holds the cuDNN plans (algorithms per shape), workspace and masked copies, and the
+/// im2col buffers only for shapes cuDNN does not take. `default()` is [`ConvBackend::Auto`].
 #[derive(Default)]
 pub struct ConvScratch {
     col: Option<DeviceBuffer<f32>>,
     g: Option<DeviceBuffer<f32>>,
+    cudnn: CudnnConv,
 }
 
 /// Column and output elements of the largest im2col chunk of `s`.
@@ -175,10 +182,26 @@ fn chunk_elems(s: &ConvShape, max_col: usize) -> (usize, usize) {
 }
 
 impl ConvScratch {
-    /// Grows the buffers (allocating only if needed) to fit every shape of `shapes`.
+    /// An empty scratch whose convolutions run on `backend`.
+    pub fn with_backend(backend: ConvBackend) -> Self {
+        ConvScratch {
+            cudnn: CudnnConv::new(backend),
+            ..Default::default()
+        }
+    }
+
+    /// Whether convolutions of shape `s` run through cuDNN (known after [`Self::reserve`]).
+    pub fn uses_cudnn(&self, s: &ConvShape) -> bool {
+        self.cudnn.covers(s)
+    }
+
+    /// Grows the buffers (allocating only if needed) to fit every shape of `shapes` (cuDNN:
+    /// chooses the algorithms of each new shape once).
     pub fn reserve(&mut self, dev: &Device, shapes: &[ConvShape], max_col: usize) -> Result<()> {
+        // the shapes left to our kernels need im2col buffers
+        let shapes = self.cudnn.reserve(dev, shapes, max_col)?;
         let (mut nc, mut ng) = (0, 0);
-        for s in shapes {
+        for s in &shapes {
             let (c, g) = chunk_elems(s, max_col);
             nc = nc.max(c);
             ng = ng.max(g);
@@ -290,6 +313,11 @@ pub fn conv2d_forward_with(
         x.len() == s.x_len() && y.len() == s.y_len() && w.view().len() == s.w_len(),
         "conv2d_forward: buffer sizes do not match {s:?}"
     );
+    if scratch.cudnn.covers(s) {
+        return scratch
+            .cudnn
+            .forward(dev, x, w.view(), bias.view(), lens, s, y);
+    }
     let [_, cout, m, t, _] = conv_dims(s)?;
     let kk = s.cin * s.k * s.k;
     let nbmax = chunk_clips(s, max_col);
@@ -380,6 +408,19 @@ pub fn conv2d_backward_with(
             && dx.as_ref().is_none_or(|d| d.len() == s.x_len()),
         "conv2d_backward: buffer sizes do not match {s:?}"
     );
+    if scratch.cudnn.covers(s) {
+        return scratch.cudnn.backward(
+            dev,
+            x,
+            w.view(),
+            dy,
+            lens,
+            s,
+            dx,
+            &mut dw.view_mut(),
+            &mut db.view_mut(),
+        );
+    }
     let [cin, cout, m, t, k] = conv_dims(s)?;
     let kk = s.cin * s.k * s.k;
     let nbmax = chunk_clips(s, max_col);
