@@ -119,8 +119,8 @@ pub struct Extractor {
     cfg: MelConfig,
     stft: Stft,
     bank: MelFilterbank,
-    /// Power bins the bank reads (those above fmax are never computed).
-    bins_used: usize,
+    /// Power bins the bank reads (those above fmax, past its padding, are never computed).
+    bins_read: usize,
 }
 
 /// Frames per parallel work item: large enough to amortise the scratch allocation and rayon
@@ -141,7 +141,7 @@ impl Extractor {
         Ok(Extractor {
             cfg: cfg.clone(),
             stft: Stft::new(cfg.n_fft, cfg.hop),
-            bins_used: bank.bins_used(),
+            bins_read: bank.bins_read(),
             bank,
         })
     }
@@ -229,7 +229,7 @@ impl Extractor {
         let (mut max_raw, mut max_out) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
         for (i, row) in out.chunks_exact_mut(n_mels).enumerate() {
             self.stft
-                .frame_power_upto(samples, first + i, s, self.bins_used);
+                .frame_power_upto(samples, first + i, s, self.bins_read);
             self.bank.apply(&s.power, row);
             // Separate passes: the element-wise log vectorises, the max reductions do not.
             max_raw = row.iter().fold(max_raw, |m, &x| m.max(x));
