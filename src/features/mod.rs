@@ -244,30 +244,72 @@ impl Extractor {
     }
 
     /// The log-Mel spectrogram of `samples` (see the module doc for the exact definition).
+    ///
+    /// Each chunk of frames is computed frame-major into a small per-thread tile, converted
+    /// to dB there, and transposed straight into its columns of the `[n_mels][frames]` result;
+    /// a last in-place pass subtracts the reference and applies the floor. (One output buffer,
+    /// no frame-major intermediate.)
     pub fn log_mel(&self, samples: &[f32]) -> LogMel {
-        let (mel, frames, (max_raw, max_db)) = self.frames_parallel(samples, true);
+        let frames = n_frames(samples.len(), self.cfg.hop);
+        let n_mels = self.cfg.n_mels;
+        let mut data = vec![0.0f32; n_mels * frames];
+        let dst = SyncPtr(data.as_mut_ptr());
+        let init = || (self.stft.scratch(), vec![0.0f32; CHUNK_FRAMES * n_mels]);
+        let work = |(s, tile): &mut (StftScratch, Vec<f32>), c: usize| {
+            let first = c * CHUNK_FRAMES;
+            let nf = CHUNK_FRAMES.min(frames - first);
+            let tile = &mut tile[..nf * n_mels];
+            let maxes = self.chunk(samples, first, tile, s, true);
+            for m in 0..n_mels {
+                // SAFETY: chunk c alone writes columns first..first + nf of each row, all
+                // inside `data` (m < n_mels, first + nf ≤ frames); `data` outlives the loop.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(dst.get().add(m * frames + first), nf)
+                };
+                for (d, t) in row.iter_mut().zip(tile[m..].iter().step_by(n_mels)) {
+                    *d = *t;
+                }
+            }
+            maxes
+        };
+        let chunks = frames.div_ceil(CHUNK_FRAMES);
+        let both = |a: (f32, f32), b: (f32, f32)| (a.0.max(b.0), a.1.max(b.1));
+        let none = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        // Maxima are exact whatever the order, so the result does not depend on the threads.
+        let (max_raw, max_db) = if chunks > 1 && rayon::current_num_threads() > 1 {
+            (0..chunks)
+                .into_par_iter()
+                .map_init(init, work)
+                .reduce(|| none, both)
+        } else {
+            let mut st = init();
+            (0..chunks).map(|c| work(&mut st, c)).fold(none, both)
+        };
         // power_to_db: subtract 10·log10(max(amin, max S)) (the same db10, so the loudest
         // value is exactly 0 dB as in librosa), then floor at (max − top_db).
         let ref_db = db10(max_raw.max(AMIN));
         let floor = (max_db - ref_db) - self.cfg.top_db;
-        let n_mels = self.cfg.n_mels;
-        let mut data = vec![0.0f32; n_mels * frames];
-        // Transpose [frames][n_mels] -> [n_mels][frames] in tiles to stay in cache.
-        const TILE: usize = 32;
-        for t0 in (0..frames).step_by(TILE) {
-            let t1 = (t0 + TILE).min(frames);
-            for m in 0..n_mels {
-                let dst = &mut data[m * frames + t0..m * frames + t1];
-                for (d, t) in dst.iter_mut().zip(t0..t1) {
-                    *d = (mel[t * n_mels + m] - ref_db).max(floor);
-                }
-            }
+        for x in data.iter_mut() {
+            *x = (*x - ref_db).max(floor);
         }
         LogMel {
             data,
             n_mels,
             frames,
         }
+    }
+}
+
+/// A raw pointer that rayon tasks may share; each task writes only its own elements.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for disjoint writes (see `Extractor::log_mel`).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    /// A method (not field access) so closures capture the whole Sync wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
