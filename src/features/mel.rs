@@ -318,6 +318,33 @@ mod tests {
     }
 
     #[test]
+    fn simd_apply_is_bit_identical_and_padding_is_zero() {
+        for (sr, n_fft, n_mels, fmax) in [
+            (22050, 2048, 128, 7600.0),
+            (44100, 2048, 128, 7600.0),
+            (16000, 512, 40, 8000.0),
+            (8000, 16, 3, 4000.0),
+        ] {
+            let mut fb = MelFilterbank::new(sr, n_fft, n_mels, 0.0, fmax);
+            let power: Vec<f64> = (0..fb.n_bins())
+                .map(|k| ((k * 7919) % 101) as f64 * 1.37e-3 + 1e-9)
+                .collect();
+            let mut a = vec![0.0f32; n_mels];
+            fb.apply(&power, &mut a);
+            fb.simd = false;
+            let mut b = vec![0.0f32; n_mels];
+            fb.apply(&power, &mut b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "sr {sr} n_fft {n_fft}");
+            // Padding only adds zero weights: the stored spans hold exactly nnz non-zeros,
+            // and bins_read stays within the spectrum.
+            let dense = fb.to_dense();
+            assert_eq!(dense.iter().filter(|&&w| w != 0.0).count(), fb.nnz());
+            assert!(fb.bins_used() <= fb.bins_read() && fb.bins_read() <= fb.n_bins());
+        }
+    }
+
+    #[test]
     fn apply_matches_dense_product() {
         let fb = MelFilterbank::new(16000, 1024, 64, 0.0, 8000.0);
         let power: Vec<f64> = (0..fb.n_bins())
