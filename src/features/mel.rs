@@ -61,18 +61,45 @@ pub fn fft_frequencies(sample_rate: u32, n_fft: usize) -> Vec<f64> {
     (0..=n_fft / 2).map(|k| k as f64 * val).collect()
 }
 
-/// One band: weights for bins `start .. start + weights.len()`; all other bins weigh 0.
+/// One band: weights `weights[off .. off + len]` for bins `start .. start + len`; all other
+/// bins weigh 0. `len` is padded with zero weights to a multiple of [`LANES`] where the bins
+/// allow it, so the product runs in whole vectors (a zero weight adds exactly 0).
 #[derive(Clone, Debug)]
 struct Band {
     start: usize,
-    weights: Vec<f32>,
+    off: usize,
+    len: usize,
 }
 
-/// The mel filterbank as per-band spans of non-zero weights.
+/// Whether this CPU runs the AVX2 kernels (x86-64 with AVX2; never elsewhere).
+pub(crate) fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Weights per vector step of [`dot`] (four f64 in an AVX2 register).
+const LANES: usize = 4;
+
+/// The mel filterbank as per-band spans of non-zero weights, stored back to back.
 #[derive(Clone, Debug)]
 pub struct MelFilterbank {
     bands: Vec<Band>,
+    weights: Vec<f32>,
     n_bins: usize,
+    /// One past the highest bin with a non-zero weight.
+    bins_used: usize,
+    /// Non-zero weights (before padding).
+    nnz: usize,
+    /// One past the highest bin a padded span reads.
+    bins_read: usize,
+    /// Use the AVX2 form of [`MelFilterbank::apply`] (the CPU has it).
+    simd: bool,
 }
 
 impl MelFilterbank {
@@ -80,8 +107,11 @@ impl MelFilterbank {
     /// The caller has validated the parameters (see `MelConfig::validate`).
     pub fn new(sample_rate: u32, n_fft: usize, n_mels: usize, fmin: f64, fmax: f64) -> Self {
         let fftfreqs = fft_frequencies(sample_rate, n_fft);
+        let n_bins = fftfreqs.len();
         let mel_f = mel_frequencies(n_mels + 2, fmin, fmax);
         let fdiff: Vec<f64> = mel_f.windows(2).map(|w| w[1] - w[0]).collect();
+        let mut weights = Vec::new();
+        let (mut bins_used, mut nnz) = (0, 0);
         let bands = (0..n_mels)
             .map(|i| {
                 let enorm = 2.0 / (mel_f[i + 2] - mel_f[i]);
@@ -95,25 +125,37 @@ impl MelFilterbank {
                         (tri as f64 * enorm) as f32
                     })
                     .collect();
+                let off = weights.len();
                 match w.iter().position(|&x| x != 0.0) {
                     Some(first) => {
                         let last = w.iter().rposition(|&x| x != 0.0).unwrap_or(first);
-                        Band {
-                            start: first,
-                            weights: w[first..=last].to_vec(),
-                        }
+                        bins_used = bins_used.max(last + 1);
+                        nnz += last + 1 - first;
+                        // Pad to whole vectors: extend the span upwards, or downwards where
+                        // it would run past the last bin (the padding weights are zeros).
+                        let len = (last + 1 - first).next_multiple_of(LANES).min(n_bins);
+                        let start = first.min(n_bins - len);
+                        weights.extend_from_slice(&w[start..start + len]);
+                        Band { start, off, len }
                     }
                     // An empty band (too many mels for n_fft): librosa warns and keeps zeros.
                     None => Band {
                         start: 0,
-                        weights: Vec::new(),
+                        off,
+                        len: 0,
                     },
                 }
             })
-            .collect();
+            .collect::<Vec<Band>>();
+        let bins_read = bands.iter().map(|b| b.start + b.len).max().unwrap_or(0);
         MelFilterbank {
+            bins_read,
             bands,
-            n_bins: fftfreqs.len(),
+            weights,
+            n_bins,
+            bins_used,
+            nnz,
+            simd: simd_available(),
         }
     }
 
@@ -132,54 +174,94 @@ impl MelFilterbank {
         let mut m = vec![0.0f32; self.bands.len() * self.n_bins];
         for (i, b) in self.bands.iter().enumerate() {
             let row = &mut m[i * self.n_bins..(i + 1) * self.n_bins];
-            row[b.start..b.start + b.weights.len()].copy_from_slice(&b.weights);
+            row[b.start..b.start + b.len].copy_from_slice(&self.weights[b.off..b.off + b.len]);
         }
         m
     }
 
-    /// One past the highest bin any band uses: the bins the power spectrum must provide.
+    /// One past the highest bin any band uses: the bins the power spectrum must provide
+    /// (to [`Self::apply`]; see [`Self::bins_read`]).
     pub fn bins_used(&self) -> usize {
-        self.bands
-            .iter()
-            .map(|b| b.start + b.weights.len())
-            .max()
-            .unwrap_or(0)
+        self.bins_used
     }
 
-    /// Total number of stored (non-zero span) weights: the multiply-adds per frame.
+    /// One past the highest bin [`Self::apply`] reads: [`Self::bins_used`] plus the zero-weight
+    /// padding (at most `n_bins`). Power bins from `bins_used` up to here must be finite.
+    pub fn bins_read(&self) -> usize {
+        self.bins_read
+    }
+
+    /// Total number of non-zero-span weights: the useful multiply-adds per frame.
     pub fn nnz(&self) -> usize {
-        self.bands.iter().map(|b| b.weights.len()).sum()
+        self.nnz
     }
 
-    /// `out[m] = Σ_k W[m][k] · power[k]` over each band's span. `power` has `n_bins` values.
+    /// `out[m] = Σ_k W[m][k] · power[k]` over each band's span. `power` has `n_bins` values,
+    /// finite (also the unused ones up to [`Self::bins_read`]: 0 × NaN would be NaN).
     /// Accumulates in f64 (librosa's float32 BLAS product is within ~1e-6 relative of it).
-    #[inline(always)]
+    /// Uses AVX2 when the CPU has it; the result is bit-identical either way.
+    #[inline]
     pub fn apply(&self, power: &[f64], out: &mut [f32]) {
-        debug_assert_eq!(power.len(), self.n_bins);
-        for (b, o) in self.bands.iter().zip(out.iter_mut()) {
-            let p = &power[b.start..b.start + b.weights.len()];
-            *o = dot(&b.weights, p) as f32;
+        assert!(power.len() >= self.bins_read && out.len() >= self.bands.len());
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            // SAFETY: `simd` is only set when the CPU has AVX2; the spans lie inside `power`
+            // (asserted above) and inside `weights` (by construction).
+            unsafe { self.apply_avx2(power, out) };
+            return;
         }
+        self.apply_generic(power, out);
     }
-}
 
-/// Dot product with eight independent accumulators so the compiler can vectorise it.
-#[inline(always)]
-fn dot(w: &[f32], p: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let wc = w.chunks_exact(8);
-    let pc = p.chunks_exact(8);
-    let (wr, pr) = (wc.remainder(), pc.remainder());
-    for (a, b) in wc.zip(pc) {
-        for j in 0..8 {
-            acc[j] += a[j] as f64 * b[j];
+    /// The portable form of [`Self::apply`]: the same operations in the same order.
+    pub(crate) fn apply_generic(&self, power: &[f64], out: &mut [f32]) {
+        for (b, o) in self.bands.iter().zip(out.iter_mut()) {
+            let w = &self.weights[b.off..b.off + b.len];
+            let p = &power[b.start..b.start + b.len];
+            let mut acc = [0.0f64; LANES];
+            let (wc, pc) = (w.chunks_exact(LANES), p.chunks_exact(LANES));
+            let (wr, pr) = (wc.remainder(), pc.remainder());
+            for (a, q) in wc.zip(pc) {
+                for j in 0..LANES {
+                    acc[j] += a[j] as f64 * q[j];
+                }
+            }
+            let mut s = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+            // Only spans that could not be padded (fewer than LANES bins in all) get here.
+            for (a, q) in wr.iter().zip(pr) {
+                s += *a as f64 * q;
+            }
+            *o = s as f32;
         }
     }
-    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (a, b) in wr.iter().zip(pr) {
-        s += *a as f64 * b;
+
+    /// [`Self::apply_generic`] in AVX2 (no FMA, so the rounding is the same): one vector of
+    /// four f64 products per step, raw pointers so the short spans carry no loop overhead.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn apply_avx2(&self, power: &[f64], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        for (b, o) in self.bands.iter().zip(out.iter_mut()) {
+            let w = self.weights.as_ptr().add(b.off);
+            let p = power.as_ptr().add(b.start);
+            let whole = b.len / LANES * LANES;
+            let mut acc = _mm256_setzero_pd();
+            let mut i = 0;
+            while i < whole {
+                let wv = _mm256_cvtps_pd(_mm_loadu_ps(w.add(i)));
+                acc = _mm256_add_pd(acc, _mm256_mul_pd(wv, _mm256_loadu_pd(p.add(i))));
+                i += LANES;
+            }
+            // (a0 + a2) + (a1 + a3), as in the generic form.
+            let h = _mm_add_pd(_mm256_castpd256_pd128(acc), _mm256_extractf128_pd(acc, 1));
+            let mut s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+            while i < b.len {
+                s += *w.add(i) as f64 * *p.add(i);
+                i += 1;
+            }
+            *o = s as f32;
+        }
     }
-    s
 }
 
 #[cfg(test)]
@@ -232,6 +314,33 @@ mod tests {
                 .map(|&w| w as f64 * df)
                 .sum();
             assert!((area - 1.0).abs() < 0.02, "band {m}: area {area}");
+        }
+    }
+
+    #[test]
+    fn simd_apply_is_bit_identical_and_padding_is_zero() {
+        for (sr, n_fft, n_mels, fmax) in [
+            (22050, 2048, 128, 7600.0),
+            (44100, 2048, 128, 7600.0),
+            (16000, 512, 40, 8000.0),
+            (8000, 16, 3, 4000.0),
+        ] {
+            let mut fb = MelFilterbank::new(sr, n_fft, n_mels, 0.0, fmax);
+            let power: Vec<f64> = (0..fb.n_bins())
+                .map(|k| ((k * 7919) % 101) as f64 * 1.37e-3 + 1e-9)
+                .collect();
+            let mut a = vec![0.0f32; n_mels];
+            fb.apply(&power, &mut a);
+            fb.simd = false;
+            let mut b = vec![0.0f32; n_mels];
+            fb.apply(&power, &mut b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "sr {sr} n_fft {n_fft}");
+            // Padding only adds zero weights: the stored spans hold exactly nnz non-zeros,
+            // and bins_read stays within the spectrum.
+            let dense = fb.to_dense();
+            assert_eq!(dense.iter().filter(|&&w| w != 0.0).count(), fb.nnz());
+            assert!(fb.bins_used() <= fb.bins_read() && fb.bins_read() <= fb.n_bins());
         }
     }
 
