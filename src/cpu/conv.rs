@@ -393,7 +393,7 @@ mod tests {
         for &l in &lens {
             let rows = chunk_rows::<f64>(&s, l);
             assert!(
-                rows < s.m && s.m % rows != 0,
+                rows < s.m && !s.m.is_multiple_of(rows),
                 "want uneven chunks, got {rows}"
             );
         }
