@@ -12,7 +12,7 @@ use super::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use super::dropout::{apply_mask, dropout_mask, SITE_FC, SITE_LSTM0, SITE_POOL1};
 use super::linear::{linear_backward, linear_forward};
 use super::lstm::{lstm_layer_backward, lstm_layer_forward, LstmCache, LstmShape};
-use super::pool::{maxpool2_backward, maxpool2_forward, relu_backward, relu_forward};
+use super::pool::{maxpool2_backward, maxpool2_forward, relu_backward, relu_forward, relu_inplace};
 use super::{Float, Input, Mode};
 use crate::model::{
     init_buffers, init_params, lstm_names, BufferLayout, ModelConfig, ParamLayout, BN_EPS,
@@ -202,9 +202,8 @@ impl<T: Float> CpuModel<T> {
                 act.copy_from_slice(&conv);
                 None
             };
-            let mut relu = vec![T::zero(); sh.y_len()];
-            relu_forward(&act, &mut relu);
-            drop_vec(act);
+            relu_inplace(&mut act);
+            let relu = act;
             let (mo, to) = (m / 2, t / 2);
             let mut pooled = vec![T::zero(); bsz * c * mo * to];
             let mut arg = vec![0u8; pooled.len()];
