@@ -24,9 +24,11 @@
 //! `// extent: PARAM EXPR` per pointer parameter; guard threads past the end with
 //! `ser_in_bounds`. build.rs registers it for both devices; call `device.launch("name", ...)`.
 
+pub mod cost;
 pub mod cuda;
 pub mod kernels;
 pub mod ops;
+pub mod profile;
 pub mod sim;
 
 use std::ffi::c_void;
@@ -600,10 +602,16 @@ impl Device {
         let idx = check_launch(name, grid, block, args)?;
         count(|s| s.launches += 1);
         count_kernel(idx);
-        match self {
-            Device::Sim(s) => s.launch_index(idx, grid, block, shared_bytes, args, &s.options),
-            Device::Cuda(c) => c.launch_index(idx, grid, block, shared_bytes, args),
-        }
+        let sig = &kernels::KERNELS[idx];
+        profile::op(
+            self,
+            sig.name,
+            || cost::launch_cost(sig, grid, block, args),
+            || match self {
+                Device::Sim(s) => s.launch_index(idx, grid, block, shared_bytes, args, &s.options),
+                Device::Cuda(c) => c.launch_index(idx, grid, block, shared_bytes, args),
+            },
+        )
     }
 
     /// Waits for all queued work (launches on `sim` are synchronous).
@@ -659,7 +667,17 @@ impl Device {
         if let Device::Cuda(cd) = self {
             if cd.has_cublas() {
                 count(|s| s.launches += 1);
-                return cd.cublas_sgemm(ta, tb, mi, ni, ki, alpha, a, b, beta, c);
+                let op = match name {
+                    "sgemm_nn" => "cublas_sgemm_nn",
+                    "sgemm_nt" => "cublas_sgemm_nt",
+                    _ => "cublas_sgemm_tn",
+                };
+                return profile::op(
+                    self,
+                    op,
+                    || Some(cost::Cost::gemm(m, n, k, beta)),
+                    || cd.cublas_sgemm(ta, tb, mi, ni, ki, alpha, a, b, beta, c),
+                );
             }
         }
         let grid = (blocks_for(n, 16), blocks_for(m, 16));
