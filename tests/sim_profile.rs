@@ -265,3 +265,57 @@ fn conv_cost_model_equals_the_im2col_gemms() {
         (cost(ConvPass::BackwardData), 2)
     );
 }
+
+/// `bench train --profile` on sim prints the table and the analytic step totals; on cpu it is
+/// an error naming the devices it needs.
+#[test]
+fn cli_bench_train_profile() {
+    use assert_cmd::Command;
+    let args = [
+        "bench",
+        "train",
+        "--batch",
+        "2",
+        "--frames",
+        "16",
+        "--steps",
+        "1",
+        "--kernel-size",
+        "3",
+        "--profile",
+    ];
+    let out = Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args(["--device", "sim"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "per-kernel profile of 1 training step(s) on sim",
+        "cnn fwd",
+        "sgemm_nn",
+        "lstm_forward_recurrent",
+        "adam_step",
+        "per training step (analytic):",
+    ] {
+        assert!(text.contains(want), "missing '{want}':\n{text}");
+    }
+    let out = Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args(["--device", "cpu"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--device sim or --device cuda"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

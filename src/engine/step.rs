@@ -17,6 +17,10 @@
 //! Dropout masks and BatchNorm follow MODEL_SPEC.md exactly as the CPU reference does (same
 //! Philox keys: seed, Purpose::Dropout, step, site), so a device step equals a CPU step up to
 //! f32 rounding; tests/sim_engine.rs checks it.
+//!
+//! Each part of a step runs under a [`profile::phase`] label (`cnn fwd`, `rnn fwd`, `rnn bwd`,
+//! `cnn bwd`, `optim`), so a profile (`ser-engine bench train --profile`) splits its table by
+//! part; setting the label is a thread-local store, free when profiling is off.
 
 use std::collections::HashMap;
 use std::ops::Range;
