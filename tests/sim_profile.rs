@@ -319,3 +319,50 @@ fn cli_bench_train_profile() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Cost-only mode records what a profiled step records (names, phases, costs), in the same
+/// order, without running a kernel: the launch sequence does not depend on the data.
+#[test]
+fn cost_only_matches_the_executed_profile() {
+    let c = cfg();
+    let x = input(LENS.len() * c.n_mels * T);
+    let (_, timed, _) = profiled_step();
+    let mut dm = DeviceModel::new(device(), &c, 1).unwrap();
+    step(&mut dm, &x, 0);
+    let params = dm.params_host().unwrap();
+    profile::start_cost_only();
+    step(&mut dm, &x, 1);
+    let dry = profile::stop();
+    let key = |r: &Record| (r.name, r.phase, r.cost);
+    assert_eq!(
+        dry.iter().map(key).collect::<Vec<_>>(),
+        timed.iter().map(key).collect::<Vec<_>>()
+    );
+    assert!(dry.iter().all(|r| r.seconds == 0.0));
+    // nothing ran: Adam did not move the parameters
+    assert_eq!(dm.params_host().unwrap(), params);
+}
+
+#[test]
+fn cli_bench_train_cost_only() {
+    use assert_cmd::Command;
+    let out = Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args([
+            "--device", "sim", "bench", "train", "--batch", "16", "--frames", "126",
+        ])
+        .arg("--cost-only")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("kernels not executed") && text.contains("per training step (analytic):"),
+        "{text}"
+    );
+    eprint!("{text}");
+}

@@ -46,6 +46,11 @@ pub enum BenchWhat {
         /// launch is synchronized, so profiled steps run slower than the timed ones).
         #[arg(long)]
         profile: bool,
+        /// Instead of timing, print the analytic FLOP and minimum DRAM bytes of each kernel of
+        /// one training step, without executing the kernels (device sim or cuda; any size runs
+        /// in seconds on sim).
+        #[arg(long, conflicts_with = "profile")]
+        cost_only: bool,
     },
 }
 
@@ -66,6 +71,7 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
             kernel_size,
             classes,
             profile,
+            cost_only,
         } => bench_train(
             global,
             *batch,
@@ -73,11 +79,13 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
             *steps,
             *kernel_size,
             *classes,
-            *profile,
+            *profile || *cost_only,
+            *cost_only,
         ),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_train(
     global: &Global,
     b: usize,
@@ -86,6 +94,7 @@ fn bench_train(
     kernel: usize,
     classes: usize,
     profile: bool,
+    cost_only: bool,
 ) -> Result<()> {
     ensure!(
         b > 0 && steps > 0 && t >= crate::model::MIN_FRAMES,
@@ -94,7 +103,7 @@ fn bench_train(
     );
     ensure!(
         !profile || matches!(global.device, DeviceChoice::Sim | DeviceChoice::Cuda),
-        "--profile profiles device kernels: use --device sim or --device cuda"
+        "--profile and --cost-only profile device kernels: use --device sim or --device cuda"
     );
     let model = ModelConfig {
         kernel,
@@ -124,6 +133,20 @@ fn bench_train(
         indices: (0..b).collect(),
     };
     let threads = rayon::current_num_threads();
+    if cost_only {
+        crate::device::profile::start_cost_only();
+        let r = backend.train_step(&batch, 0, 1e-4);
+        let records = crate::device::profile::stop();
+        r?;
+        let s = summarize(&records, 1);
+        println!(
+            "analytic cost of one training step (kernels not executed), batch {b} x {m} mels x {t} frames, kernel {kernel}, device {}",
+            backend.device()
+        );
+        print!("{}", s.cost_table());
+        println!("{}", step_totals_line(&s, b));
+        return Ok(());
+    }
     for step in 0..2 {
         backend.train_step(&batch, step, 1e-4)?;
     }

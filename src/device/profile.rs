@@ -5,6 +5,11 @@
 //! [`super::cost`]). [`summarize`] folds the records of some training steps into a per-kernel
 //! table (launches per step, time share, GFLOP/s, GB/s, FLOP/byte) and the step totals.
 //!
+//! [`start_cost_only`] records the same operations with their costs but does NOT execute them
+//! (seconds 0): the launch sequence and shapes do not depend on the data, so this gives the
+//! analytic FLOP and bytes of a step too large to run on sim in reasonable time. Whatever the
+//! step computes meanwhile is garbage: use a throwaway model.
+//!
 //! Off (the default) the only cost on the launch path is reading a thread-local flag, and
 //! [`phase`] sets a thread-local `&'static str`: no allocation, no synchronization.
 //!
@@ -34,8 +39,16 @@ pub struct Record {
     pub cost: Option<Cost>,
 }
 
+/// What this thread does with device operations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Off,
+    Timed,
+    CostOnly,
+}
+
 thread_local! {
-    static ON: Cell<bool> = const { Cell::new(false) };
+    static ON: Cell<Mode> = const { Cell::new(Mode::Off) };
     static PHASE: Cell<&'static str> = const { Cell::new("-") };
     static RECORDS: RefCell<Vec<Record>> = const { RefCell::new(Vec::new()) };
 }
@@ -43,18 +56,25 @@ thread_local! {
 /// Starts recording this thread's device operations (earlier records are dropped).
 pub fn start() {
     RECORDS.with(|r| r.borrow_mut().clear());
-    ON.with(|o| o.set(true));
+    ON.with(|o| o.set(Mode::Timed));
+}
+
+/// Starts recording this thread's device operations with their costs, without executing them
+/// (see the module doc); [`stop`] ends it.
+pub fn start_cost_only() {
+    RECORDS.with(|r| r.borrow_mut().clear());
+    ON.with(|o| o.set(Mode::CostOnly));
 }
 
 /// Stops recording and returns the records since [`start`], in launch order.
 pub fn stop() -> Vec<Record> {
-    ON.with(|o| o.set(false));
+    ON.with(|o| o.set(Mode::Off));
     RECORDS.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
 
 /// Whether this thread is recording.
 pub fn is_on() -> bool {
-    ON.with(|o| o.get())
+    ON.with(|o| o.get()) != Mode::Off
 }
 
 /// Restores the previous phase when dropped.
@@ -73,23 +93,28 @@ pub fn phase(name: &'static str) -> PhaseGuard {
 }
 
 /// Runs device operation `f` on `dev`; while profiling, synchronized and recorded as `name`
-/// with `cost()` (not evaluated when off).
-pub(crate) fn op<R>(
+/// with `cost()` (not evaluated when off); in cost-only mode recorded and not run.
+pub(crate) fn op(
     dev: &Device,
     name: &'static str,
     cost: impl FnOnce() -> Option<Cost>,
-    f: impl FnOnce() -> Result<R>,
-) -> Result<R> {
-    if !is_on() {
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let mode = ON.with(|o| o.get());
+    if mode == Mode::Off {
         return f();
     }
     let cost = cost();
-    // earlier queued work must not be billed to this operation
-    dev.synchronize()?;
-    let t0 = Instant::now();
-    let r = f()?;
-    dev.synchronize()?;
-    let seconds = t0.elapsed().as_secs_f64();
+    let seconds = if mode == Mode::CostOnly {
+        0.0
+    } else {
+        // earlier queued work must not be billed to this operation
+        dev.synchronize()?;
+        let t0 = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        t0.elapsed().as_secs_f64()
+    };
     let phase = PHASE.with(|p| p.get());
     RECORDS.with(|v| {
         v.borrow_mut().push(Record {
@@ -99,7 +124,7 @@ pub(crate) fn op<R>(
             cost,
         })
     });
-    Ok(r)
+    Ok(())
 }
 
 /// One row of a [`Summary`]: a kernel within a phase, per step.
@@ -257,6 +282,51 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// The table without times (for [`start_cost_only`] records): per (phase, kernel)
+    /// launches per step, MFLOP, MB and FLOP/byte, and the step totals.
+    pub fn cost_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<9} {:<26} {:>7} {:>12} {:>10} {:>7}",
+            "phase", "kernel", "launch", "MFLOP", "MB", "FLOP/B"
+        );
+        let line = |out: &mut String, phase: &str, name: &str, l: f64, f: f64, b: f64, ok: bool| {
+            if ok {
+                let _ = writeln!(
+                    out,
+                    "{phase:<9} {name:<26} {l:>7.1} {:>12.3} {:>10.3} {:>7.2}",
+                    f / 1e6,
+                    b / 1e6,
+                    rate(f, b)
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{phase:<9} {name:<26} {l:>7.1} {:>12} {:>10} {:>7}",
+                    "-", "-", "-"
+                );
+            }
+        };
+        for r in &self.rows {
+            line(
+                &mut out, r.phase, r.name, r.launches, r.flops, r.bytes, r.modeled,
+            );
+        }
+        line(
+            &mut out,
+            "step",
+            "total",
+            self.launches,
+            self.flops,
+            self.bytes,
+            true,
+        );
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,9 +365,11 @@ mod tests {
             (s.launches, s.seconds, s.flops, s.bytes),
             (4.0, 10.0, 31.0, 13.0)
         );
-        let t = s.table();
-        assert_eq!(t.lines().count(), 1 + 3 + 1, "{t}");
-        assert!(t.lines().nth(2).unwrap().contains(" - "), "{t}");
+        for t in [s.table(), s.cost_table()] {
+            assert_eq!(t.lines().count(), 1 + 3 + 1, "{t}");
+            assert!(t.lines().nth(2).unwrap().contains(" - "), "{t}");
+            assert!(!t.lines().nth(1).unwrap().contains(" - "), "{t}");
+        }
     }
 
     #[test]
