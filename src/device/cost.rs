@@ -17,6 +17,9 @@
 //! - Work is counted at the padded shape (every clip at `t_max`): the kernels that skip padded
 //!   frames (the LSTM recurrences, BatchNorm reductions) do less for ragged batches, so there
 //!   the model is an upper bound; for full-length batches it is the kernel's work.
+//!
+//! A new kernel the training step launches needs a formula in [`launch_cost`]: the profile
+//! test (tests/sim_profile.rs) fails for a launched kernel without one.
 
 use super::kernels::KernelSig;
 use super::{Dim3, KernelArg};

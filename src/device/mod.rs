@@ -19,6 +19,11 @@
 //! how the engine reads parameters from and writes gradients into the flat buffers without
 //! per-tensor copies.
 //!
+//! Profiling: [`profile::start`] makes this thread's launches, GEMMs and cuDNN convolutions
+//! synchronous and records each with its time and its analytic FLOP / minimum DRAM bytes
+//! ([`cost`]); [`profile::start_cost_only`] records the costs without executing anything. Off,
+//! the launch path only reads a thread-local flag.
+//!
 //! Adding a kernel: write `extern "C" __global__ void name(...)` on ONE line in a kernels/*.cu
 //! file that includes "common.cuh"; above it, comment lines giving the launch shape and one
 //! `// extent: PARAM EXPR` per pointer parameter; guard threads past the end with
