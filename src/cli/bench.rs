@@ -1,14 +1,21 @@
 //! `ser-engine bench`: throughput measurements (never asserted in tests).
 //! - `bench train`: training samples/s (forward + backward + Adam) and inference samples/s of
 //!   the paper model on random log-Mel batches, and the process's peak memory.
+//! - `bench train --profile` (device sim or cuda): then profiles training steps kernel by
+//!   kernel (`device::profile`): launches per step, time share, the analytic FLOP and minimum
+//!   DRAM bytes of each kernel (`device::cost`), GFLOP/s, GB/s and FLOP/byte, and the
+//!   step's totals, so the fraction of a GPU's roofline can be read off. On sim the times are
+//!   the host emulation's, not GPU times; FLOP and bytes are the device's all the same.
 
 use super::train::make_backend;
 use super::Global;
+use crate::cli::DeviceChoice;
+use crate::device::profile::{summarize, Summary};
 use crate::model::ModelConfig;
 use crate::rng::{Purpose, Stream};
 use crate::train::backend::OptimConfig;
 use crate::train::data::Batch;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
 use std::time::Instant;
 
@@ -35,6 +42,15 @@ pub enum BenchWhat {
         kernel_size: usize,
         #[arg(long, default_value_t = 5)]
         classes: usize,
+        /// Then profile `--steps` training steps kernel by kernel (device sim or cuda; every
+        /// launch is synchronized, so profiled steps run slower than the timed ones).
+        #[arg(long)]
+        profile: bool,
+        /// Instead of timing, print the analytic FLOP and minimum DRAM bytes of each kernel of
+        /// one training step, without executing the kernels (device sim or cuda; any size runs
+        /// in seconds on sim).
+        #[arg(long, conflicts_with = "profile")]
+        cost_only: bool,
     },
 }
 
@@ -54,10 +70,22 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
             steps,
             kernel_size,
             classes,
-        } => bench_train(global, *batch, *frames, *steps, *kernel_size, *classes),
+            profile,
+            cost_only,
+        } => bench_train(
+            global,
+            *batch,
+            *frames,
+            *steps,
+            *kernel_size,
+            *classes,
+            *profile || *cost_only,
+            *cost_only,
+        ),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_train(
     global: &Global,
     b: usize,
@@ -65,7 +93,18 @@ fn bench_train(
     steps: usize,
     kernel: usize,
     classes: usize,
+    profile: bool,
+    cost_only: bool,
 ) -> Result<()> {
+    ensure!(
+        b > 0 && steps > 0 && t >= crate::model::MIN_FRAMES,
+        "--batch and --steps must be at least 1 and --frames at least {}",
+        crate::model::MIN_FRAMES
+    );
+    ensure!(
+        !profile || matches!(global.device, DeviceChoice::Sim | DeviceChoice::Cuda),
+        "--profile and --cost-only profile device kernels: use --device sim or --device cuda"
+    );
     let model = ModelConfig {
         kernel,
         classes,
@@ -94,6 +133,20 @@ fn bench_train(
         indices: (0..b).collect(),
     };
     let threads = rayon::current_num_threads();
+    if cost_only {
+        crate::device::profile::start_cost_only();
+        let r = backend.train_step(&batch, 0, 1e-4);
+        let records = crate::device::profile::stop();
+        r?;
+        let s = summarize(&records, 1);
+        println!(
+            "analytic cost of one training step (kernels not executed), batch {b} x {m} mels x {t} frames, kernel {kernel}, device {}",
+            backend.device()
+        );
+        print!("{}", s.cost_table());
+        println!("{}", step_totals_line(&s, b));
+        return Ok(());
+    }
     for step in 0..2 {
         backend.train_step(&batch, step, 1e-4)?;
     }
@@ -125,5 +178,47 @@ fn bench_train(
     if let Some(mib) = peak_memory_mib() {
         println!("peak memory {mib:.0} MiB");
     }
+    if profile {
+        let first = 2 + steps as u32;
+        crate::device::profile::start();
+        let r = (0..steps).try_for_each(|i| {
+            backend
+                .train_step(&batch, first + i as u32, 1e-4)
+                .map(|_| ())
+        });
+        let records = crate::device::profile::stop();
+        r?;
+        let s = summarize(&records, steps);
+        println!();
+        println!(
+            "per-kernel profile of {steps} training step(s) on {}{}",
+            backend.device(),
+            if backend.device() == "sim" {
+                " (sim: host emulation times, not GPU times; FLOP and bytes are the device's)"
+            } else {
+                " (each launch synchronized: times include launch latency)"
+            }
+        );
+        print!("{}", s.table());
+        println!("{}", step_totals_line(&s, b));
+    }
     Ok(())
+}
+
+/// The analytic totals of a profiled step: FLOP and minimum DRAM bytes per step and per clip.
+pub fn step_totals_line(s: &Summary, batch: usize) -> String {
+    format!(
+        "per training step (analytic): {:.3} GFLOP, {:.3} GB of DRAM traffic at least \
+         ({:.2} FLOP/byte); per clip {:.3} GFLOP, {:.2} MB; {:.0} launches",
+        s.flops / 1e9,
+        s.bytes / 1e9,
+        if s.bytes > 0.0 {
+            s.flops / s.bytes
+        } else {
+            0.0
+        },
+        s.flops / 1e9 / batch as f64,
+        s.bytes / 1e6 / batch as f64,
+        s.launches
+    )
 }

@@ -19,14 +19,21 @@
 //! how the engine reads parameters from and writes gradients into the flat buffers without
 //! per-tensor copies.
 //!
+//! Profiling: [`profile::start`] makes this thread's launches, GEMMs and cuDNN convolutions
+//! synchronous and records each with its time and its analytic FLOP / minimum DRAM bytes
+//! ([`cost`]); [`profile::start_cost_only`] records the costs without executing anything. Off,
+//! the launch path only reads a thread-local flag.
+//!
 //! Adding a kernel: write `extern "C" __global__ void name(...)` on ONE line in a kernels/*.cu
 //! file that includes "common.cuh"; above it, comment lines giving the launch shape and one
 //! `// extent: PARAM EXPR` per pointer parameter; guard threads past the end with
 //! `ser_in_bounds`. build.rs registers it for both devices; call `device.launch("name", ...)`.
 
+pub mod cost;
 pub mod cuda;
 pub mod kernels;
 pub mod ops;
+pub mod profile;
 pub mod sim;
 
 use std::ffi::c_void;
@@ -600,10 +607,16 @@ impl Device {
         let idx = check_launch(name, grid, block, args)?;
         count(|s| s.launches += 1);
         count_kernel(idx);
-        match self {
-            Device::Sim(s) => s.launch_index(idx, grid, block, shared_bytes, args, &s.options),
-            Device::Cuda(c) => c.launch_index(idx, grid, block, shared_bytes, args),
-        }
+        let sig = &kernels::KERNELS[idx];
+        profile::op(
+            self,
+            sig.name,
+            || cost::launch_cost(sig, grid, block, args),
+            || match self {
+                Device::Sim(s) => s.launch_index(idx, grid, block, shared_bytes, args, &s.options),
+                Device::Cuda(c) => c.launch_index(idx, grid, block, shared_bytes, args),
+            },
+        )
     }
 
     /// Waits for all queued work (launches on `sim` are synchronous).
@@ -659,7 +672,17 @@ impl Device {
         if let Device::Cuda(cd) = self {
             if cd.has_cublas() {
                 count(|s| s.launches += 1);
-                return cd.cublas_sgemm(ta, tb, mi, ni, ki, alpha, a, b, beta, c);
+                let op = match name {
+                    "sgemm_nn" => "cublas_sgemm_nn",
+                    "sgemm_nt" => "cublas_sgemm_nt",
+                    _ => "cublas_sgemm_tn",
+                };
+                return profile::op(
+                    self,
+                    op,
+                    || Some(cost::Cost::gemm(m, n, k, beta)),
+                    || cd.cublas_sgemm(ta, tb, mi, ni, ki, alpha, a, b, beta, c),
+                );
             }
         }
         let grid = (blocks_for(n, 16), blocks_for(m, 16));

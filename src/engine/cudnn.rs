@@ -58,7 +58,9 @@ use cudarc::driver::DevicePtr;
 
 use super::cnn::{conv2d_backward_with, conv2d_forward_with, ConvScratch};
 use crate::cpu::conv::ConvShape;
+use crate::device::cost::{ConvPass, Cost};
 use crate::device::cuda::{guarded, libraries_present};
+use crate::device::profile;
 use crate::device::{
     blocks_for, count, AsView, CudaDevice, Device, DeviceBuffer, DeviceSlice, DeviceSliceMut, Mem,
 };
@@ -955,7 +957,7 @@ impl CudnnDense<'_> {
 impl DenseConv for CudnnDense<'_> {
     fn forward(
         &mut self,
-        _dev: &Device,
+        dev: &Device,
         s: &ConvShape,
         x: &DeviceBuffer<f32>,
         w: DeviceSlice<'_, f32>,
@@ -976,36 +978,49 @@ impl DenseConv for CudnnDense<'_> {
         let (alpha, beta) = (1.0f32, 0.0f32);
         count(|st| st.launches += 1);
         let h = self.handle;
-        guarded("cudnnConvolutionForward", || {
-            // SAFETY: descriptors match the buffers' shapes (sizes checked above), pointers are
-            // live device allocations on the handle's stream, workspace as sized for `fwd`.
-            ck(
-                unsafe {
-                    cr::convolution_forward(
-                        h,
-                        &alpha as *const f32 as *const c_void,
-                        p.x.0,
-                        px,
-                        p.w.0,
-                        pw,
-                        p.conv.0,
-                        p.fwd,
-                        pws,
-                        bytes,
-                        &beta as *const f32 as *const c_void,
-                        p.y.0,
-                        py,
-                    )
-                },
-                &format!("cudnnConvolutionForward (algo {:?})", p.fwd),
-                s,
-            )
+        let cost = || {
+            Some(Cost::conv(
+                ConvPass::Forward,
+                s.batch,
+                s.cin,
+                s.cout,
+                s.m,
+                s.t,
+                s.k,
+            ))
+        };
+        profile::op(dev, "cudnn_conv_forward", cost, || {
+            guarded("cudnnConvolutionForward", || {
+                // SAFETY: descriptors match the buffers' shapes (sizes checked above), pointers are
+                // live device allocations on the handle's stream, workspace as sized for `fwd`.
+                ck(
+                    unsafe {
+                        cr::convolution_forward(
+                            h,
+                            &alpha as *const f32 as *const c_void,
+                            p.x.0,
+                            px,
+                            p.w.0,
+                            pw,
+                            p.conv.0,
+                            p.fwd,
+                            pws,
+                            bytes,
+                            &beta as *const f32 as *const c_void,
+                            p.y.0,
+                            py,
+                        )
+                    },
+                    &format!("cudnnConvolutionForward (algo {:?})", p.fwd),
+                    s,
+                )
+            })
         })
     }
 
     fn backward_filter_acc(
         &mut self,
-        _dev: &Device,
+        dev: &Device,
         s: &ConvShape,
         x: &DeviceBuffer<f32>,
         dy: &DeviceBuffer<f32>,
@@ -1027,35 +1042,48 @@ impl DenseConv for CudnnDense<'_> {
         let (alpha, beta) = (1.0f32, 1.0f32);
         count(|st| st.launches += 1);
         let h = self.handle;
-        guarded("cudnnConvolutionBackwardFilter", || {
-            // SAFETY: as in `forward`.
-            ck(
-                unsafe {
-                    cr::convolution_backward_filter(
-                        h,
-                        &alpha as *const f32 as *const c_void,
-                        p.x.0,
-                        px,
-                        p.y.0,
-                        pdy,
-                        p.conv.0,
-                        p.bwd_filter,
-                        pws,
-                        bytes,
-                        &beta as *const f32 as *const c_void,
-                        p.w.0,
-                        pdw,
-                    )
-                },
-                &format!("cudnnConvolutionBackwardFilter (algo {:?})", p.bwd_filter),
-                s,
-            )
+        let cost = || {
+            Some(Cost::conv(
+                ConvPass::BackwardFilter,
+                s.batch,
+                s.cin,
+                s.cout,
+                s.m,
+                s.t,
+                s.k,
+            ))
+        };
+        profile::op(dev, "cudnn_conv_backward_filter", cost, || {
+            guarded("cudnnConvolutionBackwardFilter", || {
+                // SAFETY: as in `forward`.
+                ck(
+                    unsafe {
+                        cr::convolution_backward_filter(
+                            h,
+                            &alpha as *const f32 as *const c_void,
+                            p.x.0,
+                            px,
+                            p.y.0,
+                            pdy,
+                            p.conv.0,
+                            p.bwd_filter,
+                            pws,
+                            bytes,
+                            &beta as *const f32 as *const c_void,
+                            p.w.0,
+                            pdw,
+                        )
+                    },
+                    &format!("cudnnConvolutionBackwardFilter (algo {:?})", p.bwd_filter),
+                    s,
+                )
+            })
         })
     }
 
     fn backward_data(
         &mut self,
-        _dev: &Device,
+        dev: &Device,
         s: &ConvShape,
         w: DeviceSlice<'_, f32>,
         dy: &DeviceBuffer<f32>,
@@ -1076,29 +1104,42 @@ impl DenseConv for CudnnDense<'_> {
         let (alpha, beta) = (1.0f32, 0.0f32);
         count(|st| st.launches += 1);
         let h = self.handle;
-        guarded("cudnnConvolutionBackwardData", || {
-            // SAFETY: as in `forward`.
-            ck(
-                unsafe {
-                    cr::convolution_backward_data(
-                        h,
-                        &alpha as *const f32 as *const c_void,
-                        p.w.0,
-                        pw,
-                        p.y.0,
-                        pdy,
-                        p.conv.0,
-                        p.bwd_data,
-                        pws,
-                        bytes,
-                        &beta as *const f32 as *const c_void,
-                        p.x.0,
-                        pdx,
-                    )
-                },
-                &format!("cudnnConvolutionBackwardData (algo {:?})", p.bwd_data),
-                s,
-            )
+        let cost = || {
+            Some(Cost::conv(
+                ConvPass::BackwardData,
+                s.batch,
+                s.cin,
+                s.cout,
+                s.m,
+                s.t,
+                s.k,
+            ))
+        };
+        profile::op(dev, "cudnn_conv_backward_data", cost, || {
+            guarded("cudnnConvolutionBackwardData", || {
+                // SAFETY: as in `forward`.
+                ck(
+                    unsafe {
+                        cr::convolution_backward_data(
+                            h,
+                            &alpha as *const f32 as *const c_void,
+                            p.w.0,
+                            pw,
+                            p.y.0,
+                            pdy,
+                            p.conv.0,
+                            p.bwd_data,
+                            pws,
+                            bytes,
+                            &beta as *const f32 as *const c_void,
+                            p.x.0,
+                            pdx,
+                        )
+                    },
+                    &format!("cudnnConvolutionBackwardData (algo {:?})", p.bwd_data),
+                    s,
+                )
+            })
         })
     }
 }

@@ -17,6 +17,10 @@
 //! Dropout masks and BatchNorm follow MODEL_SPEC.md exactly as the CPU reference does (same
 //! Philox keys: seed, Purpose::Dropout, step, site), so a device step equals a CPU step up to
 //! f32 rounding; tests/sim_engine.rs checks it.
+//!
+//! Each part of a step runs under a [`profile::phase`] label (`cnn fwd`, `rnn fwd`, `rnn bwd`,
+//! `cnn bwd`, `optim`), so a profile (`ser-engine bench train --profile`) splits its table by
+//! part; setting the label is a thread-local store, free when profiling is off.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -24,7 +28,7 @@ use std::ops::Range;
 use anyhow::{bail, ensure, Result};
 
 use crate::cpu::Mode;
-use crate::device::{Device, DeviceBuffer};
+use crate::device::{profile, Device, DeviceBuffer};
 use crate::engine::cnn::{
     cnn_backward, cnn_forward, cnn_ranges, BnRunning, CnnOptions, CnnParams, CnnWorkspace,
     ConvScratch,
@@ -243,6 +247,7 @@ impl DeviceModel {
         mode: Mode,
         w: &mut ShapeWork,
     ) -> Result<LossOut> {
+        let phase = profile::phase("cnn fwd");
         cnn_forward(
             &self.dev,
             &self.cfg,
@@ -258,6 +263,8 @@ impl DeviceModel {
             Mode::Train { seed, step } => Some((seed, step)),
             Mode::Eval => None,
         };
+        drop(phase);
+        let _phase = profile::phase("rnn fwd");
         let out = rnn_forward(
             &self.dev,
             &self.params,
@@ -314,6 +321,7 @@ impl DeviceModel {
         let mode = Mode::Train { seed, step };
         let out = self.forward_loss(lengths, labels, loss, mode, w)?;
         self.dev.memset_zero(&mut self.grads)?;
+        let phase = profile::phase("rnn bwd");
         rnn_backward(
             &self.dev,
             &self.params,
@@ -323,6 +331,8 @@ impl DeviceModel {
             &mut self.grads,
             &mut w.dframes,
         )?;
+        drop(phase);
+        let _phase = profile::phase("cnn bwd");
         // the CNN ranges of the zeroed gradient are untouched by rnn_backward; the CNN
         // backward accumulates into them in place
         cnn_backward(
@@ -354,6 +364,7 @@ impl DeviceModel {
         loss: &LossConfig,
     ) -> Result<StepOut> {
         let out = self.compute_grads(x, lengths, t_max, labels, seed, step, loss)?;
+        let _phase = profile::phase("optim");
         let grad_norm = if clip > 0.0 {
             Some(clip_grad_norm_with(
                 &self.dev,
