@@ -19,6 +19,9 @@
 //! difference is bounded by the sum of both errors, and measured far below). Masked positions
 //! must be exactly 0 on every path.
 
+mod common;
+
+use common::{check_masked as check, dtoh as dl, f64s, lengths, randn, rel_err};
 use ser_engine::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use ser_engine::cpu::Mode;
 use ser_engine::device::{
@@ -28,63 +31,6 @@ use ser_engine::engine::cnn::{self, CnnOptions, ConvBackend, ConvScratch};
 use ser_engine::engine::cudnn::{masked_conv_backward, masked_conv_forward, KernelDenseConv};
 use ser_engine::model::ModelConfig;
 use ser_engine::rng::{Purpose, Stream};
-
-fn randn(seed: u64, n: usize) -> Vec<f32> {
-    let s = Stream::new(seed, Purpose::Test, 7);
-    (0..n as u64).map(|i| s.normal(i)).collect()
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-/// ‖a − b‖ / ‖b‖ (absolute when b is 0); NaN anywhere gives NaN, which fails `<= tol`.
-fn rel_err(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        let x = *x as f64;
-        if x.is_nan() || y.is_nan() {
-            return f64::NAN;
-        }
-        num += (x - y) * (x - y);
-        den += y * y;
-    }
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
-}
-
-/// Relative-norm check, plus: where the reference is exactly 0 (masks), so is `got`.
-fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    let e = rel_err(got, want);
-    eprintln!("{what}: relative error {e:.3e} (tol {tol:.0e})");
-    assert!(e <= tol, "{what}: relative error {e} > {tol}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if *w == 0.0 {
-            assert!(*g == 0.0, "{what}: element {i} is {g}, the reference has 0");
-        }
-    }
-}
-
-fn dl(dev: &Device, b: &DeviceBuffer<f32>) -> Vec<f32> {
-    dev.dtoh(b).unwrap()
-}
-
-/// Lengths in 1..=t, the first clip full, the others shorter (some shorter than k/2).
-fn lengths(s: &Stream, k: u64, batch: usize, t: usize) -> Vec<usize> {
-    (0..batch)
-        .map(|b| {
-            if b == 0 {
-                t
-            } else {
-                1 + s.below(k * 10 + b as u64, t as u32 - 1) as usize
-            }
-        })
-        .collect()
-}
 
 /// Inputs of one conv op test and the f64 CPU results.
 struct Case {

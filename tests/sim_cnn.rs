@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{dtoh, f64s};
+use common::{check_masked as check, dtoh, f64s, lengths, randn};
 use ser_engine::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use ser_engine::cpu::dropout::{apply_mask, dropout_mask, site_base, SITE_FC, SITE_POOL1};
 use ser_engine::cpu::{batchnorm, linear, pool, CpuModel, Input, Mode};
@@ -26,25 +26,6 @@ fn device() -> Device {
     common::device(11)
 }
 
-fn randn(seed: u64, n: usize) -> Vec<f32> {
-    let s = Stream::new(seed, Purpose::Test, 3);
-    (0..n as u64).map(|i| s.normal(i)).collect()
-}
-
-/// [`common::check`], and positions where the CPU is exactly 0 must be exactly 0 here.
-fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    common::check(what, got, want, tol);
-    // positions the CPU leaves exactly zero (masks) must be exactly zero on the device too
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if *w == 0.0 {
-            assert!(
-                *g == 0.0,
-                "{what}: element {i} is {g}, the CPU has exactly 0"
-            );
-        }
-    }
-}
-
 /// A size in [lo, hi) that is not a multiple of 16.
 fn odd(s: &Stream, k: u64, lo: u32, hi: u32) -> usize {
     let mut n = lo + s.below(k, hi - lo);
@@ -52,19 +33,6 @@ fn odd(s: &Stream, k: u64, lo: u32, hi: u32) -> usize {
         n += 1;
     }
     n as usize
-}
-
-/// Lengths in 1..=t with the first clip full and the others shorter.
-fn lengths(s: &Stream, k: u64, batch: usize, t: usize) -> Vec<usize> {
-    (0..batch)
-        .map(|b| {
-            if b == 0 {
-                t
-            } else {
-                1 + s.below(k * 10 + b as u64, t as u32 - 1) as usize
-            }
-        })
-        .collect()
 }
 
 #[test]

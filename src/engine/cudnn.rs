@@ -942,18 +942,84 @@ impl CudnnDense<'_> {
             _ => bail!("cuDNN workspace of {bytes} bytes not reserved for conv {s:?}"),
         }
     }
-    fn sizes(&self, s: &ConvShape, bufs: [(DeviceSlice<'_, f32>, usize, &str); 3]) -> Result<()> {
-        for (b, n, what) in bufs {
+    /// One cuDNN convolution call of `pass`: checks the three operands' sizes, binds the
+    /// context, resolves their pointers (in the order given) and the pass's workspace, counts
+    /// the launch and profiles it; `call(handle, plan, pointers, workspace, bytes)` makes the
+    /// cuDNN call itself.
+    fn run(
+        &self,
+        dev: &Device,
+        s: &ConvShape,
+        pass: ConvPass,
+        operands: [(DeviceSlice<'_, f32>, usize, &str); 3],
+        call: impl FnOnce(
+            sys::cudnnHandle_t,
+            &Plan,
+            [*mut c_void; 3],
+            *mut c_void,
+            usize,
+        ) -> Result<(), cr::CudnnError>,
+    ) -> Result<()> {
+        for (b, n, what) in &operands {
             ensure!(
-                b.len() >= n,
+                b.len() >= *n,
                 "cuDNN conv {s:?}: {what} has {} elements, needs {n}",
                 b.len()
             );
         }
-        Ok(())
+        bind(self.c).with_context(|| format!("conv {s:?}"))?;
+        let mut ptrs = [std::ptr::null_mut(); 3];
+        for (p, (b, _, _)) in ptrs.iter_mut().zip(&operands) {
+            *p = ptr(self.c, b)?;
+        }
+        let p = self.plan;
+        let (ws_slot, op, function, algo) = match pass {
+            ConvPass::Forward => (
+                0,
+                "cudnn_conv_forward",
+                "cudnnConvolutionForward",
+                format!("{:?}", p.fwd),
+            ),
+            ConvPass::BackwardData => (
+                1,
+                "cudnn_conv_backward_data",
+                "cudnnConvolutionBackwardData",
+                format!("{:?}", p.bwd_data),
+            ),
+            ConvPass::BackwardFilter => (
+                2,
+                "cudnn_conv_backward_filter",
+                "cudnnConvolutionBackwardFilter",
+                format!("{:?}", p.bwd_filter),
+            ),
+        };
+        let bytes = p.ws[ws_slot];
+        let pws = self.ws(bytes, s)?;
+        count(|st| st.launches += 1);
+        let cost = || Some(Cost::conv(pass, s.batch, s.cin, s.cout, s.m, s.t, s.k));
+        profile::op(dev, op, cost, || {
+            guarded(function, || {
+                ck(
+                    call(self.handle, p, ptrs, pws, bytes),
+                    &format!("{function} (algo {algo})"),
+                    s,
+                )
+            })
+        })
     }
 }
 
+/// α for every call; β = 0 overwrites the output, β = 1 accumulates into it.
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+fn scalar(v: &f32) -> *const c_void {
+    v as *const f32 as *const c_void
+}
+
+// SAFETY (all three calls): `run` checked that every buffer holds at least the elements the
+// plan's descriptors describe; the pointers are live device allocations on the handle's
+// stream and the workspace is the one sized for this pass when the plan was made.
 impl DenseConv for CudnnDense<'_> {
     fn forward(
         &mut self,
@@ -963,59 +1029,34 @@ impl DenseConv for CudnnDense<'_> {
         w: DeviceSlice<'_, f32>,
         y: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        self.sizes(
+        let operands = [
+            (x.view(), s.x_len(), "x"),
+            (w.view(), s.w_len(), "w"),
+            (y.view(), s.y_len(), "y"),
+        ];
+        self.run(
+            dev,
             s,
-            [
-                (x.view(), s.x_len(), "x"),
-                (w.view(), s.w_len(), "w"),
-                (y.view(), s.y_len(), "y"),
-            ],
-        )?;
-        bind(self.c).with_context(|| format!("conv {s:?}"))?;
-        let (px, pw, py) = (ptr(self.c, x)?, ptr(self.c, &w)?, ptr(self.c, y)?);
-        let (p, bytes) = (self.plan, self.plan.ws[0]);
-        let pws = self.ws(bytes, s)?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        count(|st| st.launches += 1);
-        let h = self.handle;
-        let cost = || {
-            Some(Cost::conv(
-                ConvPass::Forward,
-                s.batch,
-                s.cin,
-                s.cout,
-                s.m,
-                s.t,
-                s.k,
-            ))
-        };
-        profile::op(dev, "cudnn_conv_forward", cost, || {
-            guarded("cudnnConvolutionForward", || {
-                // SAFETY: descriptors match the buffers' shapes (sizes checked above), pointers are
-                // live device allocations on the handle's stream, workspace as sized for `fwd`.
-                ck(
-                    unsafe {
-                        cr::convolution_forward(
-                            h,
-                            &alpha as *const f32 as *const c_void,
-                            p.x.0,
-                            px,
-                            p.w.0,
-                            pw,
-                            p.conv.0,
-                            p.fwd,
-                            pws,
-                            bytes,
-                            &beta as *const f32 as *const c_void,
-                            p.y.0,
-                            py,
-                        )
-                    },
-                    &format!("cudnnConvolutionForward (algo {:?})", p.fwd),
-                    s,
+            ConvPass::Forward,
+            operands,
+            |h, p, [px, pw, py], ws, bytes| unsafe {
+                cr::convolution_forward(
+                    h,
+                    scalar(&ONE),
+                    p.x.0,
+                    px,
+                    p.w.0,
+                    pw,
+                    p.conv.0,
+                    p.fwd,
+                    ws,
+                    bytes,
+                    scalar(&ZERO),
+                    p.y.0,
+                    py,
                 )
-            })
-        })
+            },
+        )
     }
 
     fn backward_filter_acc(
@@ -1026,59 +1067,36 @@ impl DenseConv for CudnnDense<'_> {
         dy: &DeviceBuffer<f32>,
         dw: &mut DeviceSliceMut<'_, f32>,
     ) -> Result<()> {
-        self.sizes(
+        let operands = [
+            (x.view(), s.x_len(), "x"),
+            (dy.view(), s.y_len(), "dy"),
+            (dw.view(), s.w_len(), "dw"),
+        ];
+        let pass = ConvPass::BackwardFilter;
+        self.run(
+            dev,
             s,
-            [
-                (x.view(), s.x_len(), "x"),
-                (dy.view(), s.y_len(), "dy"),
-                (dw.view(), s.w_len(), "dw"),
-            ],
-        )?;
-        bind(self.c).with_context(|| format!("conv {s:?}"))?;
-        let (px, pdy, pdw) = (ptr(self.c, x)?, ptr(self.c, dy)?, ptr(self.c, &dw.view())?);
-        let (p, bytes) = (self.plan, self.plan.ws[2]);
-        let pws = self.ws(bytes, s)?;
-        // β = 1: accumulate into dw like our kernels and the CPU reference
-        let (alpha, beta) = (1.0f32, 1.0f32);
-        count(|st| st.launches += 1);
-        let h = self.handle;
-        let cost = || {
-            Some(Cost::conv(
-                ConvPass::BackwardFilter,
-                s.batch,
-                s.cin,
-                s.cout,
-                s.m,
-                s.t,
-                s.k,
-            ))
-        };
-        profile::op(dev, "cudnn_conv_backward_filter", cost, || {
-            guarded("cudnnConvolutionBackwardFilter", || {
-                // SAFETY: as in `forward`.
-                ck(
-                    unsafe {
-                        cr::convolution_backward_filter(
-                            h,
-                            &alpha as *const f32 as *const c_void,
-                            p.x.0,
-                            px,
-                            p.y.0,
-                            pdy,
-                            p.conv.0,
-                            p.bwd_filter,
-                            pws,
-                            bytes,
-                            &beta as *const f32 as *const c_void,
-                            p.w.0,
-                            pdw,
-                        )
-                    },
-                    &format!("cudnnConvolutionBackwardFilter (algo {:?})", p.bwd_filter),
-                    s,
+            pass,
+            operands,
+            |h, p, [px, pdy, pdw], ws, bytes| unsafe {
+                cr::convolution_backward_filter(
+                    h,
+                    scalar(&ONE),
+                    p.x.0,
+                    px,
+                    p.y.0,
+                    pdy,
+                    p.conv.0,
+                    p.bwd_filter,
+                    ws,
+                    bytes,
+                    // accumulate into dw like our kernels and the CPU reference
+                    scalar(&ONE),
+                    p.w.0,
+                    pdw,
                 )
-            })
-        })
+            },
+        )
     }
 
     fn backward_data(
@@ -1089,58 +1107,35 @@ impl DenseConv for CudnnDense<'_> {
         dy: &DeviceBuffer<f32>,
         dx: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        self.sizes(
+        let operands = [
+            (w.view(), s.w_len(), "w"),
+            (dy.view(), s.y_len(), "dy"),
+            (dx.view(), s.x_len(), "dx"),
+        ];
+        let pass = ConvPass::BackwardData;
+        self.run(
+            dev,
             s,
-            [
-                (w.view(), s.w_len(), "w"),
-                (dy.view(), s.y_len(), "dy"),
-                (dx.view(), s.x_len(), "dx"),
-            ],
-        )?;
-        bind(self.c).with_context(|| format!("conv {s:?}"))?;
-        let (pw, pdy, pdx) = (ptr(self.c, &w)?, ptr(self.c, dy)?, ptr(self.c, dx)?);
-        let (p, bytes) = (self.plan, self.plan.ws[1]);
-        let pws = self.ws(bytes, s)?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        count(|st| st.launches += 1);
-        let h = self.handle;
-        let cost = || {
-            Some(Cost::conv(
-                ConvPass::BackwardData,
-                s.batch,
-                s.cin,
-                s.cout,
-                s.m,
-                s.t,
-                s.k,
-            ))
-        };
-        profile::op(dev, "cudnn_conv_backward_data", cost, || {
-            guarded("cudnnConvolutionBackwardData", || {
-                // SAFETY: as in `forward`.
-                ck(
-                    unsafe {
-                        cr::convolution_backward_data(
-                            h,
-                            &alpha as *const f32 as *const c_void,
-                            p.w.0,
-                            pw,
-                            p.y.0,
-                            pdy,
-                            p.conv.0,
-                            p.bwd_data,
-                            pws,
-                            bytes,
-                            &beta as *const f32 as *const c_void,
-                            p.x.0,
-                            pdx,
-                        )
-                    },
-                    &format!("cudnnConvolutionBackwardData (algo {:?})", p.bwd_data),
-                    s,
+            pass,
+            operands,
+            |h, p, [pw, pdy, pdx], ws, bytes| unsafe {
+                cr::convolution_backward_data(
+                    h,
+                    scalar(&ONE),
+                    p.w.0,
+                    pw,
+                    p.y.0,
+                    pdy,
+                    p.conv.0,
+                    p.bwd_data,
+                    ws,
+                    bytes,
+                    scalar(&ZERO),
+                    p.x.0,
+                    pdx,
                 )
-            })
-        })
+            },
+        )
     }
 }
 

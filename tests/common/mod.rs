@@ -1,9 +1,11 @@
-//! Helpers shared by the device-vs-CPU tests (tests/sim_cnn.rs, sim_rnn.rs, sim_engine.rs):
-//! the test device, f32 → f64 conversion and the relative-error check. Each test file
+//! Helpers shared by the device-vs-CPU tests (tests/sim_cnn.rs, sim_rnn.rs, sim_engine.rs,
+//! cuda_cudnn.rs): the test device, random inputs and clip lengths, f32 → f64 conversion and
+//! the relative-error checks. Each test file
 //! includes this with `mod common;` and uses only some of it.
 #![allow(dead_code)]
 
 use ser_engine::device::{Device, DeviceBuffer, SimDevice, SimOptions};
+use ser_engine::rng::{Purpose, Stream};
 
 /// The device under test: the sim with shuffled thread order (seeded by `seed`, so each test
 /// file keeps its own schedule), or the real GPU with SER_TEST_DEVICE=cuda.
@@ -51,6 +53,40 @@ pub fn check(what: &str, got: &[f32], want: &[f64], tol: f64) -> f64 {
     eprintln!("{what}: relative error {e:.3e} (tol {tol:.0e})");
     assert!(e <= tol, "{what}: relative error {e} > {tol}");
     e
+}
+
+/// [`check`], and positions where the reference is exactly 0 (masks: padding, ReLU, pooling
+/// losers) must be exactly 0 in `got` too: a mask that leaks a tiny value would pass the norm.
+pub fn check_masked(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    check(what, got, want, tol);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if *w == 0.0 {
+            assert!(
+                *g == 0.0,
+                "{what}: element {i} is {g}, the reference has exactly 0"
+            );
+        }
+    }
+}
+
+/// `n` standard normal f32 values, a fixed function of `seed`.
+pub fn randn(seed: u64, n: usize) -> Vec<f32> {
+    let s = Stream::new(seed, Purpose::Test, 3);
+    (0..n as u64).map(|i| s.normal(i)).collect()
+}
+
+/// Clip lengths in 1..=t: the first clip full, the others random (some shorter than k/2), so
+/// a batch always holds padding.
+pub fn lengths(s: &Stream, k: u64, batch: usize, t: usize) -> Vec<usize> {
+    (0..batch)
+        .map(|b| {
+            if b == 0 {
+                t
+            } else {
+                1 + s.below(k * 10 + b as u64, t as u32 - 1) as usize
+            }
+        })
+        .collect()
 }
 
 /// A device buffer's contents.
