@@ -221,7 +221,7 @@ fn three_training_steps_match_cpu_backend() {
             assert_eq!(sd.correct, sc.correct);
         }
         assert_eq!(dev.model.cached_shapes(), 2, "two batch shapes seen");
-        let (sd, sc) = (dev.state(), cpu.state());
+        let (sd, sc) = (dev.state().unwrap(), cpu.state().unwrap());
         let layout = ParamLayout::new(&cfg);
         for e in &layout.entries {
             let r = e.offset..e.offset + e.len;
@@ -245,13 +245,13 @@ fn three_training_steps_match_cpu_backend() {
         let a = dev.eval_logits(&batches[0]).unwrap();
         let b = other.eval_logits(&batches[0]).unwrap();
         assert_eq!(a, b, "same state, same logits");
-        let s2 = other.state();
+        let s2 = other.state().unwrap();
         assert_eq!(
             (s2.params, s2.buffers, s2.adam_m, s2.adam_v, s2.adam_t),
             (sd.params, sd.buffers, sd.adam_m, sd.adam_v, sd.adam_t)
         );
         // A state of the wrong size is an error.
-        let mut bad = dev.state();
+        let mut bad = dev.state().unwrap();
         bad.params.pop();
         assert!(other.set_state(&bad).is_err());
     }

@@ -520,7 +520,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     )?;
     // Final report on the best weights.
     let (params, buffers) = rd.load_best(&run_cfg)?;
-    let mut state = backend.state();
+    let mut state = backend.state()?;
     state.params = params;
     state.buffers = buffers;
     backend.set_state(&state)?;
@@ -604,7 +604,7 @@ pub fn load_run(dir: &Path, device: DeviceChoice) -> Result<(RunConfig, Box<dyn 
         .load_best(&cfg)
         .with_context(|| format!("{}: cannot load the model", dir.display()))?;
     let mut backend = make_backend(device, &cfg.model, &cfg.optim, 0)?;
-    let mut state = backend.state();
+    let mut state = backend.state()?;
     state.params = params;
     state.buffers = buffers;
     backend.set_state(&state)?;

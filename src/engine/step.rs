@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::cpu::Mode;
 use crate::device::{profile, Device, DeviceBuffer};
@@ -505,11 +505,10 @@ impl Backend for DeviceBackend {
         self.model.cfg.classes
     }
 
-    fn state(&self) -> TrainState {
-        // The trait has no error channel here; a failed device read is unrecoverable anyway.
+    fn state(&self) -> Result<TrainState> {
         self.model
             .state()
-            .unwrap_or_else(|e| panic!("reading the training state from the device: {e:#}"))
+            .context("reading the training state from the device")
     }
 
     fn set_state(&mut self, state: &TrainState) -> Result<()> {

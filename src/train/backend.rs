@@ -45,7 +45,8 @@ pub trait Backend {
     fn eval_logits(&mut self, batch: &Batch) -> Result<Vec<f32>>;
     /// Number of output classes.
     fn classes(&self) -> usize;
-    fn state(&self) -> TrainState;
+    /// Parameters, BN buffers and Adam moments (a device backend reads them back).
+    fn state(&self) -> Result<TrainState>;
     fn set_state(&mut self, state: &TrainState) -> Result<()>;
     /// Which device runs the steps (`cpu`, `sim`, `cuda`), for logs and the run's config.
     fn device(&self) -> &'static str {

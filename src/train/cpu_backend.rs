@@ -78,14 +78,14 @@ impl Backend for CpuBackend {
         self.model.cfg.classes
     }
 
-    fn state(&self) -> TrainState {
-        TrainState {
+    fn state(&self) -> Result<TrainState> {
+        Ok(TrainState {
             params: self.model.params.clone(),
             buffers: self.model.buffers.clone(),
             adam_m: self.adam.m.clone(),
             adam_v: self.adam.v.clone(),
             adam_t: self.adam.t,
-        }
+        })
     }
 
     fn set_state(&mut self, s: &TrainState) -> Result<()> {

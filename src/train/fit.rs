@@ -272,7 +272,7 @@ pub fn fit(
         }
         progress.epochs_done += 1;
         progress.history.push(record.clone());
-        let state = backend.state();
+        let state = backend.state()?;
         on_epoch(&EpochEvent {
             record: &record,
             progress: &progress,
