@@ -29,25 +29,6 @@ extern "C" __global__ void adam_step(float* params, float* m, float* v, const fl
     params[i] = p - step_size * mi / denom;
 }
 
-__device__ __forceinline__ float adam_block_sum(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = ser_warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        int nwarps = (blockDim.x + 31) >> 5;
-        float x = lane < nwarps ? part[lane] : 0.0f;
-        x = ser_warp_sum(x);
-        if (lane == 0) total = x;
-    }
-    __syncthreads();
-    float r = total;
-    __syncthreads();
-    return r;
-}
-
 // Pass 1: partial[blockIdx.x] = sum of x[i]^2 over the i this block visits (grid-stride).
 // Launch shape: 1D, block 256 (multiple of 32), grid = number of partials (<= 1024).
 // extent: partial grid_x
@@ -55,7 +36,7 @@ __device__ __forceinline__ float adam_block_sum(float v) {
 extern "C" __global__ void adam_sumsq_partial(float* partial, const float* x, int n) {
     float acc = 0.0f;
     for (int i = (int)ser_global_thread(); i < n; i += (int)ser_global_stride()) acc = fmaf(x[i], x[i], acc);
-    acc = adam_block_sum(acc);
+    acc = ser_block_sum(acc);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
@@ -67,7 +48,7 @@ extern "C" __global__ void adam_sumsq_partial(float* partial, const float* x, in
 extern "C" __global__ void adam_clip_coef(float* out, const float* partial, int nparts, float max_norm) {
     float acc = 0.0f;
     for (int i = (int)threadIdx.x; i < nparts; i += (int)blockDim.x) acc += partial[i];
-    acc = adam_block_sum(acc);
+    acc = ser_block_sum(acc);
     if (threadIdx.x == 0) {
         float norm = sqrtf(acc);
         out[0] = norm;

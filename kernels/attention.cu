@@ -8,25 +8,6 @@
 // trees in a fixed order and per-feature sums run over t in order: deterministic.
 #include "common.cuh"
 
-__device__ __forceinline__ float attn_block_reduce(float v, bool is_max) {
-    __shared__ float part[32];
-    __shared__ float total;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = is_max ? ser_warp_max(v) : ser_warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        int nwarps = (blockDim.x + 31) >> 5;
-        float x = lane < nwarps ? part[lane] : (is_max ? -INFINITY : 0.0f);
-        x = is_max ? ser_warp_max(x) : ser_warp_sum(x);
-        if (lane == 0) total = x;
-    }
-    __syncthreads();
-    float r = total;
-    __syncthreads();  // `part`/`total` may be reused by the next call
-    return r;
-}
-
 // extent: ctx batch*d
 // extent: e batch*t_max
 // extent: alpha batch*t_max
@@ -56,10 +37,10 @@ extern "C" __global__ void attn_forward(float* ctx, float* e, float* alpha, cons
     __syncthreads();
     float mx = -INFINITY;
     for (int t = tid; t < len; t += (int)blockDim.x) mx = fmaxf(mx, e[b * t_max + t]);
-    mx = attn_block_reduce(mx, true);
+    mx = ser_block_max(mx);
     float sum = 0.0f;
     for (int t = tid; t < len; t += (int)blockDim.x) sum += expf(e[b * t_max + t] - mx);
-    sum = attn_block_reduce(sum, false);
+    sum = ser_block_sum(sum);
     for (int t = tid; t < len; t += (int)blockDim.x) alpha[b * t_max + t] = expf(e[b * t_max + t] - mx) / sum;
     __syncthreads();
     for (int k = tid; k < d; k += (int)blockDim.x) {
@@ -100,7 +81,7 @@ extern "C" __global__ void attn_backward(float* dh, float* dwb, float* da, const
     __syncthreads();
     float mean = 0.0f;
     for (int t = tid; t < len; t += (int)blockDim.x) mean = fmaf(alpha[b * t_max + t], da[b * t_max + t], mean);
-    mean = attn_block_reduce(mean, false);
+    mean = ser_block_sum(mean);
     // da_t becomes dz_t = alpha_t (dalpha_t - mean) (1 - e_t^2): the score pre-activation grad.
     for (int t = tid; t < len; t += (int)blockDim.x) {
         float a = alpha[b * t_max + t], ev = e[b * t_max + t];
@@ -109,7 +90,7 @@ extern "C" __global__ void attn_backward(float* dh, float* dwb, float* da, const
     __syncthreads();
     float dbias = 0.0f;
     for (int t = tid; t < len; t += (int)blockDim.x) dbias += da[b * t_max + t];
-    dbias = attn_block_reduce(dbias, false);
+    dbias = ser_block_sum(dbias);
     for (int k = tid; k < d; k += (int)blockDim.x) {
         float wk = w[k], dck = dc[k], dw = 0.0f;
         for (int t = 0; t < len; ++t) {

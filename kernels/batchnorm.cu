@@ -9,21 +9,6 @@
 #include "common.cuh"
 #include "dropout.cuh"
 
-// Sum across a block (multiple of 32 threads); valid in thread 0. Starts with a barrier so
-// consecutive calls do not race on the shared partials.
-static __device__ __forceinline__ float bn_block_sum(float v) {
-    __shared__ float part[32];
-    __syncthreads();
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = ser_warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    int nwarps = (blockDim.x + 31) >> 5;
-    v = threadIdx.x < (unsigned)nwarps ? part[lane] : 0.0f;
-    if (warp == 0) v = ser_warp_sum(v);
-    return v;
-}
-
 // Valid values of one channel: per clip count = min(lens[b], T) * M.
 static __device__ __forceinline__ int bn_count(const int* lens, int batch, int m, int t) {
     int n = 0;
@@ -47,7 +32,7 @@ extern "C" __global__ void bn_stats(float* mean, float* var, const float* x, con
         int b = (int)(i / per), to = (int)(i % t);
         if (to < min(lens[b], t)) acc += x[((long long)b * c + ch) * per + i % per];
     }
-    acc = bn_block_sum(acc);
+    acc = ser_block_sum(acc);
     float n = (float)bn_count(lens, batch, m, t);
     if (threadIdx.x == 0) s_mean = acc / n;
     __syncthreads();
@@ -59,7 +44,7 @@ extern "C" __global__ void bn_stats(float* mean, float* var, const float* x, con
             sq = fmaf(d, d, sq);
         }
     }
-    sq = bn_block_sum(sq);
+    sq = ser_block_sum(sq);
     if (threadIdx.x == 0) {
         mean[ch] = mu;
         var[ch] = sq / n;
@@ -129,8 +114,8 @@ extern "C" __global__ void bn_relu_backward_reduce(float* sums, float* dgamma, f
             sdx = fmaf(g, (x[o] - mu) * inv, sdx);
         }
     }
-    sd = bn_block_sum(sd);
-    sdx = bn_block_sum(sdx);
+    sd = ser_block_sum(sd);
+    sdx = ser_block_sum(sdx);
     if (threadIdx.x == 0) {
         sums[ch] = sd;
         sums[c + ch] = sdx;

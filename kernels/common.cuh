@@ -49,6 +49,31 @@ __device__ __forceinline__ float ser_warp_max(float v) {
     return v;
 }
 
+// Sum or max of `v` over the whole block, returned to every thread. The block is a multiple of
+// 32 threads (at most 1024) and every thread calls it (it has barriers). Warps are combined in
+// warp order, so the result is deterministic and the same on sim and GPU. It ends with a
+// barrier, so calls may follow each other without racing on the shared partials.
+__device__ __forceinline__ float ser_block_reduce(float v, bool is_max) {
+    __shared__ float part[32];
+    __shared__ float total;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = is_max ? ser_warp_max(v) : ser_warp_sum(v);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int nwarps = (blockDim.x + 31) >> 5;
+        float x = lane < nwarps ? part[lane] : (is_max ? -INFINITY : 0.0f);
+        x = is_max ? ser_warp_max(x) : ser_warp_sum(x);
+        if (lane == 0) total = x;
+    }
+    __syncthreads();
+    float r = total;
+    __syncthreads();
+    return r;
+}
+__device__ __forceinline__ float ser_block_sum(float v) { return ser_block_reduce(v, false); }
+__device__ __forceinline__ float ser_block_max(float v) { return ser_block_reduce(v, true); }
+
 // Float atomic max/min through CAS (CUDA has none for float); NaN-free inputs assumed.
 __device__ __forceinline__ float ser_atomic_max_float(float* addr, float v) {
     int* a = reinterpret_cast<int*>(addr);

@@ -105,21 +105,6 @@ extern "C" __global__ void cnn_col2im(float* dx, const float* dcol, const int* l
     }
 }
 
-// Sum across a block (any multiple of 32 threads up to 1024); valid in thread 0. Starts with a
-// barrier so consecutive calls do not race on the shared partials.
-static __device__ __forceinline__ float cnn_block_sum(float v) {
-    __shared__ float part[32];
-    __syncthreads();
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = ser_warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    int nwarps = (blockDim.x + 31) >> 5;
-    v = threadIdx.x < (unsigned)nwarps ? part[lane] : 0.0f;
-    if (warp == 0) v = ser_warp_sum(v);
-    return v;
-}
-
 // out[r] += sum of row r of a [rows][cols] (the conv bias gradient from d).
 // Launch shape: grid = rows (one block per row), block 256 (multiple of 32, <= 1024).
 // extent: out rows
@@ -129,7 +114,7 @@ extern "C" __global__ void cnn_row_sum_acc(float* out, const float* a, int rows,
     if (!ser_in_bounds(r, rows)) return;
     float acc = 0.0f;
     for (int c = (int)threadIdx.x; c < cols; c += (int)blockDim.x) acc += a[(long long)r * cols + c];
-    acc = cnn_block_sum(acc);
+    acc = ser_block_sum(acc);
     if (threadIdx.x == 0) out[r] += acc;
 }
 
@@ -180,6 +165,6 @@ extern "C" __global__ void cnn_bias_grad_acc(float* db, const float* dy, const i
         for (long long j = threadIdx.x; j < plane; j += blockDim.x)
             if ((int)(j % t) < len) acc += d[j];
     }
-    acc = cnn_block_sum(acc);
+    acc = ser_block_sum(acc);
     if (threadIdx.x == 0) db[co] += acc;
 }

@@ -59,20 +59,6 @@ extern "C" __global__ void fc_relu_dropout_backward(float* dz, const float* dh, 
     }
 }
 
-// Sum across a block (multiple of 32 threads); valid in thread 0.
-static __device__ __forceinline__ float fc_block_sum(float v) {
-    __shared__ float part[32];
-    __syncthreads();
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = ser_warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    int nwarps = (blockDim.x + 31) >> 5;
-    v = threadIdx.x < (unsigned)nwarps ? part[lane] : 0.0f;
-    if (warp == 0) v = ser_warp_sum(v);
-    return v;
-}
-
 // db[o] += sum over rows of dz[row][o], o = blockIdx.x.
 // extent: db dout
 // extent: dz rows*dout
@@ -81,6 +67,6 @@ extern "C" __global__ void fc_bias_grad(float* db, const float* dz, int rows, in
     if (!ser_in_bounds(o, dout)) return;
     float acc = 0.0f;
     for (int r = (int)threadIdx.x; r < rows; r += (int)blockDim.x) acc += dz[(long long)r * dout + o];
-    acc = fc_block_sum(acc);
+    acc = ser_block_sum(acc);
     if (threadIdx.x == 0) db[o] += acc;
 }

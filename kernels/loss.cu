@@ -27,25 +27,6 @@ extern "C" __global__ void loss_bias_rows(float* y, const float* params, int b_o
     y[i] += params[b_off + i % cols];
 }
 
-__device__ __forceinline__ float loss_block_sum(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = ser_warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        int nwarps = (blockDim.x + 31) >> 5;
-        float x = lane < nwarps ? part[lane] : 0.0f;
-        x = ser_warp_sum(x);
-        if (lane == 0) total = x;
-    }
-    __syncthreads();
-    float r = total;
-    __syncthreads();
-    return r;
-}
-
 // Mean loss and its gradient: out[0] = loss, out[1] = clips whose argmax (first maximum) is
 // the label; dlogits [B][C] = dloss/dlogits (overwritten). cw [C] class weights, read only when
 // has_w != 0. Labels must lie in 0..C (checked by the caller; asserted here).
@@ -83,9 +64,9 @@ extern "C" __global__ void loss_softmax_xent(float* out, float* dlogits, const f
         lpart += (1.0f - eps) * wy * -(z[y] - lse) + eps / cn * smooth;
         cpart += am == y ? 1.0f : 0.0f;
     }
-    float wsum = loss_block_sum(wpart);
-    float lsum = loss_block_sum(lpart);
-    float csum = loss_block_sum(cpart);
+    float wsum = ser_block_sum(wpart);
+    float lsum = ser_block_sum(lpart);
+    float csum = ser_block_sum(cpart);
     for (int i = tid; i < batch; i += (int)blockDim.x) {
         int y = labels[i];
         const float* z = logits + (size_t)i * classes;
