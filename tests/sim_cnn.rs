@@ -192,8 +192,10 @@ fn batchnorm_relu_matches_cpu() {
             let mut dx = dev.htod(&vec![f32::NAN; d.len()]).unwrap();
             let mut dg = dev.htod(&vec![1.0f32; d.c]).unwrap();
             let mut dbt = dev.htod(&vec![1.0f32; d.c]).unwrap();
+            let mut sums = dev.alloc_zeros::<f32>(2 * d.c).unwrap();
             cnn::bn_relu_backward(
                 &dev, &dyd, &y, &xd, &mean, &var, &gd, &ld, d, train, &mut dx, &mut dg, &mut dbt,
+                &mut sums,
             )
             .unwrap();
             check(
@@ -396,6 +398,7 @@ fn frames_and_fc_match_cpu() {
             Some(&mut dx),
             &mut dw,
             &mut db,
+            &mut dev.alloc_zeros::<f32>(rows * dout).unwrap(),
         )
         .unwrap();
         check("fc dx", &dtoh(&dev, &dx), &dxw, 1e-4);

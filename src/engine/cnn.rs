@@ -641,31 +641,9 @@ pub fn bn_relu_forward(
 /// Backward of relu(bn(x)) given the ReLU output y (`relu_backward` then `bn_backward`):
 /// dgamma, dbeta ACCUMULATE; dx is overwritten (0 at invalid positions). `train`: the gradient
 /// flows through the batch statistics.
+/// `sums` is caller-held scratch of `2·C` floats (overwritten).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_relu_backward(
-    dev: &Device,
-    dy: &DeviceBuffer<f32>,
-    y: &DeviceBuffer<f32>,
-    x: &DeviceBuffer<f32>,
-    mean: &DeviceBuffer<f32>,
-    var: &DeviceBuffer<f32>,
-    gamma: &impl AsView<f32>,
-    lens: &DeviceBuffer<i32>,
-    d: Dims4,
-    train: bool,
-    dx: &mut DeviceBuffer<f32>,
-    dgamma: &mut impl AsViewMut<f32>,
-    dbeta: &mut impl AsViewMut<f32>,
-) -> Result<()> {
-    let mut sums = dev.alloc_zeros::<f32>(2 * d.c)?;
-    bn_relu_backward_with(
-        dev, dy, y, x, mean, var, gamma, lens, d, train, dx, dgamma, dbeta, &mut sums,
-    )
-}
-
-/// [`bn_relu_backward`] with caller-held scratch `sums` (`2·C` floats, overwritten).
-#[allow(clippy::too_many_arguments)]
-pub fn bn_relu_backward_with(
     dev: &Device,
     dy: &DeviceBuffer<f32>,
     y: &DeviceBuffer<f32>,
@@ -899,28 +877,9 @@ pub fn fc_forward(
 
 /// FC backward from dh (gradient of h): dW += dzᵀ x, db += Σ dz, dx = dz W (if given), with
 /// dz = dh ⊙ mask where r > 0.
+/// `dz` is caller-held scratch of `rows·dout` floats (overwritten).
 #[allow(clippy::too_many_arguments)]
 pub fn fc_backward(
-    dev: &Device,
-    x: &DeviceBuffer<f32>,
-    w: &impl AsView<f32>,
-    r: &DeviceBuffer<f32>,
-    dh: &DeviceBuffer<f32>,
-    rows: usize,
-    din: usize,
-    dout: usize,
-    drop: Option<Dropout>,
-    dx: Option<&mut DeviceBuffer<f32>>,
-    dw: &mut impl AsViewMut<f32>,
-    db: &mut impl AsViewMut<f32>,
-) -> Result<()> {
-    let mut dz = dev.alloc_zeros::<f32>(rows * dout)?;
-    fc_backward_with(dev, x, w, r, dh, rows, din, dout, drop, dx, dw, db, &mut dz)
-}
-
-/// [`fc_backward`] with caller-held scratch `dz` (`rows·dout` floats, overwritten).
-#[allow(clippy::too_many_arguments)]
-pub fn fc_backward_with(
     dev: &Device,
     x: &DeviceBuffer<f32>,
     w: &impl AsView<f32>,
@@ -1594,7 +1553,7 @@ pub fn cnn_backward(
     );
     let fin = cfg.fc_in();
     let drop = ws.dropout(SITE_FC);
-    fc_backward_with(
+    fc_backward(
         dev,
         &ws.frames,
         &params.fc_w,
@@ -1637,7 +1596,7 @@ pub fn cnn_backward(
             &mut st.drelu,
         )?;
         match (&st.mean, &st.var, &mut st.bn_sums) {
-            (Some(mean), Some(var), Some(sums)) => bn_relu_backward_with(
+            (Some(mean), Some(var), Some(sums)) => bn_relu_backward(
                 dev,
                 &st.drelu,
                 &st.relu,
