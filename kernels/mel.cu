@@ -5,6 +5,7 @@
 // The Slaney filterbank is computed once on the host (src/features/mel.rs) and uploaded as
 // non-zero spans: spans[3m..3m+3] = (first bin, number of bins, offset into weights).
 #include "common.cuh"
+#include "mel_frame.cuh"
 #include "philox.cuh"
 
 // mel[b][t][m] = sum_j weights[off_m + j] * power[b][t][start_m + j] for valid frames
@@ -18,7 +19,6 @@
 // extent: spans 3*n_mels
 // extent: weights n_weights
 extern "C" __global__ void mel_power(float* mel, float* clip_max, const float* power, const int* frames, const int* spans, const float* weights, int B, int T_max, int n_bins, int n_mels, int n_weights) {
-    __shared__ float warp_max[32];
     const int t = (int)blockIdx.x, b = (int)blockIdx.y;
     if (!ser_in_bounds2(b, t, B, T_max)) return;
     float* out = mel + ((long long)b * T_max + t) * n_mels;
@@ -27,26 +27,7 @@ extern "C" __global__ void mel_power(float* mel, float* clip_max, const float* p
         return;
     }
     const float* p = power + ((long long)b * T_max + t) * n_bins;
-    float mx = 0.0f;
-    for (int m = (int)threadIdx.x; m < n_mels; m += (int)blockDim.x) {
-        const int start = spans[3 * m], n = spans[3 * m + 1], off = spans[3 * m + 2];
-        float acc = 0.0f;
-        if (start >= 0 && n >= 0 && start + n <= n_bins && off >= 0 && off + n <= n_weights) {
-            for (int j = 0; j < n; ++j) acc = fmaf(weights[off + j], p[start + j], acc);
-        }
-        out[m] = acc;
-        mx = fmaxf(mx, acc);
-    }
-    mx = ser_warp_max(mx);
-    const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
-    if (lane == 0) warp_max[warp] = mx;
-    __syncthreads();
-    if (warp == 0) {
-        const int nw = ((int)blockDim.x + 31) >> 5;
-        float v = lane < nw ? warp_max[lane] : 0.0f;
-        v = ser_warp_max(v);
-        if (lane == 0) ser_atomic_max_float(clip_max + b, v);
-    }
+    mel_frame(out, clip_max + b, p, spans, weights, n_bins, n_mels, n_weights);
 }
 
 // librosa amin: powers below it count as it (-100 dB), so silence stays finite.

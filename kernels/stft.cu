@@ -19,6 +19,7 @@
 // Block: any multiple of 32 up to 1024 (the host uses min(256, max(64, M/4))).
 // Dynamic shared memory: stft_shared_floats(M) floats = 4 * (M + M/32 + 1).
 #include "common.cuh"
+#include "mel_frame.cuh"
 
 __device__ __forceinline__ int stft_pad(int i) { return i + (i >> 5); }
 
@@ -163,7 +164,6 @@ extern "C" __global__ void stft_power(float* power, const float* pcm, const int*
 // extent: weights n_weights
 extern "C" __global__ void stft_mel_power(float* mel, float* clip_max, const float* pcm, const int* lengths, const float* window, const float* tw, const int* spans, const float* weights, int B, int max_samples, int T_max, int n_fft, int hop, int n_mels, int n_weights) {
     SER_DYNAMIC_SHARED(float, sh);
-    __shared__ float warp_max[32];
     const int t = (int)blockIdx.x, b = (int)blockIdx.y;
     if (!ser_in_bounds2(b, t, B, T_max)) return;
     const int len = min(max(lengths[b], 0), max_samples);
@@ -174,25 +174,5 @@ extern "C" __global__ void stft_mel_power(float* mel, float* clip_max, const flo
     }
     const int n_bins = n_fft / 2 + 1;
     float* pw = stft_frame_power(sh, pcm + (long long)b * max_samples, len, t * hop - n_fft / 2, window, tw, n_fft);
-    float mx = 0.0f;
-    for (int m = (int)threadIdx.x; m < n_mels; m += (int)blockDim.x) {
-        const int start = spans[3 * m], n = spans[3 * m + 1], off = spans[3 * m + 2];
-        float acc = 0.0f;
-        if (start >= 0 && n >= 0 && start + n <= n_bins && off >= 0 && off + n <= n_weights) {
-            for (int j = 0; j < n; ++j) acc = fmaf(weights[off + j], pw[start + j], acc);
-        }
-        out[m] = acc;
-        mx = fmaxf(mx, acc);
-    }
-    // block max -> one atomic per frame
-    mx = ser_warp_max(mx);
-    const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
-    if (lane == 0) warp_max[warp] = mx;
-    __syncthreads();
-    if (warp == 0) {
-        const int nw = ((int)blockDim.x + 31) >> 5;
-        float v = lane < nw ? warp_max[lane] : 0.0f;
-        v = ser_warp_max(v);
-        if (lane == 0) ser_atomic_max_float(clip_max + b, v);
-    }
+    mel_frame(out, clip_max + b, pw, spans, weights, n_bins, n_mels, n_weights);
 }
