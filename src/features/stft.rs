@@ -7,6 +7,7 @@
 //! product; the difference from librosa's complex64 rounding is ~1e-7 relative, far below the
 //! 1e-3 dB the tests demand.
 
+use crate::features::lanefft::{Lane, LanePlan, MAX_LANES};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub struct Stft {
     tw_im: Vec<f64>,
     /// Run the AVX2 split step (the CPU has AVX2).
     simd: bool,
+    /// The several-frames-per-vector FFT ([`Stft::frames_power_lanes`]); `None` for sizes it
+    /// does not support (not a power of two, or below 16), which use [`Stft::frame_power`].
+    lanes: Option<LanePlan>,
 }
 
 /// Lane l of an AVX2 group holds bin k + LANE_BIN[l] (the order `unpacklo/hi_pd` leave).
@@ -55,6 +59,33 @@ pub struct StftScratch {
     fft: Vec<Complex<f64>>,
     /// Power of the last frame, `n_fft / 2 + 1` bins.
     pub power: Vec<f64>,
+    /// Lane buffers of [`Stft::frames_power_lanes`] (empty without a lane plan): four of
+    /// N/2 lane vectors (re, im, and the FFT's ping-pong pair) then the lane power,
+    /// `n_fft / 2 + 1` lane vectors; each part starts 64-byte aligned at `lane_off`.
+    lane: Vec<f64>,
+    lane_off: usize,
+}
+
+impl StftScratch {
+    /// The lane buffers (re, im, tr, ti, power) as f64 slices of lane vectors, `MAX_LANES`
+    /// f64 reserved per element so any lane count fits.
+    fn lanes(&mut self, m: usize) -> [&mut [f64]; 5] {
+        let stride = m * MAX_LANES;
+        let all = &mut self.lane[self.lane_off..];
+        assert!(all.len() >= 5 * stride + MAX_LANES);
+        let (re, rest) = all.split_at_mut(stride);
+        let (im, rest) = rest.split_at_mut(stride);
+        let (tr, rest) = rest.split_at_mut(stride);
+        let (ti, p) = rest.split_at_mut(stride);
+        [re, im, tr, ti, p]
+    }
+
+    /// After [`Stft::frames_power_lanes`] with lane type `T`: bin `k` of lane frame `l` is at
+    /// `[k * T::L + l]` (`n_fft / 2 + 1` bins, only those it was asked for are current).
+    pub fn lane_power(&self, n_fft: usize) -> &[f64] {
+        let m = n_fft / 2;
+        &self.lane[self.lane_off + 4 * m * MAX_LANES..][..(m + 1) * MAX_LANES]
+    }
 }
 
 impl Stft {
@@ -83,7 +114,20 @@ impl Stft {
             tw_im: perm(|c| c.im),
             twiddles,
             simd: crate::features::mel::simd_available(),
+            lanes: LanePlan::new(n_fft),
         }
+    }
+
+    /// Whether [`Self::frames_power_lanes`] is available for this size.
+    pub fn has_lanes(&self) -> bool {
+        self.lanes.is_some()
+    }
+
+    /// Whether frame `t` lies wholly inside a signal of `len` samples (no zero padding): the
+    /// frames [`Self::frames_power_lanes`] accepts.
+    pub fn interior(&self, t: usize, len: usize) -> bool {
+        let half = self.n_fft / 2;
+        t * self.hop >= half && t * self.hop + half <= len
     }
 
     /// FFT size.
@@ -104,10 +148,100 @@ impl Stft {
     /// Fresh scratch buffers sized for this plan.
     pub fn scratch(&self) -> StftScratch {
         let zero = Complex::new(0.0, 0.0);
+        let m = self.n_fft / 2;
+        let lane = if self.lanes.is_some() {
+            // + 8 f64 so the parts can start on a 64-byte boundary.
+            vec![0.0; (5 * m + 1) * MAX_LANES + 8]
+        } else {
+            Vec::new()
+        };
+        let lane_off = (lane.as_ptr() as usize).wrapping_neg() % 64 / 8;
         StftScratch {
-            buf: vec![zero; self.n_fft / 2],
+            buf: vec![zero; m],
             fft: vec![zero; self.fft.get_inplace_scratch_len()],
             power: vec![0.0; self.n_bins()],
+            lane,
+            lane_off,
+        }
+    }
+
+    /// Power spectra of the `T::L` frames `t0 ..`, all [`Self::interior`], for bins `0..upto`
+    /// and bin N/2: afterwards `scratch.lane_power(n_fft)[k * T::L + l]` is bin `k` of frame
+    /// `t0 + l`. The same window, packing and split step as [`Self::frame_power_upto`] (the
+    /// same operations per value); only the FFT differs, in rounding.
+    /// Panics without a lane plan ([`Self::has_lanes`]) or if a frame is not interior.
+    /// Inlined so that it compiles with the caller's target features (which `T` needs).
+    #[inline(always)]
+    pub fn frames_power_lanes<T: Lane>(
+        &self,
+        samples: &[f32],
+        t0: usize,
+        scratch: &mut StftScratch,
+        upto: usize,
+    ) {
+        let plan = self.lanes.as_ref().expect("lane plan for this n_fft");
+        let len = samples.len();
+        assert!(T::L <= MAX_LANES && self.interior(t0, len) && self.interior(t0 + T::L - 1, len));
+        let (n, m, l_n) = (self.n_fft, self.n_fft / 2, T::L);
+        let [re, im, tr, ti, p] = scratch.lanes(m);
+        let mut x = [samples.as_ptr(); MAX_LANES];
+        for (l, xl) in x.iter_mut().enumerate().take(l_n) {
+            // Interior: the frame's n samples start at (t0 + l)·hop − n/2 ≥ 0 and end ≤ len.
+            *xl = samples[(t0 + l) * self.hop - m..][..n].as_ptr();
+        }
+        assert!(self.window.len() == n && n.is_multiple_of(4) && re.len() >= m * l_n);
+        for j in (0..n).step_by(4) {
+            // SAFETY: frame pointers cover n samples each (sliced above), j + 4 ≤ n, the window
+            // has n values, and element j/2 + 1 < m of re/im has l_n lanes.
+            unsafe {
+                let [s0, s1, s2, s3] = T::load_window4(&x, j, self.window.as_ptr());
+                let e = j / 2 * l_n;
+                s0.store(re.as_mut_ptr().add(e));
+                s1.store(im.as_mut_ptr().add(e));
+                s2.store(re.as_mut_ptr().add(e + l_n));
+                s3.store(im.as_mut_ptr().add(e + l_n));
+            }
+        }
+        let (zr, zi) = if plan.fft::<T>(re, im, tr, ti) {
+            (&*tr, &*ti)
+        } else {
+            (&*re, &*im)
+        };
+        self.split_power_lanes::<T>(zr, zi, p, upto);
+    }
+
+    /// [`Self::split_power`] on lane vectors: the same operations in the same order per lane.
+    #[inline(always)]
+    fn split_power_lanes<T: Lane>(&self, zr: &[f64], zi: &[f64], p: &mut [f64], upto: usize) {
+        let (half, l_n) = (self.n_fft / 2, T::L);
+        assert!(zr.len() >= half * l_n && zi.len() >= half * l_n && p.len() > half * l_n);
+        assert!(self.twiddles.len() >= half);
+        let end = upto.clamp(1, half);
+        // SAFETY: all lane vectors touched are elements < half (+ bin half of p), inside the
+        // slices (asserted above).
+        unsafe {
+            let (zr, zi, pp) = (zr.as_ptr(), zi.as_ptr(), p.as_mut_ptr());
+            let (r, i) = (T::load(zr), T::load(zi));
+            r.add(i).mul(r.add(i)).store(pp);
+            r.sub(i).mul(r.sub(i)).store(pp.add(half * l_n));
+            let quarter = T::splat(0.25);
+            for k in 1..end {
+                let (a_r, a_i) = (T::load(zr.add(k * l_n)), T::load(zi.add(k * l_n)));
+                let (b_r, b_i) = (
+                    T::load(zr.add((half - k) * l_n)),
+                    T::load(zi.add((half - k) * l_n)),
+                );
+                let w = self.twiddles[k];
+                let (wr, wi) = (T::splat(w.re), T::splat(w.im));
+                let (er, ei) = (a_r.add(b_r), a_i.sub(b_i));
+                let (or, oi) = (a_i.add(b_i), b_r.sub(a_r));
+                let xr = er.add(wr.mul(or).sub(wi.mul(oi)));
+                let xi = ei.add(wr.mul(oi).add(wi.mul(or)));
+                xr.mul(xr)
+                    .add(xi.mul(xi))
+                    .mul(quarter)
+                    .store(pp.add(k * l_n));
+            }
         }
     }
 
