@@ -210,28 +210,123 @@ mod x86 {
     }
 }
 
-/// One Stockham pass: `n` is the sub-transform length it splits, `s` the stride (n·s = N/2).
-#[derive(Clone, Debug)]
-struct Pass {
-    n: usize,
-    s: usize,
-    /// Radix-4 only: for p in 1..n/4, (w1r, w1i, w2r, w2i, w3r, w3i) with w_r = e^{−2πi·rp/n}.
-    tw: Vec<[f64; 6]>,
-}
-
-/// The FFT plan of the lane path: passes and twiddles for a complex FFT of N/2 points.
+/// The FFT plan of the lane path: a complex FFT of M = N/2 points as in-place radix-4
+/// decimation in frequency (a final radix-2 stage when log₂ M is odd), depth first so that
+/// after the first stage every sub-transform works inside the L1 cache; the output stays in
+/// digit-reversed order and is read through [`LanePlan::pos`] (no reordering pass).
 #[derive(Clone, Debug)]
 pub struct LanePlan {
     /// Complex FFT length, N/2.
     m: usize,
-    passes: Vec<Pass>,
+    /// Twiddles of the radix-4 stage of each size n = M / 4^level: for p in 1..n/4,
+    /// (w1r, w1i, w2r, w2i, w3r, w3i) with w_r = e^{−2πi·rp/n}, each from `cos`/`sin` directly.
+    tw: Vec<Vec<[f64; 6]>>,
+    /// `pos[k]`: the element of the buffer that holds output bin k.
+    pos: Vec<u32>,
 }
+
+/// Blocks of at most this many f64 per buffer (re or im) are transformed stage by stage; larger
+/// ones split into their four quarters first (8 KiB each of re and im: well inside L1).
+const BLOCK_F64: usize = 1024;
 
 /// (wr + i·wi)·(xr + i·xi) with a twiddle shared by all lanes.
 #[inline(always)]
 fn cmul<T: Lane>(wr: f64, wi: f64, xr: T, xi: T) -> (T, T) {
     let (wr, wi) = (T::splat(wr), T::splat(wi));
     (wr.mul(xr).sub(wi.mul(xi)), wr.mul(xi).add(wi.mul(xr)))
+}
+
+/// A complex lane vector (re, im).
+type C<T> = (T, T);
+
+/// The radix-4 DIF butterfly: outputs r = 0..3 are a + b + c + d, w1·((a − c) − i(b − d)),
+/// w2·((a + c) − (b + d)), w3·((a − c) + i(b − d)); `tw` None means all twiddles are 1.
+#[inline(always)]
+fn butterfly4<T: Lane>(a: C<T>, b: C<T>, c: C<T>, d: C<T>, tw: Option<&[f64; 6]>) -> [C<T>; 4] {
+    let (apc_r, apc_i) = (a.0.add(c.0), a.1.add(c.1));
+    let (amc_r, amc_i) = (a.0.sub(c.0), a.1.sub(c.1));
+    let (bpd_r, bpd_i) = (b.0.add(d.0), b.1.add(d.1));
+    let (bmd_r, bmd_i) = (b.0.sub(d.0), b.1.sub(d.1));
+    let y0 = (apc_r.add(bpd_r), apc_i.add(bpd_i));
+    let y1 = (amc_r.add(bmd_i), amc_i.sub(bmd_r));
+    let y2 = (apc_r.sub(bpd_r), apc_i.sub(bpd_i));
+    let y3 = (amc_r.sub(bmd_i), amc_i.add(bmd_r));
+    match tw {
+        None => [y0, y1, y2, y3],
+        Some(w) => [
+            y0,
+            cmul(w[0], w[1], y1.0, y1.1),
+            cmul(w[2], w[3], y2.0, y2.1),
+            cmul(w[4], w[5], y3.0, y3.1),
+        ],
+    }
+}
+
+/// Loads element `e` (a lane vector) of (re, im).
+#[inline(always)]
+unsafe fn ld<T: Lane>(re: *const f64, im: *const f64, e: usize) -> C<T> {
+    (T::load(re.add(e * T::L)), T::load(im.add(e * T::L)))
+}
+
+/// Stores element `e` of (re, im).
+#[inline(always)]
+unsafe fn st<T: Lane>(re: *mut f64, im: *mut f64, e: usize, v: C<T>) {
+    v.0.store(re.add(e * T::L));
+    v.1.store(im.add(e * T::L));
+}
+
+/// One in-place radix-4 DIF stage on the block of `n` elements at (re, im): for p < n/4 the
+/// butterfly of elements p + k·n/4 (k = 0..3), output r back to p + r·n/4, so quarter r then
+/// holds the length-n/4 sequence whose DFT is bins 4k + r.
+///
+/// # Safety
+/// (re, im) valid for n lane vectors; `tw` is the stage's table (n/4 − 1 entries).
+#[inline(always)]
+unsafe fn radix4<T: Lane>(re: *mut f64, im: *mut f64, n: usize, tw: &[[f64; 6]]) {
+    let n1 = n / 4;
+    radix4_one::<T>(re, im, n1, 0, None);
+    for (p, w) in tw[..n1 - 1].iter().enumerate() {
+        radix4_one::<T>(re, im, n1, p + 1, Some(w));
+    }
+}
+
+/// The butterfly of [`radix4`] at position p. (A function, not a closure: closures do not
+/// inherit the caller's target features, and the intrinsics inside would become calls.)
+///
+/// # Safety
+/// As [`radix4`].
+#[inline(always)]
+unsafe fn radix4_one<T: Lane>(
+    re: *mut f64,
+    im: *mut f64,
+    n1: usize,
+    p: usize,
+    w: Option<&[f64; 6]>,
+) {
+    let y = butterfly4::<T>(
+        ld(re, im, p),
+        ld(re, im, p + n1),
+        ld(re, im, p + 2 * n1),
+        ld(re, im, p + 3 * n1),
+        w,
+    );
+    st(re, im, p, y[0]);
+    st(re, im, p + n1, y[1]);
+    st(re, im, p + 2 * n1, y[2]);
+    st(re, im, p + 3 * n1, y[3]);
+}
+
+/// In-place 2-point DFTs of the element pairs (2q, 2q + 1) of a block of `n` elements.
+///
+/// # Safety
+/// (re, im) valid for n lane vectors.
+#[inline(always)]
+unsafe fn radix2_pairs<T: Lane>(re: *mut f64, im: *mut f64, n: usize) {
+    for b in (0..n).step_by(2) {
+        let (a, c) = (ld::<T>(re, im, b), ld::<T>(re, im, b + 1));
+        st(re, im, b, (a.0.add(c.0), a.1.add(c.1)));
+        st(re, im, b + 1, (a.0.sub(c.0), a.1.sub(c.1)));
+    }
 }
 
 impl LanePlan {
@@ -241,31 +336,34 @@ impl LanePlan {
             return None;
         }
         let m = n_fft / 2;
-        let mut passes = Vec::new();
-        let (mut n, mut s) = (m, 1);
+        let mut tw = Vec::new();
+        let mut n = m;
         while n >= 4 {
-            let tw = (1..n / 4)
-                .map(|p| {
-                    let w = |r: usize| {
-                        let a = -2.0 * std::f64::consts::PI * (r * p) as f64 / n as f64;
-                        (a.cos(), a.sin())
-                    };
-                    let ((a, b), (c, d), (e, f)) = (w(1), w(2), w(3));
-                    [a, b, c, d, e, f]
-                })
-                .collect();
-            passes.push(Pass { n, s, tw });
+            tw.push(
+                (1..n / 4)
+                    .map(|p| {
+                        let w = |r: usize| {
+                            let a = -2.0 * std::f64::consts::PI * (r * p) as f64 / n as f64;
+                            (a.cos(), a.sin())
+                        };
+                        let ((a, b), (c, d), (e, f)) = (w(1), w(2), w(3));
+                        [a, b, c, d, e, f]
+                    })
+                    .collect(),
+            );
             n /= 4;
-            s *= 4;
         }
-        if n == 2 {
-            passes.push(Pass {
-                n,
-                s,
-                tw: Vec::new(),
-            });
+        // Bin k of a length-n block: k = 4j + r lies in quarter r at bin j of that quarter;
+        // blocks of 2 are in natural order, blocks of 1 trivially.
+        fn pos(k: usize, n: usize) -> usize {
+            if n <= 2 {
+                k
+            } else {
+                (k % 4) * (n / 4) + pos(k / 4, n / 4)
+            }
         }
-        Some(LanePlan { m, passes })
+        let pos = (0..m).map(|k| pos(k, m) as u32).collect();
+        Some(LanePlan { m, tw, pos })
     }
 
     /// Complex FFT length N/2.
@@ -273,114 +371,113 @@ impl LanePlan {
         self.m
     }
 
-    /// Forward complex FFT of the `m` lane vectors in (`re`, `im`), using (`tr`, `ti`) as the
-    /// Stockham ping-pong buffer; all four hold at least `m·T::L` f64. Returns `false` when
-    /// the result is in (`re`, `im`), `true` when it is in (`tr`, `ti`) (odd pass count).
+    /// The buffer element that holds bin `k` after [`Self::fft`] (`k < m`).
     #[inline(always)]
-    pub fn fft<T: Lane>(
+    pub fn pos(&self) -> &[u32] {
+        &self.pos
+    }
+
+    /// In-place forward complex FFT of the `m` lane vectors in (`re`, `im`) (each at least
+    /// `m·T::L` f64); bin k ends up in element `pos()[k]`.
+    #[inline(always)]
+    pub fn fft<T: Lane>(&self, re: &mut [f64], im: &mut [f64]) {
+        let len = self.m * T::L;
+        assert!(re.len() >= len && im.len() >= len);
+        // SAFETY: every stage stays inside the first m elements of each buffer.
+        unsafe { self.stages::<T>(re.as_mut_ptr(), im.as_mut_ptr(), 0) }
+    }
+
+    /// [`Self::fft`] with the first stage reading the frames straight from the signal: lane
+    /// l's complex input element e is (x_l[2e]·w[2e], x_l[2e + 1]·w[2e + 1]) for the frame
+    /// pointers `x` (each valid for N = 2m samples) and window `w` (N values). Saves writing
+    /// and re-reading the windowed frames.
+    ///
+    /// # Safety
+    /// As above for `x` and `w`; `re`, `im` hold ≥ m·T::L f64.
+    #[inline(always)]
+    pub unsafe fn fft_windowed<T: Lane>(
         &self,
+        x: &[*const f32; MAX_LANES],
+        w: *const f64,
         re: &mut [f64],
         im: &mut [f64],
-        tr: &mut [f64],
-        ti: &mut [f64],
-    ) -> bool {
-        let len = self.m * T::L;
-        assert!(re.len() >= len && im.len() >= len && tr.len() >= len && ti.len() >= len);
-        let mut in_x = true;
-        for pass in &self.passes {
-            // SAFETY: every element a pass touches is < n·s = m (see `radix4` / `radix2`),
-            // all four buffers hold ≥ m elements (asserted above), and source and destination
-            // are different buffers.
-            unsafe {
-                let (xr, xi, yr, yi) = if in_x {
-                    (re.as_ptr(), im.as_ptr(), tr.as_mut_ptr(), ti.as_mut_ptr())
-                } else {
-                    (tr.as_ptr(), ti.as_ptr(), re.as_mut_ptr(), im.as_mut_ptr())
-                };
-                if pass.n == 2 {
-                    radix2::<T>(pass.s, xr, xi, yr, yi);
-                } else {
-                    radix4::<T>(pass, xr, xi, yr, yi);
+    ) {
+        let (m, len) = (self.m, self.m * T::L);
+        assert!(re.len() >= len && im.len() >= len && m >= 8);
+        let (re, im) = (re.as_mut_ptr(), im.as_mut_ptr());
+        let n1 = m / 4;
+        let tw = &self.tw[0];
+        // Elements p and p + 1 of each quarter are samples 2p .. 2p + 4 of it: one windowed
+        // 4×L load per quarter gives two butterflies.
+        for p in (0..n1).step_by(2) {
+            let q: [[T; 4]; 4] = [
+                T::load_window4(x, 2 * p, w),
+                T::load_window4(x, 2 * (p + n1), w),
+                T::load_window4(x, 2 * (p + 2 * n1), w),
+                T::load_window4(x, 2 * (p + 3 * n1), w),
+            ];
+            let y = butterfly4(
+                (q[0][0], q[0][1]),
+                (q[1][0], q[1][1]),
+                (q[2][0], q[2][1]),
+                (q[3][0], q[3][1]),
+                if p == 0 { None } else { Some(&tw[p - 1]) },
+            );
+            for (r, v) in y.into_iter().enumerate() {
+                st(re, im, p + r * n1, v);
+            }
+            let y = butterfly4(
+                (q[0][2], q[0][3]),
+                (q[1][2], q[1][3]),
+                (q[2][2], q[2][3]),
+                (q[3][2], q[3][3]),
+                Some(&tw[p]),
+            );
+            for (r, v) in y.into_iter().enumerate() {
+                st(re, im, p + 1 + r * n1, v);
+            }
+        }
+        self.stages::<T>(re, im, 1);
+    }
+
+    /// Runs stages `from..` of the FFT (those before are done), depth first: the blocks of
+    /// level `d`, the first level whose blocks are small (≤ `BLOCK_F64` f64 per buffer), are
+    /// finished one after another, each right after its ancestors' stages (an ancestor's
+    /// stage runs when its first descendant block comes up, parents before children).
+    ///
+    /// # Safety
+    /// (re, im) valid for m lane vectors.
+    #[inline(always)]
+    unsafe fn stages<T: Lane>(&self, re: *mut f64, im: *mut f64, from: usize) {
+        let (m, l) = (self.m, T::L);
+        let mut d = from;
+        while (m >> (2 * d)) * l > BLOCK_F64 && (m >> (2 * d)) >= 4 {
+            d += 1;
+        }
+        let n = m >> (2 * d);
+        for b in 0..1usize << (2 * d) {
+            for i in from..d {
+                let span = 1usize << (2 * (d - i));
+                if b % span == 0 {
+                    let size = m >> (2 * i);
+                    let base = (b / span) * size * l;
+                    radix4::<T>(re.add(base), im.add(base), size, &self.tw[i]);
                 }
             }
-            in_x = !in_x;
+            // The small block: stage by stage over its sub-blocks.
+            let (re, im) = (re.add(b * n * l), im.add(b * n * l));
+            let (mut nn, mut lvl) = (n, d);
+            while nn >= 4 {
+                for sb in (0..n).step_by(nn) {
+                    radix4::<T>(re.add(sb * l), im.add(sb * l), nn, &self.tw[lvl]);
+                }
+                nn /= 4;
+                lvl += 1;
+            }
+            if nn == 2 {
+                radix2_pairs::<T>(re, im, n);
+            }
         }
-        !in_x
-    }
-}
-
-/// One radix-4 decimation-in-frequency Stockham pass (the OTFFT formulation):
-/// with n1 = n/4 and a..d = x[q + s(p + k·n1)], k = 0..3, writes
-/// y[q + s(4p + r)] = w^r_p · (r-th radix-4 output), w_p = e^{−2πip/n}.
-///
-/// # Safety
-/// `x*` readable and `y*` writable for n·s lane vectors, non-overlapping.
-#[inline(always)]
-unsafe fn radix4<T: Lane>(pass: &Pass, xr: *const f64, xi: *const f64, yr: *mut f64, yi: *mut f64) {
-    let (n, s, l) = (pass.n, pass.s, T::L);
-    let n1 = n / 4;
-    let step = s * n1 * l;
-    for p in 0..n1 {
-        let w = if p == 0 { None } else { Some(pass.tw[p - 1]) };
-        for q in 0..s {
-            let i0 = (q + s * p) * l;
-            let (ar, ai) = (T::load(xr.add(i0)), T::load(xi.add(i0)));
-            let (br, bi) = (T::load(xr.add(i0 + step)), T::load(xi.add(i0 + step)));
-            let (cr, ci) = (
-                T::load(xr.add(i0 + 2 * step)),
-                T::load(xi.add(i0 + 2 * step)),
-            );
-            let (dr, di) = (
-                T::load(xr.add(i0 + 3 * step)),
-                T::load(xi.add(i0 + 3 * step)),
-            );
-            let (apc_r, apc_i) = (ar.add(cr), ai.add(ci));
-            let (amc_r, amc_i) = (ar.sub(cr), ai.sub(ci));
-            let (bpd_r, bpd_i) = (br.add(dr), bi.add(di));
-            let (bmd_r, bmd_i) = (br.sub(dr), bi.sub(di));
-            // r = 0: a + b + c + d; r = 2: a − b + c − d;
-            // r = 1: (a − c) − i(b − d); r = 3: (a − c) + i(b − d).
-            let (y0r, y0i) = (apc_r.add(bpd_r), apc_i.add(bpd_i));
-            let (y2r, y2i) = (apc_r.sub(bpd_r), apc_i.sub(bpd_i));
-            let (y1r, y1i) = (amc_r.add(bmd_i), amc_i.sub(bmd_r));
-            let (y3r, y3i) = (amc_r.sub(bmd_i), amc_i.add(bmd_r));
-            let (o, os) = ((q + s * 4 * p) * l, s * l);
-            y0r.store(yr.add(o));
-            y0i.store(yi.add(o));
-            let ((r1, i1), (r2, i2), (r3, i3)) = match w {
-                None => ((y1r, y1i), (y2r, y2i), (y3r, y3i)),
-                Some(w) => (
-                    cmul(w[0], w[1], y1r, y1i),
-                    cmul(w[2], w[3], y2r, y2i),
-                    cmul(w[4], w[5], y3r, y3i),
-                ),
-            };
-            r1.store(yr.add(o + os));
-            i1.store(yi.add(o + os));
-            r2.store(yr.add(o + 2 * os));
-            i2.store(yi.add(o + 2 * os));
-            r3.store(yr.add(o + 3 * os));
-            i3.store(yi.add(o + 3 * os));
-        }
-    }
-}
-
-/// The last pass when log₂(N/2) is odd (n = 2, no twiddles): y[q] = x[q] + x[q+s],
-/// y[q+s] = x[q] − x[q+s].
-///
-/// # Safety
-/// As [`radix4`], for 2·s lane vectors.
-#[inline(always)]
-unsafe fn radix2<T: Lane>(s: usize, xr: *const f64, xi: *const f64, yr: *mut f64, yi: *mut f64) {
-    let l = T::L;
-    for q in 0..s {
-        let (i, j) = (q * l, (q + s) * l);
-        let (ar, ai) = (T::load(xr.add(i)), T::load(xi.add(i)));
-        let (br, bi) = (T::load(xr.add(j)), T::load(xi.add(j)));
-        ar.add(br).store(yr.add(i));
-        ai.add(bi).store(yi.add(i));
-        ar.sub(br).store(yr.add(j));
-        ai.sub(bi).store(yi.add(j));
     }
 }
 
@@ -433,12 +530,15 @@ mod tests {
                 im[j * l_n + l] = sigs[l].1[j];
             }
         }
-        let (mut tr, mut ti) = (vec![0.0; m * l_n], vec![0.0; m * l_n]);
-        let (zr, zi) = if plan.fft::<T>(&mut re, &mut im, &mut tr, &mut ti) {
-            (tr, ti)
-        } else {
-            (re, im)
-        };
+        plan.fft::<T>(&mut re, &mut im);
+        let pos = plan.pos();
+        // Bin k from its digit-reversed place.
+        let zr: Vec<f64> = (0..m * l_n)
+            .map(|i| re[pos[i / l_n] as usize * l_n + i % l_n])
+            .collect();
+        let zi: Vec<f64> = (0..m * l_n)
+            .map(|i| im[pos[i / l_n] as usize * l_n + i % l_n])
+            .collect();
         for (l, (sr, si)) in sigs.iter().enumerate() {
             let (wr, wi) = naive_dft(sr, si);
             // Parseval: Σ|X|² = m·Σ|x|², the frame's spectral energy.

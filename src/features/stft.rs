@@ -59,32 +59,30 @@ pub struct StftScratch {
     fft: Vec<Complex<f64>>,
     /// Power of the last frame, `n_fft / 2 + 1` bins.
     pub power: Vec<f64>,
-    /// Lane buffers of [`Stft::frames_power_lanes`] (empty without a lane plan): four of
-    /// N/2 lane vectors (re, im, and the FFT's ping-pong pair) then the lane power,
+    /// Lane buffers of [`Stft::frames_power_lanes`] (empty without a lane plan): two of
+    /// N/2 lane vectors (re, im) then the lane power,
     /// `n_fft / 2 + 1` lane vectors; each part starts 64-byte aligned at `lane_off`.
     lane: Vec<f64>,
     lane_off: usize,
 }
 
 impl StftScratch {
-    /// The lane buffers (re, im, tr, ti, power) as f64 slices of lane vectors, `MAX_LANES`
-    /// f64 reserved per element so any lane count fits.
-    fn lanes(&mut self, m: usize) -> [&mut [f64]; 5] {
+    /// The lane buffers (re, im, power) as f64 slices of lane vectors, `MAX_LANES` f64
+    /// reserved per element so any lane count fits.
+    fn lanes(&mut self, m: usize) -> [&mut [f64]; 3] {
         let stride = m * MAX_LANES;
         let all = &mut self.lane[self.lane_off..];
-        assert!(all.len() >= 5 * stride + MAX_LANES);
+        assert!(all.len() >= 3 * stride + MAX_LANES);
         let (re, rest) = all.split_at_mut(stride);
-        let (im, rest) = rest.split_at_mut(stride);
-        let (tr, rest) = rest.split_at_mut(stride);
-        let (ti, p) = rest.split_at_mut(stride);
-        [re, im, tr, ti, p]
+        let (im, p) = rest.split_at_mut(stride);
+        [re, im, p]
     }
 
     /// After [`Stft::frames_power_lanes`] with lane type `T`: bin `k` of lane frame `l` is at
     /// `[k * T::L + l]` (`n_fft / 2 + 1` bins, only those it was asked for are current).
     pub fn lane_power(&self, n_fft: usize) -> &[f64] {
         let m = n_fft / 2;
-        &self.lane[self.lane_off + 4 * m * MAX_LANES..][..(m + 1) * MAX_LANES]
+        &self.lane[self.lane_off + 2 * m * MAX_LANES..][..(m + 1) * MAX_LANES]
     }
 }
 
@@ -151,7 +149,7 @@ impl Stft {
         let m = self.n_fft / 2;
         let lane = if self.lanes.is_some() {
             // + 8 f64 so the parts can start on a 64-byte boundary.
-            vec![0.0; (5 * m + 1) * MAX_LANES + 8]
+            vec![0.0; (3 * m + 1) * MAX_LANES + 8]
         } else {
             Vec::new()
         };
@@ -183,54 +181,52 @@ impl Stft {
         let len = samples.len();
         assert!(T::L <= MAX_LANES && self.interior(t0, len) && self.interior(t0 + T::L - 1, len));
         let (n, m, l_n) = (self.n_fft, self.n_fft / 2, T::L);
-        let [re, im, tr, ti, p] = scratch.lanes(m);
+        let [re, im, p] = scratch.lanes(m);
         let mut x = [samples.as_ptr(); MAX_LANES];
         for (l, xl) in x.iter_mut().enumerate().take(l_n) {
             // Interior: the frame's n samples start at (t0 + l)·hop − n/2 ≥ 0 and end ≤ len.
             *xl = samples[(t0 + l) * self.hop - m..][..n].as_ptr();
         }
-        assert!(self.window.len() == n && n.is_multiple_of(4) && re.len() >= m * l_n);
-        for j in (0..n).step_by(4) {
-            // SAFETY: frame pointers cover n samples each (sliced above), j + 4 ≤ n, the window
-            // has n values, and element j/2 + 1 < m of re/im has l_n lanes.
-            unsafe {
-                let [s0, s1, s2, s3] = T::load_window4(&x, j, self.window.as_ptr());
-                let e = j / 2 * l_n;
-                s0.store(re.as_mut_ptr().add(e));
-                s1.store(im.as_mut_ptr().add(e));
-                s2.store(re.as_mut_ptr().add(e + l_n));
-                s3.store(im.as_mut_ptr().add(e + l_n));
-            }
-        }
-        let (zr, zi) = if plan.fft::<T>(re, im, tr, ti) {
-            (&*tr, &*ti)
-        } else {
-            (&*re, &*im)
-        };
-        self.split_power_lanes::<T>(zr, zi, p, upto);
+        assert!(self.window.len() == n && re.len() >= m * l_n && im.len() >= m * l_n);
+        // SAFETY: each frame pointer covers n samples (sliced above), the window n values.
+        unsafe { plan.fft_windowed::<T>(&x, self.window.as_ptr(), re, im) };
+        self.split_power_lanes::<T>(plan.pos(), re, im, p, upto);
     }
 
     /// [`Self::split_power`] on lane vectors: the same operations in the same order per lane.
     #[inline(always)]
-    fn split_power_lanes<T: Lane>(&self, zr: &[f64], zi: &[f64], p: &mut [f64], upto: usize) {
+    /// Bin k of the complex FFT is lane vector `pos[k]` of (zr, zi).
+    fn split_power_lanes<T: Lane>(
+        &self,
+        pos: &[u32],
+        zr: &[f64],
+        zi: &[f64],
+        p: &mut [f64],
+        upto: usize,
+    ) {
         let (half, l_n) = (self.n_fft / 2, T::L);
         assert!(zr.len() >= half * l_n && zi.len() >= half * l_n && p.len() > half * l_n);
+        assert!(pos.len() == half);
+        // pos is a permutation of 0..half by construction (tested in lanefft).
+        debug_assert!(pos.iter().all(|&e| (e as usize) < half));
         assert!(self.twiddles.len() >= half);
         let end = upto.clamp(1, half);
         // SAFETY: all lane vectors touched are elements < half (+ bin half of p), inside the
         // slices (asserted above).
         unsafe {
             let (zr, zi, pp) = (zr.as_ptr(), zi.as_ptr(), p.as_mut_ptr());
+            // Bin 0 is always element 0 (digit reversal of 0).
             let (r, i) = (T::load(zr), T::load(zi));
             r.add(i).mul(r.add(i)).store(pp);
             r.sub(i).mul(r.sub(i)).store(pp.add(half * l_n));
             let quarter = T::splat(0.25);
             for k in 1..end {
-                let (a_r, a_i) = (T::load(zr.add(k * l_n)), T::load(zi.add(k * l_n)));
-                let (b_r, b_i) = (
-                    T::load(zr.add((half - k) * l_n)),
-                    T::load(zi.add((half - k) * l_n)),
+                let (ea, eb) = (
+                    *pos.get_unchecked(k) as usize * l_n,
+                    *pos.get_unchecked(half - k) as usize * l_n,
                 );
+                let (a_r, a_i) = (T::load(zr.add(ea)), T::load(zi.add(ea)));
+                let (b_r, b_i) = (T::load(zr.add(eb)), T::load(zi.add(eb)));
                 let w = self.twiddles[k];
                 let (wr, wi) = (T::splat(w.re), T::splat(w.im));
                 let (er, ei) = (a_r.add(b_r), a_i.sub(b_i));
