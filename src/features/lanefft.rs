@@ -51,41 +51,46 @@ pub unsafe trait Lane: Copy {
     unsafe fn load_window4(x: &[*const f32; MAX_LANES], j: usize, w: *const f64) -> [Self; 4];
 }
 
-/// The portable lane type: four f64 in an array (what runs without AVX2).
+/// The portable lane type: `L` f64 in an array (what runs without AVX2, with `L` = 4; other
+/// widths serve the tests, e.g. `Scalar<8>` as the plain twin of [`Avx512`], `Scalar<1>` as a
+/// one-frame-at-a-time FFT).
 #[derive(Clone, Copy, Debug)]
-pub struct Scalar4(pub [f64; 4]);
+pub struct Scalar<const L: usize>(pub [f64; L]);
+
+/// The fallback lane type.
+pub type Scalar4 = Scalar<4>;
 
 // SAFETY: plain Rust arithmetic, no CPU feature needed.
-unsafe impl Lane for Scalar4 {
-    const L: usize = 4;
+unsafe impl<const N: usize> Lane for Scalar<N> {
+    const L: usize = N;
     #[inline(always)]
     unsafe fn load(p: *const f64) -> Self {
-        Scalar4(*(p as *const [f64; 4]))
+        Scalar(*(p as *const [f64; N]))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f64) {
-        *(p as *mut [f64; 4]) = self.0;
+        *(p as *mut [f64; N]) = self.0;
     }
     #[inline(always)]
     fn splat(x: f64) -> Self {
-        Scalar4([x; 4])
+        Scalar([x; N])
     }
     #[inline(always)]
     fn add(self, o: Self) -> Self {
-        Scalar4(std::array::from_fn(|l| self.0[l] + o.0[l]))
+        Scalar(std::array::from_fn(|l| self.0[l] + o.0[l]))
     }
     #[inline(always)]
     fn sub(self, o: Self) -> Self {
-        Scalar4(std::array::from_fn(|l| self.0[l] - o.0[l]))
+        Scalar(std::array::from_fn(|l| self.0[l] - o.0[l]))
     }
     #[inline(always)]
     fn mul(self, o: Self) -> Self {
-        Scalar4(std::array::from_fn(|l| self.0[l] * o.0[l]))
+        Scalar(std::array::from_fn(|l| self.0[l] * o.0[l]))
     }
     #[inline(always)]
     unsafe fn load_window4(x: &[*const f32; MAX_LANES], j: usize, w: *const f64) -> [Self; 4] {
         std::array::from_fn(|r| {
-            Scalar4(std::array::from_fn(|l| {
+            Scalar(std::array::from_fn(|l| {
                 *x[l].add(j + r) as f64 * *w.add(j + r)
             }))
         })
@@ -507,9 +512,9 @@ mod tests {
     /// A deterministic test signal per lane (different in every lane).
     fn signal(m: usize, lane: usize) -> (Vec<f64>, Vec<f64>) {
         let f = |j: usize, c: f64| {
-            ((j as f64 * (0.37 + 0.11 * lane as f64) + c).sin() * 0.8
+            (j as f64 * (0.37 + 0.11 * lane as f64) + c).sin() * 0.8
                 + ((j * 7919 + lane * 104729) % 1009) as f64 / 1009.0
-                - 0.5)
+                - 0.5
         };
         (
             (0..m).map(|j| f(j, 0.0)).collect(),
@@ -563,6 +568,55 @@ mod tests {
         for m in [8, 16, 32, 64, 128, 256, 512, 1024] {
             check_fft::<Scalar4>(m);
         }
+        check_fft::<Scalar<1>>(1024);
+        check_fft::<Scalar<8>>(512);
+    }
+
+    #[test]
+    fn lane_fft_matches_rustfft() {
+        // The single-frame path's FFT, at the default size and a size with a radix-2 stage.
+        for m in [1024usize, 512] {
+            let plan = LanePlan::new(2 * m).unwrap();
+            let (sr, si) = signal(m, 3);
+            let mut z: Vec<rustfft::num_complex::Complex<f64>> = sr
+                .iter()
+                .zip(&si)
+                .map(|(&r, &i)| rustfft::num_complex::Complex::new(r, i))
+                .collect();
+            rustfft::FftPlanner::new()
+                .plan_fft_forward(m)
+                .process(&mut z);
+            let (mut re, mut im) = (sr.clone(), si.clone());
+            plan.fft::<Scalar<1>>(&mut re, &mut im);
+            let energy: f64 = z.iter().map(|c| c.norm_sqr()).sum();
+            let err: f64 = (0..m)
+                .map(|k| {
+                    let e = plan.pos()[k] as usize;
+                    (re[e] - z[k].re).powi(2) + (im[e] - z[k].im).powi(2)
+                })
+                .sum();
+            // Two f64 FFTs, each ~1e-16 relative per operation, log2(m) ≤ 10 stages: their
+            // difference is ~1e-15 in amplitude; 1e-24 in energy (1e-12 amplitude) is loose.
+            assert!(
+                err <= 1e-24 * energy,
+                "m {m}: error² {err} vs energy {energy}"
+            );
+        }
+    }
+
+    #[test]
+    fn pos_is_a_permutation_with_bin_zero_first() {
+        for n_fft in [16usize, 32, 512, 2048, 4096] {
+            let plan = LanePlan::new(n_fft).unwrap();
+            let mut seen = vec![false; plan.m()];
+            for &e in plan.pos() {
+                assert!(!seen[e as usize], "n_fft {n_fft}: element {e} twice");
+                seen[e as usize] = true;
+            }
+            assert!(seen.iter().all(|&s| s));
+            // The split step reads bin 0 at element 0 without the table.
+            assert_eq!(plan.pos()[0], 0);
+        }
     }
 
     /// The SIMD lane types run the same arithmetic: against the DFT too (where the CPU has
@@ -578,7 +632,8 @@ mod tests {
         unsafe fn avx512(m: usize) {
             check_fft::<Avx512>(m)
         }
-        for m in [8, 32, 512, 1024] {
+        // 2048: m·L above the block size, so the depth-first split runs at two levels.
+        for m in [8, 32, 512, 1024, 2048] {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {

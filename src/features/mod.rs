@@ -633,6 +633,156 @@ mod tests {
         assert!(err <= 1e-4, "max |diff| {err} dB");
     }
 
+    /// dB mel values of every frame through [`Extractor::chunk`]'s kernel with lane type `T`
+    /// (`Scalar<1>`: every frame through the single-frame path), chunk by chunk as `log_mel`.
+    fn all_chunks<T: lanefft::Lane>(e: &Extractor, x: &[f32]) -> Vec<f32> {
+        let n_mels = e.cfg.n_mels;
+        let mut out = vec![0.0f32; n_frames(x.len(), e.cfg.hop) * n_mels];
+        let mut s = e.stft.scratch();
+        for (c, tile) in out.chunks_mut(CHUNK_FRAMES * n_mels).enumerate() {
+            e.chunk_generic::<T>(x, c * CHUNK_FRAMES, tile, &mut s, true);
+        }
+        out
+    }
+
+    /// The same through the run-time dispatch (`chunk`: AVX-512, AVX2 or plain).
+    fn all_chunks_dispatch(e: &Extractor, x: &[f32]) -> Vec<f32> {
+        let n_mels = e.cfg.n_mels;
+        let mut out = vec![0.0f32; n_frames(x.len(), e.cfg.hop) * n_mels];
+        let mut s = e.stft.scratch();
+        for (c, tile) in out.chunks_mut(CHUNK_FRAMES * n_mels).enumerate() {
+            e.chunk(x, c * CHUNK_FRAMES, tile, &mut s, true);
+        }
+        out
+    }
+
+    fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        // NaN anywhere makes the result NaN, which fails every `<=` check.
+        a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
+    }
+
+    #[test]
+    fn lane_path_equals_single_frame_path() {
+        use lanefft::{Scalar, Scalar4};
+        // Lengths: empty, shorter than n_fft (no interior frame), frame counts that leave
+        // ragged runs of 1..7 frames at chunk ends and clip edges, several chunks.
+        let lens = [
+            0usize,
+            700,
+            2047,
+            2048,
+            2049,
+            5000,
+            9 * 256 + 3,
+            23_000,
+            40_000,
+        ];
+        let cfgs = [
+            MelConfig::default(),
+            MelConfig {
+                n_fft: 1024,
+                hop: 160,
+                ..MelConfig::default()
+            }, // radix-2 stage
+            MelConfig {
+                n_fft: 512,
+                hop: 100,
+                n_mels: 40,
+                ..MelConfig::default()
+            },
+            MelConfig {
+                n_fft: 1000,
+                hop: 128,
+                ..MelConfig::default()
+            }, // no lane plan
+        ];
+        for cfg in &cfgs {
+            let e = Extractor::new(22050, cfg).unwrap();
+            for &n in &lens {
+                let x: Vec<f32> = (0..n)
+                    .map(|i| ((i as f32 * 0.05).sin() + ((i * 7919) % 997) as f32 * 1e-4) * 0.4)
+                    .collect();
+                let single = all_chunks::<Scalar<1>>(&e, &x);
+                // f32 dB values of powers that differ by FFT rounding (≲ 1e-15 relative):
+                // at most a few f32 ulps (7.6e-6 at |x| = 100 dB) after rounding; 3e-5 dB.
+                let tol = 3e-5;
+                for (name, got) in [
+                    ("plain 4 lanes", all_chunks::<Scalar4>(&e, &x)),
+                    ("plain 8 lanes", all_chunks::<Scalar<8>>(&e, &x)),
+                    ("dispatch", all_chunks_dispatch(&e, &x)),
+                ] {
+                    let err = max_abs(&got, &single);
+                    assert!(err <= tol, "n_fft {} len {n} {name}: {err} dB", cfg.n_fft);
+                    if !e.stft.has_lanes() {
+                        // The fallback is the single-frame path itself.
+                        assert_eq!(got, single, "n_fft {} len {n} {name}", cfg.n_fft);
+                    }
+                }
+            }
+        }
+        assert!(!Extractor::new(22050, &cfgs[3]).unwrap().stft.has_lanes());
+    }
+
+    #[test]
+    fn lane_path_silence_is_exactly_amin() {
+        // Zero frames through the lane FFT are exactly zero power -> db10(amin) everywhere.
+        let e = Extractor::new(22050, &MelConfig::default()).unwrap();
+        let x = vec![0.0f32; 30_000];
+        let want = db10(AMIN);
+        for got in [
+            all_chunks::<lanefft::Scalar4>(&e, &x),
+            all_chunks_dispatch(&e, &x),
+        ] {
+            assert!(got.iter().all(|&v| v == want));
+        }
+    }
+
+    /// The SIMD builds equal their plain twins bit for bit (same lanes, same operations).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_chunks_are_bit_identical_to_plain() {
+        let e = Extractor::new(44100, &MelConfig::default()).unwrap();
+        let x: Vec<f32> = (0..50_000)
+            .map(|i| ((i as f32 * 0.013).sin() * 0.3) + ((i * 31) % 17) as f32 * 1e-3)
+            .collect();
+        let run = |f: &dyn Fn(usize, &mut [f32], &mut StftScratch)| {
+            let mut out = vec![0.0f32; n_frames(x.len(), 256) * 128];
+            let mut s = e.stft.scratch();
+            for (c, tile) in out.chunks_mut(CHUNK_FRAMES * 128).enumerate() {
+                f(c * CHUNK_FRAMES, tile, &mut s);
+            }
+            out
+        };
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let simd = run(&|f, t, s| {
+                unsafe { e.chunk_avx2(&x, f, t, s, true) };
+            });
+            assert_eq!(simd, all_chunks::<lanefft::Scalar4>(&e, &x));
+        } else {
+            eprintln!("skipping: no AVX2/FMA");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            let simd = run(&|f, t, s| {
+                unsafe { e.chunk_avx512(&x, f, t, s, true) };
+            });
+            assert_eq!(simd, all_chunks::<lanefft::Scalar<8>>(&e, &x));
+        } else {
+            eprintln!("skipping: no AVX-512F");
+        }
+    }
+
     #[test]
     fn try_log_mel_rejects_nan_and_bad_config() {
         let cfg = MelConfig::default();

@@ -408,6 +408,7 @@ pub fn power_spectrogram(samples: &[f32], n_fft: usize, hop: usize) -> Spectrogr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::lanefft::Lane;
 
     #[test]
     fn frame_count_is_librosa_center_true() {
@@ -503,6 +504,162 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A noisy test signal (different content in every frame).
+    fn noisy(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as f32 * 0.021).sin() * 0.6 + ((i * 7919) % 1013) as f32 / 1013.0 * 0.2 - 0.1)
+                    * 0.5
+            })
+            .collect()
+    }
+
+    /// `frames_power_lanes::<T>` against the single-frame path (rustfft) for every lane frame
+    /// of every interior run in a clip, bins 0..upto and N/2; returns the bits of the lane
+    /// results so SIMD and plain builds can be compared.
+    fn lanes_vs_single<T: Lane>(n_fft: usize, hop: usize, upto: usize) -> Vec<u64> {
+        let stft = Stft::new(n_fft, hop);
+        assert!(stft.has_lanes());
+        let x = noisy(n_fft + 13 * hop + 5);
+        let (mut a, mut b) = (stft.scratch(), stft.scratch());
+        let (half, nb) = (n_fft / 2, stft.n_bins());
+        let mut bits = Vec::new();
+        let first = (0..).find(|&t| stft.interior(t, x.len())).unwrap();
+        let mut t0 = first;
+        while stft.interior(t0 + T::L - 1, x.len()) {
+            stft.frames_power_lanes::<T>(&x, t0, &mut a, upto);
+            let lp = a.lane_power(n_fft);
+            for l in 0..T::L {
+                stft.frame_power(&x, t0 + l, &mut b);
+                let energy: f64 = b.power.iter().sum();
+                for k in (0..upto.min(half)).chain([half]) {
+                    let (got, want) = (lp[k * T::L + l], b.power[k]);
+                    // Both FFTs are f64 with ~1e-16 relative rounding per operation; the
+                    // power error is ≲ 1e-15 of the frame's energy Σ|X_k|². 1e-12 is loose
+                    // yet catches any wrong sample, lane, twiddle or bin (≥ 1e-3).
+                    assert!(
+                        (got - want).abs() <= 1e-12 * energy,
+                        "n_fft {n_fft} t {} bin {k}: {got} vs {want} (energy {energy})",
+                        t0 + l
+                    );
+                    bits.push(got.to_bits());
+                }
+                assert_eq!(nb, b.power.len());
+            }
+            t0 += 3; // overlapping runs: every frame is lane 0 of one run and lane >0 of others
+        }
+        assert!(t0 > first, "clip too short for one run");
+        bits
+    }
+
+    #[test]
+    fn lane_power_matches_single_frame_path() {
+        use crate::features::lanefft::{Scalar, Scalar4};
+        for (n_fft, hop) in [
+            (16usize, 5usize),
+            (32, 7),
+            (512, 100),
+            (1024, 160),
+            (2048, 256),
+        ] {
+            let nb = n_fft / 2 + 1;
+            for upto in [1, nb / 3, nb - 1, nb] {
+                lanes_vs_single::<Scalar4>(n_fft, hop, upto);
+            }
+            lanes_vs_single::<Scalar<1>>(n_fft, hop, nb);
+            lanes_vs_single::<Scalar<8>>(n_fft, hop, nb);
+        }
+    }
+
+    /// The SIMD lane types give exactly the plain builds' bits (same operations per lane).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_lane_power_is_bit_identical_to_plain() {
+        use crate::features::lanefft::{Avx2, Avx512, Scalar};
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(n_fft: usize, hop: usize, upto: usize) -> Vec<u64> {
+            lanes_vs_single::<Avx2>(n_fft, hop, upto)
+        }
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512(n_fft: usize, hop: usize, upto: usize) -> Vec<u64> {
+            lanes_vs_single::<Avx512>(n_fft, hop, upto)
+        }
+        let has = |f: &str| match f {
+            "avx2" => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            _ => std::arch::is_x86_feature_detected!("avx512f"),
+        };
+        for (n_fft, hop) in [(16usize, 5usize), (1024, 160), (2048, 256), (4096, 512)] {
+            let upto = n_fft / 4 + 3;
+            if has("avx2") {
+                let plain = lanes_vs_single::<Scalar<4>>(n_fft, hop, upto);
+                assert_eq!(
+                    unsafe { avx2(n_fft, hop, upto) },
+                    plain,
+                    "AVX2 n_fft {n_fft}"
+                );
+            } else {
+                eprintln!("skipping: no AVX2/FMA");
+            }
+            if has("avx512") {
+                let plain = lanes_vs_single::<Scalar<8>>(n_fft, hop, upto);
+                assert_eq!(
+                    unsafe { avx512(n_fft, hop, upto) },
+                    plain,
+                    "AVX-512 n_fft {n_fft}"
+                );
+            } else {
+                eprintln!("skipping: no AVX-512F");
+            }
+        }
+    }
+
+    #[test]
+    fn lane_power_matches_naive_dft() {
+        // Independent of rustfft: the windowing fused into the first stage included.
+        let (n_fft, hop) = (64, 24);
+        let x = noisy(700);
+        let stft = Stft::new(n_fft, hop);
+        let mut a = stft.scratch();
+        let t0 = 2; // frames 2..6 are interior: 2·24 ≥ 32 and 5·24 + 32 ≤ 700
+        stft.frames_power_lanes::<crate::features::lanefft::Scalar4>(&x, t0, &mut a, stft.n_bins());
+        let lp = a.lane_power(n_fft);
+        for l in 0..4 {
+            let want = naive_power(&x, n_fft, hop, t0 + l);
+            let energy: f64 = want.iter().sum();
+            for (k, &w) in want.iter().enumerate() {
+                // The O(N²) reference evaluates cos/sin at angles up to 2π·k·i/N ≈ 6e3 rad
+                // (absolute error ~1e-12): 1e-10 of the energy covers it.
+                assert!(
+                    (lp[k * 4 + l] - w).abs() <= 1e-10 * energy,
+                    "t {} k {k}",
+                    t0 + l
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lane_plan_only_for_powers_of_two_from_16() {
+        for (n, want) in [
+            (2048, true),
+            (16, true),
+            (4096, true),
+            (8, false),
+            (18, false),
+            (1000, false),
+            (2046, false),
+        ] {
+            assert_eq!(Stft::new(n, 100).has_lanes(), want, "n_fft {n}");
+        }
+        // Interior frames: the whole window inside the signal.
+        let s = Stft::new(64, 24);
+        assert!(!s.interior(1, 700) && s.interior(2, 700));
+        assert!(s.interior(27, 700) && !s.interior(28, 700)); // 27·24 + 32 = 680, 28·24 + 32 = 704
     }
 
     #[test]
