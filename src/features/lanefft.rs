@@ -1,20 +1,31 @@
-//! A power-spectrum kernel for several frames at once: the frames' windowed samples sit in the
-//! lanes of a vector (element `j` of frame `l` at `buf[j][l]`), so every butterfly of the FFT
-//! is plain vertical arithmetic on `[f64; L]` with twiddles shared by all lanes — no shuffles,
-//! and the compiler turns each `[f64; L]` operation into one or two SIMD instructions
-//! (AVX2: L = 4 → one `ymm`; AVX-512: L = 8 → one `zmm`).
+//! The FFT of the front end's fast path: several frames at once, one per SIMD lane.
 //!
-//! It computes the same thing as [`crate::features::stft::Stft::frame_power_upto`] for frames
-//! that lie wholly inside the signal (no zero padding): window (f32 sample × f64 Hann), pack
-//! (even, odd) samples as complex values, a complex FFT of N/2 points, the real-FFT split step
-//! and |X|², all in f64. The FFT is a radix-4 Stockham autosort FFT (a final radix-2 pass when
-//! log₂(N/2) is odd) with twiddles computed directly by `cos`/`sin` (no recurrences), so its
-//! error is of the same order as rustfft's; results differ from the single-frame path only in
-//! rounding (≤ ~1e-15 of the frame's energy, see the tests).
+//! Frame `l` of a batch lives in lane `l` of every vector (element `j` of frame `l` at
+//! `buf[j·L + l]`), so every butterfly is plain vertical arithmetic with twiddles shared by all
+//! lanes: no shuffles inside the FFT. With AVX-512 a vector is one `zmm` (L = 8 frames), with
+//! AVX2 one `ymm` (L = 4); without either the same code runs on `[f64; 4]` arrays.
 //!
-//! The kernels are generic and `#[inline(always)]`: the caller compiles them inside a
-//! `#[target_feature]` function to get SIMD, and the plain build of the same code is the
-//! portable fallback (bit-identical to the SIMD builds: no FMA contraction happens in Rust).
+//! The transform is a complex FFT of M = N/2 points (the real-input trick: even samples as the
+//! real part, odd as the imaginary; [`crate::features::stft`] does the split step), computed as
+//! in-place radix-4 decimation in frequency with a radix-2 last stage when log₂ M is odd:
+//! - the first stage reads the frames straight from the signal: f32 sample × f64 periodic Hann
+//!   window, the product librosa forms, transposed into lanes 4×L at a time
+//!   ([`Lane::load_window4`]);
+//! - the remaining stages run depth first: after a stage splits a block into quarters, each
+//!   quarter is finished while it is in L1 (blocks of ≤ 8 KiB per re/im buffer go stage by
+//!   stage);
+//! - the output stays in digit-reversed order; the split step reads bin k at `pos()[k]`
+//!   (no reordering pass).
+//!
+//! Precision: f64 throughout, twiddles from `cos`/`sin` of the exact angle (no recurrences), so
+//! the error is like rustfft's, ≲ 1e-15 of the frame's energy (tested against an O(M²) DFT and
+//! rustfft). All [`Lane`] types do the same IEEE operations per lane in the same order (Rust
+//! never contracts `a * b + c` into FMA), so the SIMD and plain builds agree bit for bit.
+//!
+//! Everything is `#[inline(always)]` and generic over [`Lane`]: the caller instantiates it
+//! inside a `#[target_feature]` function (see `Extractor::chunk`). No closures inside the
+//! kernels: a closure does not inherit the caller's target features and its intrinsics would
+//! become calls.
 
 /// Smallest FFT size the lane path handles; smaller sizes use the single-frame path.
 pub const MIN_N_FFT: usize = 16;
@@ -32,15 +43,22 @@ pub fn supported(n_fft: usize) -> bool {
 /// implementations give bit-identical results.
 ///
 /// # Safety
-/// The SIMD implementations may only be used where the CPU has their features and the
-/// calling code is compiled with them (`#[target_feature]`), which the methods' `unsafe`
-/// pointer contracts do not express; [`crate::features::Extractor`] guarantees it.
+/// The SIMD implementations ([`Avx2`], [`Avx512`]) may only be used where the CPU has their
+/// features, inside code compiled with them (`#[target_feature]`): even their safe methods
+/// execute those instructions. That is why this module is crate-private; `Extractor::chunk`
+/// checks the CPU before choosing a lane type.
 pub unsafe trait Lane: Copy {
     /// Lanes per vector.
     const L: usize;
     /// Loads `L` f64 from `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for reading `L` f64 (no alignment needed).
     unsafe fn load(p: *const f64) -> Self;
     /// Stores `L` f64 to `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for writing `L` f64 (no alignment needed).
     unsafe fn store(self, p: *mut f64);
     fn splat(x: f64) -> Self;
     fn add(self, o: Self) -> Self;
@@ -48,6 +66,9 @@ pub unsafe trait Lane: Copy {
     fn mul(self, o: Self) -> Self;
     /// Samples `j .. j + 4` of frames `x[0 .. L]` (f32), each times the window `w[j .. j + 4]`
     /// in f64, transposed: result `r` holds sample `j + r` of every frame.
+    ///
+    /// # Safety
+    /// `x[0 .. L]` are each valid for reading samples `j .. j + 4`, `w` for `j .. j + 4`.
     unsafe fn load_window4(x: &[*const f32; MAX_LANES], j: usize, w: *const f64) -> [Self; 4];
 }
 
@@ -372,6 +393,7 @@ impl LanePlan {
     }
 
     /// Complex FFT length N/2.
+    #[cfg(test)]
     pub fn m(&self) -> usize {
         self.m
     }
@@ -383,7 +405,9 @@ impl LanePlan {
     }
 
     /// In-place forward complex FFT of the `m` lane vectors in (`re`, `im`) (each at least
-    /// `m·T::L` f64); bin k ends up in element `pos()[k]`.
+    /// `m·T::L` f64); bin k ends up in element `pos()[k]`. (The front end uses
+    /// [`Self::fft_windowed`]; this plain entry serves the tests of the stages.)
+    #[cfg(test)]
     #[inline(always)]
     pub fn fft<T: Lane>(&self, re: &mut [f64], im: &mut [f64]) {
         let len = self.m * T::L;

@@ -243,7 +243,7 @@ impl MelFilterbank {
     /// frame. `out` is frame-major: `out[l * n_mels + m]`. Inlined so the caller's target
     /// features (which `T` needs) apply.
     #[inline(always)]
-    pub fn apply_lanes<T: Lane>(&self, power: &[f64], out: &mut [f32]) {
+    pub(crate) fn apply_lanes<T: Lane>(&self, power: &[f64], out: &mut [f32]) {
         let (n_mels, l_n) = (self.bands.len(), T::L);
         assert!(l_n <= MAX_LANES && power.len() >= self.bins_read * l_n);
         assert!(

@@ -23,7 +23,7 @@
 //! `png` (spectrogram pictures), `augment` (training-time augmentation).
 
 pub mod augment;
-pub mod lanefft;
+pub(crate) mod lanefft;
 pub mod mel;
 pub mod npy;
 pub mod png;

@@ -80,7 +80,7 @@ impl StftScratch {
 
     /// After [`Stft::frames_power_lanes`] with lane type `T`: bin `k` of lane frame `l` is at
     /// `[k * T::L + l]` (`n_fft / 2 + 1` bins, only those it was asked for are current).
-    pub fn lane_power(&self, n_fft: usize) -> &[f64] {
+    pub(crate) fn lane_power(&self, n_fft: usize) -> &[f64] {
         let m = n_fft / 2;
         &self.lane[self.lane_off + 2 * m * MAX_LANES..][..(m + 1) * MAX_LANES]
     }
@@ -170,7 +170,7 @@ impl Stft {
     /// Panics without a lane plan ([`Self::has_lanes`]) or if a frame is not interior.
     /// Inlined so that it compiles with the caller's target features (which `T` needs).
     #[inline(always)]
-    pub fn frames_power_lanes<T: Lane>(
+    pub(crate) fn frames_power_lanes<T: Lane>(
         &self,
         samples: &[f32],
         t0: usize,
