@@ -6,6 +6,11 @@
 //! of half the size plus the real-input split step) and keep the power in f64 until the mel
 //! product; the difference from librosa's complex64 rounding is ~1e-7 relative, far below the
 //! 1e-3 dB the tests demand.
+//!
+//! Two paths compute the same values: [`Stft::frame_power_upto`] one frame at a time (any
+//! even size, zero-padded edge frames), and [`Stft::frames_power_lanes`] for runs of frames
+//! wholly inside the signal, several frames per SIMD vector (see `lanefft`; sizes that are
+//! powers of two ≥ 16). They differ only in the FFT's rounding.
 
 use crate::features::lanefft::{Lane, LanePlan, MAX_LANES};
 use rustfft::num_complex::Complex;
