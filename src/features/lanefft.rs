@@ -3,7 +3,9 @@
 //! Frame `l` of a batch lives in lane `l` of every vector (element `j` of frame `l` at
 //! `buf[j·L + l]`), so every butterfly is plain vertical arithmetic with twiddles shared by all
 //! lanes: no shuffles inside the FFT. With AVX-512 a vector is one `zmm` (L = 8 frames), with
-//! AVX2 one `ymm` (L = 4); without either the same code runs on `[f64; 4]` arrays.
+//! AVX2 one `ymm` (L = 4). The same code on `[f64; L]` arrays ([`Scalar`]) is the portable
+//! twin the tests compare the SIMD builds with bit for bit (the front end does not use it in
+//! production: without AVX2 the single-frame rustfft path is faster).
 //!
 //! The transform is a complex FFT of M = N/2 points (the real-input trick: even samples as the
 //! real part, odd as the imaginary; [`crate::features::stft`] does the split step), computed as
@@ -72,13 +74,14 @@ pub unsafe trait Lane: Copy {
     unsafe fn load_window4(x: &[*const f32; MAX_LANES], j: usize, w: *const f64) -> [Self; 4];
 }
 
-/// The portable lane type: `L` f64 in an array (what runs without AVX2, with `L` = 4; other
-/// widths serve the tests, e.g. `Scalar<8>` as the plain twin of [`Avx512`], `Scalar<1>` as a
-/// one-frame-at-a-time FFT).
+/// The portable lane type: `L` f64 in an array. `Scalar<4>` and `Scalar<8>` are the plain
+/// twins of [`Avx2`] and [`Avx512`] in the tests; `Scalar<1>` (one lane) makes
+/// `Extractor::chunk` take the single-frame path for every frame (the non-AVX2 fallback).
 #[derive(Clone, Copy, Debug)]
 pub struct Scalar<const L: usize>(pub [f64; L]);
 
-/// The fallback lane type.
+/// The plain twin of [`Avx2`] (tests).
+#[cfg(test)]
 pub type Scalar4 = Scalar<4>;
 
 // SAFETY: plain Rust arithmetic, no CPU feature needed.
