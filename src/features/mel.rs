@@ -71,6 +71,8 @@ struct Band {
     len: usize,
 }
 
+use crate::features::lanefft::{Lane, MAX_LANES};
+
 /// Whether this CPU runs the AVX2 kernels (x86-64 with AVX2; never elsewhere).
 pub(crate) fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -232,6 +234,52 @@ impl MelFilterbank {
                 s += *a as f64 * q;
             }
             *o = s as f32;
+        }
+    }
+
+    /// [`Self::apply_generic`] for `T::L` frames at once, their power spectra in lane
+    /// vectors (`power[k * T::L + l]` = bin k of frame l): the same operations in the same
+    /// order per lane, so each frame's result is bit-identical to [`Self::apply`] of that
+    /// frame. `out` is frame-major: `out[l * n_mels + m]`. Inlined so the caller's target
+    /// features (which `T` needs) apply.
+    #[inline(always)]
+    pub(crate) fn apply_lanes<T: Lane>(&self, power: &[f64], out: &mut [f32]) {
+        let (n_mels, l_n) = (self.bands.len(), T::L);
+        assert!(l_n <= MAX_LANES && power.len() >= self.bins_read * l_n);
+        assert!(
+            out.len() >= l_n * n_mels
+                && self.weights.len() >= self.bands.last().map_or(0, |b| b.off + b.len)
+        );
+        for (m, b) in self.bands.iter().enumerate() {
+            // SAFETY: bins start..start + len < bins_read lie in `power` (asserted above) and
+            // weights off..off + len in `weights` (by construction, every band ends by the
+            // last band's end).
+            let s = unsafe {
+                let w = self.weights.as_ptr().add(b.off);
+                let p = power.as_ptr().add(b.start * l_n);
+                let whole = b.len / LANES * LANES;
+                let mut acc = [T::splat(0.0); LANES];
+                let mut i = 0;
+                while i < whole {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let wj = T::splat(*w.add(i + j) as f64);
+                        *a = a.add(wj.mul(T::load(p.add((i + j) * l_n))));
+                    }
+                    i += LANES;
+                }
+                let mut s = acc[0].add(acc[2]).add(acc[1].add(acc[3]));
+                while i < b.len {
+                    s = s.add(T::splat(*w.add(i) as f64).mul(T::load(p.add(i * l_n))));
+                    i += 1;
+                }
+                s
+            };
+            let mut v = [0.0f64; MAX_LANES];
+            // SAFETY: v holds MAX_LANES ≥ T::L values.
+            unsafe { s.store(v.as_mut_ptr()) };
+            for (l, x) in v[..l_n].iter().enumerate() {
+                out[l * n_mels + m] = *x as f32;
+            }
         }
     }
 

@@ -6,7 +6,13 @@
 //! of half the size plus the real-input split step) and keep the power in f64 until the mel
 //! product; the difference from librosa's complex64 rounding is ~1e-7 relative, far below the
 //! 1e-3 dB the tests demand.
+//!
+//! Two paths compute the same values: [`Stft::frame_power_upto`] one frame at a time (any
+//! even size, zero-padded edge frames), and [`Stft::frames_power_lanes`] for runs of frames
+//! wholly inside the signal, several frames per SIMD vector (see `lanefft`; sizes that are
+//! powers of two ≥ 16). They differ only in the FFT's rounding.
 
+use crate::features::lanefft::{Lane, LanePlan, MAX_LANES};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 use std::sync::Arc;
@@ -43,6 +49,9 @@ pub struct Stft {
     tw_im: Vec<f64>,
     /// Run the AVX2 split step (the CPU has AVX2).
     simd: bool,
+    /// The several-frames-per-vector FFT ([`Stft::frames_power_lanes`]); `None` for sizes it
+    /// does not support (not a power of two, or below 16), which use [`Stft::frame_power`].
+    lanes: Option<LanePlan>,
 }
 
 /// Lane l of an AVX2 group holds bin k + LANE_BIN[l] (the order `unpacklo/hi_pd` leave).
@@ -55,6 +64,31 @@ pub struct StftScratch {
     fft: Vec<Complex<f64>>,
     /// Power of the last frame, `n_fft / 2 + 1` bins.
     pub power: Vec<f64>,
+    /// Lane buffers of [`Stft::frames_power_lanes`] (empty without a lane plan): two of
+    /// N/2 lane vectors (re, im) then the lane power,
+    /// `n_fft / 2 + 1` lane vectors; each part starts 64-byte aligned at `lane_off`.
+    lane: Vec<f64>,
+    lane_off: usize,
+}
+
+impl StftScratch {
+    /// The lane buffers (re, im, power) as f64 slices of lane vectors, `MAX_LANES` f64
+    /// reserved per element so any lane count fits.
+    fn lanes(&mut self, m: usize) -> [&mut [f64]; 3] {
+        let stride = m * MAX_LANES;
+        let all = &mut self.lane[self.lane_off..];
+        assert!(all.len() >= 3 * stride + MAX_LANES);
+        let (re, rest) = all.split_at_mut(stride);
+        let (im, p) = rest.split_at_mut(stride);
+        [re, im, p]
+    }
+
+    /// After [`Stft::frames_power_lanes`] with lane type `T`: bin `k` of lane frame `l` is at
+    /// `[k * T::L + l]` (`n_fft / 2 + 1` bins, only those it was asked for are current).
+    pub(crate) fn lane_power(&self, n_fft: usize) -> &[f64] {
+        let m = n_fft / 2;
+        &self.lane[self.lane_off + 2 * m * MAX_LANES..][..(m + 1) * MAX_LANES]
+    }
 }
 
 impl Stft {
@@ -83,7 +117,20 @@ impl Stft {
             tw_im: perm(|c| c.im),
             twiddles,
             simd: crate::features::mel::simd_available(),
+            lanes: LanePlan::new(n_fft),
         }
+    }
+
+    /// Whether [`Self::frames_power_lanes`] is available for this size.
+    pub fn has_lanes(&self) -> bool {
+        self.lanes.is_some()
+    }
+
+    /// Whether frame `t` lies wholly inside a signal of `len` samples (no zero padding): the
+    /// frames [`Self::frames_power_lanes`] accepts.
+    pub fn interior(&self, t: usize, len: usize) -> bool {
+        let half = self.n_fft / 2;
+        t * self.hop >= half && t * self.hop + half <= len
     }
 
     /// FFT size.
@@ -104,10 +151,98 @@ impl Stft {
     /// Fresh scratch buffers sized for this plan.
     pub fn scratch(&self) -> StftScratch {
         let zero = Complex::new(0.0, 0.0);
+        let m = self.n_fft / 2;
+        let lane = if self.lanes.is_some() {
+            // + 8 f64 so the parts can start on a 64-byte boundary.
+            vec![0.0; (3 * m + 1) * MAX_LANES + 8]
+        } else {
+            Vec::new()
+        };
+        let lane_off = (lane.as_ptr() as usize).wrapping_neg() % 64 / 8;
         StftScratch {
-            buf: vec![zero; self.n_fft / 2],
+            buf: vec![zero; m],
             fft: vec![zero; self.fft.get_inplace_scratch_len()],
             power: vec![0.0; self.n_bins()],
+            lane,
+            lane_off,
+        }
+    }
+
+    /// Power spectra of the `T::L` frames `t0 ..`, all [`Self::interior`], for bins `0..upto`
+    /// and bin N/2: afterwards `scratch.lane_power(n_fft)[k * T::L + l]` is bin `k` of frame
+    /// `t0 + l`. The same window, packing and split step as [`Self::frame_power_upto`] (the
+    /// same operations per value); only the FFT differs, in rounding.
+    /// Panics without a lane plan ([`Self::has_lanes`]) or if a frame is not interior.
+    /// Inlined so that it compiles with the caller's target features (which `T` needs).
+    #[inline(always)]
+    pub(crate) fn frames_power_lanes<T: Lane>(
+        &self,
+        samples: &[f32],
+        t0: usize,
+        scratch: &mut StftScratch,
+        upto: usize,
+    ) {
+        let plan = self.lanes.as_ref().expect("lane plan for this n_fft");
+        let len = samples.len();
+        assert!(T::L <= MAX_LANES && self.interior(t0, len) && self.interior(t0 + T::L - 1, len));
+        let (n, m, l_n) = (self.n_fft, self.n_fft / 2, T::L);
+        let [re, im, p] = scratch.lanes(m);
+        let mut x = [samples.as_ptr(); MAX_LANES];
+        for (l, xl) in x.iter_mut().enumerate().take(l_n) {
+            // Interior: the frame's n samples start at (t0 + l)·hop − n/2 ≥ 0 and end ≤ len.
+            *xl = samples[(t0 + l) * self.hop - m..][..n].as_ptr();
+        }
+        assert!(self.window.len() == n && re.len() >= m * l_n && im.len() >= m * l_n);
+        // SAFETY: each frame pointer covers n samples (sliced above), the window n values.
+        unsafe { plan.fft_windowed::<T>(&x, self.window.as_ptr(), re, im) };
+        self.split_power_lanes::<T>(plan.pos(), re, im, p, upto);
+    }
+
+    /// [`Self::split_power`] on lane vectors: the same operations in the same order per lane.
+    #[inline(always)]
+    /// Bin k of the complex FFT is lane vector `pos[k]` of (zr, zi).
+    fn split_power_lanes<T: Lane>(
+        &self,
+        pos: &[u32],
+        zr: &[f64],
+        zi: &[f64],
+        p: &mut [f64],
+        upto: usize,
+    ) {
+        let (half, l_n) = (self.n_fft / 2, T::L);
+        assert!(zr.len() >= half * l_n && zi.len() >= half * l_n && p.len() > half * l_n);
+        assert!(pos.len() == half);
+        // pos is a permutation of 0..half by construction (tested in lanefft).
+        debug_assert!(pos.iter().all(|&e| (e as usize) < half));
+        assert!(self.twiddles.len() >= half);
+        let end = upto.clamp(1, half);
+        // SAFETY: all lane vectors touched are elements < half (+ bin half of p), inside the
+        // slices (asserted above).
+        unsafe {
+            let (zr, zi, pp) = (zr.as_ptr(), zi.as_ptr(), p.as_mut_ptr());
+            // Bin 0 is always element 0 (digit reversal of 0).
+            let (r, i) = (T::load(zr), T::load(zi));
+            r.add(i).mul(r.add(i)).store(pp);
+            r.sub(i).mul(r.sub(i)).store(pp.add(half * l_n));
+            let quarter = T::splat(0.25);
+            for k in 1..end {
+                let (ea, eb) = (
+                    *pos.get_unchecked(k) as usize * l_n,
+                    *pos.get_unchecked(half - k) as usize * l_n,
+                );
+                let (a_r, a_i) = (T::load(zr.add(ea)), T::load(zi.add(ea)));
+                let (b_r, b_i) = (T::load(zr.add(eb)), T::load(zi.add(eb)));
+                let w = self.twiddles[k];
+                let (wr, wi) = (T::splat(w.re), T::splat(w.im));
+                let (er, ei) = (a_r.add(b_r), a_i.sub(b_i));
+                let (or, oi) = (a_i.add(b_i), b_r.sub(a_r));
+                let xr = er.add(wr.mul(or).sub(wi.mul(oi)));
+                let xi = ei.add(wr.mul(oi).add(wi.mul(or)));
+                xr.mul(xr)
+                    .add(xi.mul(xi))
+                    .mul(quarter)
+                    .store(pp.add(k * l_n));
+            }
         }
     }
 
@@ -278,6 +413,7 @@ pub fn power_spectrogram(samples: &[f32], n_fft: usize, hop: usize) -> Spectrogr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::lanefft::Lane;
 
     #[test]
     fn frame_count_is_librosa_center_true() {
@@ -373,6 +509,162 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A noisy test signal (different content in every frame).
+    fn noisy(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as f32 * 0.021).sin() * 0.6 + ((i * 7919) % 1013) as f32 / 1013.0 * 0.2 - 0.1)
+                    * 0.5
+            })
+            .collect()
+    }
+
+    /// `frames_power_lanes::<T>` against the single-frame path (rustfft) for every lane frame
+    /// of every interior run in a clip, bins 0..upto and N/2; returns the bits of the lane
+    /// results so SIMD and plain builds can be compared.
+    fn lanes_vs_single<T: Lane>(n_fft: usize, hop: usize, upto: usize) -> Vec<u64> {
+        let stft = Stft::new(n_fft, hop);
+        assert!(stft.has_lanes());
+        let x = noisy(n_fft + 13 * hop + 5);
+        let (mut a, mut b) = (stft.scratch(), stft.scratch());
+        let (half, nb) = (n_fft / 2, stft.n_bins());
+        let mut bits = Vec::new();
+        let first = (0..).find(|&t| stft.interior(t, x.len())).unwrap();
+        let mut t0 = first;
+        while stft.interior(t0 + T::L - 1, x.len()) {
+            stft.frames_power_lanes::<T>(&x, t0, &mut a, upto);
+            let lp = a.lane_power(n_fft);
+            for l in 0..T::L {
+                stft.frame_power(&x, t0 + l, &mut b);
+                let energy: f64 = b.power.iter().sum();
+                for k in (0..upto.min(half)).chain([half]) {
+                    let (got, want) = (lp[k * T::L + l], b.power[k]);
+                    // Both FFTs are f64 with ~1e-16 relative rounding per operation; the
+                    // power error is ≲ 1e-15 of the frame's energy Σ|X_k|². 1e-12 is loose
+                    // yet catches any wrong sample, lane, twiddle or bin (≥ 1e-3).
+                    assert!(
+                        (got - want).abs() <= 1e-12 * energy,
+                        "n_fft {n_fft} t {} bin {k}: {got} vs {want} (energy {energy})",
+                        t0 + l
+                    );
+                    bits.push(got.to_bits());
+                }
+                assert_eq!(nb, b.power.len());
+            }
+            t0 += 3; // overlapping runs: every frame is lane 0 of one run and lane >0 of others
+        }
+        assert!(t0 > first, "clip too short for one run");
+        bits
+    }
+
+    #[test]
+    fn lane_power_matches_single_frame_path() {
+        use crate::features::lanefft::{Scalar, Scalar4};
+        for (n_fft, hop) in [
+            (16usize, 5usize),
+            (32, 7),
+            (512, 100),
+            (1024, 160),
+            (2048, 256),
+        ] {
+            let nb = n_fft / 2 + 1;
+            for upto in [1, nb / 3, nb - 1, nb] {
+                lanes_vs_single::<Scalar4>(n_fft, hop, upto);
+            }
+            lanes_vs_single::<Scalar<1>>(n_fft, hop, nb);
+            lanes_vs_single::<Scalar<8>>(n_fft, hop, nb);
+        }
+    }
+
+    /// The SIMD lane types give exactly the plain builds' bits (same operations per lane).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_lane_power_is_bit_identical_to_plain() {
+        use crate::features::lanefft::{Avx2, Avx512, Scalar};
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(n_fft: usize, hop: usize, upto: usize) -> Vec<u64> {
+            lanes_vs_single::<Avx2>(n_fft, hop, upto)
+        }
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512(n_fft: usize, hop: usize, upto: usize) -> Vec<u64> {
+            lanes_vs_single::<Avx512>(n_fft, hop, upto)
+        }
+        let has = |f: &str| match f {
+            "avx2" => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            _ => std::arch::is_x86_feature_detected!("avx512f"),
+        };
+        for (n_fft, hop) in [(16usize, 5usize), (1024, 160), (2048, 256), (4096, 512)] {
+            let upto = n_fft / 4 + 3;
+            if has("avx2") {
+                let plain = lanes_vs_single::<Scalar<4>>(n_fft, hop, upto);
+                assert_eq!(
+                    unsafe { avx2(n_fft, hop, upto) },
+                    plain,
+                    "AVX2 n_fft {n_fft}"
+                );
+            } else {
+                eprintln!("skipping: no AVX2/FMA");
+            }
+            if has("avx512") {
+                let plain = lanes_vs_single::<Scalar<8>>(n_fft, hop, upto);
+                assert_eq!(
+                    unsafe { avx512(n_fft, hop, upto) },
+                    plain,
+                    "AVX-512 n_fft {n_fft}"
+                );
+            } else {
+                eprintln!("skipping: no AVX-512F");
+            }
+        }
+    }
+
+    #[test]
+    fn lane_power_matches_naive_dft() {
+        // Independent of rustfft: the windowing fused into the first stage included.
+        let (n_fft, hop) = (64, 24);
+        let x = noisy(700);
+        let stft = Stft::new(n_fft, hop);
+        let mut a = stft.scratch();
+        let t0 = 2; // frames 2..6 are interior: 2·24 ≥ 32 and 5·24 + 32 ≤ 700
+        stft.frames_power_lanes::<crate::features::lanefft::Scalar4>(&x, t0, &mut a, stft.n_bins());
+        let lp = a.lane_power(n_fft);
+        for l in 0..4 {
+            let want = naive_power(&x, n_fft, hop, t0 + l);
+            let energy: f64 = want.iter().sum();
+            for (k, &w) in want.iter().enumerate() {
+                // The O(N²) reference evaluates cos/sin at angles up to 2π·k·i/N ≈ 6e3 rad
+                // (absolute error ~1e-12): 1e-10 of the energy covers it.
+                assert!(
+                    (lp[k * 4 + l] - w).abs() <= 1e-10 * energy,
+                    "t {} k {k}",
+                    t0 + l
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lane_plan_only_for_powers_of_two_from_16() {
+        for (n, want) in [
+            (2048, true),
+            (16, true),
+            (4096, true),
+            (8, false),
+            (18, false),
+            (1000, false),
+            (2046, false),
+        ] {
+            assert_eq!(Stft::new(n, 100).has_lanes(), want, "n_fft {n}");
+        }
+        // Interior frames: the whole window inside the signal.
+        let s = Stft::new(64, 24);
+        assert!(!s.interior(1, 700) && s.interior(2, 700));
+        assert!(s.interior(27, 700) && !s.interior(28, 700)); // 27·24 + 32 = 680, 28·24 + 32 = 704
     }
 
     #[test]
