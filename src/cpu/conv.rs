@@ -233,13 +233,17 @@ pub fn conv2d_forward<T: Float>(
                         1,
                         false,
                     );
-                }
-                if full {
-                    for (co, row) in yb.chunks_mut(ml).enumerate() {
-                        for v in row.iter_mut() {
-                            *v = *v + bias[co];
+                    if full {
+                        // Bias while the chunk's output is still in cache (a separate pass
+                        // afterwards re-read the whole output from memory).
+                        for (co, &bc) in bias.iter().enumerate().take(s.cout) {
+                            for v in &mut dst[co * ml + m0 * l..co * ml + m1 * l] {
+                                *v = *v + bc;
+                            }
                         }
                     }
+                }
+                if full {
                     return;
                 }
                 for co in 0..s.cout {
