@@ -349,14 +349,26 @@ pub fn conv2d_backward<T: Float>(
             .map(|b| per_clip(b, None))
             .collect(),
     };
-    // Summed in clip order: the result does not depend on the thread count.
+    // Summed in clip order (then added to dw): the result does not depend on the thread
+    // count.
+    let mut parts = parts.into_iter();
+    let Some((mut tot, db0)) = parts.next() else {
+        return;
+    };
+    super::axpy(T::one(), &db0, db);
     for (dwb, dbb) in parts {
-        for (r, row) in dwb.chunks(s.cout).enumerate() {
-            for (co, v) in row.iter().enumerate() {
-                dw[co * kk + r] = dw[co * kk + r] + *v;
+        super::axpy(T::one(), &dwb, &mut tot);
+        super::axpy(T::one(), &dbb, db);
+    }
+    // dw[co][r] += tot[r][co], in blocks of 64 r so the block of `tot` stays in cache.
+    const RB: usize = 64;
+    for r0 in (0..kk).step_by(RB) {
+        let r1 = (r0 + RB).min(kk);
+        for (co, row) in dw.chunks_mut(kk).enumerate() {
+            for (r, d) in (r0..r1).zip(&mut row[r0..r1]) {
+                *d = *d + tot[r * s.cout + co];
             }
         }
-        super::axpy(T::one(), &dbb, db);
     }
 }
 
