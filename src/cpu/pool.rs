@@ -73,44 +73,38 @@ pub fn maxpool2_forward<T: Float>(
 /// index, frames l.. of the row are zero (the time mask).
 #[inline]
 fn pool_row_pair<T: Float>(r0: &[T], r1: &[T], l: usize, yr: &mut [T], ar: &mut [u8]) {
-    // Blocks of W frames: de-interleave the four window elements into lane arrays, then pick
-    // with branch-free selects, which the compiler vectorises (the scalar loop below, with
-    // its data-dependent branches, was 8 % of an inference pass). Same comparisons in the
-    // same order as the scalar loop, so the same results.
+    // Blocks of W frames (the last one partial; at stage 3 a row has only 15): de-interleave
+    // the four window elements into lane arrays, then pick with branch-free selects over
+    // whole lanes, which the compiler vectorises (the per-frame loop with data-dependent
+    // branches was 8 % of an inference pass). Same comparisons in the same order as the
+    // definition (first maximum wins, NaN wins), so the same results.
     const W: usize = 16;
     let mut j0 = 0;
-    while j0 + W <= l {
+    while j0 < l {
+        // The last block is partial: its unused lanes hold zeros and are not written back.
+        let n = W.min(l - j0);
         let mut v = [[T::zero(); W]; 4];
-        for i in 0..W {
+        for i in 0..n {
             let j = j0 + i;
             v[0][i] = r0[2 * j];
             v[1][i] = r0[2 * j + 1];
             v[2][i] = r1[2 * j];
             v[3][i] = r1[2 * j + 1];
         }
-        let (yb, ab) = (&mut yr[j0..j0 + W], &mut ar[j0..j0 + W]);
-        for i in 0..W {
-            let (mut bv, mut bi) = (v[0][i], 0u8);
-            for (q, vq) in v.iter().enumerate().skip(1) {
-                let take = vq[i] > bv || vq[i].is_nan();
-                bv = if take { vq[i] } else { bv };
-                bi = if take { q as u8 } else { bi };
-            }
-            yb[i] = bv;
-            ab[i] = bi;
-        }
-        j0 += W;
-    }
-    for j in j0..l {
-        let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
-        let mut best = 0;
-        for q in 1..4 {
-            if v[q] > v[best] || v[q].is_nan() {
-                best = q;
+        let mut bv = v[0];
+        let mut bi = [0u32; W];
+        for (q, vq) in v.iter().enumerate().skip(1) {
+            for i in 0..W {
+                let take = vq[i] > bv[i] || vq[i].is_nan();
+                bv[i] = if take { vq[i] } else { bv[i] };
+                bi[i] = if take { q as u32 } else { bi[i] };
             }
         }
-        yr[j] = v[best];
-        ar[j] = best as u8;
+        yr[j0..j0 + n].copy_from_slice(&bv[..n]);
+        for (a, b) in ar[j0..j0 + n].iter_mut().zip(&bi[..n]) {
+            *a = *b as u8;
+        }
+        j0 += n;
     }
     yr[l..].fill(T::zero());
     ar[l..].fill(0);
