@@ -84,8 +84,7 @@ fn pool_row_pair<T: Float>(r0: &[T], r1: &[T], l: usize, yr: &mut [T], ar: &mut 
         // The last block is partial: its unused lanes hold zeros and are not written back.
         let n = W.min(l - j0);
         let mut v = [[T::zero(); W]; 4];
-        for i in 0..n {
-            let j = j0 + i;
+        for (i, j) in (j0..j0 + n).enumerate() {
             v[0][i] = r0[2 * j];
             v[1][i] = r0[2 * j + 1];
             v[2][i] = r1[2 * j];
@@ -307,7 +306,7 @@ mod tests {
         assert_eq!(bits(&relu), bits(&act));
         assert_eq!(bits(&y1), bits(&y0));
         assert_eq!(a1, a0);
-        assert!(relu.iter().any(|&v| v == 0.0) && relu.iter().any(|&v| v > 0.0));
+        assert!(relu.contains(&0.0) && relu.iter().any(|&v| v > 0.0));
         // backward
         let dy = rand(po, 22);
         let mut dpool = vec![f64::NAN; n];
