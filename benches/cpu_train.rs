@@ -6,6 +6,7 @@ use ser_engine::cpu::{cross_entropy, Adam, CpuModel, Input, Mode};
 use ser_engine::model::ModelConfig;
 
 fn bench(c: &mut Criterion) {
+    ser_engine::cpu::alloc::keep_freed_memory();
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build_global();

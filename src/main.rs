@@ -34,6 +34,9 @@ enum Command {
 }
 
 fn main() {
+    // Reuse freed activation memory across training steps instead of page-faulting it back
+    // in every step (see cpu::alloc).
+    ser_engine::cpu::alloc::keep_freed_memory();
     let cli = Cli::parse();
     if let Some(n) = cli.global.threads {
         // Only fails if a pool was already built, which cannot happen this early.

@@ -10,6 +10,7 @@
 //! Hot paths are GEMMs (the `gemm` crate, SIMD) parallelised over the batch with rayon.
 
 pub mod adam;
+pub mod alloc;
 pub mod attention;
 pub mod batchnorm;
 pub mod bench;

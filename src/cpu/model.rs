@@ -5,14 +5,15 @@
 //! `BufferLayout` order.
 
 use super::attention::{attention_backward, attention_forward, AttnCache};
-use super::batchnorm::{
-    bn_apply, bn_backward, bn_train_forward, bn_update_running, running_stats, BnStats,
-};
+use super::batchnorm::{batch_stats, bn_backward, bn_update_running, running_stats, BnStats};
 use super::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use super::dropout::{apply_mask, dropout_mask, SITE_FC, SITE_LSTM0, SITE_POOL1};
 use super::linear::{linear_backward, linear_forward};
 use super::lstm::{lstm_layer_backward, lstm_layer_forward, LstmCache, LstmShape};
-use super::pool::{maxpool2_backward, maxpool2_forward, relu_backward, relu_forward, relu_inplace};
+use super::pool::{
+    bn_relu_maxpool2_forward, maxpool2_forward, relu_backward, relu_forward, relu_inplace,
+    relu_maxpool2_backward,
+};
 use super::{Float, Input, Mode};
 use crate::model::{
     init_buffers, init_params, lstm_names, BufferLayout, ModelConfig, ParamLayout, BN_EPS,
@@ -174,14 +175,13 @@ impl<T: Float> CpuModel<T> {
                 &sh,
                 &mut conv,
             );
+            let (mo, to) = (m / 2, t / 2);
             let mut act = vec![T::zero(); sh.y_len()];
+            let mut pooled = vec![T::zero(); bsz * c * mo * to];
+            let mut arg = vec![0u8; pooled.len()];
             let bn = if cfg.batchnorm {
-                let (g, b) = (
-                    self.p(&(name("bn") + ".weight")),
-                    self.p(&(name("bn") + ".bias")),
-                );
                 let st = if train {
-                    let st = bn_train_forward(&conv, g, b, &lens[s], c, m, t, eps, &mut act);
+                    let st = batch_stats(&conv, &lens[s], c, m, t, eps);
                     let (rm, rest) = self.buffers
                         [bl.range(&(name("bn") + ".running_mean")).start..]
                         .split_at_mut(c);
@@ -189,25 +189,39 @@ impl<T: Float> CpuModel<T> {
                     bn_update_running(&st, T::cst(BN_MOMENTUM), rm, rv, &mut rest[0]);
                     st
                 } else {
-                    let st = running_stats(
+                    running_stats(
                         &self.buffers[bl.range(&(name("bn") + ".running_mean"))],
                         &self.buffers[bl.range(&(name("bn") + ".running_var"))],
                         eps,
-                    );
-                    bn_apply(&conv, &st, g, b, &lens[s], c, m, t, &mut act);
-                    st
+                    )
                 };
+                let (g, b) = (
+                    self.p(&(name("bn") + ".weight")),
+                    self.p(&(name("bn") + ".bias")),
+                );
+                // BN + ReLU + pool in one sweep (= bn_apply, relu, maxpool2_forward).
+                bn_relu_maxpool2_forward(
+                    &conv,
+                    &st,
+                    g,
+                    b,
+                    &lens[s],
+                    &lens[s + 1],
+                    c,
+                    m,
+                    t,
+                    &mut act,
+                    &mut pooled,
+                    &mut arg,
+                );
                 Some(st)
             } else {
                 act.copy_from_slice(&conv);
+                relu_inplace(&mut act);
+                maxpool2_forward(&act, &lens[s + 1], c, m, t, &mut pooled, &mut arg);
                 None
             };
-            relu_inplace(&mut act);
             let relu = act;
-            let (mo, to) = (m / 2, t / 2);
-            let mut pooled = vec![T::zero(); bsz * c * mo * to];
-            let mut arg = vec![0u8; pooled.len()];
-            maxpool2_forward(&relu, &lens[s + 1], c, m, t, &mut pooled, &mut arg);
             let mk = mask(SITE_POOL1 + s as u64, pooled.len());
             if let Some(mk) = &mk {
                 apply_mask(&mut pooled, mk);
@@ -467,15 +481,23 @@ impl<T: Float> CpuModel<T> {
             if let Some(mk) = &st.mask {
                 apply_mask(&mut dcur, mk);
             }
-            let mut drelu = vec![T::zero(); sh.y_len()];
-            maxpool2_backward(&dcur, &st.arg, &fwd.lens[s + 1], c, m, t, &mut drelu);
+            // Pool and ReLU backward in one pass (= maxpool2_backward, relu_backward).
             let mut dact = vec![T::zero(); sh.y_len()];
-            relu_backward(&st.relu, &drelu, &mut dact);
+            relu_maxpool2_backward(
+                &dcur,
+                &st.arg,
+                &st.relu,
+                &fwd.lens[s + 1],
+                c,
+                m,
+                t,
+                &mut dact,
+            );
             let dconv = if let Some(bn) = &st.bn {
                 let r = self.wb_range(&format!("bn{}.weight", s + 1), &format!("bn{}.bias", s + 1));
                 let gamma = &self.params[r.start..r.start + c];
                 let (dg, dbt) = grads[r.clone()].split_at_mut(c);
-                // drelu is free again: reuse it as dconv.
+                let mut dconv = vec![T::zero(); sh.y_len()];
                 bn_backward(
                     &st.conv,
                     &dact,
@@ -485,11 +507,11 @@ impl<T: Float> CpuModel<T> {
                     c,
                     m,
                     t,
-                    &mut drelu,
+                    &mut dconv,
                     dg,
                     dbt,
                 );
-                drelu
+                dconv
             } else {
                 dact
             };
