@@ -8,6 +8,9 @@
 //! floor are clipped identically. 1e-3 dB leaves room for that and still catches any real
 //! difference (a wrong window, frame offset or filter edge shows up as ≥ 0.01 dB).
 
+mod common;
+
+use common::max_abs_diff;
 use ser_engine::features::npy::read_npy;
 use ser_engine::features::{log_mel, MelConfig};
 use std::path::{Path, PathBuf};
@@ -16,19 +19,6 @@ const TOL_DB: f32 = 1e-3;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/librosa")
-}
-
-/// Max |a - b|; NaN anywhere gives NaN, which fails every `<=` check.
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
-        let d = (x - y).abs();
-        if d.is_nan() || m.is_nan() {
-            f32::NAN
-        } else {
-            m.max(d)
-        }
-    })
 }
 
 #[test]

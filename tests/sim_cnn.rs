@@ -286,7 +286,7 @@ fn maxpool_with_mask_and_dropout_matches_cpu_exactly() {
             apply_mask(&mut dym, mk);
         }
         let mut dxw = vec![f32::NAN; d.len()];
-        pool::maxpool2_backward(&dym, &arg, &lens_out, d.c, d.m, d.t, &mut dxw);
+        pool::maxpool2_backward(&dym, &arg, None, &lens_out, d.c, d.m, d.t, &mut dxw);
         let mut dx = dev.htod(&vec![f32::NAN; d.len()]).unwrap();
         cnn::maxpool_backward(&dev, &dev.htod(&dy).unwrap(), &ad, &ld, d, drop, &mut dx).unwrap();
         assert_eq!(dtoh(&dev, &dx), dxw, "pool bwd {d:?}");
@@ -462,7 +462,7 @@ fn cpu_cnn_backward(
             apply_mask(&mut dcur, mk);
         }
         let mut drelu = vec![0.0; sh.y_len()];
-        pool::maxpool2_backward(&dcur, &st.arg, &f.lens[s + 1], c, mm, t, &mut drelu);
+        pool::maxpool2_backward(&dcur, &st.arg, None, &f.lens[s + 1], c, mm, t, &mut drelu);
         let mut dact = vec![0.0; sh.y_len()];
         pool::relu_backward(&st.relu, &drelu, &mut dact);
         let dconv = if let Some(bn) = &st.bn {

@@ -4,6 +4,9 @@
 //! block or hop, the whole pipeline on random signals, short clips, silence and real speech,
 //! and augmentation with the same Philox numbers as the CPU.
 
+mod common;
+
+use common::max_abs_diff;
 use ser_engine::device::{Device, SimDevice, SimOptions};
 use ser_engine::engine::frontend::DeviceFrontEnd;
 use ser_engine::features::augment::{add_noise, spec_augment, AugmentConfig};
@@ -45,19 +48,6 @@ fn pad_batch(clips: &[Vec<f32>]) -> (Vec<f32>, usize, Vec<usize>) {
         pcm[b * max..b * max + c.len()].copy_from_slice(c);
     }
     (pcm, max, clips.iter().map(|c| c.len()).collect())
-}
-
-/// max |a - b|, NaN if any value is NaN (so `<= tol` fails).
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
-        let d = (x - y).abs();
-        if d.is_nan() || m.is_nan() {
-            f32::NAN
-        } else {
-            m.max(d)
-        }
-    })
 }
 
 /// Checks the device log-Mel `[B][n_mels][T]` against the CPU's per clip (and zeros past each

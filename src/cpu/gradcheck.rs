@@ -169,7 +169,7 @@ fn pool_row() -> GradcheckRow {
     let (mut y, mut arg) = (vec![0.0; no], vec![0u8; no]);
     maxpool2_forward(&x, &lens_out, c, m, t, &mut y, &mut arg);
     let mut dx = vec![0.0; n];
-    maxpool2_backward(&r, &arg, &lens_out, c, m, t, &mut dx);
+    maxpool2_backward(&r, &arg, None, &lens_out, c, m, t, &mut dx);
     check("maxpool 2x2 + time mask", vec![x], &[dx], |v| {
         let (mut y, mut a) = (vec![0.0; no], vec![0u8; no]);
         maxpool2_forward(&v[0], &lens_out, c, m, t, &mut y, &mut a);

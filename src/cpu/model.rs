@@ -11,8 +11,8 @@ use super::dropout::{apply_mask, dropout_mask, SITE_FC, SITE_LSTM0, SITE_POOL1};
 use super::linear::{linear_backward, linear_forward};
 use super::lstm::{lstm_layer_backward, lstm_layer_forward, LstmCache, LstmShape};
 use super::pool::{
-    bn_relu_maxpool2_forward, maxpool2_forward, relu_backward, relu_forward, relu_inplace,
-    relu_maxpool2_backward,
+    bn_relu_maxpool2_forward, maxpool2_backward, maxpool2_forward, relu_backward, relu_forward,
+    relu_inplace,
 };
 use super::{Float, Input, Mode};
 use crate::model::{
@@ -481,12 +481,12 @@ impl<T: Float> CpuModel<T> {
             if let Some(mk) = &st.mask {
                 apply_mask(&mut dcur, mk);
             }
-            // Pool and ReLU backward in one pass (= maxpool2_backward, relu_backward).
+            // Pool and ReLU backward in one pass.
             let mut dact = vec![T::zero(); sh.y_len()];
-            relu_maxpool2_backward(
+            maxpool2_backward(
                 &dcur,
                 &st.arg,
-                &st.relu,
+                Some(&st.relu),
                 &fwd.lens[s + 1],
                 c,
                 m,

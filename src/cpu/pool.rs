@@ -166,15 +166,16 @@ pub fn bn_relu_maxpool2_forward<T: Float>(
         });
 }
 
-/// Backward of ReLU followed by 2×2 max pool, in one pass: dx (overwritten, `[B][C][M][T]`)
-/// gets dy at each window's winner where the ReLU output `relu` there is positive, zero
-/// elsewhere. Bit-for-bit [`maxpool2_backward`] then [`relu_backward`], without the
-/// intermediate full-size gradient.
+/// Backward of 2×2 max pool, optionally fused with the ReLU before it: dx (overwritten,
+/// `[B][C][M][T]`) gets dy routed to each window's winner (valid frames only), zero elsewhere.
+/// With `relu` (the ReLU output) the gradient passes only where it is positive: bit-for-bit
+/// this function without `relu` followed by [`relu_backward`], without the intermediate
+/// full-size gradient.
 #[allow(clippy::too_many_arguments)]
-pub fn relu_maxpool2_backward<T: Float>(
+pub fn maxpool2_backward<T: Float>(
     dy: &[T],
     arg: &[u8],
-    relu: &[T],
+    relu: Option<&[T]>,
     lens_out: &[usize],
     c: usize,
     m: usize,
@@ -182,45 +183,22 @@ pub fn relu_maxpool2_backward<T: Float>(
     dx: &mut [T],
 ) {
     let (mo, to) = (m / 2, t / 2);
-    assert_eq!(relu.len(), dx.len());
+    if let Some(r) = relu {
+        assert_eq!(r.len(), dx.len());
+    }
     dx.par_chunks_mut(m * t).enumerate().for_each(|(bc, dr)| {
         dr.fill(T::zero());
         let l = lens_out[bc / c].min(to);
         let gy = &dy[bc * mo * to..(bc + 1) * mo * to];
         let ga = &arg[bc * mo * to..(bc + 1) * mo * to];
-        let rr = &relu[bc * m * t..(bc + 1) * m * t];
+        let rr = relu.map(|r| &r[bc * m * t..(bc + 1) * m * t]);
         for i in 0..mo {
             for j in 0..l {
                 let a = ga[i * to + j] as usize;
                 let at = (2 * i + a / 2) * t + 2 * j + a % 2;
-                if rr[at] > T::zero() {
+                if rr.is_none_or(|r| r[at] > T::zero()) {
                     dr[at] = gy[i * to + j];
                 }
-            }
-        }
-    });
-}
-
-/// dx (overwritten, `[B][C][M][T]`) gets dy routed to each window's winner (valid frames only).
-pub fn maxpool2_backward<T: Float>(
-    dy: &[T],
-    arg: &[u8],
-    lens_out: &[usize],
-    c: usize,
-    m: usize,
-    t: usize,
-    dx: &mut [T],
-) {
-    let (mo, to) = (m / 2, t / 2);
-    dx.par_chunks_mut(m * t).enumerate().for_each(|(bc, dr)| {
-        dr.fill(T::zero());
-        let l = lens_out[bc / c].min(to);
-        let gy = &dy[bc * mo * to..(bc + 1) * mo * to];
-        let ga = &arg[bc * mo * to..(bc + 1) * mo * to];
-        for i in 0..mo {
-            for j in 0..l {
-                let a = ga[i * to + j] as usize;
-                dr[(2 * i + a / 2) * t + 2 * j + a % 2] = gy[i * to + j];
             }
         }
     });
@@ -242,7 +220,7 @@ mod tests {
         assert_eq!(y, [5.0, -0.5, 0.0]);
         assert_eq!(a, [1, 3, 0]);
         let mut dx = [f64::NAN; 12];
-        maxpool2_backward(&[10.0, 20.0, 30.0], &a, &[2], 1, 2, 6, &mut dx);
+        maxpool2_backward(&[10.0, 20.0, 30.0], &a, None, &[2], 1, 2, 6, &mut dx);
         let mut want = [0.0; 12];
         want[1] = 10.0;
         want[9] = 20.0;
@@ -310,11 +288,11 @@ mod tests {
         // backward
         let dy = rand(po, 22);
         let mut dpool = vec![f64::NAN; n];
-        maxpool2_backward(&dy, &a0, &lens_out, c, m, t, &mut dpool);
+        maxpool2_backward(&dy, &a0, None, &lens_out, c, m, t, &mut dpool);
         let mut dx0 = vec![f64::NAN; n];
         relu_backward(&act, &dpool, &mut dx0);
         let mut dx1 = vec![f64::NAN; n];
-        relu_maxpool2_backward(&dy, &a0, &relu, &lens_out, c, m, t, &mut dx1);
+        maxpool2_backward(&dy, &a0, Some(&relu), &lens_out, c, m, t, &mut dx1);
         assert_eq!(bits(&dx1), bits(&dx0));
         // some winners are masked by the ReLU and some pass
         assert!(dx1.iter().filter(|&&v| v != 0.0).count() > 0);

@@ -1,7 +1,7 @@
-//! Helpers shared by the device-vs-CPU tests (tests/sim_cnn.rs, sim_rnn.rs, sim_engine.rs,
-//! cuda_cudnn.rs): the test device, random inputs and clip lengths, f32 → f64 conversion and
-//! the relative-error checks. Each test file
-//! includes this with `mod common;` and uses only some of it.
+//! Helpers shared by the integration tests (sim_cnn, sim_rnn, sim_engine, cuda_cudnn,
+//! sim_frontend, features_librosa): the test device, random inputs and clip lengths, f32 → f64
+//! conversion and the error checks. Each test file includes this with `mod common;` and uses
+//! only some of it.
 #![allow(dead_code)]
 
 use ser_engine::device::{Device, DeviceBuffer, SimDevice, SimOptions};
@@ -87,6 +87,19 @@ pub fn lengths(s: &Stream, k: u64, batch: usize, t: usize) -> Vec<usize> {
             }
         })
         .collect()
+}
+
+/// max |a − b|; NaN anywhere gives NaN, which fails every `<=` check.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| {
+        let d = (x - y).abs();
+        if d.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(d)
+        }
+    })
 }
 
 /// A device buffer's contents.
