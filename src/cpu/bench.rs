@@ -42,10 +42,10 @@ pub fn bench_train(b: usize, t: usize, steps: usize, kernel: usize) -> (f64, f64
         step(&mut model, s as u32 + 1);
     }
     let train = (b * steps) as f64 / t0.elapsed().as_secs_f64();
-    let _ = model.forward(&inp, Mode::Eval);
+    let _ = model.infer(&inp);
     let t0 = Instant::now();
     for _ in 0..steps {
-        std::hint::black_box(model.forward(&inp, Mode::Eval).logits);
+        std::hint::black_box(model.infer(&inp).expect("valid input"));
     }
     let infer = (b * steps) as f64 / t0.elapsed().as_secs_f64();
     (train, infer)

@@ -133,6 +133,18 @@ impl<T: Float> CpuModel<T> {
     /// Forward pass. Train mode uses batch BN statistics, updates the running ones, and
     /// applies the dropout masks of (seed, step).
     pub fn try_forward(&mut self, x: &Input<T>, mode: Mode) -> Result<Forward<T>> {
+        self.forward_impl(x, mode, true)
+    }
+
+    /// Eval-mode logits `[B][classes]` (the same values as `try_forward(x, Mode::Eval)`),
+    /// without keeping what backward needs: the conv stages' full-size activations are
+    /// neither stored nor, for the ReLU output, even written.
+    pub fn infer(&mut self, x: &Input<T>) -> Result<Vec<T>> {
+        Ok(self.forward_impl(x, Mode::Eval, false)?.logits)
+    }
+
+    /// Forward pass; with `keep == false` the returned `stages` are empty (no backward).
+    fn forward_impl(&mut self, x: &Input<T>, mode: Mode, keep: bool) -> Result<Forward<T>> {
         let cfg = self.cfg.clone();
         x.validate(cfg.n_mels)?;
         let bsz = x.batch;
@@ -176,7 +188,12 @@ impl<T: Float> CpuModel<T> {
                 &mut conv,
             );
             let (mo, to) = (m / 2, t / 2);
-            let mut act = vec![T::zero(); sh.y_len()];
+            // The ReLU output is only needed by backward (and as the buffer of the no-BN path).
+            let mut act = if keep || !cfg.batchnorm {
+                vec![T::zero(); sh.y_len()]
+            } else {
+                Vec::new()
+            };
             let mut pooled = vec![T::zero(); bsz * c * mo * to];
             let mut arg = vec![0u8; pooled.len()];
             let bn = if cfg.batchnorm {
@@ -210,7 +227,7 @@ impl<T: Float> CpuModel<T> {
                     c,
                     m,
                     t,
-                    &mut act,
+                    keep.then_some(&mut act[..]),
                     &mut pooled,
                     &mut arg,
                 );
@@ -225,6 +242,12 @@ impl<T: Float> CpuModel<T> {
             let mk = mask(SITE_POOL1 + s as u64, pooled.len());
             if let Some(mk) = &mk {
                 apply_mask(&mut pooled, mk);
+            }
+            if !keep {
+                cur = pooled;
+                m = mo;
+                t = to;
+                continue;
             }
             stages.push(StageCache {
                 input: std::mem::replace(&mut cur, pooled),
@@ -594,5 +617,37 @@ mod tests {
             lengths: &bad,
         };
         assert!(m.try_forward(&inp, Mode::Eval).is_err());
+        assert!(m.infer(&inp).is_err());
+    }
+
+    /// `infer` skips the caches but computes the same arithmetic: bit-identical logits to the
+    /// eval forward, with and without BatchNorm, on clips of unequal (odd) lengths.
+    #[test]
+    fn infer_equals_eval_forward() {
+        for batchnorm in [true, false] {
+            let cfg = ModelConfig {
+                batchnorm,
+                ..small_cfg()
+            };
+            let mut m = CpuModel::<f32>::new(cfg, 4);
+            let lens = [23, 13, 17];
+            let x: Vec<f32> = super::super::testutil::rand(3 * 16 * 23, 5)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let inp = Input {
+                x: &x,
+                batch: 3,
+                t_max: 23,
+                lengths: &lens,
+            };
+            // Train once so the running statistics are not the initial ones.
+            let _ = m.forward(&inp, Mode::Train { seed: 1, step: 0 });
+            let want = m.forward(&inp, Mode::Eval).logits;
+            let got = m.infer(&inp).unwrap();
+            assert!(want.iter().all(|v| v.is_finite()));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "batchnorm {batchnorm}");
+        }
     }
 }

@@ -110,11 +110,13 @@ fn pool_row_pair<T: Float>(r0: &[T], r1: &[T], l: usize, yr: &mut [T], ar: &mut 
 }
 
 /// BatchNorm (statistics `st`) + ReLU + 2×2 max pool in one sweep over each (clip, channel)
-/// plane: `relu` gets relu(bn(x)) (`[B][C][M][T]`, zero at t ≥ lens[b]), `y`/`arg` its pooled
-/// values and winners (`[B][C][M/2][T/2]`, zero past lens_out[b]). Bit-for-bit the same as
-/// `bn_apply` → [`relu_inplace`] → [`maxpool2_forward`] (same per-element arithmetic), but
-/// each pair of BN/ReLU rows is pooled while still in L1 instead of in two more passes over
-/// the stage's largest activation.
+/// plane: `relu` (if given) gets relu(bn(x)) (`[B][C][M][T]`, zero at t ≥ lens[b]), `y`/`arg`
+/// its pooled values and winners (`[B][C][M/2][T/2]`, zero past lens_out[b]). Bit-for-bit the
+/// same as `bn_apply` → [`relu_inplace`] → [`maxpool2_forward`] (same per-element
+/// arithmetic), but each pair of BN/ReLU rows is pooled while still in L1 instead of in two
+/// more passes over the stage's largest activation. Without `relu` (inference: backward
+/// needs no ReLU output) the rows live in a two-row scratch and the full-size activation is
+/// never written.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_relu_maxpool2_forward<T: Float>(
     x: &[T],
@@ -126,44 +128,57 @@ pub fn bn_relu_maxpool2_forward<T: Float>(
     c: usize,
     m: usize,
     t: usize,
-    relu: &mut [T],
+    relu: Option<&mut [T]>,
     y: &mut [T],
     arg: &mut [u8],
 ) {
     let (mo, to) = (m / 2, t / 2);
-    assert_eq!(relu.len(), x.len());
     assert_eq!(y.len(), x.len() / (m * t) * mo * to);
-    relu.par_chunks_mut(m * t)
-        .zip(y.par_chunks_mut((mo * to).max(1)))
-        .zip(arg.par_chunks_mut((mo * to).max(1)))
-        .enumerate()
-        .for_each(|(bc, ((rr, yr), ar))| {
-            let (b, ch) = (bc / c, bc % c);
-            let (l, lo) = (lens[b].min(t), lens_out[b].min(to));
-            // Same expression as bn_apply, so the values are identical.
-            let sc = gamma[ch] * st.invstd[ch];
-            let sh = beta[ch] - st.mean[ch] * sc;
-            let xr = &x[bc * m * t..(bc + 1) * m * t];
-            for mi in 0..m {
-                let row = &mut rr[mi * t..(mi + 1) * t];
-                for (r, xv) in row[..l].iter_mut().zip(&xr[mi * t..mi * t + l]) {
-                    let v = *xv * sc + sh;
-                    *r = if v > T::zero() { v } else { T::zero() };
-                }
-                row[l..].fill(T::zero());
-                if mi % 2 == 1 && mi / 2 < mo {
-                    let i = mi / 2;
-                    let (r0, r1) = rr[(mi - 1) * t..(mi + 1) * t].split_at(t);
-                    pool_row_pair(
-                        r0,
-                        r1,
-                        lo,
-                        &mut yr[i * to..(i + 1) * to],
-                        &mut ar[i * to..(i + 1) * to],
-                    );
-                }
+    // One plane; `rr` holds all M rows of relu(bn(x)) (`full`) or just the last two.
+    let plane = |bc: usize, rr: &mut [T], full: bool, yr: &mut [T], ar: &mut [u8]| {
+        let (b, ch) = (bc / c, bc % c);
+        let (l, lo) = (lens[b].min(t), lens_out[b].min(to));
+        // Same expression as bn_apply, so the values are identical.
+        let sc = gamma[ch] * st.invstd[ch];
+        let sh = beta[ch] - st.mean[ch] * sc;
+        let xr = &x[bc * m * t..(bc + 1) * m * t];
+        let row_at = |mi: usize| if full { mi * t } else { (mi % 2) * t };
+        for mi in 0..m {
+            let row = &mut rr[row_at(mi)..row_at(mi) + t];
+            for (r, xv) in row[..l].iter_mut().zip(&xr[mi * t..mi * t + l]) {
+                let v = *xv * sc + sh;
+                *r = if v > T::zero() { v } else { T::zero() };
             }
-        });
+            row[l..].fill(T::zero());
+            if mi % 2 == 1 && mi / 2 < mo {
+                let i = mi / 2;
+                let (r0, r1) = (&rr[row_at(mi - 1)..][..t], &rr[row_at(mi)..][..t]);
+                pool_row_pair(
+                    r0,
+                    r1,
+                    lo,
+                    &mut yr[i * to..(i + 1) * to],
+                    &mut ar[i * to..(i + 1) * to],
+                );
+            }
+        }
+    };
+    let planes = y
+        .par_chunks_mut((mo * to).max(1))
+        .zip(arg.par_chunks_mut((mo * to).max(1)));
+    match relu {
+        Some(relu) => {
+            assert_eq!(relu.len(), x.len());
+            relu.par_chunks_mut(m * t)
+                .zip(planes)
+                .enumerate()
+                .for_each(|(bc, (rr, (yr, ar)))| plane(bc, rr, true, yr, ar));
+        }
+        None => planes.enumerate().for_each_init(
+            || vec![T::zero(); 2 * t],
+            |rows, (bc, (yr, ar))| plane(bc, rows, false, yr, ar),
+        ),
+    }
 }
 
 /// Backward of 2×2 max pool, optionally fused with the ReLU before it: dx (overwritten,
@@ -278,12 +293,30 @@ mod tests {
         let mut relu = vec![f64::NAN; n];
         let (mut y1, mut a1) = (vec![f64::NAN; po], vec![9u8; po]);
         bn_relu_maxpool2_forward(
-            &x, &st, &gamma, &beta, &lens, &lens_out, c, m, t, &mut relu, &mut y1, &mut a1,
+            &x,
+            &st,
+            &gamma,
+            &beta,
+            &lens,
+            &lens_out,
+            c,
+            m,
+            t,
+            Some(&mut relu),
+            &mut y1,
+            &mut a1,
         );
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&relu), bits(&act));
         assert_eq!(bits(&y1), bits(&y0));
         assert_eq!(a1, a0);
+        // without the ReLU output (inference): the same pooled values and winners
+        let (mut y2, mut a2) = (vec![f64::NAN; po], vec![9u8; po]);
+        bn_relu_maxpool2_forward(
+            &x, &st, &gamma, &beta, &lens, &lens_out, c, m, t, None, &mut y2, &mut a2,
+        );
+        assert_eq!(bits(&y2), bits(&y0));
+        assert_eq!(a2, a0);
         assert!(relu.contains(&0.0) && relu.iter().any(|&v| v > 0.0));
         // backward
         let dy = rand(po, 22);

@@ -71,7 +71,7 @@ impl Backend for CpuBackend {
     }
 
     fn eval_logits(&mut self, batch: &Batch) -> Result<Vec<f32>> {
-        Ok(self.model.forward(&Self::input(batch), Mode::Eval).logits)
+        self.model.infer(&Self::input(batch))
     }
 
     fn classes(&self) -> usize {
