@@ -16,6 +16,7 @@ mod common;
 use common::{check_masked as check, dtoh, f64s, lengths, randn};
 use ser_engine::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use ser_engine::cpu::dropout::{apply_mask, dropout_mask, site_base, SITE_FC, SITE_POOL1};
+use ser_engine::cpu::gradcheck::small_config;
 use ser_engine::cpu::{batchnorm, linear, pool, CpuModel, Input, Mode};
 use ser_engine::device::Device;
 use ser_engine::engine::cnn::{self, CnnOptions, Dims4, Dropout};
@@ -510,15 +511,8 @@ fn composed_cnn_matches_cpu_model() {
     let dev = device();
     for (k, batchnorm, train) in [(3, true, true), (5, true, false), (3, false, true)] {
         let cfg = ModelConfig {
-            n_mels: 16,
             kernel: k,
-            channels: [4, 8, 8],
-            fc: 8,
-            hidden: 6,
-            lstm_layers: 2,
-            classes: 3,
-            dropout: 0.3,
-            batchnorm,
+            ..small_config(batchnorm)
         };
         let (bsz, t_max) = (3usize, 43usize);
         let lens = [43usize, 30, 17];

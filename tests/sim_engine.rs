@@ -15,6 +15,7 @@
 mod common;
 
 use common::{check, f64s};
+use ser_engine::cpu::gradcheck::small_config;
 use ser_engine::cpu::{cross_entropy, CpuModel, Input, Mode};
 use ser_engine::device::Device;
 use ser_engine::engine::rnn::LossConfig;
@@ -27,20 +28,6 @@ use ser_engine::train::data::Batch;
 
 fn device() -> Device {
     common::device(23)
-}
-
-fn small_cfg(batchnorm: bool) -> ModelConfig {
-    ModelConfig {
-        n_mels: 16,
-        kernel: 3,
-        channels: [4, 8, 8],
-        fc: 8,
-        hidden: 6,
-        lstm_layers: 2,
-        classes: 3,
-        dropout: 0.3,
-        batchnorm,
-    }
 }
 
 /// Input `[B][n_mels][t_max]`: N(0,1) inside each clip, zero in its padding (MODEL_SPEC).
@@ -67,7 +54,7 @@ const T_MAX: usize = 32;
 
 #[test]
 fn whole_forward_matches_cpu_in_eval_and_train() {
-    let cfg = small_cfg(true);
+    let cfg = small_config(true);
     let x = input(1, cfg.n_mels, T_MAX, &LENS);
     let mut dm = DeviceModel::new(device(), &cfg, 7).unwrap();
     let mut cpu = CpuModel::<f64>::new(cfg.clone(), 7);
@@ -112,7 +99,7 @@ fn every_parameter_gradient_matches_cpu() {
             },
         ),
     ] {
-        let cfg = small_cfg(bn);
+        let cfg = small_config(bn);
         let x = input(2, cfg.n_mels, T_MAX, &LENS);
         let labels = [2usize, 0, 1];
         let mut dm = DeviceModel::new(device(), &cfg, 9).unwrap();
@@ -188,7 +175,7 @@ fn batch(cfg: &ModelConfig, seed: u64, lengths: &[usize], labels: &[usize]) -> B
 #[test]
 fn three_training_steps_match_cpu_backend() {
     for bn in [true, false] {
-        let cfg = small_cfg(bn);
+        let cfg = small_config(bn);
         let optim = OptimConfig {
             lr: 1e-2,
             // L2 decay also makes BN-preceded conv biases' gradients (true value 0, see the
@@ -259,7 +246,7 @@ fn three_training_steps_match_cpu_backend() {
 
 #[test]
 fn logits_do_not_depend_on_batch_padding() {
-    let cfg = small_cfg(true);
+    let cfg = small_config(true);
     let mut dm = DeviceModel::new(device(), &cfg, 3).unwrap();
     // Give the running statistics non-trivial values first.
     let warm = input(30, cfg.n_mels, T_MAX, &LENS);
@@ -286,7 +273,7 @@ fn logits_do_not_depend_on_batch_padding() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let cfg = small_cfg(true);
+    let cfg = small_config(true);
     let mut dm = DeviceModel::new(device(), &cfg, 3).unwrap();
     let x = input(1, cfg.n_mels, T_MAX, &LENS);
     assert!(dm.forward(&x, &[32, 27, 7], T_MAX, Mode::Eval).is_err());
@@ -488,7 +475,7 @@ fn default_model_step_counts() {
 #[test]
 fn reused_workspace_gives_bit_identical_results() {
     for batchnorm in [true, false] {
-        let cfg = small_cfg(batchnorm);
+        let cfg = small_config(batchnorm);
         let loss = LossConfig::default();
         let t_max = 40;
         let (lens_a, lens_b) = ([40usize, 40, 40], [33usize, 9, 21]);
@@ -544,7 +531,7 @@ fn workspace_cache_is_bounded_in_bytes() {
     use ser_engine::engine::cnn::CnnWorkspace;
     let loss = LossConfig::default();
     for batchnorm in [true, false] {
-        let cfg = small_cfg(batchnorm);
+        let cfg = small_config(batchnorm);
         let dev = device();
         for (b, t) in [(1usize, 8usize), (3, 40), (2, 37)] {
             let ws = CnnWorkspace::new(&dev, &cfg, b, t).unwrap();

@@ -19,6 +19,7 @@ mod common;
 use common::{check, dtoh, f64s};
 use ser_engine::cpu::attention::{attention_backward, attention_forward};
 use ser_engine::cpu::dropout::{dropout_mask, SITE_LSTM0};
+use ser_engine::cpu::gradcheck::small_config;
 use ser_engine::cpu::linear::{linear_backward, linear_forward};
 use ser_engine::cpu::lstm::{lstm_layer_backward, lstm_layer_forward, LstmShape};
 use ser_engine::cpu::{clip_grad_norm, cross_entropy, Adam};
@@ -528,17 +529,7 @@ fn cpu_sequence(
 #[test]
 fn composed_sequence_half_matches_cpu() {
     let dev = device();
-    let cfg = ModelConfig {
-        n_mels: 16,
-        kernel: 3,
-        channels: [4, 8, 8],
-        fc: 8,
-        hidden: 6,
-        lstm_layers: 2,
-        classes: 3,
-        dropout: 0.3,
-        batchnorm: false,
-    };
+    let cfg = small_config(false);
     let layout = ParamLayout::new(&cfg);
     let mut params = init_params(&cfg, 17);
     // At init the attention scores barely vary over frames, so d(attention.bias) =

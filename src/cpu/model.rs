@@ -574,18 +574,8 @@ fn drop_vec<T>(v: Vec<T>) {
 mod tests {
     use super::*;
 
-    pub fn small_cfg() -> ModelConfig {
-        ModelConfig {
-            n_mels: 16,
-            kernel: 3,
-            channels: [4, 8, 8],
-            fc: 8,
-            hidden: 6,
-            lstm_layers: 2,
-            classes: 3,
-            dropout: 0.3,
-            batchnorm: true,
-        }
+    fn small_cfg() -> ModelConfig {
+        super::super::gradcheck::small_config(true)
     }
 
     #[test]
