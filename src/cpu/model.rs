@@ -30,6 +30,8 @@ pub struct CpuModel<T> {
     pub params: Vec<T>,
     pub grads: Vec<T>,
     pub buffers: Vec<T>,
+    /// Conv output buffer reused by [`Self::infer`] (capacity of the largest stage seen).
+    conv_scratch: Vec<T>,
 }
 
 /// Saved activations of one conv stage.
@@ -112,6 +114,7 @@ impl<T: Float> CpuModel<T> {
             params,
             grads,
             buffers,
+            conv_scratch: Vec::new(),
         })
     }
 
@@ -178,14 +181,25 @@ impl<T: Float> CpuModel<T> {
             };
             let c = sh.cout;
             let name = |w: &str| format!("{w}{}", s + 1);
-            let mut conv = vec![T::zero(); sh.y_len()];
+            // Conv output `[B][cout][M][T]`: fresh when kept for backward, else the model's
+            // reused buffer (its first `y_len` values; no zero fill, no page faults).
+            let mut conv = if keep {
+                vec![T::zero(); sh.y_len()]
+            } else {
+                let mut v = std::mem::take(&mut self.conv_scratch);
+                if v.len() < sh.y_len() {
+                    v.resize(sh.y_len(), T::zero());
+                }
+                v
+            };
+            let ny = sh.y_len();
             conv2d_forward(
                 &cur,
                 self.p(&(name("conv") + ".weight")),
                 self.p(&(name("conv") + ".bias")),
                 &lens[s],
                 &sh,
-                &mut conv,
+                &mut conv[..ny],
             );
             let (mo, to) = (m / 2, t / 2);
             // The ReLU output is only needed by backward (and as the buffer of the no-BN path).
@@ -198,7 +212,7 @@ impl<T: Float> CpuModel<T> {
             let mut arg = vec![0u8; pooled.len()];
             let bn = if cfg.batchnorm {
                 let st = if train {
-                    let st = batch_stats(&conv, &lens[s], c, m, t, eps);
+                    let st = batch_stats(&conv[..ny], &lens[s], c, m, t, eps);
                     let (rm, rest) = self.buffers
                         [bl.range(&(name("bn") + ".running_mean")).start..]
                         .split_at_mut(c);
@@ -218,7 +232,7 @@ impl<T: Float> CpuModel<T> {
                 );
                 // BN + ReLU + pool in one sweep (= bn_apply, relu, maxpool2_forward).
                 bn_relu_maxpool2_forward(
-                    &conv,
+                    &conv[..ny],
                     &st,
                     g,
                     b,
@@ -233,7 +247,7 @@ impl<T: Float> CpuModel<T> {
                 );
                 Some(st)
             } else {
-                act.copy_from_slice(&conv);
+                act.copy_from_slice(&conv[..ny]);
                 relu_inplace(&mut act);
                 maxpool2_forward(&act, &lens[s + 1], c, m, t, &mut pooled, &mut arg);
                 None
@@ -244,6 +258,7 @@ impl<T: Float> CpuModel<T> {
                 apply_mask(&mut pooled, mk);
             }
             if !keep {
+                self.conv_scratch = conv;
                 cur = pooled;
                 m = mo;
                 t = to;
@@ -638,6 +653,17 @@ mod tests {
             assert!(want.iter().all(|v| v.is_finite()));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "batchnorm {batchnorm}");
+            // The reused conv buffer holds the larger batch's values: a smaller batch after
+            // it, and the larger one again, still match.
+            let one = Input {
+                x: &x[..16 * 23],
+                batch: 1,
+                t_max: 23,
+                lengths: &lens[..1],
+            };
+            let want1 = m.forward(&one, Mode::Eval).logits;
+            assert_eq!(bits(&m.infer(&one).unwrap()), bits(&want1));
+            assert_eq!(bits(&m.infer(&inp).unwrap()), bits(&want));
         }
     }
 }
