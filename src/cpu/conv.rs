@@ -38,6 +38,86 @@ impl ConvShape {
     }
 }
 
+/// How a convolution is computed: both give the same results up to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// im2col + GEMM ([`conv2d_forward_direct`], [`conv2d_backward_direct`]).
+    Direct,
+    /// Whole-plane FFTs and per-bin channel mixing ([`super::fftconv`]).
+    Fft,
+}
+
+/// The `SER_CPU_CONV` override: `direct`, `fft` or `auto` (default, [`conv_algo_auto`]).
+/// Read once per process; any other value falls back to `auto` with a one-time warning on
+/// stderr (a speed knob must not abort a run).
+fn conv_override() -> Option<ConvAlgo> {
+    static OVERRIDE: std::sync::OnceLock<Option<ConvAlgo>> = std::sync::OnceLock::new();
+    *OVERRIDE.get_or_init(|| match std::env::var("SER_CPU_CONV") {
+        Err(_) => None,
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "direct" => Some(ConvAlgo::Direct),
+            "fft" => Some(ConvAlgo::Fft),
+            "auto" | "" => None,
+            other => {
+                eprintln!("warning: SER_CPU_CONV={other:?} is not direct|fft|auto; using auto");
+                None
+            }
+        },
+    })
+}
+
+/// The algorithm the shape heuristic picks: FFT where the k×k spatial sum dominates (k ≥ 5)
+/// and there are enough channel pairs for the per-bin mixing GEMMs to be efficient; the
+/// model's stage 1 (one input channel) and the tiny gradient-check shapes stay direct.
+pub fn conv_algo_auto(s: &ConvShape) -> ConvAlgo {
+    if s.k >= 5 && s.cin >= 8 && s.cout >= 8 {
+        ConvAlgo::Fft
+    } else {
+        ConvAlgo::Direct
+    }
+}
+
+/// The algorithm [`conv2d_forward`] / [`conv2d_backward`] use for `s`: the `SER_CPU_CONV`
+/// override if set, else [`conv_algo_auto`].
+pub fn conv_algo(s: &ConvShape) -> ConvAlgo {
+    conv_override().unwrap_or_else(|| conv_algo_auto(s))
+}
+
+/// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere; dispatches on
+/// [`conv_algo`].
+pub fn conv2d_forward<T: Float>(
+    x: &[T],
+    w: &[T],
+    bias: &[T],
+    lens: &[usize],
+    s: &ConvShape,
+    y: &mut [T],
+) {
+    match conv_algo(s) {
+        ConvAlgo::Direct => conv2d_forward_direct(x, w, bias, lens, s, y),
+        ConvAlgo::Fft => super::fftconv::conv2d_forward_fft(x, w, bias, lens, s, y),
+    }
+}
+
+/// Backward of [`conv2d_forward`]: dw and db ACCUMULATE; dx (if given) is overwritten (zero at
+/// t ≥ lens[b]); dy at t ≥ lens[b] is ignored. Dispatches on [`conv_algo`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Float>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    lens: &[usize],
+    s: &ConvShape,
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: &mut [T],
+) {
+    match conv_algo(s) {
+        ConvAlgo::Direct => conv2d_backward_direct(x, w, dy, lens, s, dx, dw, db),
+        ConvAlgo::Fft => super::fftconv::conv2d_backward_fft(x, w, dy, lens, s, dx, dw, db),
+    }
+}
+
 /// Clips per rayon job: about two jobs per thread (balance vs. scratch reuse).
 fn min_len(batch: usize) -> usize {
     (batch / (2 * rayon::current_num_threads())).max(1)
@@ -188,8 +268,9 @@ fn col2im<T: Float>(cols: &[T], s: &ConvShape, l: usize, m0: usize, m1: usize, d
     }
 }
 
-/// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere.
-pub fn conv2d_forward<T: Float>(
+/// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere (direct: im2col + GEMM;
+/// the oracle for [`super::fftconv`]).
+pub fn conv2d_forward_direct<T: Float>(
     x: &[T],
     w: &[T],
     bias: &[T],
@@ -261,9 +342,9 @@ pub fn conv2d_forward<T: Float>(
 }
 
 /// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ lens[b]).
-/// dy at t ≥ lens[b] is ignored.
+/// dy at t ≥ lens[b] is ignored. Direct (im2col + GEMM); the oracle for [`super::fftconv`].
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward<T: Float>(
+pub fn conv2d_backward_direct<T: Float>(
     x: &[T],
     w: &[T],
     dy: &[T],
@@ -428,7 +509,7 @@ mod tests {
             let w = rand(s.w_len(), 2);
             let bias = rand(4, 3);
             let mut y = vec![f64::NAN; s.y_len()];
-            conv2d_forward(&x, &w, &bias, &lens, &s, &mut y);
+            conv2d_forward_direct(&x, &w, &bias, &lens, &s, &mut y);
             let want = naive(&x, &w, &bias, &lens, &s);
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-12, "{a} vs {b}");
@@ -461,7 +542,7 @@ mod tests {
         let w = rand(s.w_len(), 12);
         let bias = rand(3, 13);
         let mut y = vec![f64::NAN; s.y_len()];
-        conv2d_forward(&x, &w, &bias, &lens, &s, &mut y);
+        conv2d_forward_direct(&x, &w, &bias, &lens, &s, &mut y);
         let want = naive(&x, &w, &bias, &lens, &s);
         for (a, b) in y.iter().zip(&want) {
             // sums of 400 products of values in [-1, 1]: rounding ≪ 1e-11
@@ -471,7 +552,7 @@ mod tests {
         let mut dx = vec![f64::NAN; s.x_len()];
         let mut dw = vec![0.0; s.w_len()];
         let mut db = vec![0.0; 3];
-        conv2d_backward(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
+        conv2d_backward_direct(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
         let zero_b = vec![0.0; 3];
         let y0 = naive(&x, &w, &zero_b, &lens, &s);
         let lhs: f64 = y0.iter().zip(&dy).map(|(a, b)| a * b).sum();
@@ -509,11 +590,11 @@ mod tests {
         let mut dx = vec![0.0; s.x_len()];
         let mut dw = vec![0.0; s.w_len()];
         let mut db = vec![0.0; 3];
-        conv2d_backward(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
+        conv2d_backward_direct(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
         let zero_b = vec![0.0; 3];
         // linear in x: <dy, conv(x)> = <dx, x>; linear in w: <dy, conv_w(x)> = <dw, w>
         let mut y = vec![0.0; s.y_len()];
-        conv2d_forward(&x, &w, &zero_b, &lens, &s, &mut y);
+        conv2d_forward_direct(&x, &w, &zero_b, &lens, &s, &mut y);
         let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
         let rx: f64 = dx.iter().zip(&x).map(|(a, b)| a * b).sum();
         let rw: f64 = dw.iter().zip(&w).map(|(a, b)| a * b).sum();
