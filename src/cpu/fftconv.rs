@@ -170,8 +170,6 @@ struct Work<T: Float> {
     rspec: Vec<Complex<T>>,
     col: Vec<Complex<T>>,
     fscr: Vec<Complex<T>>,
-    xexp: Vec<T>,
-    yexp: Vec<T>,
     c: Vec<T>,
     z: Vec<T>,
 }
@@ -183,19 +181,18 @@ impl<T: Float> Default for Work<T> {
             rspec: Vec::new(),
             col: Vec::new(),
             fscr: Vec::new(),
-            xexp: Vec::new(),
-            yexp: Vec::new(),
             c: Vec::new(),
             z: Vec::new(),
         }
     }
 }
 
-/// Large per-call buffers, kept on the calling thread between calls.
+/// Large per-call buffers, kept on the calling thread between calls (reused by every conv
+/// stage: they grow to the largest).
 struct Big<T: Float> {
-    xs: Vec<Complex<T>>,
-    dys: Vec<Complex<T>>,
-    ys: Vec<Complex<T>>,
+    xe: Vec<T>,
+    dye: Vec<T>,
+    ys: Vec<T>,
     g: Vec<T>,
     dg: Vec<T>,
 }
@@ -203,8 +200,8 @@ struct Big<T: Float> {
 impl<T: Float> Default for Big<T> {
     fn default() -> Self {
         Big {
-            xs: Vec::new(),
-            dys: Vec::new(),
+            xe: Vec::new(),
+            dye: Vec::new(),
             ys: Vec::new(),
             g: Vec::new(),
             dg: Vec::new(),
@@ -212,8 +209,17 @@ impl<T: Float> Default for Big<T> {
     }
 }
 
-/// Spectrum of one masked plane: `src` is `[M][t]` with `l` valid frames per row, `out` is
-/// `[f1][f2]` (`N1 × NH`).
+/// Scratch length of every transform of the plans.
+fn scratch_len<T: Float>(pl: &Plans<T>) -> usize {
+    pl.r2c
+        .get_scratch_len()
+        .max(pl.fwd.get_inplace_scratch_len())
+        .max(pl.c2r.get_scratch_len())
+        .max(pl.inv.get_inplace_scratch_len())
+}
+
+/// Spectrum of one masked plane into `w.col`, column-major `[f2][f1]` (`NH × N1`): `src` is
+/// `[M][t]` with `l` valid frames per row (frames ≥ l read as zero, rows ≥ M are zero).
 fn fft_plane<T: Float>(
     src: &[T],
     s: &ConvShape,
@@ -221,20 +227,13 @@ fn fft_plane<T: Float>(
     g: &Grid,
     pl: &Plans<T>,
     w: &mut Work<T>,
-    out: &mut [Complex<T>],
 ) {
     let (n1, nh) = (g.n1, g.nh);
     let row = take(&mut w.row, g.n2);
     let rspec = take(&mut w.rspec, nh);
-    // Column-major `[f2][m]` so each column FFT runs on contiguous data.
+    // Column-major so each column FFT runs on contiguous data.
     let col = take(&mut w.col, nh * n1);
-    let scr_len = pl
-        .r2c
-        .get_scratch_len()
-        .max(pl.fwd.get_inplace_scratch_len())
-        .max(pl.c2r.get_scratch_len())
-        .max(pl.inv.get_inplace_scratch_len());
-    let fscr = take(&mut w.fscr, scr_len);
+    let fscr = take(&mut w.fscr, scratch_len(pl));
     for m in 0..s.m {
         row[..l].copy_from_slice(&src[m * s.t..m * s.t + l]);
         row[l..].fill(T::zero());
@@ -249,15 +248,14 @@ fn fft_plane<T: Float>(
         col[f2 * n1 + s.m..(f2 + 1) * n1].fill(Complex::new(T::zero(), T::zero()));
     }
     pl.fwd.process_with_scratch(col, fscr);
-    for f1 in 0..n1 {
-        for f2 in 0..nh {
-            out[f1 * nh + f2] = col[f2 * n1 + f1];
-        }
-    }
 }
 
-/// Spectra of every masked `[M][T]` plane of `x` (`[B][c][M][T]`) into `xs`
-/// (`[b][c][f1][f2]`).
+/// Expanded spectra of every masked `[M][T]` plane of `x` (`[B][c][M][T]`) into `xe`,
+/// `[2][c][f1][f2][2B]`: part 0 holds `[Re | Im]` of the B clips, part 1 `[−Im | Re]`
+/// (`[Im | −Re]` if `swap`), so for a bin the `c × 2B` rows of either part are a plain
+/// strided matrix (row stride `N1·NH·2B`) for the mixing GEMMs. Parallel over channels, so
+/// one job writes the B planes that share each cache line.
+#[allow(clippy::too_many_arguments)]
 fn spectra<T: Float>(
     x: &[T],
     c: usize,
@@ -265,73 +263,112 @@ fn spectra<T: Float>(
     s: &ConvShape,
     g: &Grid,
     pl: &Plans<T>,
-    xs: &mut [Complex<T>],
+    swap: bool,
+    xe: &mut [T],
 ) {
-    let ps = s.m * s.t;
-    xs.par_chunks_mut(g.np())
+    let (b, n1, nh) = (s.batch, g.n1, g.nh);
+    let (ps, cs, b2) = (s.m * s.t, g.np() * 2 * b, 2 * b);
+    let (p0, p1) = xe.split_at_mut(c * cs);
+    p0.par_chunks_mut(cs)
+        .zip(p1.par_chunks_mut(cs))
         .enumerate()
-        .for_each(|(plane, out)| {
-            let l = lens[plane / c].min(s.t);
+        .for_each(|(ch, (e0, e1))| {
             with_tls(|w: &mut Work<T>| {
-                fft_plane(&x[plane * ps..(plane + 1) * ps], s, l, g, pl, w, out)
+                for bi in 0..b {
+                    let l = lens[bi].min(s.t);
+                    let plane = bi * c + ch;
+                    fft_plane(&x[plane * ps..(plane + 1) * ps], s, l, g, pl, w);
+                    for f1 in 0..n1 {
+                        for f2 in 0..nh {
+                            let v = w.col[f2 * n1 + f1];
+                            let o = (f1 * nh + f2) * b2 + bi;
+                            e0[o] = v.re;
+                            e0[o + b] = v.im;
+                        }
+                    }
+                }
+                // Part 1 from part 0 in one contiguous pass (cheaper than scattering it
+                // per plane).
+                for (d, s0) in e1.chunks_exact_mut(b2).zip(e0.chunks_exact(b2)) {
+                    let (re, im) = s0.split_at(b);
+                    let (d0, d1) = d.split_at_mut(b);
+                    if swap {
+                        d0.copy_from_slice(im);
+                        for (o, v) in d1.iter_mut().zip(re) {
+                            *o = -*v;
+                        }
+                    } else {
+                        for (o, v) in d0.iter_mut().zip(im) {
+                            *o = -*v;
+                        }
+                        d1.copy_from_slice(re);
+                    }
+                }
             })
         });
 }
 
-/// Inverse of one plane gathered from a bin-row-major spectrum `spec` (`[f1][planes][f2]`,
-/// this plane at index `plane`): writes `out` (`[M][t]`) = real part / (N1·N2) + `bias` at
-/// frames < l, zero beyond.
+/// Inverse transforms of mixed spectra `spec` (`[f1][c][f2][2B]`, `[Re | Im]` per channel)
+/// into `out` (`[B][c][M][T]`): real part / (N1·N2) + bias[ch] at frames < lens[b], zero
+/// beyond. Parallel over channels (the B planes of a channel share cache lines of `spec`).
 #[allow(clippy::too_many_arguments)]
-fn ifft_plane<T: Float>(
-    spec: &[Complex<T>],
-    planes: usize,
-    plane: usize,
+fn inverse<T: Float>(
+    spec: &[T],
+    c: usize,
+    lens: &[usize],
     s: &ConvShape,
-    l: usize,
-    bias: T,
     g: &Grid,
     pl: &Plans<T>,
-    w: &mut Work<T>,
+    bias: Option<&[T]>,
     out: &mut [T],
 ) {
-    let (n1, nh) = (g.n1, g.nh);
-    let col = take(&mut w.col, nh * n1);
-    for f1 in 0..n1 {
-        let src = &spec[(f1 * planes + plane) * nh..][..nh];
-        for (f2, v) in src.iter().enumerate() {
-            col[f2 * n1 + f1] = *v;
-        }
+    let (b, n1, nh) = (s.batch, g.n1, g.nh);
+    let b2 = 2 * b;
+    let mut groups: Vec<Vec<(usize, &mut [T])>> = (0..c).map(|_| Vec::new()).collect();
+    for (plane, op) in out.chunks_mut(s.m * s.t).enumerate() {
+        groups[plane % c].push((plane / c, op));
     }
-    let scr_len = pl
-        .c2r
-        .get_scratch_len()
-        .max(pl.inv.get_inplace_scratch_len());
-    let fscr = take(&mut w.fscr, scr_len);
-    pl.inv.process_with_scratch(col, fscr);
-    let rspec = take(&mut w.rspec, nh);
-    let row = take(&mut w.row, g.n2);
     let scale = T::one() / T::cst((g.n1 * g.n2) as f64);
-    for m in 0..s.m {
-        let dst = &mut out[m * s.t..(m + 1) * s.t];
-        if l == 0 {
-            dst.fill(T::zero());
-            continue;
-        }
-        for (f2, v) in rspec.iter_mut().enumerate() {
-            *v = col[f2 * n1 + m];
-        }
-        // The spectrum of a real row: DC and Nyquist are real (up to rounding, which the
-        // c2r transform rejects).
-        rspec[0].im = T::zero();
-        rspec[nh - 1].im = T::zero();
-        pl.c2r
-            .process_with_scratch(rspec, row, fscr)
-            .expect("c2r sizes match the plan");
-        for (d, v) in dst[..l].iter_mut().zip(&row[..l]) {
-            *d = *v * scale + bias;
-        }
-        dst[l..].fill(T::zero());
-    }
+    groups.into_par_iter().enumerate().for_each(|(ch, group)| {
+        let bias = bias.map_or(T::zero(), |v| v[ch]);
+        with_tls(|w: &mut Work<T>| {
+            for (bi, op) in group {
+                let l = lens[bi].min(s.t);
+                let col = take(&mut w.col, nh * n1);
+                for f1 in 0..n1 {
+                    for f2 in 0..nh {
+                        let o = ((f1 * c + ch) * nh + f2) * b2 + bi;
+                        col[f2 * n1 + f1] = Complex::new(spec[o], spec[o + b]);
+                    }
+                }
+                let fscr = take(&mut w.fscr, scratch_len(pl));
+                pl.inv.process_with_scratch(col, fscr);
+                let rspec = take(&mut w.rspec, nh);
+                let row = take(&mut w.row, g.n2);
+                for m in 0..s.m {
+                    let dst = &mut op[m * s.t..(m + 1) * s.t];
+                    if l == 0 {
+                        dst.fill(T::zero());
+                        continue;
+                    }
+                    for (f2, v) in rspec.iter_mut().enumerate() {
+                        *v = col[f2 * n1 + m];
+                    }
+                    // The spectrum of a real row: DC and Nyquist are real (up to
+                    // rounding, which the c2r transform rejects).
+                    rspec[0].im = T::zero();
+                    rspec[nh - 1].im = T::zero();
+                    pl.c2r
+                        .process_with_scratch(rspec, row, fscr)
+                        .expect("c2r sizes match the plan");
+                    for (d, v) in dst[..l].iter_mut().zip(&row[..l]) {
+                        *d = *v * scale + bias;
+                    }
+                    dst[l..].fill(T::zero());
+                }
+            }
+        })
+    });
 }
 
 /// `exp(−2πi·f·(p − d)/n)` as (re, im), the phase reduced exactly in integers.
@@ -343,28 +380,28 @@ fn twiddle(f: usize, d: usize, p: usize, n: usize) -> (f64, f64) {
 
 /// DFT matrices of one call (see the module doc for the block orders).
 struct Twiddles<T> {
-    /// `[s][dj][f2]`: E2 real / imaginary parts, `k × NH` each.
-    e2t: Vec<T>,
+    /// `[s][f2][dj]`: E2 real / imaginary parts, `NH × k` each.
+    e2: Vec<T>,
     /// `[(s1,f1)][(di,s)]` (`2N1 × 2k`): real block form of E1, G = A2·Z.
     a2: Vec<T>,
     /// `[(di,s)][(f1,s1)]` (`2k × 2N1`): real block form of conj(E1)ᵀ for dw.
     a3: Vec<T>,
-    /// `[s][f2][dj]` (`NH × k` each): E2 parts × c_f2/(N1·N2) for dw (c = 1 at DC and
-    /// Nyquist, 2 elsewhere: the half spectrum stands for the full one).
+    /// `[s][f2][dj]`: E2 parts × c_f2/(N1·N2) for dw (c = 1 at DC and Nyquist, 2 elsewhere:
+    /// the half spectrum stands for the full one).
     e2w: Vec<T>,
 }
 
 fn twiddles<T: Float>(g: &Grid, k: usize) -> Twiddles<T> {
     let p = k / 2;
     let (n1, nh) = (g.n1, g.nh);
-    let mut e2t = vec![T::zero(); 2 * k * nh];
+    let mut e2 = vec![T::zero(); 2 * nh * k];
     let mut e2w = vec![T::zero(); 2 * nh * k];
     let inv_n = 1.0 / (g.n1 * g.n2) as f64;
     for dj in 0..k {
         for f2 in 0..nh {
             let (c, s) = twiddle(f2, dj, p, g.n2);
-            e2t[dj * nh + f2] = T::cst(c);
-            e2t[(k + dj) * nh + f2] = T::cst(s);
+            e2[f2 * k + dj] = T::cst(c);
+            e2[(nh + f2) * k + dj] = T::cst(s);
             let wt = if f2 == 0 || 2 * f2 == g.n2 { 1.0 } else { 2.0 } * inv_n;
             e2w[f2 * k + dj] = T::cst(c * wt);
             e2w[(nh + f2) * k + dj] = T::cst(s * wt);
@@ -392,85 +429,57 @@ fn twiddles<T: Float>(g: &Grid, k: usize) -> Twiddles<T> {
             a3[q1 + 2 * f1 + 1] = c;
         }
     }
-    Twiddles { e2t, a2, a3, e2w }
+    Twiddles { e2, a2, a3, e2w }
 }
 
-/// Weight spectrum `g` (`[co][s][f1][ci][f2]`) of w (`[cout][cin][k][k]`).
+/// Weight spectrum `g` (`[co][s][f1][f2][ci]`) of w (`[cout][cin][k][k]`), per output
+/// channel: `Z = E2·w` along time, then `G = E1·Z` along mels (two GEMMs; Z stays in cache).
 fn weight_spectrum<T: Float>(w: &[T], s: &ConvShape, g: &Grid, tw: &Twiddles<T>, gs: &mut [T]) {
     let (k, cin, nh, n1) = (s.k, s.cin, g.nh, g.n1);
     let kk = k * k;
-    gs.par_chunks_mut(2 * n1 * cin * nh)
+    gs.par_chunks_mut(2 * n1 * nh * cin)
         .enumerate()
         .for_each(|(co, gco)| {
             with_tls(|wk: &mut Work<T>| {
-                // Z[(di,s)][(ci,f2)] = Σ_dj w[co][ci][di][dj]·E2_s[f2][dj]
-                let z = take(&mut wk.z, 2 * k * cin * nh);
+                // Z[(di,s)][f2][ci] = Σ_dj E2_s[f2][dj]·w[co][ci][di][dj]
+                let z = take(&mut wk.z, 2 * k * nh * cin);
                 for di in 0..k {
                     for sp in 0..2 {
                         gemm(
+                            nh,
                             cin,
-                            nh,
                             k,
-                            &mut z[(2 * di + sp) * cin * nh..],
-                            nh,
+                            &mut z[(2 * di + sp) * nh * cin..],
+                            cin,
                             false,
+                            &tw.e2[sp * nh * k..],
+                            k,
+                            1,
                             &w[co * cin * kk + di * k..],
+                            1,
                             kk,
-                            1,
-                            &tw.e2t[sp * k * nh..],
-                            nh,
-                            1,
                             false,
                         );
                     }
                 }
-                // G[(s1,f1)][(ci,f2)] = Σ_(di,s) A2[(s1,f1)][(di,s)]·Z[(di,s)][(ci,f2)]
+                // G[(s1,f1)][(f2,ci)] = Σ_(di,s) A2[(s1,f1)][(di,s)]·Z[(di,s)][(f2,ci)]
                 gemm(
                     2 * n1,
-                    cin * nh,
+                    nh * cin,
                     2 * k,
                     gco,
-                    cin * nh,
+                    nh * cin,
                     false,
                     &tw.a2,
                     2 * k,
                     1,
                     z,
-                    cin * nh,
+                    nh * cin,
                     1,
                     false,
                 );
             })
         });
-}
-
-/// Writes the expanded operand `[[Re, Im], [−Im, Re]]` (`2c × 2B`) of bin (f1, f2) of the
-/// plane-major spectra `sp` (`[b][c][f1][f2]`), or `[[Re, Im], [Im, −Re]]` if `swap`.
-fn expand<T: Float>(
-    sp: &[Complex<T>],
-    c: usize,
-    batch: usize,
-    np: usize,
-    bin: usize,
-    swap: bool,
-    out: &mut [T],
-) {
-    let b2 = 2 * batch;
-    for b in 0..batch {
-        for ch in 0..c {
-            let v = sp[(b * c + ch) * np + bin];
-            out[ch * b2 + b] = v.re;
-            out[ch * b2 + batch + b] = v.im;
-            let lo = (c + ch) * b2;
-            if swap {
-                out[lo + b] = v.im;
-                out[lo + batch + b] = -v.re;
-            } else {
-                out[lo + b] = -v.im;
-                out[lo + batch + b] = v.re;
-            }
-        }
-    }
 }
 
 /// Longest valid clip (lens clamped to t).
@@ -511,68 +520,52 @@ pub fn conv2d_forward_fft<T: Float>(
     let pl = plans::<T>(&g);
     let tw = twiddles::<T>(&g, s.k);
     let (b, cin, cout, nh, np) = (s.batch, s.cin, s.cout, g.nh, g.np());
+    let (b2, grs) = (2 * b, 2 * g.n1 * nh * cin);
     with_tls(|big: &mut Big<T>| {
-        let xs = take(&mut big.xs, b * cin * np);
-        spectra(x, cin, lens, s, &g, &pl, xs);
-        let gs = take(&mut big.g, 2 * g.n1 * cout * cin * nh);
+        let t0 = std::time::Instant::now();
+        let xe = take(&mut big.xe, 2 * cin * np * b2);
+        spectra(x, cin, lens, s, &g, &pl, false, xe);
+        let t1 = t0.elapsed();
+        let gs = take(&mut big.g, 2 * g.n1 * nh * cout * cin);
         weight_spectrum(w, s, &g, &tw, gs);
-        let ys = take(&mut big.ys, b * cout * np);
-        let grs = 2 * g.n1 * cin * nh; // row stride of a bin's cout × cin matrix in gs
-        ys.par_chunks_mut(b * cout * nh)
+        let t2 = t0.elapsed();
+        let (xe, gs) = (&*xe, &*gs);
+        // ys[f1][co][f2][2B]: per bin [Yr | Yi] = Gr·[Xr | Xi] + Gi·[−Xi | Xr]
+        let ys = take(&mut big.ys, np * cout * b2);
+        ys.par_chunks_mut(nh * cout * b2)
             .enumerate()
             .for_each(|(f1, yb)| {
-                with_tls(|wk: &mut Work<T>| {
-                    let xexp = take(&mut wk.xexp, 4 * cin * b);
-                    let c = take(&mut wk.c, 2 * cout * b);
-                    for f2 in 0..nh {
-                        expand(xs, cin, b, np, f1 * nh + f2, false, xexp);
-                        // [Yr | Yi] = Gr·[Xr | Xi] + Gi·[−Xi | Xr]
-                        for sp in 0..2 {
-                            gemm(
-                                cout,
-                                2 * b,
-                                cin,
-                                c,
-                                2 * b,
-                                sp == 1,
-                                &gs[(sp * g.n1 + f1) * cin * nh + f2..],
-                                grs,
-                                nh,
-                                &xexp[sp * cin * 2 * b..],
-                                2 * b,
-                                1,
-                                false,
-                            );
-                        }
-                        for bi in 0..b {
-                            for co in 0..cout {
-                                yb[(bi * cout + co) * nh + f2] =
-                                    Complex::new(c[co * 2 * b + bi], c[co * 2 * b + b + bi]);
-                            }
-                        }
+                for f2 in 0..nh {
+                    for sp in 0..2 {
+                        gemm(
+                            cout,
+                            b2,
+                            cin,
+                            &mut yb[f2 * b2..],
+                            nh * b2,
+                            sp == 1,
+                            &gs[(sp * g.n1 + f1) * nh * cin + f2 * cin..],
+                            grs,
+                            1,
+                            &xe[sp * cin * np * b2 + (f1 * nh + f2) * b2..],
+                            np * b2,
+                            1,
+                            false,
+                        );
                     }
-                })
+                }
             });
-        let ys = &*ys;
-        y.par_chunks_mut(s.m * s.t)
-            .enumerate()
-            .for_each(|(plane, yp)| {
-                let l = lens[plane / cout].min(s.t);
-                with_tls(|wk: &mut Work<T>| {
-                    ifft_plane(
-                        ys,
-                        b * cout,
-                        plane,
-                        s,
-                        l,
-                        bias[plane % cout],
-                        &g,
-                        &pl,
-                        wk,
-                        yp,
-                    )
-                })
-            });
+        let t3 = t0.elapsed();
+        inverse(ys, cout, lens, s, &g, &pl, Some(bias), y);
+        if std::env::var("FFTPROF").is_ok() {
+            eprintln!(
+                "PROF {g:?} fft {:?} w {:?} mix {:?} ifft {:?}",
+                t1,
+                t2 - t1,
+                t3 - t2,
+                t0.elapsed() - t3
+            );
+        }
     });
 }
 
@@ -622,88 +615,77 @@ pub fn conv2d_backward_fft<T: Float>(
     let pl = plans::<T>(&g);
     let tw = twiddles::<T>(&g, k);
     let (n1, nh, np) = (g.n1, g.nh, g.np());
-    let pw = cout * cin;
+    let (pw, b2, grs) = (cout * cin, 2 * b, 2 * n1 * nh * cin);
     with_tls(|big: &mut Big<T>| {
-        let xs = take(&mut big.xs, b * cin * np);
-        spectra(x, cin, lens, s, &g, &pl, xs);
-        let dys = take(&mut big.dys, b * cout * np);
-        spectra(dy, cout, lens, s, &g, &pl, dys);
+        let xe = take(&mut big.xe, 2 * cin * np * b2);
+        spectra(x, cin, lens, s, &g, &pl, false, xe);
+        // dY expanded with part 1 = [dYi | −dYr] (the conj(G) product)
+        let dye = take(&mut big.dye, 2 * cout * np * b2);
+        spectra(dy, cout, lens, s, &g, &pl, true, dye);
         let gs: &[T] = if dx.is_some() {
-            let gs = take(&mut big.g, 2 * n1 * pw * nh);
+            let gs = take(&mut big.g, 2 * n1 * nh * pw);
             weight_spectrum(w, s, &g, &tw, gs);
             gs
         } else {
             &[]
         };
-        let grs = 2 * n1 * cin * nh;
         let dg = take(&mut big.dg, n1 * 2 * pw * nh);
-        let dxs = take(&mut big.ys, if dx.is_some() { b * cin * np } else { 0 });
-        let (xs, dys) = (&*xs, &*dys);
-        let mix = |f1: usize, dgb: &mut [T], mut dxb: Option<&mut [Complex<T>]>| {
+        let dxs = take(&mut big.ys, if dx.is_some() { np * cin * b2 } else { 0 });
+        let (xe, dye) = (&*xe, &*dye);
+        let mix = |f1: usize, dgb: &mut [T], mut dxb: Option<&mut [T]>| {
             with_tls(|wk: &mut Work<T>| {
-                let xexp = take(&mut wk.xexp, 4 * cin * b);
-                let yexp = take(&mut wk.yexp, 4 * cout * b);
-                let c = take(&mut wk.c, (2 * cin * b).max(2 * cout * cin));
+                let c = take(&mut wk.c, 2 * cout * cin);
                 for f2 in 0..nh {
-                    let bin = f1 * nh + f2;
-                    expand(xs, cin, b, np, bin, false, xexp);
-                    expand(dys, cout, b, np, bin, true, yexp);
+                    let bin = (f1 * nh + f2) * b2;
                     if let Some(dxb) = dxb.as_deref_mut() {
                         // [dXr | dXi] = Grᵀ·[dYr | dYi] + Giᵀ·[dYi | −dYr]
                         for sp in 0..2 {
                             gemm(
                                 cin,
-                                2 * b,
+                                b2,
                                 cout,
-                                c,
-                                2 * b,
+                                &mut dxb[f2 * b2..],
+                                nh * b2,
                                 sp == 1,
-                                &gs[(sp * n1 + f1) * cin * nh + f2..],
-                                nh,
+                                &gs[(sp * n1 + f1) * nh * cin + f2 * cin..],
+                                1,
                                 grs,
-                                &yexp[sp * cout * 2 * b..],
-                                2 * b,
+                                &dye[sp * cout * np * b2 + bin..],
+                                np * b2,
                                 1,
                                 false,
                             );
                         }
-                        for bi in 0..b {
-                            for ci in 0..cin {
-                                dxb[(bi * cin + ci) * nh + f2] =
-                                    Complex::new(c[ci * 2 * b + bi], c[ci * 2 * b + b + bi]);
-                            }
-                        }
                     }
-                    // [dGr | dGi] = [dYr | dYi]·Xexpᵀ (sums over the batch)
+                    // [dGr | dGi] = [dYr | dYi]·[[Xr, Xi], [−Xi, Xr]]ᵀ (sums over the batch)
                     gemm(
                         cout,
                         2 * cin,
-                        2 * b,
+                        b2,
                         c,
                         2 * cin,
                         false,
-                        yexp,
-                        2 * b,
+                        &dye[bin..],
+                        np * b2,
                         1,
-                        xexp,
+                        &xe[bin..],
                         1,
-                        2 * b,
+                        np * b2,
                         false,
                     );
                     for co in 0..cout {
                         for sp in 0..2 {
-                            for ci in 0..cin {
-                                dgb[((sp * cout + co) * cin + ci) * nh + f2] =
-                                    c[co * 2 * cin + sp * cin + ci];
-                            }
+                            dgb[((sp * cout + co) * nh + f2) * cin..][..cin]
+                                .copy_from_slice(&c[(2 * co + sp) * cin..][..cin]);
                         }
                     }
                 }
             })
         };
+        // dg[f1][s][co][f2][ci], dxs[f1][ci][f2][2B]
         if dx.is_some() {
             dg.par_chunks_mut(2 * pw * nh)
-                .zip(dxs.par_chunks_mut(b * cin * nh))
+                .zip(dxs.par_chunks_mut(nh * cin * b2))
                 .enumerate()
                 .for_each(|(f1, (dgb, dxb))| mix(f1, dgb, Some(dxb)));
         } else {
@@ -712,15 +694,7 @@ pub fn conv2d_backward_fft<T: Float>(
                 .for_each(|(f1, dgb)| mix(f1, dgb, None));
         }
         if let Some(dx) = dx {
-            let dxs = &*dxs;
-            dx.par_chunks_mut(s.m * s.t)
-                .enumerate()
-                .for_each(|(plane, dp)| {
-                    let l = lens[plane / cin].min(s.t);
-                    with_tls(|wk: &mut Work<T>| {
-                        ifft_plane(dxs, b * cin, plane, s, l, T::zero(), &g, &pl, wk, dp)
-                    })
-                });
+            inverse(dxs, cin, lens, s, &g, &pl, None, dx);
         }
         // dw[co] += lags of Σ_f dG: H = conj(E1)ᵀ·dG over f1, then Re(conj(E2)·H) over f2.
         let dg = &*dg;
@@ -729,18 +703,19 @@ pub fn conv2d_backward_fft<T: Float>(
             .enumerate()
             .for_each(|(co, dwc)| {
                 with_tls(|wk: &mut Work<T>| {
-                    let h = take(&mut wk.z, 2 * k * cin * nh);
+                    // h[(di,s)][f2][ci]
+                    let h = take(&mut wk.z, 2 * k * nh * cin);
                     gemm(
                         2 * k,
-                        cin * nh,
+                        nh * cin,
                         2 * n1,
                         h,
-                        cin * nh,
+                        nh * cin,
                         false,
                         &tw.a3,
                         2 * n1,
                         1,
-                        &dg[co * cin * nh..],
+                        &dg[co * nh * cin..],
                         pw * nh,
                         1,
                         false,
@@ -754,9 +729,9 @@ pub fn conv2d_backward_fft<T: Float>(
                                 &mut dwc[di * k..],
                                 kk,
                                 true,
-                                &h[(2 * di + sp) * cin * nh..],
-                                nh,
+                                &h[(2 * di + sp) * nh * cin..],
                                 1,
+                                cin,
                                 &tw.e2w[sp * nh * k..],
                                 k,
                                 1,
