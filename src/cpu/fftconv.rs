@@ -24,17 +24,26 @@
 //! `f2 = N2/2`.
 //!
 //! # Layouts (per call; `P = cout·cin` weight planes, `s` = 0 real / 1 imaginary part)
-//! - `xs` / `dys`: input (or dy) spectra, plane-major `[b][c][f1][f2]` complex (one plane per
-//!   clip and channel, from a real FFT of each masked row and a complex FFT of each column).
-//! - `g`: weight spectrum `[co][s][f1][ci][f2]` real: for a bin, the `cout × cin` real (or
-//!   imaginary) matrix is a strided view (row stride `2·N1·cin·NH`, column stride `NH`).
-//! - `ys` / `dxs`: mixed spectra, bin-row-major `[f1][b][c][f2]` complex (each parallel job,
-//!   one `f1`, writes one contiguous block).
-//! - `dg`: weight-gradient spectrum `[f1][s][co][ci][f2]` real.
+//! Every buffer is laid out so that, for one bin, each GEMM operand is a plain strided matrix
+//! (no per-bin gathers) and each parallel job writes one contiguous chunk.
+//! - `xe` / `dye`: expanded input (or dy) spectra `[2][c][f1][f2][2B]`: part 0 holds
+//!   `[Re | Im]` of the B clips, part 1 `[−Im | Re]` (x) or `[Im | −Re]` (dy). For a bin,
+//!   rows `(s, c)` are uniformly strided (`N1·NH·2B`). Built per channel (one real FFT per
+//!   masked row, one complex FFT per column) by one job, which writes the B planes that share
+//!   each cache line.
+//! - `g`: weight spectrum `[co][s][f1][f2][ci]` real: for a bin, the `cout × cin` real (or
+//!   imaginary) matrix has row stride `2·N1·NH·cin` and unit column stride.
+//! - `ys` / `dxs`: mixed spectra `[f1][c][f2][2B]` (`[Re | Im]` per channel; one job per
+//!   `f1`), read back per channel by the inverse transforms.
+//! - `dg`: weight-gradient spectrum `[f1][s][co][f2][ci]` real (one job per `f1`); the
+//!   `k × k` lags are then extracted per output channel by two GEMMs against the DFT matrices.
+//! Those buffers live in a per-thread cache on the calling thread (they grow to the largest
+//! stage and are reused: no page faults on repeated calls).
 //!
-//! Channel mixing per bin is real GEMMs on an expanded operand: with `X` stored as
-//! `[[Xr, Xi], [−Xi, Xr]]` (`2cin × 2B`), `[Yr | Yi] = Gr·[Xr | Xi] + Gi·[−Xi | Xr]`;
-//! `[dXr | dXi] = Grᵀ·[dYr | dYi] + Giᵀ·[dYi | −dYr]`; `[dGr | dGi] = [dYr | dYi]·Xexpᵀ`.
+//! Channel mixing per bin is real GEMMs on the expanded operands:
+//! `[Yr | Yi] = Gr·[Xr | Xi] + Gi·[−Xi | Xr]`; `[dXr | dXi] = Grᵀ·[dYr | dYi] + Giᵀ·[dYi | −dYr]`;
+//! `[dGr | dGi] = [dYr | dYi]·[[Xr, Xi], [−Xi, Xr]]ᵀ` (the sum over the batch is inside the
+//! GEMM).
 //!
 //! # Determinism
 //! Every reduction has a fixed order: FFTs per plane, GEMMs per bin (sum over channels and
@@ -522,13 +531,10 @@ pub fn conv2d_forward_fft<T: Float>(
     let (b, cin, cout, nh, np) = (s.batch, s.cin, s.cout, g.nh, g.np());
     let (b2, grs) = (2 * b, 2 * g.n1 * nh * cin);
     with_tls(|big: &mut Big<T>| {
-        let t0 = std::time::Instant::now();
         let xe = take(&mut big.xe, 2 * cin * np * b2);
         spectra(x, cin, lens, s, &g, &pl, false, xe);
-        let t1 = t0.elapsed();
         let gs = take(&mut big.g, 2 * g.n1 * nh * cout * cin);
         weight_spectrum(w, s, &g, &tw, gs);
-        let t2 = t0.elapsed();
         let (xe, gs) = (&*xe, &*gs);
         // ys[f1][co][f2][2B]: per bin [Yr | Yi] = Gr·[Xr | Xi] + Gi·[−Xi | Xr]
         let ys = take(&mut big.ys, np * cout * b2);
