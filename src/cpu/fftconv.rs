@@ -561,17 +561,7 @@ pub fn conv2d_forward_fft<T: Float>(
                     }
                 }
             });
-        let t3 = t0.elapsed();
         inverse(ys, cout, lens, s, &g, &pl, Some(bias), y);
-        if std::env::var("FFTPROF").is_ok() {
-            eprintln!(
-                "PROF {g:?} fft {:?} w {:?} mix {:?} ifft {:?}",
-                t1,
-                t2 - t1,
-                t3 - t2,
-                t0.elapsed() - t3
-            );
-        }
     });
 }
 
