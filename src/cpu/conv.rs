@@ -47,30 +47,47 @@ pub enum ConvAlgo {
     Fft,
 }
 
+/// Parses a `SER_CPU_CONV` value: `direct`, `fft`, or `auto` / empty (= no override).
+pub fn parse_conv_algo(v: &str) -> Result<Option<ConvAlgo>, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "direct" => Ok(Some(ConvAlgo::Direct)),
+        "fft" => Ok(Some(ConvAlgo::Fft)),
+        "auto" | "" => Ok(None),
+        other => Err(format!(
+            "SER_CPU_CONV={other:?} is not direct|fft|auto; using auto"
+        )),
+    }
+}
+
 /// The `SER_CPU_CONV` override: `direct`, `fft` or `auto` (default, [`conv_algo_auto`]).
 /// Read once per process; any other value falls back to `auto` with a one-time warning on
 /// stderr (a speed knob must not abort a run).
 fn conv_override() -> Option<ConvAlgo> {
     static OVERRIDE: std::sync::OnceLock<Option<ConvAlgo>> = std::sync::OnceLock::new();
-    *OVERRIDE.get_or_init(|| match std::env::var("SER_CPU_CONV") {
-        Err(_) => None,
-        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "direct" => Some(ConvAlgo::Direct),
-            "fft" => Some(ConvAlgo::Fft),
-            "auto" | "" => None,
-            other => {
-                eprintln!("warning: SER_CPU_CONV={other:?} is not direct|fft|auto; using auto");
-                None
-            }
-        },
+    *OVERRIDE.get_or_init(|| {
+        let v = std::env::var("SER_CPU_CONV").unwrap_or_default();
+        parse_conv_algo(&v).unwrap_or_else(|e| {
+            eprintln!("warning: {e}");
+            None
+        })
     })
 }
 
-/// The algorithm the shape heuristic picks: FFT where the k×k spatial sum dominates (k ≥ 5)
-/// and there are enough channel pairs for the per-bin mixing GEMMs to be efficient; the
-/// model's stage 1 (one input channel) and the tiny gradient-check shapes stay direct.
+/// The algorithm the cost model picks. Fitted to `fftconv::timing` (f32, B = 16, 2 threads,
+/// 16 shapes with k = 3…9, 1…128 channels; the model picks the faster one in all of them,
+/// forward + backward): the direct conv costs ∝ `cin·cout·k²·M·T`; the FFT conv costs
+/// ∝ `(128·(cin + cout) + 6.5·cin·cout)·N1·N2` in the same units (plane transforms + per-bin
+/// mixing on its `N1 × N2` grid). So the model's stage 1 (1 → 32 channels) and all k = 3
+/// shapes measured stay direct; stages 2 and 3 (k = 7) go to the FFT (2.7× and 4× faster).
 pub fn conv_algo_auto(s: &ConvShape) -> ConvAlgo {
-    if s.k >= 5 && s.cin >= 8 && s.cout >= 8 {
+    if s.k < 3 || s.m == 0 || s.t == 0 {
+        return ConvAlgo::Direct;
+    }
+    let g = super::fftconv::Grid::new(s, s.t);
+    let (ci, co) = (s.cin as f64, s.cout as f64);
+    let direct = ci * co * (s.k * s.k * s.m * s.t) as f64;
+    let fft = (128.0 * (ci + co) + 6.5 * ci * co) * (g.n1 * g.n2) as f64;
+    if direct > fft {
         ConvAlgo::Fft
     } else {
         ConvAlgo::Direct
@@ -614,5 +631,32 @@ mod tests {
             }
             assert!((dbv - want).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn algo_choice_and_override_parsing() {
+        let sh = |cin, cout, k, m, t| ConvShape {
+            batch: 16,
+            cin,
+            cout,
+            k,
+            m,
+            t,
+        };
+        // the model's three stages (measured: direct, FFT, FFT)
+        assert_eq!(conv_algo_auto(&sh(1, 32, 7, 128, 126)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(32, 64, 7, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_auto(&sh(64, 128, 7, 32, 31)), ConvAlgo::Fft);
+        // measured faster direct: few channels, or k = 3; and the gradcheck shapes
+        assert_eq!(conv_algo_auto(&sh(8, 8, 5, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(32, 64, 3, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(2, 3, 7, 6, 9)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(32, 64, 1, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(32, 64, 7, 64, 0)), ConvAlgo::Direct);
+        assert_eq!(parse_conv_algo("fft"), Ok(Some(ConvAlgo::Fft)));
+        assert_eq!(parse_conv_algo(" Direct "), Ok(Some(ConvAlgo::Direct)));
+        assert_eq!(parse_conv_algo("auto"), Ok(None));
+        assert_eq!(parse_conv_algo(""), Ok(None));
+        assert!(parse_conv_algo("fast").is_err());
     }
 }
