@@ -393,18 +393,18 @@ struct Twiddles<T> {
     e2: Vec<T>,
     /// `[(s1,f1)][(di,s)]` (`2N1 × 2k`): real block form of E1, G = A2·Z.
     a2: Vec<T>,
-    /// `[(di,s)][(f1,s1)]` (`2k × 2N1`): real block form of conj(E1)ᵀ for dw.
-    a3: Vec<T>,
-    /// `[s][f2][dj]`: E2 parts × c_f2/(N1·N2) for dw (c = 1 at DC and Nyquist, 2 elsewhere:
-    /// the half spectrum stands for the full one).
-    e2w: Vec<T>,
+    /// `[(s,dj)][(s1,f2)]` (`2k × 2NH`): real block form of `(c_f2/N)·conj(E2)ᵀ` for dw
+    /// (c = 1 at DC and Nyquist, 2 elsewhere: the half spectrum stands for the full one).
+    b2q: Vec<T>,
+    /// `[di][(f1,s)]` (`k × 2N1`): `Re(conj(E1)·q) = E1r·qr + E1i·qi` for dw.
+    e1q: Vec<T>,
 }
 
 fn twiddles<T: Float>(g: &Grid, k: usize) -> Twiddles<T> {
     let p = k / 2;
     let (n1, nh) = (g.n1, g.nh);
     let mut e2 = vec![T::zero(); 2 * nh * k];
-    let mut e2w = vec![T::zero(); 2 * nh * k];
+    let mut b2q = vec![T::zero(); 4 * k * nh];
     let inv_n = 1.0 / (g.n1 * g.n2) as f64;
     for dj in 0..k {
         for f2 in 0..nh {
@@ -412,15 +412,21 @@ fn twiddles<T: Float>(g: &Grid, k: usize) -> Twiddles<T> {
             e2[f2 * k + dj] = T::cst(c);
             e2[(nh + f2) * k + dj] = T::cst(s);
             let wt = if f2 == 0 || 2 * f2 == g.n2 { 1.0 } else { 2.0 } * inv_n;
-            e2w[f2 * k + dj] = T::cst(c * wt);
-            e2w[(nh + f2) * k + dj] = T::cst(s * wt);
+            // q = Σ conj(E2)·dG: qr = E2r·dGr + E2i·dGi, qi = E2r·dGi − E2i·dGr
+            let (r0, r1) = (dj * 2 * nh, (k + dj) * 2 * nh);
+            b2q[r0 + f2] = T::cst(c * wt);
+            b2q[r0 + nh + f2] = T::cst(s * wt);
+            b2q[r1 + f2] = T::cst(-s * wt);
+            b2q[r1 + nh + f2] = T::cst(c * wt);
         }
     }
     let mut a2 = vec![T::zero(); 4 * n1 * k];
-    let mut a3 = vec![T::zero(); 4 * k * n1];
+    let mut e1q = vec![T::zero(); 2 * k * n1];
     for f1 in 0..n1 {
         for di in 0..k {
             let (c, s) = twiddle(f1, di, p, n1);
+            e1q[di * 2 * n1 + 2 * f1] = T::cst(c);
+            e1q[di * 2 * n1 + 2 * f1 + 1] = T::cst(s);
             let (c, s) = (T::cst(c), T::cst(s));
             // G = E1·Z: Gr = E1r·Zr − E1i·Zi, Gi = E1i·Zr + E1r·Zi
             let r0 = f1 * 2 * k;
@@ -429,16 +435,9 @@ fn twiddles<T: Float>(g: &Grid, k: usize) -> Twiddles<T> {
             a2[r0 + 2 * di + 1] = -s;
             a2[r1 + 2 * di] = s;
             a2[r1 + 2 * di + 1] = c;
-            // H = conj(E1)ᵀ·dG: Hr = E1r·dGr + E1i·dGi, Hi = E1r·dGi − E1i·dGr
-            let q0 = 2 * di * 2 * n1;
-            let q1 = (2 * di + 1) * 2 * n1;
-            a3[q0 + 2 * f1] = c;
-            a3[q0 + 2 * f1 + 1] = s;
-            a3[q1 + 2 * f1] = -s;
-            a3[q1 + 2 * f1 + 1] = c;
         }
     }
-    Twiddles { e2, a2, a3, e2w }
+    Twiddles { e2, a2, b2q, e1q }
 }
 
 /// Weight spectrum `g` (`[co][s][f1][f2][ci]`) of w (`[cout][cin][k][k]`), per output
@@ -625,12 +624,18 @@ pub fn conv2d_backward_fft<T: Float>(
         } else {
             &[]
         };
-        let dg = take(&mut big.dg, n1 * 2 * pw * nh);
+        // q[f1][s][dj][co][ci] = Σ_f2 (c_f2/N)·conj(E2[f2][dj])·dG[f1][f2] (s: re / im): the
+        // time lags of dG per mel bin. dG itself is only ever held one f1 row at a time (in
+        // cache), never whole (N1·NH·P complex).
+        let q = take(&mut big.dg, n1 * 2 * k * pw);
+        // dxs[f1][ci][f2][2B]
         let dxs = take(&mut big.ys, if dx.is_some() { np * cin * b2 } else { 0 });
         let (xe, dye) = (&*xe, &*dye);
-        let mix = |f1: usize, dgb: &mut [T], mut dxb: Option<&mut [T]>| {
+        let mix = |f1: usize, qb: &mut [T], mut dxb: Option<&mut [T]>| {
             with_tls(|wk: &mut Work<T>| {
                 let c = take(&mut wk.c, 2 * cout * cin);
+                // this f1 row of dG: dgb[(s,f2)][(co,ci)]
+                let dgb = take(&mut wk.z, 2 * nh * pw);
                 for f2 in 0..nh {
                     let bin = (f1 * nh + f2) * b2;
                     if let Some(dxb) = dxb.as_deref_mut() {
@@ -669,74 +674,78 @@ pub fn conv2d_backward_fft<T: Float>(
                         np * b2,
                         false,
                     );
-                    for co in 0..cout {
-                        for sp in 0..2 {
-                            dgb[((sp * cout + co) * nh + f2) * cin..][..cin]
-                                .copy_from_slice(&c[(2 * co + sp) * cin..][..cin]);
+                    for sp in 0..2 {
+                        let dst = &mut dgb[(sp * nh + f2) * pw..][..pw];
+                        let src = c.chunks_exact(cin).skip(sp).step_by(2);
+                        for (d, s) in dst.chunks_exact_mut(cin).zip(src) {
+                            d.copy_from_slice(s);
                         }
                     }
                 }
+                // qb[(s,dj)][(co,ci)] = Σ_(s1,f2) B2[(s,dj)][(s1,f2)]·dgb[(s1,f2)][(co,ci)]
+                gemm(
+                    2 * k,
+                    pw,
+                    2 * nh,
+                    qb,
+                    pw,
+                    false,
+                    &tw.b2q,
+                    2 * nh,
+                    1,
+                    dgb,
+                    pw,
+                    1,
+                    false,
+                );
             })
         };
-        // dg[f1][s][co][f2][ci], dxs[f1][ci][f2][2B]
         if dx.is_some() {
-            dg.par_chunks_mut(2 * pw * nh)
+            q.par_chunks_mut(2 * k * pw)
                 .zip(dxs.par_chunks_mut(nh * cin * b2))
                 .enumerate()
-                .for_each(|(f1, (dgb, dxb))| mix(f1, dgb, Some(dxb)));
+                .for_each(|(f1, (qb, dxb))| mix(f1, qb, Some(dxb)));
         } else {
-            dg.par_chunks_mut(2 * pw * nh)
+            q.par_chunks_mut(2 * k * pw)
                 .enumerate()
-                .for_each(|(f1, dgb)| mix(f1, dgb, None));
+                .for_each(|(f1, qb)| mix(f1, qb, None));
         }
         if let Some(dx) = dx {
             inverse(dxs, cin, lens, s, &g, &pl, None, dx);
         }
-        // dw[co] += lags of Σ_f dG: H = conj(E1)ᵀ·dG over f1, then Re(conj(E2)·H) over f2.
-        let dg = &*dg;
+        // dw[co][ci][di][dj] += Σ_f1 Re(conj(E1[f1][di])·q[f1][dj]), per dj as a GEMM
+        // lags[dj][di][(co,ci)] over (f1, s), then added in a fixed order.
+        let q = &*q;
+        let lags: Vec<Vec<T>> = (0..k)
+            .into_par_iter()
+            .map(|dj| {
+                let mut out = vec![T::zero(); k * pw];
+                gemm(
+                    k,
+                    pw,
+                    2 * n1,
+                    &mut out,
+                    pw,
+                    false,
+                    &tw.e1q,
+                    2 * n1,
+                    1,
+                    &q[dj * pw..],
+                    k * pw,
+                    1,
+                    false,
+                );
+                out
+            })
+            .collect();
         let kk = k * k;
-        dw.par_chunks_mut(cin * kk)
-            .enumerate()
-            .for_each(|(co, dwc)| {
-                with_tls(|wk: &mut Work<T>| {
-                    // h[(di,s)][f2][ci]
-                    let h = take(&mut wk.z, 2 * k * nh * cin);
-                    gemm(
-                        2 * k,
-                        nh * cin,
-                        2 * n1,
-                        h,
-                        nh * cin,
-                        false,
-                        &tw.a3,
-                        2 * n1,
-                        1,
-                        &dg[co * nh * cin..],
-                        pw * nh,
-                        1,
-                        false,
-                    );
-                    for di in 0..k {
-                        for sp in 0..2 {
-                            gemm(
-                                cin,
-                                k,
-                                nh,
-                                &mut dwc[di * k..],
-                                kk,
-                                true,
-                                &h[(2 * di + sp) * nh * cin..],
-                                1,
-                                cin,
-                                &tw.e2w[sp * nh * k..],
-                                k,
-                                1,
-                                false,
-                            );
-                        }
-                    }
-                })
-            });
+        for (p, dwp) in dw.chunks_exact_mut(kk).enumerate() {
+            for di in 0..k {
+                for (dj, l) in lags.iter().enumerate() {
+                    dwp[di * k + dj] = dwp[di * k + dj] + l[di * pw + p];
+                }
+            }
+        }
     });
 }
 
