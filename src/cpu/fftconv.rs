@@ -39,6 +39,7 @@
 //!   at once to the k time lags `q[f1][s][dj][co][ci] = Σ_f2 (c_f2/N)·conj(E2[f2][dj])·dG`
 //!   (one GEMM; `q` is `2k/NH`× smaller than dG); then `dw[..][di][dj] += Σ_f1
 //!   Re(conj(E1[f1][di])·q[f1][dj])`, one GEMM per dj, added in a fixed order.
+//!
 //! Those buffers live in a per-thread cache on the calling thread (they grow to the largest
 //! stage and are reused: no page faults on repeated calls).
 //!
@@ -288,8 +289,8 @@ fn spectra<T: Float>(
         .enumerate()
         .for_each(|(ch, (e0, e1))| {
             with_tls(|w: &mut Work<T>| {
-                for bi in 0..b {
-                    let l = lens[bi].min(s.t);
+                for (bi, &len) in lens[..b].iter().enumerate() {
+                    let l = len.min(s.t);
                     let plane = bi * c + ch;
                     fft_plane(&x[plane * ps..(plane + 1) * ps], s, l, g, pl, w);
                     for f1 in 0..n1 {
@@ -886,10 +887,10 @@ mod tests {
             for even in [false, true] {
                 let m = fft_size(n, even);
                 assert!(
-                    m >= n && is_smooth(m) && (!even || m % 2 == 0),
+                    m >= n && is_smooth(m) && (!even || m.is_multiple_of(2)),
                     "{n} -> {m}"
                 );
-                assert!((n..m).all(|j| !(is_smooth(j) && (!even || j % 2 == 0))));
+                assert!((n..m).all(|j| !(is_smooth(j) && (!even || j.is_multiple_of(2)))));
             }
         }
     }
