@@ -38,6 +38,104 @@ impl ConvShape {
     }
 }
 
+/// How a convolution is computed: both give the same results up to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// im2col + GEMM ([`conv2d_forward_direct`], [`conv2d_backward_direct`]).
+    Direct,
+    /// Whole-plane FFTs and per-bin channel mixing ([`super::fftconv`]).
+    Fft,
+}
+
+/// Parses a `SER_CPU_CONV` value: `direct`, `fft`, or `auto` / empty (= no override).
+pub fn parse_conv_algo(v: &str) -> Result<Option<ConvAlgo>, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "direct" => Ok(Some(ConvAlgo::Direct)),
+        "fft" => Ok(Some(ConvAlgo::Fft)),
+        "auto" | "" => Ok(None),
+        other => Err(format!(
+            "SER_CPU_CONV={other:?} is not direct|fft|auto; using auto"
+        )),
+    }
+}
+
+/// The `SER_CPU_CONV` override: `direct`, `fft` or `auto` (default, [`conv_algo_auto`]).
+/// Read once per process; any other value falls back to `auto` with a one-time warning on
+/// stderr (a speed knob must not abort a run).
+fn conv_override() -> Option<ConvAlgo> {
+    static OVERRIDE: std::sync::OnceLock<Option<ConvAlgo>> = std::sync::OnceLock::new();
+    *OVERRIDE.get_or_init(|| {
+        let v = std::env::var("SER_CPU_CONV").unwrap_or_default();
+        parse_conv_algo(&v).unwrap_or_else(|e| {
+            eprintln!("warning: {e}");
+            None
+        })
+    })
+}
+
+/// The algorithm the cost model picks. Fitted to `fftconv::timing` (f32, B = 16, 2 threads,
+/// 16 shapes with k = 3…9, 1…128 channels; the model picks the faster one, forward +
+/// backward, in all of them, two near-ties aside): the direct conv costs ∝ `cin·cout·k²·M·T`;
+/// the FFT conv costs ∝ `(80·(cin + cout) + 6.5·cin·cout)·N1·N2` in the same units (plane
+/// transforms + per-bin mixing on its `N1 × N2` grid). So the model's stage 1 (1 → 32
+/// channels) and all k = 3 shapes measured stay direct; stages 2 and 3 (k = 7) go to the FFT
+/// (measured 3.1× / 3.5× faster forward and backward at stage 2, 3.9× / 4.4× at stage 3).
+pub fn conv_algo_auto(s: &ConvShape) -> ConvAlgo {
+    if s.k < 3 || s.m == 0 || s.t == 0 {
+        return ConvAlgo::Direct;
+    }
+    let g = super::fftconv::Grid::new(s, s.t);
+    let (ci, co) = (s.cin as f64, s.cout as f64);
+    let direct = ci * co * (s.k * s.k * s.m * s.t) as f64;
+    let fft = (80.0 * (ci + co) + 6.5 * ci * co) * (g.n1 * g.n2) as f64;
+    if direct > fft {
+        ConvAlgo::Fft
+    } else {
+        ConvAlgo::Direct
+    }
+}
+
+/// The algorithm [`conv2d_forward`] / [`conv2d_backward`] use for `s`: the `SER_CPU_CONV`
+/// override if set, else [`conv_algo_auto`].
+pub fn conv_algo(s: &ConvShape) -> ConvAlgo {
+    conv_override().unwrap_or_else(|| conv_algo_auto(s))
+}
+
+/// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere; dispatches on
+/// [`conv_algo`].
+pub fn conv2d_forward<T: Float>(
+    x: &[T],
+    w: &[T],
+    bias: &[T],
+    lens: &[usize],
+    s: &ConvShape,
+    y: &mut [T],
+) {
+    match conv_algo(s) {
+        ConvAlgo::Direct => conv2d_forward_direct(x, w, bias, lens, s, y),
+        ConvAlgo::Fft => super::fftconv::conv2d_forward_fft(x, w, bias, lens, s, y),
+    }
+}
+
+/// Backward of [`conv2d_forward`]: dw and db ACCUMULATE; dx (if given) is overwritten (zero at
+/// t ≥ lens[b]); dy at t ≥ lens[b] is ignored. Dispatches on [`conv_algo`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Float>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    lens: &[usize],
+    s: &ConvShape,
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: &mut [T],
+) {
+    match conv_algo(s) {
+        ConvAlgo::Direct => conv2d_backward_direct(x, w, dy, lens, s, dx, dw, db),
+        ConvAlgo::Fft => super::fftconv::conv2d_backward_fft(x, w, dy, lens, s, dx, dw, db),
+    }
+}
+
 /// Clips per rayon job: about two jobs per thread (balance vs. scratch reuse).
 fn min_len(batch: usize) -> usize {
     (batch / (2 * rayon::current_num_threads())).max(1)
@@ -188,8 +286,9 @@ fn col2im<T: Float>(cols: &[T], s: &ConvShape, l: usize, m0: usize, m1: usize, d
     }
 }
 
-/// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere.
-pub fn conv2d_forward<T: Float>(
+/// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere (direct: im2col + GEMM;
+/// the oracle for [`super::fftconv`]).
+pub fn conv2d_forward_direct<T: Float>(
     x: &[T],
     w: &[T],
     bias: &[T],
@@ -261,9 +360,9 @@ pub fn conv2d_forward<T: Float>(
 }
 
 /// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ lens[b]).
-/// dy at t ≥ lens[b] is ignored.
+/// dy at t ≥ lens[b] is ignored. Direct (im2col + GEMM); the oracle for [`super::fftconv`].
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward<T: Float>(
+pub fn conv2d_backward_direct<T: Float>(
     x: &[T],
     w: &[T],
     dy: &[T],
@@ -428,7 +527,7 @@ mod tests {
             let w = rand(s.w_len(), 2);
             let bias = rand(4, 3);
             let mut y = vec![f64::NAN; s.y_len()];
-            conv2d_forward(&x, &w, &bias, &lens, &s, &mut y);
+            conv2d_forward_direct(&x, &w, &bias, &lens, &s, &mut y);
             let want = naive(&x, &w, &bias, &lens, &s);
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-12, "{a} vs {b}");
@@ -461,7 +560,7 @@ mod tests {
         let w = rand(s.w_len(), 12);
         let bias = rand(3, 13);
         let mut y = vec![f64::NAN; s.y_len()];
-        conv2d_forward(&x, &w, &bias, &lens, &s, &mut y);
+        conv2d_forward_direct(&x, &w, &bias, &lens, &s, &mut y);
         let want = naive(&x, &w, &bias, &lens, &s);
         for (a, b) in y.iter().zip(&want) {
             // sums of 400 products of values in [-1, 1]: rounding ≪ 1e-11
@@ -471,7 +570,7 @@ mod tests {
         let mut dx = vec![f64::NAN; s.x_len()];
         let mut dw = vec![0.0; s.w_len()];
         let mut db = vec![0.0; 3];
-        conv2d_backward(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
+        conv2d_backward_direct(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
         let zero_b = vec![0.0; 3];
         let y0 = naive(&x, &w, &zero_b, &lens, &s);
         let lhs: f64 = y0.iter().zip(&dy).map(|(a, b)| a * b).sum();
@@ -509,11 +608,11 @@ mod tests {
         let mut dx = vec![0.0; s.x_len()];
         let mut dw = vec![0.0; s.w_len()];
         let mut db = vec![0.0; 3];
-        conv2d_backward(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
+        conv2d_backward_direct(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db);
         let zero_b = vec![0.0; 3];
         // linear in x: <dy, conv(x)> = <dx, x>; linear in w: <dy, conv_w(x)> = <dw, w>
         let mut y = vec![0.0; s.y_len()];
-        conv2d_forward(&x, &w, &zero_b, &lens, &s, &mut y);
+        conv2d_forward_direct(&x, &w, &zero_b, &lens, &s, &mut y);
         let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
         let rx: f64 = dx.iter().zip(&x).map(|(a, b)| a * b).sum();
         let rw: f64 = dw.iter().zip(&w).map(|(a, b)| a * b).sum();
@@ -533,5 +632,38 @@ mod tests {
             }
             assert!((dbv - want).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn algo_choice_and_override_parsing() {
+        let sh = |cin, cout, k, m, t| ConvShape {
+            batch: 16,
+            cin,
+            cout,
+            k,
+            m,
+            t,
+        };
+        // the model's three stages (measured: direct, FFT, FFT)
+        assert_eq!(conv_algo_auto(&sh(1, 32, 7, 128, 126)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(32, 64, 7, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_auto(&sh(64, 128, 7, 32, 31)), ConvAlgo::Fft);
+        // measured faster direct: few channels, or k = 3; and the gradcheck shapes
+        assert_eq!(conv_algo_auto(&sh(8, 8, 5, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(8, 16, 5, 32, 31)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(16, 16, 3, 64, 63)), ConvAlgo::Direct);
+        // measured faster with the FFT
+        assert_eq!(conv_algo_auto(&sh(4, 8, 7, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_auto(&sh(8, 8, 9, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_auto(&sh(32, 32, 5, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_auto(&sh(32, 64, 3, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(2, 3, 7, 6, 9)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(32, 64, 1, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_auto(&sh(32, 64, 7, 64, 0)), ConvAlgo::Direct);
+        assert_eq!(parse_conv_algo("fft"), Ok(Some(ConvAlgo::Fft)));
+        assert_eq!(parse_conv_algo(" Direct "), Ok(Some(ConvAlgo::Direct)));
+        assert_eq!(parse_conv_algo("auto"), Ok(None));
+        assert_eq!(parse_conv_algo(""), Ok(None));
+        assert!(parse_conv_algo("fast").is_err());
     }
 }

@@ -16,6 +16,7 @@ pub mod batchnorm;
 pub mod bench;
 pub mod conv;
 pub mod dropout;
+pub mod fftconv;
 pub mod gradcheck;
 pub mod linear;
 pub mod loss;
@@ -31,7 +32,15 @@ use std::fmt::Debug;
 
 /// The scalar types the reference runs in: f32 and f64.
 pub trait Float:
-    num_traits::Float + Send + Sync + Copy + Default + Debug + std::iter::Sum + 'static
+    num_traits::Float
+    + rustfft::FftNum
+    + Send
+    + Sync
+    + Copy
+    + Default
+    + Debug
+    + std::iter::Sum
+    + 'static
 {
     fn cst(x: f64) -> Self;
     fn as_f64(self) -> f64;
