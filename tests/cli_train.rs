@@ -159,9 +159,13 @@ fn cross_validation_reports_folds_and_writes_its_files() {
     let d = tempfile::tempdir().unwrap();
     let data = tiny_corpus(d.path());
     let out = d.path().join("cv");
-    ser()
+    // Not quiet (unlike `ser()`): --verbose adds one line per epoch and fold.
+    Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args(["--device", "cpu", "--threads", "2"])
         .args([
             "cv",
+            "--verbose",
             "--folds",
             "3",
             "--epochs",
@@ -176,7 +180,9 @@ fn cross_validation_reports_folds_and_writes_its_files() {
         .assert()
         .success()
         .stdout(contains("fold 3"))
-        .stdout(contains("±"));
+        .stdout(contains("±"))
+        // runs of hours are not silent when stderr is not a terminal
+        .stderr(contains("fold 3 epoch   1  lr"));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("cv.json")).unwrap()).unwrap();
     assert_eq!(report["folds"].as_array().unwrap().len(), 3);

@@ -128,6 +128,9 @@ pub fn run(args: &CvArgs, global: &Global) -> Result<()> {
                 if ev.record.best {
                     best_state = Some(ev.state.clone());
                 }
+                if global.verbose > 0 && !global.quiet {
+                    eprintln!("fold {} {}", k + 1, ev.record.line());
+                }
                 Ok(())
             },
         )?;

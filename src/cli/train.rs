@@ -503,17 +503,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             rd.write_metrics(ev.progress)?;
             rd.save_resume(ev.progress, ev.state)?;
             if !quiet {
-                eprintln!(
-                    "epoch {:>3}  lr {:.1e}  train loss {:.4} acc {:5.1}%  val loss {:.4} acc {:5.1}% macro-F1 {:5.1}%{}",
-                    r.epoch,
-                    r.lr,
-                    r.train_loss,
-                    100.0 * r.train_accuracy,
-                    r.val_loss,
-                    100.0 * r.val_accuracy,
-                    100.0 * r.val_macro_f1,
-                    if r.best { "  *best" } else { "" }
-                );
+                eprintln!("{}", r.line());
             }
             Ok(())
         },

@@ -42,6 +42,23 @@ pub struct EpochRecord {
     pub best: bool,
 }
 
+impl EpochRecord {
+    /// The one-line summary `train` prints per epoch (and `cv --verbose`).
+    pub fn line(&self) -> String {
+        format!(
+            "epoch {:>3}  lr {:.1e}  train loss {:.4} acc {:5.1}%  val loss {:.4} acc {:5.1}% macro-F1 {:5.1}%{}",
+            self.epoch,
+            self.lr,
+            self.train_loss,
+            100.0 * self.train_accuracy,
+            self.val_loss,
+            100.0 * self.val_accuracy,
+            100.0 * self.val_macro_f1,
+            if self.best { "  *best" } else { "" }
+        )
+    }
+}
+
 /// Where the loop stands after an epoch: enough to resume exactly.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FitProgress {
