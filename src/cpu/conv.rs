@@ -7,6 +7,7 @@
 //! only uses frames < 2·floor(len/2) ≤ len). This is what makes a clip's result independent of
 //! the padding.
 
+use super::scratch::{grow, with_thread_scratch};
 use super::{gemm, Float};
 use rayon::prelude::*;
 
@@ -155,38 +156,9 @@ fn chunk_rows<T>(s: &ConvShape, l: usize) -> usize {
     rows.clamp(1, s.m.max(1))
 }
 
-thread_local! {
-    /// Per-thread scratch kept between calls (the im2col chunk and the compacted output /
-    /// gradient of a short clip), so repeated convolutions neither page-fault fresh memory
-    /// in nor zero-fill it. Stored type-erased because the ops are generic over T.
-    static SCRATCH: std::cell::RefCell<Option<Box<dyn std::any::Any>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// (im2col chunk, compacted output / gradient, zero-padded input rows of one clip)
+/// Per-thread scratch: (im2col chunk, compacted output / gradient of a short clip,
+/// zero-padded input rows of one clip).
 type Scratch<T> = (Vec<T>, Vec<T>, Vec<T>);
-
-/// Runs `f` with this thread's scratch buffers (fresh ones if another T holds the slot or a
-/// caller up the stack already has them).
-fn with_scratch<T: Float, R>(f: impl FnOnce(&mut Scratch<T>) -> R) -> R {
-    let mut sc: Scratch<T> = SCRATCH
-        .with(|c| c.borrow_mut().take())
-        .and_then(|b| b.downcast::<Scratch<T>>().ok())
-        .map(|b| *b)
-        .unwrap_or_default();
-    let r = f(&mut sc);
-    SCRATCH.with(|c| *c.borrow_mut() = Some(Box::new(sc)));
-    r
-}
-
-/// Grows `v` to at least `n` elements (new elements zero; existing ones are overwritten by
-/// the caller) and returns its first `n`.
-fn take<T: Float>(v: &mut Vec<T>, n: usize) -> &mut [T] {
-    if v.len() < n {
-        v.resize(n, T::zero());
-    }
-    &mut v[..n]
-}
 
 /// One clip's input rows with `k/2` zeros on both sides of its `l` valid frames:
 /// xp[(ci·M + mi)·(l + 2p) + p + t] = x[ci][mi][t] for t < l, so every im2col segment is a
@@ -194,7 +166,7 @@ fn take<T: Float>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 fn pad_rows<T: Float>(xb: &[T], s: &ConvShape, l: usize, xp: &mut Vec<T>) {
     let p = s.k / 2;
     let lp = l + 2 * p;
-    let xp = take(xp, s.cin * s.m * lp);
+    let xp = grow(xp, s.cin * s.m * lp);
     for (r, dst) in xp.chunks_mut(lp).enumerate() {
         dst[..p].fill(T::zero());
         copy_short(&mut dst[p..p + l], &xb[r * s.t..r * s.t + l]);
@@ -304,18 +276,18 @@ pub fn conv2d_forward_direct<T: Float>(
         .enumerate()
         .with_min_len(min_len(s.batch))
         .for_each(|(b, yb)| {
-            with_scratch(|(cols, out, xp): &mut Scratch<T>| {
+            with_thread_scratch(|(cols, out, xp): &mut Scratch<T>| {
                 let l = lens[b].min(s.t);
                 let ml = s.m * l;
                 pad_rows(&x[b * xs..(b + 1) * xs], s, l, xp);
                 let rows = chunk_rows::<T>(s, l);
                 let full = l == s.t;
                 // Full-length clip: the GEMM output layout `[cout][M·L]` is y's layout.
-                let dst: &mut [T] = if full { yb } else { take(out, s.cout * ml) };
+                let dst: &mut [T] = if full { yb } else { grow(out, s.cout * ml) };
                 for m0 in (0..s.m).step_by(rows) {
                     let m1 = (m0 + rows).min(s.m);
                     let pxc = (m1 - m0) * l;
-                    let c = take(cols, kk * pxc);
+                    let c = grow(cols, kk * pxc);
                     im2col(xp, s, l, m0, m1, c);
                     gemm(
                         s.cout,
@@ -377,7 +349,7 @@ pub fn conv2d_backward_direct<T: Float>(
     let (xs, ys) = (s.cin * s.m * s.t, s.cout * s.m * s.t);
     let kk = s.kk();
     let per_clip = |b: usize, mut dxb: Option<&mut [T]>| -> (Vec<T>, Vec<T>) {
-        with_scratch(|(cols, dbuf, xp): &mut Scratch<T>| {
+        with_thread_scratch(|(cols, dbuf, xp): &mut Scratch<T>| {
             let l = lens[b].min(s.t);
             let ml = s.m * l;
             pad_rows(&x[b * xs..(b + 1) * xs], s, l, xp);
@@ -385,7 +357,7 @@ pub fn conv2d_backward_direct<T: Float>(
             let d: &[T] = if l == s.t {
                 &dy[b * ys..(b + 1) * ys]
             } else {
-                let dbuf = take(dbuf, s.cout * ml);
+                let dbuf = grow(dbuf, s.cout * ml);
                 for co in 0..s.cout {
                     for mo in 0..s.m {
                         let src = &dy[b * ys + (co * s.m + mo) * s.t..][..l];
@@ -405,7 +377,7 @@ pub fn conv2d_backward_direct<T: Float>(
             for m0 in (0..s.m).step_by(rows) {
                 let m1 = (m0 + rows).min(s.m);
                 let pxc = (m1 - m0) * l;
-                let c = take(cols, kk * pxc);
+                let c = grow(cols, kk * pxc);
                 im2col(xp, s, l, m0, m1, c);
                 let dc = &d[m0 * l..];
                 // dW_bᵀ[r][co] += Σ_px cols[r][px] · d[co][px] over this chunk's pixels

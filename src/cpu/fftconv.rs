@@ -61,13 +61,13 @@
 //! than with the direct conv; the tests bound 1e-12 (f64) and 2e-6 (f32) relative norm.
 
 use super::conv::ConvShape;
+use super::scratch::{grow, with_thread_scratch};
 use super::{gemm, Float};
 use rayon::prelude::*;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 use std::any::{Any, TypeId};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -154,33 +154,6 @@ fn plans<T: Float>(g: &Grid) -> Plans<T> {
     p
 }
 
-thread_local! {
-    /// Per-thread buffers kept between calls (keyed by type), so repeated convolutions do
-    /// not page-fault fresh memory in.
-    static TLS: RefCell<HashMap<TypeId, Box<dyn Any>>> = RefCell::new(HashMap::new());
-}
-
-/// Runs `f` with this thread's `S` (a fresh one if a caller up the stack holds it).
-fn with_tls<S: Default + 'static, R>(f: impl FnOnce(&mut S) -> R) -> R {
-    let key = TypeId::of::<S>();
-    let mut s: S = TLS
-        .with(|c| c.borrow_mut().remove(&key))
-        .and_then(|b| b.downcast::<S>().ok())
-        .map(|b| *b)
-        .unwrap_or_default();
-    let r = f(&mut s);
-    TLS.with(|c| c.borrow_mut().insert(key, Box::new(s)));
-    r
-}
-
-/// Grows `v` to at least `n` elements and returns its first `n` (contents unspecified).
-fn take<V: Clone + Default>(v: &mut Vec<V>, n: usize) -> &mut [V] {
-    if v.len() < n {
-        v.resize(n, V::default());
-    }
-    &mut v[..n]
-}
-
 /// Per-thread scratch of the plane FFTs and the per-bin mixing.
 struct Work<T: Float> {
     row: Vec<T>,
@@ -246,11 +219,11 @@ fn fft_plane<T: Float>(
     w: &mut Work<T>,
 ) {
     let (n1, nh) = (g.n1, g.nh);
-    let row = take(&mut w.row, g.n2);
-    let rspec = take(&mut w.rspec, nh);
+    let row = grow(&mut w.row, g.n2);
+    let rspec = grow(&mut w.rspec, nh);
     // Column-major so each column FFT runs on contiguous data.
-    let col = take(&mut w.col, nh * n1);
-    let fscr = take(&mut w.fscr, scratch_len(pl));
+    let col = grow(&mut w.col, nh * n1);
+    let fscr = grow(&mut w.fscr, scratch_len(pl));
     for m in 0..s.m {
         row[..l].copy_from_slice(&src[m * s.t..m * s.t + l]);
         row[l..].fill(T::zero());
@@ -290,7 +263,7 @@ fn spectra<T: Float>(
         .zip(p1.par_chunks_mut(cs))
         .enumerate()
         .for_each(|(ch, (e0, e1))| {
-            with_tls(|w: &mut Work<T>| {
+            with_thread_scratch(|w: &mut Work<T>| {
                 for (bi, &len) in lens[..b].iter().enumerate() {
                     let l = len.min(s.t);
                     let plane = bi * c + ch;
@@ -348,20 +321,20 @@ fn inverse<T: Float>(
     let scale = T::one() / T::cst((g.n1 * g.n2) as f64);
     groups.into_par_iter().enumerate().for_each(|(ch, group)| {
         let bias = bias.map_or(T::zero(), |v| v[ch]);
-        with_tls(|w: &mut Work<T>| {
+        with_thread_scratch(|w: &mut Work<T>| {
             for (bi, op) in group {
                 let l = lens[bi].min(s.t);
-                let col = take(&mut w.col, nh * n1);
+                let col = grow(&mut w.col, nh * n1);
                 for f1 in 0..n1 {
                     for f2 in 0..nh {
                         let o = ((f1 * c + ch) * nh + f2) * b2 + bi;
                         col[f2 * n1 + f1] = Complex::new(spec[o], spec[o + b]);
                     }
                 }
-                let fscr = take(&mut w.fscr, scratch_len(pl));
+                let fscr = grow(&mut w.fscr, scratch_len(pl));
                 pl.inv.process_with_scratch(col, fscr);
-                let rspec = take(&mut w.rspec, nh);
-                let row = take(&mut w.row, g.n2);
+                let rspec = grow(&mut w.rspec, nh);
+                let row = grow(&mut w.row, g.n2);
                 for m in 0..s.m {
                     let dst = &mut op[m * s.t..(m + 1) * s.t];
                     if l == 0 {
@@ -456,9 +429,9 @@ fn weight_spectrum<T: Float>(w: &[T], s: &ConvShape, g: &Grid, tw: &Twiddles<T>,
     gs.par_chunks_mut(2 * n1 * nh * cin)
         .enumerate()
         .for_each(|(co, gco)| {
-            with_tls(|wk: &mut Work<T>| {
+            with_thread_scratch(|wk: &mut Work<T>| {
                 // Z[(di,s)][f2][ci] = Σ_dj E2_s[f2][dj]·w[co][ci][di][dj]
-                let z = take(&mut wk.z, 2 * k * nh * cin);
+                let z = grow(&mut wk.z, 2 * k * nh * cin);
                 for di in 0..k {
                     for sp in 0..2 {
                         gemm(
@@ -537,14 +510,14 @@ pub fn conv2d_forward_fft<T: Float>(
     let tw = twiddles::<T>(&g, s.k);
     let (b, cin, cout, nh, np) = (s.batch, s.cin, s.cout, g.nh, g.np());
     let (b2, grs) = (2 * b, 2 * g.n1 * nh * cin);
-    with_tls(|big: &mut Big<T>| {
-        let xe = take(&mut big.xe, 2 * cin * np * b2);
+    with_thread_scratch(|big: &mut Big<T>| {
+        let xe = grow(&mut big.xe, 2 * cin * np * b2);
         spectra(x, cin, lens, s, &g, &pl, false, xe);
-        let gs = take(&mut big.g, 2 * g.n1 * nh * cout * cin);
+        let gs = grow(&mut big.g, 2 * g.n1 * nh * cout * cin);
         weight_spectrum(w, s, &g, &tw, gs);
         let (xe, gs) = (&*xe, &*gs);
         // ys[f1][co][f2][2B]: per bin [Yr | Yi] = Gr·[Xr | Xi] + Gi·[−Xi | Xr]
-        let ys = take(&mut big.ys, np * cout * b2);
+        let ys = grow(&mut big.ys, np * cout * b2);
         ys.par_chunks_mut(nh * cout * b2)
             .enumerate()
             .for_each(|(f1, yb)| {
@@ -619,14 +592,14 @@ pub fn conv2d_backward_fft<T: Float>(
     let tw = twiddles::<T>(&g, k);
     let (n1, nh, np) = (g.n1, g.nh, g.np());
     let (pw, b2, grs) = (cout * cin, 2 * b, 2 * n1 * nh * cin);
-    with_tls(|big: &mut Big<T>| {
-        let xe = take(&mut big.xe, 2 * cin * np * b2);
+    with_thread_scratch(|big: &mut Big<T>| {
+        let xe = grow(&mut big.xe, 2 * cin * np * b2);
         spectra(x, cin, lens, s, &g, &pl, false, xe);
         // dY expanded with part 1 = [dYi | −dYr] (the conj(G) product)
-        let dye = take(&mut big.dye, 2 * cout * np * b2);
+        let dye = grow(&mut big.dye, 2 * cout * np * b2);
         spectra(dy, cout, lens, s, &g, &pl, true, dye);
         let gs: &[T] = if dx.is_some() {
-            let gs = take(&mut big.g, 2 * n1 * nh * pw);
+            let gs = grow(&mut big.g, 2 * n1 * nh * pw);
             weight_spectrum(w, s, &g, &tw, gs);
             gs
         } else {
@@ -635,15 +608,15 @@ pub fn conv2d_backward_fft<T: Float>(
         // q[f1][s][dj][co][ci] = Σ_f2 (c_f2/N)·conj(E2[f2][dj])·dG[f1][f2] (s: re / im): the
         // time lags of dG per mel bin. dG itself is only ever held one f1 row at a time (in
         // cache), never whole (N1·NH·P complex).
-        let q = take(&mut big.dg, n1 * 2 * k * pw);
+        let q = grow(&mut big.dg, n1 * 2 * k * pw);
         // dxs[f1][ci][f2][2B]
-        let dxs = take(&mut big.ys, if dx.is_some() { np * cin * b2 } else { 0 });
+        let dxs = grow(&mut big.ys, if dx.is_some() { np * cin * b2 } else { 0 });
         let (xe, dye) = (&*xe, &*dye);
         let mix = |f1: usize, qb: &mut [T], mut dxb: Option<&mut [T]>| {
-            with_tls(|wk: &mut Work<T>| {
-                let c = take(&mut wk.c, 2 * cout * cin);
+            with_thread_scratch(|wk: &mut Work<T>| {
+                let c = grow(&mut wk.c, 2 * cout * cin);
                 // this f1 row of dG: dgb[(s,f2)][(co,ci)]
-                let dgb = take(&mut wk.z, 2 * nh * pw);
+                let dgb = grow(&mut wk.z, 2 * nh * pw);
                 for f2 in 0..nh {
                     let bin = (f1 * nh + f2) * b2;
                     if let Some(dxb) = dxb.as_deref_mut() {

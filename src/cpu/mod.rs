@@ -23,6 +23,7 @@ pub mod loss;
 pub mod lstm;
 pub mod model;
 pub mod pool;
+mod scratch;
 
 pub use adam::{clip_grad_norm, Adam};
 pub use loss::cross_entropy;
