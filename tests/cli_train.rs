@@ -306,3 +306,28 @@ fn device_choices_without_a_gpu() {
         .stderr(contains("cuda"))
         .stderr(contains("panicked").not());
 }
+
+#[test]
+fn cpu_bench_reports_rates_and_the_convolution_algorithms() {
+    // Default: the cost model (stage 1 has one input channel: direct).
+    ser()
+        .args([
+            "bench", "train", "--batch", "2", "--frames", "40", "--steps", "1",
+        ])
+        .assert()
+        .success()
+        .stdout(contains("convolutions stage 1 direct, stage 2 "))
+        .stdout(contains("training"))
+        .stdout(contains("inference"));
+    // SER_CPU_CONV overrides it for every stage.
+    ser()
+        .env("SER_CPU_CONV", "fft")
+        .args([
+            "bench", "train", "--batch", "2", "--frames", "40", "--steps", "1",
+        ])
+        .assert()
+        .success()
+        .stdout(contains(
+            "convolutions stage 1 fft, stage 2 fft, stage 3 fft",
+        ));
+}

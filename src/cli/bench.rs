@@ -10,6 +10,7 @@
 use super::train::make_backend;
 use super::Global;
 use crate::cli::DeviceChoice;
+use crate::cpu::conv::{conv_algo, ConvShape};
 use crate::device::profile::{summarize, Summary};
 use crate::model::ModelConfig;
 use crate::rng::{Purpose, Stream};
@@ -167,6 +168,23 @@ fn bench_train(
         "device {}  threads {threads}  batch {b} x {m} mels x {t} frames  kernel {kernel}",
         backend.device()
     );
+    if backend.device() == "cpu" {
+        // Which convolution algorithm each stage used (cost model or SER_CPU_CONV).
+        let algos: Vec<String> = (0..3)
+            .map(|s| {
+                let sh = ConvShape {
+                    batch: b,
+                    cin: model.stage_in(s),
+                    cout: model.channels[s],
+                    k: kernel,
+                    m: m >> s,
+                    t: t >> s,
+                };
+                format!("stage {} {}", s + 1, conv_algo(&sh).name())
+            })
+            .collect();
+        println!("convolutions {}", algos.join(", "));
+    }
     println!(
         "training   {train_rate:8.1} samples/s  ({:.1} ms/step)",
         1e3 * train_s / steps as f64

@@ -48,6 +48,16 @@ pub enum ConvAlgo {
     Fft,
 }
 
+impl ConvAlgo {
+    /// The `SER_CPU_CONV` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgo::Direct => "direct",
+            ConvAlgo::Fft => "fft",
+        }
+    }
+}
+
 /// Parses a `SER_CPU_CONV` value: `direct`, `fft`, or `auto` / empty (= no override).
 pub fn parse_conv_algo(v: &str) -> Result<Option<ConvAlgo>, String> {
     match v.trim().to_ascii_lowercase().as_str() {
