@@ -10,7 +10,7 @@
 use super::train::make_backend;
 use super::Global;
 use crate::cli::DeviceChoice;
-use crate::cpu::conv::{conv_algo, ConvShape};
+use crate::cpu::conv::conv_algo;
 use crate::device::profile::{summarize, Summary};
 use crate::model::ModelConfig;
 use crate::rng::{Purpose, Stream};
@@ -170,18 +170,10 @@ fn bench_train(
     );
     if backend.device() == "cpu" {
         // Which convolution algorithm each stage used (cost model or SER_CPU_CONV).
-        let algos: Vec<String> = (0..3)
-            .map(|s| {
-                let sh = ConvShape {
-                    batch: b,
-                    cin: model.stage_in(s),
-                    cout: model.channels[s],
-                    k: kernel,
-                    m: m >> s,
-                    t: t >> s,
-                };
-                format!("stage {} {}", s + 1, conv_algo(&sh).name())
-            })
+        let algos: Vec<String> = crate::cpu::model::conv_shapes(&model, b, t)
+            .iter()
+            .enumerate()
+            .map(|(s, sh)| format!("stage {} {}", s + 1, conv_algo(sh).name()))
             .collect();
         println!("convolutions {}", algos.join(", "));
     }

@@ -168,31 +168,22 @@ impl<T: Float> CpuModel<T> {
         let eps = T::cst(BN_EPS);
         // Conv stages.
         let mut cur = x.x.to_vec();
-        let (mut m, mut t) = (cfg.n_mels, x.t_max);
         let mut stages = Vec::with_capacity(3);
-        for s in 0..3 {
-            let sh = ConvShape {
-                batch: bsz,
-                cin: cfg.stage_in(s),
-                cout: cfg.channels[s],
-                k: cfg.kernel,
-                m,
-                t,
-            };
-            let c = sh.cout;
+        for (s, sh) in conv_shapes(&cfg, bsz, x.t_max).into_iter().enumerate() {
+            let (c, m, t) = (sh.cout, sh.m, sh.t);
             let name = |w: &str| format!("{w}{}", s + 1);
             // Conv output `[B][cout][M][T]`: fresh when kept for backward, else the model's
             // reused buffer (its first `y_len` values; no zero fill, no page faults).
+            let ny = sh.y_len();
             let mut conv = if keep {
-                vec![T::zero(); sh.y_len()]
+                vec![T::zero(); ny]
             } else {
                 let mut v = std::mem::take(&mut self.conv_scratch);
-                if v.len() < sh.y_len() {
-                    v.resize(sh.y_len(), T::zero());
+                if v.len() < ny {
+                    v.resize(ny, T::zero());
                 }
                 v
             };
-            let ny = sh.y_len();
             conv2d_forward(
                 &cur,
                 self.p(&(name("conv") + ".weight")),
@@ -204,7 +195,7 @@ impl<T: Float> CpuModel<T> {
             let (mo, to) = (m / 2, t / 2);
             // The ReLU output is only needed by backward (and as the buffer of the no-BN path).
             let mut act = if keep || !cfg.batchnorm {
-                vec![T::zero(); sh.y_len()]
+                vec![T::zero(); ny]
             } else {
                 Vec::new()
             };
@@ -260,8 +251,6 @@ impl<T: Float> CpuModel<T> {
             if !keep {
                 self.conv_scratch = conv;
                 cur = pooled;
-                m = mo;
-                t = to;
                 continue;
             }
             stages.push(StageCache {
@@ -273,10 +262,9 @@ impl<T: Float> CpuModel<T> {
                 mask: mk,
                 shape: sh,
             });
-            m = mo;
-            t = to;
         }
         let stage3 = cur;
+        let (m, t) = (cfg.n_mels >> 3, x.t_max >> 3);
         // Frames: h[b][t][c·M3 + m] = stage3[b][c][m][t].
         let (c3, t3, fin) = (cfg.channels[2], t, cfg.fc_in());
         let mut frames = vec![T::zero(); bsz * t3 * fin];
@@ -578,6 +566,19 @@ impl<T: Float> CpuModel<T> {
         }
         self.grads = grads;
     }
+}
+
+/// The three conv stages' shapes for a batch of `batch` clips padded to `t_max` frames
+/// (each 2×2 pool halves mels and frames, rounding down).
+pub fn conv_shapes(cfg: &ModelConfig, batch: usize, t_max: usize) -> [ConvShape; 3] {
+    std::array::from_fn(|s| ConvShape {
+        batch,
+        cin: cfg.stage_in(s),
+        cout: cfg.channels[s],
+        k: cfg.kernel,
+        m: cfg.n_mels >> s,
+        t: t_max >> s,
+    })
 }
 
 /// Frees a large temporary early (makes the intent explicit).
