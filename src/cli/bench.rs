@@ -7,13 +7,13 @@
 //!   step's totals, so the fraction of a GPU's roofline can be read off. On sim the times are
 //!   the host emulation's, not GPU times; FLOP and bytes are the device's all the same.
 
-use super::train::make_backend;
 use super::Global;
-use crate::cli::DeviceChoice;
 use crate::cpu::conv::conv_algo;
 use crate::device::profile::{summarize, Summary};
+use crate::device::DeviceChoice;
 use crate::model::ModelConfig;
 use crate::rng::{Purpose, Stream};
+use crate::train::backend::make_backend;
 use crate::train::backend::OptimConfig;
 use crate::train::data::Batch;
 use anyhow::{ensure, Result};

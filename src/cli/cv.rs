@@ -2,10 +2,12 @@
 //! speaker-independent folds; per-fold and mean ± std accuracy, micro-F1 and macro-F1, the
 //! summed confusion matrix, cv.json and two PNGs in the run folder.
 
-use super::train::{load_dataset, make_backend, TrainOpts};
 use super::Global;
+use crate::train::backend::make_backend;
+use crate::train::data::load_dataset;
 use crate::train::fit::{evaluate, fit, EpochRecord, Evaluation, FitProgress};
 use crate::train::metrics::{mean_std, Confusion, Scores};
+use crate::train::options::TrainOpts;
 use crate::train::plot::{confusion_png, line_chart_png, Series, PALETTE};
 use crate::train::run::atomic_write;
 use crate::train::split::{complement, speaker_kfold, stratified_kfold, stratified_split};
@@ -67,7 +69,7 @@ pub fn run(args: &CvArgs, global: &Global) -> Result<()> {
         opts.label_regex.as_deref(),
         opts.sample_rate,
         &opts.mel(),
-        global,
+        global.quiet,
     )?;
     let n = data.clips.len();
     let all: Vec<usize> = (0..n).collect();

@@ -1,10 +1,11 @@
 //! `ser-engine eval`: a trained model's metrics and confusion matrix on a labelled corpus.
 
-use super::train::{load_dataset, load_run};
 use super::Global;
 use crate::audio::corpus::CorpusFormat;
+use crate::train::data::load_dataset;
 use crate::train::fit::evaluate;
 use crate::train::plot::confusion_png;
+use crate::train::run::load_run;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -36,7 +37,7 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
         args.label_regex.as_deref(),
         Some(cfg.sample_rate),
         &cfg.mel,
-        global,
+        global.quiet,
     )?;
     // Map the corpus's labels onto the model's classes.
     let mut map = Vec::new();

@@ -9,7 +9,7 @@
 //! and the command then exits non-zero.
 
 use crate::audio::load_audio;
-use crate::cli::DeviceChoice;
+use crate::device::DeviceChoice;
 use crate::device::{Device, Selected};
 use crate::engine::frontend::DeviceFrontEnd;
 use crate::features::{npy, png, try_log_mel, LogMel, MelConfig};

@@ -10,21 +10,8 @@ pub mod predict;
 pub mod synth;
 pub mod train;
 
-use clap::{Args, ValueEnum};
-
-/// Which device runs the work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
-pub enum DeviceChoice {
-    /// cuda when a GPU and the compiled kernels are both present, else cpu
-    #[default]
-    Auto,
-    /// the Rust reference implementation
-    Cpu,
-    /// NVIDIA GPU through cudarc (driver loaded at run time)
-    Cuda,
-    /// the CUDA kernels executed on the host by the simulator (slow; for tests)
-    Sim,
-}
+pub use crate::device::DeviceChoice;
+use clap::Args;
 
 /// Options every subcommand takes.
 #[derive(Clone, Debug, Args)]

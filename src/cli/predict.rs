@@ -1,11 +1,11 @@
 //! `ser-engine predict`: each file's predicted emotion and class probabilities.
 
-use super::train::load_run;
 use super::Global;
 use crate::audio::load_audio;
 use crate::features::try_log_mel;
 use crate::train::backend::{argmax, softmax};
 use crate::train::data::Batch;
+use crate::train::run::load_run;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;

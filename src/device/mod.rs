@@ -46,8 +46,6 @@ pub use cuda::CudaDevice;
 pub use kernels::{KernelSig, ParamKind};
 pub use sim::{SimDevice, SimOptions};
 
-use crate::cli::DeviceChoice;
-
 /// Element types a device buffer can hold.
 pub trait Elem:
     Copy
@@ -703,6 +701,20 @@ impl Device {
             ],
         )
     }
+}
+
+/// Which device runs the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum DeviceChoice {
+    /// cuda when a GPU and the compiled kernels are both present, else cpu
+    #[default]
+    Auto,
+    /// the Rust reference implementation
+    Cpu,
+    /// NVIDIA GPU through cudarc (driver loaded at run time)
+    Cuda,
+    /// the CUDA kernels executed on the host by the simulator (slow; for tests)
+    Sim,
 }
 
 /// What `select` chose.

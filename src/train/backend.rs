@@ -2,6 +2,8 @@
 //! and the state a checkpoint or a resumed run needs. The CPU reference implements it here;
 //! the device engine (cuda/sim) implements the same trait.
 
+use crate::device::DeviceChoice;
+use crate::model::ModelConfig;
 use crate::train::data::Batch;
 use anyhow::Result;
 
@@ -84,6 +86,26 @@ pub fn softmax(row: &[f32]) -> Vec<f64> {
     let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
     let s: f64 = e.iter().sum();
     e.into_iter().map(|v| v / s).collect()
+}
+
+/// Makes the training backend for the chosen device.
+pub fn make_backend(
+    device: DeviceChoice,
+    model: &ModelConfig,
+    optim: &OptimConfig,
+    seed: u64,
+) -> Result<Box<dyn Backend>> {
+    use crate::device::{select, Selected};
+    use crate::engine::step::DeviceBackend;
+    use crate::train::cpu_backend::CpuBackend;
+    match device {
+        DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+        // select(Auto) is cuda when a usable GPU is present, else cpu.
+        DeviceChoice::Auto | DeviceChoice::Cuda | DeviceChoice::Sim => match select(device)? {
+            Selected::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+            Selected::Device(dev) => Ok(Box::new(DeviceBackend::new(dev, model, optim, seed)?)),
+        },
+    }
 }
 
 #[cfg(test)]

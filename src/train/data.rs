@@ -1,15 +1,15 @@
 //! In-memory dataset: every clip's waveform and log-Mel (computed once, in parallel), and the
 //! length-bucketed batches the model sees.
 
-use crate::audio::corpus::Corpus;
+use crate::audio::corpus::{load_corpus, Corpus, CorpusFormat, CorpusOptions};
 use crate::audio::load_audio;
 use crate::features::{try_log_mel, MelConfig};
 use crate::rng::Purpose;
 use crate::train::split::shuffle;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Three 2x2 pools need at least 8 frames to leave one.
 pub const MIN_FRAMES: usize = 8;
@@ -210,6 +210,82 @@ pub fn bucketed_batches(
         shuffle(&mut batches, seed, Purpose::Shuffle, 2 * epoch + 1);
     }
     batches
+}
+
+/// Loads the corpus named by the options (the demo corpus when none), checks it can be
+/// trained on, and decodes it into features; warns about and lists files it skips.
+pub fn load_dataset(
+    data: Option<&Path>,
+    format: CorpusFormat,
+    label_regex: Option<&str>,
+    sample_rate: Option<u32>,
+    mel: &MelConfig,
+    quiet: bool,
+) -> Result<(Corpus, Dataset)> {
+    let root = match data {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let dir = crate::audio::synth::ensure_demo_corpus(!quiet)?;
+            if !quiet {
+                eprintln!(
+                    "no --data given: using the demo corpus in {}",
+                    dir.display()
+                );
+            }
+            dir
+        }
+    };
+    let corpus = load_corpus(
+        &root,
+        &CorpusOptions {
+            format,
+            label_regex: label_regex.map(str::to_string),
+        },
+    )?;
+    if !quiet {
+        eprintln!(
+            "corpus {}: {} clips, {} classes, format {:?}",
+            root.display(),
+            corpus.clips.len(),
+            corpus.labels.len(),
+            corpus.format
+        );
+    }
+    if corpus.clips.is_empty() {
+        bail!("{}: the corpus has no readable audio clips", root.display());
+    }
+    if corpus.labels.len() < 2 {
+        bail!(
+            "{}: the corpus has only one class ({}); a classifier needs at least two",
+            root.display(),
+            corpus.labels.join(", ")
+        );
+    }
+    let (rate, mixed) = choose_sample_rate(&corpus, sample_rate)?;
+    if mixed && !quiet {
+        eprintln!(
+            "warning: the corpus mixes sample rates; resampling everything to {rate} Hz \
+             (choose with --sample-rate)"
+        );
+    }
+    mel.validate(rate).with_context(|| {
+        format!(
+            "{}: the feature settings do not fit {rate} Hz audio (resample with --sample-rate, \
+             e.g. 16000)",
+            root.display()
+        )
+    })?;
+    let data = Dataset::load(&corpus, rate, mel, !quiet)?;
+    if !data.skipped.is_empty() {
+        eprintln!(
+            "warning: skipped {} unreadable file(s):",
+            data.skipped.len()
+        );
+        for (p, why) in &data.skipped {
+            eprintln!("  {}: {why}", p.display());
+        }
+    }
+    Ok((corpus, data))
 }
 
 #[cfg(test)]

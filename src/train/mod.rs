@@ -5,6 +5,7 @@ pub mod cpu_backend;
 pub mod data;
 pub mod fit;
 pub mod metrics;
+pub mod options;
 pub mod plot;
 pub mod run;
 pub mod schedule;

@@ -203,3 +203,21 @@ impl RunDir {
         ))
     }
 }
+
+/// Reads a run's config and best weights into a backend ready for evaluation.
+pub fn load_run(
+    dir: &Path,
+    device: crate::device::DeviceChoice,
+) -> Result<(RunConfig, Box<dyn crate::train::backend::Backend>)> {
+    let rd = RunDir::open(dir)?;
+    let cfg = rd.config()?;
+    let (params, buffers) = rd
+        .load_best(&cfg)
+        .with_context(|| format!("{}: cannot load the model", dir.display()))?;
+    let mut backend = crate::train::backend::make_backend(device, &cfg.model, &cfg.optim, 0)?;
+    let mut state = backend.state()?;
+    state.params = params;
+    state.buffers = buffers;
+    backend.set_state(&state)?;
+    Ok((cfg, backend))
+}
