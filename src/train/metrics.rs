@@ -1,5 +1,6 @@
-//! Classification metrics as the paper reports them: accuracy, micro-F1 and macro-F1, from a
-//! confusion matrix.
+//! Classification metrics from a confusion matrix: accuracy (weighted accuracy, WA), micro-F1
+//! and macro-F1 as the paper reports them, and unweighted accuracy (UA, the mean of per-class
+//! recalls) as EmoBox and most SER papers report it.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +14,11 @@ pub struct Confusion {
 /// Summary scores of one evaluation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
+    /// Correct / total (WA).
     pub accuracy: f64,
+    /// Mean recall over the classes present in the truth (UA); older files lack it.
+    #[serde(default)]
+    pub unweighted_accuracy: f64,
     pub micro_f1: f64,
     pub macro_f1: f64,
 }
@@ -60,6 +65,16 @@ impl Confusion {
             .collect()
     }
 
+    /// Per-class recall (correct / support); `None` for a class absent from the truth.
+    pub fn per_class_recall(&self) -> Vec<Option<f64>> {
+        (0..self.classes)
+            .map(|c| {
+                let support: u64 = self.counts[c].iter().sum();
+                (support > 0).then(|| self.counts[c][c] as f64 / support as f64)
+            })
+            .collect()
+    }
+
     pub fn scores(&self) -> Scores {
         let total = self.total() as f64;
         let correct: u64 = (0..self.classes).map(|c| self.counts[c][c]).sum();
@@ -75,8 +90,15 @@ impl Confusion {
         } else {
             f1s.iter().sum::<f64>() / f1s.len() as f64
         };
+        let recalls: Vec<f64> = self.per_class_recall().into_iter().flatten().collect();
+        let unweighted_accuracy = if recalls.is_empty() {
+            0.0
+        } else {
+            recalls.iter().sum::<f64>() / recalls.len() as f64
+        };
         Scores {
             accuracy,
+            unweighted_accuracy,
             micro_f1: accuracy,
             macro_f1,
         }
@@ -139,6 +161,26 @@ mod tests {
         // F1_0 = 2*2/(3+2) = 0.8; F1_1 = 2*1/(2+2) = 0.5; F1_2 = 2*1/(1+2) = 2/3.
         let expected = (0.8 + 0.5 + 2.0 / 3.0) / 3.0;
         assert!((s.macro_f1 - expected).abs() < 1e-15, "{}", s.macro_f1);
+        // recalls 2/3, 1/2, 1/1
+        let ua = (2.0 / 3.0 + 0.5 + 1.0) / 3.0;
+        assert!(
+            (s.unweighted_accuracy - ua).abs() < 1e-15,
+            "{}",
+            s.unweighted_accuracy
+        );
+    }
+
+    #[test]
+    fn ua_ignores_absent_classes_and_differs_from_wa_when_imbalanced() {
+        let mut c = Confusion::new(3);
+        for _ in 0..9 {
+            c.add(0, 0);
+        }
+        c.add(1, 0);
+        let s = c.scores();
+        assert_eq!(s.accuracy, 0.9);
+        assert_eq!(s.unweighted_accuracy, 0.5); // (1 + 0) / 2; class 2 has no support
+        assert_eq!(c.per_class_recall(), vec![Some(1.0), Some(0.0), None]);
     }
 
     #[test]
