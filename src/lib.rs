@@ -4,6 +4,7 @@
 //!
 //! Module map (one obvious place for each thing):
 //! - [`audio`]    decoding, resampling, corpora and their layouts, the synthetic demo corpus
+//! - [`cache`]    the user's cache folder (demo corpus, CPU convolution timings)
 //! - [`features`] STFT + Mel + dB reference front end (librosa-exact)
 //! - [`rng`]      Philox4x32-10, the one random generator shared by CPU and kernels
 //! - [`model`]    model configuration, parameter layout (PyTorch state_dict names), init, checkpoints
@@ -14,6 +15,7 @@
 //! - [`cli`]      one file per subcommand
 
 pub mod audio;
+pub mod cache;
 pub mod cli;
 pub mod cpu;
 pub mod device;

@@ -309,25 +309,63 @@ fn device_choices_without_a_gpu() {
 
 #[test]
 fn cpu_bench_reports_rates_and_the_convolution_algorithms() {
-    // Default: the cost model (stage 1 has one input channel: direct).
-    ser()
-        .args([
+    // Default: each stage timed on this machine (once; the timings are cached in the file).
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("tune.json");
+    let bench = |policy: Option<&str>| {
+        let mut c = ser();
+        c.env("SER_CPU_TUNE_CACHE", &cache);
+        if let Some(p) = policy {
+            c.env("SER_CPU_CONV", p);
+        }
+        c.args([
             "bench", "train", "--batch", "2", "--frames", "40", "--steps", "1",
-        ])
-        .assert()
-        .success()
-        .stdout(contains("convolutions stage 1 direct, stage 2 "))
-        .stdout(contains("training"))
-        .stdout(contains("inference"));
-    // SER_CPU_CONV overrides it for every stage.
-    ser()
-        .env("SER_CPU_CONV", "fft")
-        .args([
-            "bench", "train", "--batch", "2", "--frames", "40", "--steps", "1",
-        ])
+        ]);
+        c
+    };
+    let out = bench(None).assert().success().get_output().stdout.clone();
+    let out = String::from_utf8(out).unwrap();
+    for stage in 1..=3 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("convolution stage {stage} ")))
+            .unwrap_or_else(|| panic!("no stage {stage} line in {out}"));
+        assert!(
+            line.contains("(measured fwd+bwd: direct ") && line.contains(" ms/clip, fft "),
+            "{line}"
+        );
+    }
+    assert!(
+        out.contains("convolution stage 1 (1->32, 128x40): "),
+        "{out}"
+    );
+    assert!(
+        out.contains("training") && out.contains("inference"),
+        "{out}"
+    );
+    let cached = std::fs::read_to_string(&cache).unwrap();
+    assert!(cached.contains("f32 32->64 k7 m64 t<=32"), "{cached}");
+    // The cached timings are reused: the same lines again.
+    let again = bench(None).assert().success().get_output().stdout.clone();
+    let again = String::from_utf8(again).unwrap();
+    let stage_lines = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("convolution stage"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(stage_lines(&out), stage_lines(&again));
+    // SER_CPU_CONV overrides it for every stage; `model` is the fitted cost model.
+    bench(Some("fft"))
         .assert()
         .success()
         .stdout(contains(
-            "convolutions stage 1 fft, stage 2 fft, stage 3 fft",
+            "convolution stage 1 (1->32, 128x40): fft (SER_CPU_CONV)",
+        ))
+        .stdout(contains(
+            "convolution stage 3 (64->128, 32x10): fft (SER_CPU_CONV)",
         ));
+    bench(Some("model")).assert().success().stdout(contains(
+        "convolution stage 1 (1->32, 128x40): direct (cost model)",
+    ));
 }

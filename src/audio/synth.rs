@@ -782,15 +782,10 @@ pub fn write_corpus(dir: &Path, cfg: &SynthConfig, progress: bool) -> Result<()>
 /// `<cache>/ser-engine/demo-v1` with `<cache>` = `$XDG_CACHE_HOME`, or `$HOME/.cache`, or the
 /// system temporary folder.
 pub fn demo_corpus_dir() -> PathBuf {
-    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(d) = nonempty("SER_ENGINE_DEMO_DIR") {
-        return PathBuf::from(d);
+    match std::env::var_os("SER_ENGINE_DEMO_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => crate::cache::user_cache_dir().join("demo-v1"),
     }
-    let cache = nonempty("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    cache.join("ser-engine").join("demo-v1")
 }
 
 /// Makes sure `dir` holds the corpus for `cfg` by this generator version, writing it when

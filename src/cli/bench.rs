@@ -8,7 +8,7 @@
 //!   the host emulation's, not GPU times; FLOP and bytes are the device's all the same.
 
 use super::Global;
-use crate::cpu::conv::conv_algo;
+use crate::cpu::conv::conv_choice;
 use crate::device::profile::{summarize, Summary};
 use crate::device::DeviceChoice;
 use crate::model::ModelConfig;
@@ -169,13 +169,22 @@ fn bench_train(
         backend.device()
     );
     if backend.device() == "cpu" {
-        // Which convolution algorithm each stage used (cost model or SER_CPU_CONV).
-        let algos: Vec<String> = crate::cpu::model::conv_shapes(&model, b, t)
+        // Which convolution algorithm each stage used, and why (timed, cost model or
+        // SER_CPU_CONV).
+        for (s, sh) in crate::cpu::model::conv_shapes(&model, b, t)
             .iter()
             .enumerate()
-            .map(|(s, sh)| format!("stage {} {}", s + 1, conv_algo(sh).name()))
-            .collect();
-        println!("convolutions {}", algos.join(", "));
+        {
+            println!(
+                "convolution stage {} ({}->{}, {}x{}): {}",
+                s + 1,
+                sh.cin,
+                sh.cout,
+                sh.m,
+                sh.t,
+                conv_choice::<f32>(sh).describe()
+            );
+        }
     }
     println!(
         "training   {train_rate:8.1} samples/s  ({:.1} ms/step)",

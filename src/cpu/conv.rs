@@ -40,7 +40,8 @@ impl ConvShape {
 }
 
 /// How a convolution is computed: both give the same results up to rounding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ConvAlgo {
     /// im2col + GEMM ([`conv2d_forward_direct`], [`conv2d_backward_direct`]).
     Direct,
@@ -58,28 +59,40 @@ impl ConvAlgo {
     }
 }
 
-/// Parses a `SER_CPU_CONV` value: `direct`, `fft`, or `auto` / empty (= no override).
-pub fn parse_conv_algo(v: &str) -> Result<Option<ConvAlgo>, String> {
+/// How the algorithm of each convolution is decided (`SER_CPU_CONV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPolicy {
+    /// `direct` or `fft`: always that one.
+    Fixed(ConvAlgo),
+    /// `model`: the cost model [`conv_algo_model`] (fitted on one AMD EPYC Zen 4).
+    Model,
+    /// `measure` / `auto` / unset (default): timed on this machine once per shape and cached
+    /// ([`super::conv_tune`]).
+    Measure,
+}
+
+/// Parses a `SER_CPU_CONV` value: `direct`, `fft`, `model`, or `measure` / `auto` / empty.
+pub fn parse_conv_policy(v: &str) -> Result<ConvPolicy, String> {
     match v.trim().to_ascii_lowercase().as_str() {
-        "direct" => Ok(Some(ConvAlgo::Direct)),
-        "fft" => Ok(Some(ConvAlgo::Fft)),
-        "auto" | "" => Ok(None),
+        "direct" => Ok(ConvPolicy::Fixed(ConvAlgo::Direct)),
+        "fft" => Ok(ConvPolicy::Fixed(ConvAlgo::Fft)),
+        "model" => Ok(ConvPolicy::Model),
+        "measure" | "auto" | "" => Ok(ConvPolicy::Measure),
         other => Err(format!(
-            "SER_CPU_CONV={other:?} is not direct|fft|auto; using auto"
+            "SER_CPU_CONV={other:?} is not direct|fft|model|measure|auto; using measure"
         )),
     }
 }
 
-/// The `SER_CPU_CONV` override: `direct`, `fft` or `auto` (default, [`conv_algo_auto`]).
-/// Read once per process; any other value falls back to `auto` with a one-time warning on
-/// stderr (a speed knob must not abort a run).
-fn conv_override() -> Option<ConvAlgo> {
-    static OVERRIDE: std::sync::OnceLock<Option<ConvAlgo>> = std::sync::OnceLock::new();
-    *OVERRIDE.get_or_init(|| {
+/// The `SER_CPU_CONV` policy, read once per process; any other value falls back to
+/// `measure` with a one-time warning on stderr (a speed knob must not abort a run).
+pub fn conv_policy() -> ConvPolicy {
+    static POLICY: std::sync::OnceLock<ConvPolicy> = std::sync::OnceLock::new();
+    *POLICY.get_or_init(|| {
         let v = std::env::var("SER_CPU_CONV").unwrap_or_default();
-        parse_conv_algo(&v).unwrap_or_else(|e| {
+        parse_conv_policy(&v).unwrap_or_else(|e| {
             eprintln!("warning: {e}");
-            None
+            ConvPolicy::Measure
         })
     })
 }
@@ -91,7 +104,7 @@ fn conv_override() -> Option<ConvAlgo> {
 /// transforms + per-bin mixing on its `N1 × N2` grid). So the model's stage 1 (1 → 32
 /// channels) and all k = 3 shapes measured stay direct; stages 2 and 3 (k = 7) go to the FFT
 /// (measured 3.1× / 3.5× faster forward and backward at stage 2, 3.9× / 4.4× at stage 3).
-pub fn conv_algo_auto(s: &ConvShape) -> ConvAlgo {
+pub fn conv_algo_model(s: &ConvShape) -> ConvAlgo {
     if s.k < 3 || s.m == 0 || s.t == 0 {
         return ConvAlgo::Direct;
     }
@@ -106,10 +119,19 @@ pub fn conv_algo_auto(s: &ConvShape) -> ConvAlgo {
     }
 }
 
-/// The algorithm [`conv2d_forward`] / [`conv2d_backward`] use for `s`: the `SER_CPU_CONV`
-/// override if set, else [`conv_algo_auto`].
-pub fn conv_algo(s: &ConvShape) -> ConvAlgo {
-    conv_override().unwrap_or_else(|| conv_algo_auto(s))
+/// How [`conv2d_forward`] / [`conv2d_backward`] compute `s` in element type `T`, and why.
+pub fn conv_choice<T: Float>(s: &ConvShape) -> super::conv_tune::Choice {
+    use super::conv_tune::{measured_choice, Choice};
+    match conv_policy() {
+        ConvPolicy::Fixed(a) => Choice::Fixed(a),
+        ConvPolicy::Model => Choice::Model(conv_algo_model(s)),
+        ConvPolicy::Measure => measured_choice::<T>(s),
+    }
+}
+
+/// The algorithm [`conv2d_forward`] / [`conv2d_backward`] use for `s` ([`conv_choice`]).
+pub fn conv_algo<T: Float>(s: &ConvShape) -> ConvAlgo {
+    conv_choice::<T>(s).algo()
 }
 
 /// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere; dispatches on
@@ -122,7 +144,7 @@ pub fn conv2d_forward<T: Float>(
     s: &ConvShape,
     y: &mut [T],
 ) {
-    match conv_algo(s) {
+    match conv_algo::<T>(s) {
         ConvAlgo::Direct => conv2d_forward_direct(x, w, bias, lens, s, y),
         ConvAlgo::Fft => super::fftconv::conv2d_forward_fft(x, w, bias, lens, s, y),
     }
@@ -141,7 +163,7 @@ pub fn conv2d_backward<T: Float>(
     dw: &mut [T],
     db: &mut [T],
 ) {
-    match conv_algo(s) {
+    match conv_algo::<T>(s) {
         ConvAlgo::Direct => conv2d_backward_direct(x, w, dy, lens, s, dx, dw, db),
         ConvAlgo::Fft => super::fftconv::conv2d_backward_fft(x, w, dy, lens, s, dx, dw, db),
     }
@@ -627,25 +649,33 @@ mod tests {
             t,
         };
         // the model's three stages (measured: direct, FFT, FFT)
-        assert_eq!(conv_algo_auto(&sh(1, 32, 7, 128, 126)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_auto(&sh(32, 64, 7, 64, 63)), ConvAlgo::Fft);
-        assert_eq!(conv_algo_auto(&sh(64, 128, 7, 32, 31)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(1, 32, 7, 128, 126)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(32, 64, 7, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(64, 128, 7, 32, 31)), ConvAlgo::Fft);
         // measured faster direct: few channels, or k = 3; and the gradcheck shapes
-        assert_eq!(conv_algo_auto(&sh(8, 8, 5, 64, 63)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_auto(&sh(8, 16, 5, 32, 31)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_auto(&sh(16, 16, 3, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(8, 8, 5, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(8, 16, 5, 32, 31)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(16, 16, 3, 64, 63)), ConvAlgo::Direct);
         // measured faster with the FFT
-        assert_eq!(conv_algo_auto(&sh(4, 8, 7, 64, 63)), ConvAlgo::Fft);
-        assert_eq!(conv_algo_auto(&sh(8, 8, 9, 64, 63)), ConvAlgo::Fft);
-        assert_eq!(conv_algo_auto(&sh(32, 32, 5, 64, 63)), ConvAlgo::Fft);
-        assert_eq!(conv_algo_auto(&sh(32, 64, 3, 64, 63)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_auto(&sh(2, 3, 7, 6, 9)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_auto(&sh(32, 64, 1, 64, 63)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_auto(&sh(32, 64, 7, 64, 0)), ConvAlgo::Direct);
-        assert_eq!(parse_conv_algo("fft"), Ok(Some(ConvAlgo::Fft)));
-        assert_eq!(parse_conv_algo(" Direct "), Ok(Some(ConvAlgo::Direct)));
-        assert_eq!(parse_conv_algo("auto"), Ok(None));
-        assert_eq!(parse_conv_algo(""), Ok(None));
-        assert!(parse_conv_algo("fast").is_err());
+        assert_eq!(conv_algo_model(&sh(4, 8, 7, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(8, 8, 9, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(32, 32, 5, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(32, 64, 3, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(2, 3, 7, 6, 9)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(32, 64, 1, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(32, 64, 7, 64, 0)), ConvAlgo::Direct);
+        assert_eq!(
+            parse_conv_policy("fft"),
+            Ok(ConvPolicy::Fixed(ConvAlgo::Fft))
+        );
+        assert_eq!(
+            parse_conv_policy(" Direct "),
+            Ok(ConvPolicy::Fixed(ConvAlgo::Direct))
+        );
+        assert_eq!(parse_conv_policy("model"), Ok(ConvPolicy::Model));
+        assert_eq!(parse_conv_policy("auto"), Ok(ConvPolicy::Measure));
+        assert_eq!(parse_conv_policy("measure"), Ok(ConvPolicy::Measure));
+        assert_eq!(parse_conv_policy(""), Ok(ConvPolicy::Measure));
+        assert!(parse_conv_policy("fast").is_err());
     }
 }

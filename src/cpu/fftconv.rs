@@ -1057,7 +1057,7 @@ mod tests {
     }
 }
 
-/// Timings behind [`super::conv::conv_algo_auto`]: `cargo test --release --lib
+/// Timings behind [`super::conv::conv_algo_model`]: `cargo test --release --lib
 /// fftconv::timing -- --ignored --nocapture` (f32, B = 16, all clips full length).
 #[cfg(test)]
 mod timing {

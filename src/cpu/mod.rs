@@ -15,6 +15,7 @@ pub mod attention;
 pub mod batchnorm;
 pub mod bench;
 pub mod conv;
+pub mod conv_tune;
 pub mod dropout;
 pub mod fftconv;
 pub mod gradcheck;
