@@ -6,6 +6,7 @@
 //! - [`audio`]    decoding, resampling, corpora and their layouts, the synthetic demo corpus
 //! - [`cache`]    the user's cache folder (demo corpus, CPU convolution timings)
 //! - [`features`] STFT + Mel + dB reference front end (librosa-exact)
+//! - [`isa`]      the vector instruction set our SIMD code uses (`SER_CPU_ISA` caps it)
 //! - [`rng`]      Philox4x32-10, the one random generator shared by CPU and kernels
 //! - [`model`]    model configuration, parameter layout (PyTorch state_dict names), init, checkpoints
 //! - [`cpu`]      reference ops, forward and backward, generic over f32/f64
@@ -21,6 +22,7 @@ pub mod cpu;
 pub mod device;
 pub mod engine;
 pub mod features;
+pub mod isa;
 pub mod model;
 pub mod rng;
 pub mod train;

@@ -35,6 +35,84 @@ fn info_without_data_prints_version_and_threads() {
         .stdout(contains("cpu threads: 3"));
 }
 
+/// `SER_CPU_ISA` caps the vector instruction set our SIMD code uses (never above the CPU's),
+/// and the front end gives the same features on every path (up to rounding).
+#[test]
+fn cpu_isa_cap_is_reported_and_changes_no_result() {
+    let info = |cap: &str| {
+        let out = Command::cargo_bin("ser-engine")
+            .unwrap()
+            .env("SER_CPU_ISA", cap)
+            .arg("info")
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let out = String::from_utf8(out).unwrap();
+        out.lines()
+            .find(|l| l.starts_with("cpu isa: "))
+            .unwrap_or_else(|| panic!("no isa line in {out}"))
+            .to_string()
+    };
+    let detected = info("auto");
+    assert!(info("baseline").contains(", baseline in use"));
+    let avx2 = info("avx2");
+    if detected.contains("baseline detected") {
+        assert!(avx2.contains(", baseline in use"), "{avx2}");
+    } else {
+        assert!(avx2.contains(", avx2 in use"), "{avx2}");
+    }
+    // features of a clip long enough for the lane FFT, on each path
+    let d = tempfile::tempdir().unwrap();
+    let clip = d.path().join("clips/a.wav");
+    std::fs::create_dir_all(clip.parent().unwrap()).unwrap();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&clip, spec).unwrap();
+    for i in 0..32000u32 {
+        let t = i as f32 / 16000.0;
+        let v = (t * 2.0 * std::f32::consts::PI * (200.0 + 900.0 * t)).sin() * 8000.0;
+        w.write_sample(v as i16 + (i.wrapping_mul(2654435761) >> 28) as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
+    let feats = |cap: &str| {
+        let out = d.path().join(cap);
+        Command::cargo_bin("ser-engine")
+            .unwrap()
+            .env("SER_CPU_ISA", cap)
+            .args(["-q", "features"])
+            .arg(d.path().join("clips"))
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success();
+        let b = std::fs::read(out.join("a.npy")).unwrap();
+        b[b.len() - 4 * 128 * 126..]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<f32>>()
+    };
+    let base = feats("baseline");
+    assert!(base.iter().all(|x| x.is_finite()) && base.iter().any(|&x| x != 0.0));
+    for cap in ["avx2", "auto"] {
+        let v = feats(cap);
+        assert!(v.iter().all(|x| x.is_finite()), "{cap}");
+        let worst = v
+            .iter()
+            .zip(&base)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // f64 FFTs that differ by rounding only; in dB after f32 rounding: far below 1e-3
+        assert!(worst < 1e-3, "{cap}: {worst} dB");
+    }
+}
+
 #[test]
 fn info_summarises_a_corpus() {
     let d = tempfile::tempdir().unwrap();

@@ -169,6 +169,7 @@ fn bench_train(
         backend.device()
     );
     if backend.device() == "cpu" {
+        println!("{}", crate::isa::report());
         // Which convolution algorithm each stage used, and why (timed, cost model or
         // SER_CPU_CONV).
         for (s, sh) in crate::cpu::model::conv_shapes(&model, b, t)

@@ -53,6 +53,7 @@ pub fn run(args: &InfoArgs, _global: &super::Global) -> anyhow::Result<()> {
     match &args.data {
         None => {
             println!("{}", build_summary());
+            println!("{}", crate::isa::report());
             for line in crate::device::device_report() {
                 println!("{line}");
             }

@@ -103,22 +103,15 @@ pub fn machine_key() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let isa = if cfg!(target_arch = "x86_64") {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                "avx512"
-            } else if std::arch::is_x86_feature_detected!("avx2") {
-                "avx2"
-            } else {
-                "sse"
-            }
+    let isa = format!(
+        "{}{}",
+        crate::isa::active().name(),
+        if crate::isa::GEMM_AVX512_COMPILED {
+            ""
+        } else {
+            " (gemm without avx512)"
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        "x86"
-    } else {
-        std::env::consts::ARCH
-    };
+    );
     format!(
         "{cpu} | {isa} | {} threads | ser-engine {} conv {:016x}",
         rayon::current_num_threads(),

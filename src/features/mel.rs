@@ -75,14 +75,7 @@ use crate::features::lanefft::{Lane, MAX_LANES};
 
 /// Whether this CPU runs the AVX2 kernels (x86-64 with AVX2; never elsewhere).
 pub(crate) fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::isa::active() >= crate::isa::Isa::Avx2
 }
 
 /// Weights per vector step of [`dot`] (four f64 in an AVX2 register).

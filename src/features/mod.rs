@@ -209,18 +209,13 @@ impl Extractor {
     ) -> (f32, f32) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-                return unsafe { self.chunk_avx512(samples, first, out, s, db) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { self.chunk_avx2(samples, first, out, s, db) };
+            use crate::isa::{active, Isa};
+            match active() {
+                // SAFETY: `active()` is at most what the CPU supports (AVX-512F + AVX2 + FMA).
+                Isa::Avx512 => return unsafe { self.chunk_avx512(samples, first, out, s, db) },
+                // SAFETY: likewise, AVX2 + FMA.
+                Isa::Avx2 => return unsafe { self.chunk_avx2(samples, first, out, s, db) },
+                Isa::Baseline => {}
             }
         }
         self.chunk_generic::<lanefft::Scalar<1>>(samples, first, out, s, db)
