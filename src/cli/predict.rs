@@ -109,7 +109,12 @@ impl Output {
                     .parent()
                     .filter(|d| !d.as_os_str().is_empty())
                     .unwrap_or(Path::new("."));
-                let tmp = tempfile::NamedTempFile::new_in(dir)
+                let mut builder = tempfile::Builder::new();
+                // Temporary files are private (0600) by default; the CSV is an ordinary file.
+                #[cfg(unix)]
+                builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+                let tmp = builder
+                    .tempfile_in(dir)
                     .with_context(|| format!("{}: cannot create a temporary file", p.display()))?;
                 let mut w = csv::Writer::from_writer(tmp);
                 let mut head: Vec<String> = if windows {
