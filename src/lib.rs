@@ -13,6 +13,7 @@
 //! - [`device`]   executor interface; `cuda` (cudarc) and `sim` (host shim) implementations
 //! - [`engine`]   the device training step, written once for cuda and sim
 //! - [`train`]    training loop, schedule, early stopping, metrics, cross-validation
+//! - [`infer`]    using a trained model: clips, long recordings in windows, live streams
 //! - [`cli`]      one file per subcommand
 
 pub mod audio;
@@ -22,6 +23,7 @@ pub mod cpu;
 pub mod device;
 pub mod engine;
 pub mod features;
+pub mod infer;
 pub mod isa;
 pub mod model;
 pub mod rng;

@@ -21,6 +21,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Emotion of each audio file, with class probabilities.
     Predict(cli::predict::PredictArgs),
+    /// Write a trained model as an ONNX graph (opset 17) for onnxruntime and other runtimes.
+    Export(cli::export::ExportArgs),
     /// Compute log-Mel spectrograms (librosa-exact) and write them as .npy (and .png).
     Features(cli::features::FeaturesArgs),
     /// Write the synthetic demo corpus of emotional prosody.
@@ -49,6 +51,7 @@ fn main() {
         Command::Cv(a) => cli::cv::run(a, &cli.global),
         Command::Eval(a) => cli::eval::run(a, &cli.global),
         Command::Predict(a) => cli::predict::run(a, &cli.global),
+        Command::Export(a) => cli::export::run(a, &cli.global),
         Command::Bench(a) => cli::bench::run(a, &cli.global),
         Command::Features(a) => cli::features::run(a, &cli.global),
         Command::Synth(a) => cli::synth::run(a, &cli.global),

@@ -55,6 +55,86 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
     Ok(out[delay..need].iter().map(|&x| x as f32).collect())
 }
 
+/// [`resample`] of a signal that arrives in pieces: the same chunking and delay handling,
+/// so the concatenated output equals `resample(whole signal)` exactly, while only one
+/// rubato block is held (bounded memory for recordings of any length or a live stream).
+pub struct StreamResampler {
+    r: FftFixedIn<f64>,
+    from: u32,
+    to: u32,
+    /// Input not yet handed to rubato (< CHUNK samples).
+    pending: Vec<f64>,
+    /// Output samples still to drop (rubato's delay).
+    skip: usize,
+    inputs: u64,
+    outputs: u64,
+    outbuf: Vec<Vec<f64>>,
+}
+
+impl StreamResampler {
+    pub fn new(from: u32, to: u32) -> Result<Self> {
+        if from == 0 || to == 0 || from == to {
+            bail!("cannot stream-resample from {from} Hz to {to} Hz");
+        }
+        let r = FftFixedIn::<f64>::new(from as usize, to as usize, CHUNK, 1, 1)
+            .map_err(|e| anyhow::anyhow!("cannot resample from {from} Hz to {to} Hz: {e}"))?;
+        let outbuf = r.output_buffer_allocate(true);
+        Ok(Self {
+            skip: r.output_delay(),
+            r,
+            from,
+            to,
+            pending: Vec::with_capacity(CHUNK),
+            inputs: 0,
+            outputs: 0,
+            outbuf,
+        })
+    }
+
+    fn block(&mut self, out: &mut Vec<f32>, limit: Option<u64>) -> Result<()> {
+        self.pending.resize(CHUNK, 0.0);
+        let (_, written) = self
+            .r
+            .process_into_buffer(&[&self.pending[..]], &mut self.outbuf, None)
+            .map_err(|e| {
+                anyhow::anyhow!("resampling {} Hz -> {} Hz failed: {e}", self.from, self.to)
+            })?;
+        self.pending.clear();
+        let mut o = &self.outbuf[0][..written];
+        let drop = self.skip.min(o.len());
+        self.skip -= drop;
+        o = &o[drop..];
+        if let Some(lim) = limit {
+            o = &o[..(lim.saturating_sub(self.outputs) as usize).min(o.len())];
+        }
+        self.outputs += o.len() as u64;
+        out.extend(o.iter().map(|&x| x as f32));
+        Ok(())
+    }
+
+    /// Appends the output that `input` completes to `out`.
+    pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) -> Result<()> {
+        self.inputs += input.len() as u64;
+        for &x in input {
+            self.pending.push(x as f64);
+            if self.pending.len() == CHUNK {
+                self.block(out, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the filter's tail: afterwards exactly `round(n * to / from)` samples were output.
+    pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<()> {
+        let (n, f, t) = (self.inputs as u128, self.from as u128, self.to as u128);
+        let total = ((n * t + f / 2) / f) as u64;
+        while self.outputs < total {
+            self.block(out, Some(total))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +155,21 @@ mod tests {
     fn middle(x: &[f32], rate: u32) -> &[f32] {
         let m = (rate / 10) as usize;
         &x[m..x.len() - m]
+    }
+
+    #[test]
+    fn streaming_equals_whole_clip_resampling() {
+        let x = sine(440.0, 44_100, 30_011, 0.5, 0.3);
+        let whole = resample(&x, 44_100, 16_000).unwrap();
+        for piece in [1usize, 777, 4096, 10_000] {
+            let mut r = StreamResampler::new(44_100, 16_000).unwrap();
+            let mut out = Vec::new();
+            for c in x.chunks(piece) {
+                r.push(c, &mut out).unwrap();
+            }
+            r.finish(&mut out).unwrap();
+            assert_eq!(out, whole, "pieces of {piece}");
+        }
     }
 
     #[test]

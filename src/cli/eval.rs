@@ -4,8 +4,9 @@ use super::Global;
 use crate::audio::corpus::CorpusFormat;
 use crate::train::data::load_dataset;
 use crate::train::fit::evaluate;
+use crate::train::metrics::per_class_table;
 use crate::train::plot::confusion_png;
-use crate::train::run::load_run;
+use crate::train::run::{atomic_write, load_run};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ pub struct EvalArgs {
     pub confusion_png: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Also write the scores, the per-class table and the confusion matrix as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
@@ -61,15 +65,31 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
     } = evaluate(backend.as_mut(), &data, &idx, args.batch_size)?;
     let s = confusion.scores();
     println!(
-        "{} clips: loss {loss:.4}  accuracy {:.2}%  micro-F1 {:.2}%  macro-F1 {:.2}%",
+        "{} clips: loss {loss:.4}  accuracy (WA) {:.2}%  UA {:.2}%  micro-F1 {:.2}%  macro-F1 {:.2}%",
         idx.len(),
         100.0 * s.accuracy,
+        100.0 * s.unweighted_accuracy,
         100.0 * s.micro_f1,
         100.0 * s.macro_f1
     );
+    let per_class = confusion.per_class(&cfg.labels);
+    println!("{}", per_class_table(&per_class));
     println!("{}", confusion.to_table(&cfg.labels));
     if let Some(p) = &args.confusion_png {
         confusion_png(p, &confusion.counts, &cfg.labels, "evaluation")?;
+    }
+    if let Some(p) = &args.json {
+        let report = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "data": args.data.display().to_string(),
+            "clips": idx.len(),
+            "loss": loss,
+            "scores": s,
+            "per_class": per_class,
+            "labels": cfg.labels,
+            "confusion": confusion.counts,
+        });
+        atomic_write(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
 }

@@ -60,6 +60,10 @@ pub struct FeaturesArgs {
     /// Measure throughput (audio-seconds per second) on synthetic audio instead.
     #[arg(long)]
     pub bench: bool,
+    /// Files longer than this (seconds) are processed in two streaming passes at bounded
+    /// memory instead of decoded whole (same values; no PNG for them).
+    #[arg(long, default_value_t = 600.0, hide = true)]
+    pub stream_above: f64,
     /// Length of the synthetic clip for --bench, seconds.
     #[arg(long, default_value_t = 60.0, requires = "bench")]
     pub seconds: f64,
@@ -222,12 +226,78 @@ fn is_audio(p: &Path) -> bool {
 
 /// Decode, compute, write `dst` (and its .png) atomically.
 fn process(src: &Path, dst: &Path, cfg: &MelConfig, args: &FeaturesArgs) -> Result<()> {
+    if crate::audio::probe_audio(src)?.duration_s > args.stream_above {
+        return process_long(src, dst, cfg, args);
+    }
     let audio = load_audio(src, args.sample_rate)?;
     cfg.validate(audio.sample_rate)
         .with_context(|| format!("{}: at {} Hz", src.display(), audio.sample_rate))?;
     let lm = try_log_mel(&audio.samples, audio.sample_rate, cfg)
         .with_context(|| format!("{}", src.display()))?;
     write_outputs(dst, &lm, args)
+}
+
+/// `process` for a long recording: two streaming passes (features::long), the .npy written
+/// block by block into its place (the header first, then each block's rows by seeking).
+fn process_long(src: &Path, dst: &Path, cfg: &MelConfig, args: &FeaturesArgs) -> Result<()> {
+    use crate::features::long::{db_reference, log_mel_blocks, BLOCK_FRAMES};
+    use crate::infer::source::{at_rate, open_file, SampleSource};
+    use std::io::{Seek, SeekFrom};
+    let open = || -> Result<Box<dyn SampleSource>> {
+        let s = open_file(src)?;
+        match args.sample_rate {
+            Some(r) => at_rate(s, r),
+            None => Ok(s),
+        }
+    };
+    let mut s1 = open()?;
+    let sr = s1.sample_rate();
+    cfg.validate(sr)
+        .with_context(|| format!("{}: at {} Hz", src.display(), sr))?;
+    let ex = crate::features::extractor(sr, cfg)?;
+    let r = db_reference(&ex, &mut |out: &mut Vec<f32>| s1.read(out), BLOCK_FRAMES)
+        .with_context(|| format!("{}", src.display()))?;
+    drop(s1);
+    let mut s2 = open()?;
+    let frames = r.frames;
+    write_atomic(dst, |w| {
+        let header = npy::write_npy_header(&mut *w, &[cfg.n_mels, frames])? as u64;
+        w.flush()?;
+        // Past the buffer (now empty): the rows are written in place by seeking.
+        let mut f: &std::fs::File = w.get_ref();
+        f.set_len(header + (cfg.n_mels * frames * 4) as u64)?;
+        let mut bytes = Vec::new();
+        log_mel_blocks(
+            &ex,
+            &mut |out: &mut Vec<f32>| s2.read(out),
+            &r,
+            BLOCK_FRAMES,
+            |t0, nf, tile| {
+                for m in 0..cfg.n_mels {
+                    bytes.clear();
+                    bytes.extend(
+                        tile[m * nf..(m + 1) * nf]
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes()),
+                    );
+                    f.seek(SeekFrom::Start(header + ((m * frames + t0) * 4) as u64))?;
+                    f.write_all(&bytes)?;
+                }
+                Ok(())
+            },
+        )
+        .with_context(|| format!("{}", src.display()))?;
+        Ok(())
+    })?;
+    if args.png {
+        eprintln!(
+            "note: {}: no PNG for a recording longer than {} s ({} frames wide)",
+            src.display(),
+            args.stream_above,
+            frames
+        );
+    }
+    Ok(())
 }
 
 /// `process` on a device: one clip as a batch of one through the device front end (built once

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cv;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod gradcheck;
 pub mod info;

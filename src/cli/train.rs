@@ -194,9 +194,10 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     let s = confusion.scores();
     let best_epoch = progress.early.best_epoch + 1;
     println!(
-        "best epoch {best_epoch} of {}: validation loss {loss:.4}, accuracy {:.2}%, micro-F1 {:.2}%, macro-F1 {:.2}%",
+        "best epoch {best_epoch} of {}: validation loss {loss:.4}, accuracy (WA) {:.2}%, UA {:.2}%, micro-F1 {:.2}%, macro-F1 {:.2}%",
         progress.epochs_done,
         100.0 * s.accuracy,
+        100.0 * s.unweighted_accuracy,
         100.0 * s.micro_f1,
         100.0 * s.macro_f1
     );

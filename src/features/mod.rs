@@ -25,11 +25,12 @@
 //! EYASE clips.
 //!
 //! Submodules: `stft` (framing and power spectrum), `lanefft` (the lane FFT), `mel`
-//! (filterbank), `npy` (numpy files), `png` (spectrogram pictures), `augment` (training-time
+//! (filterbank), `long` (recordings of any length at bounded memory), `npy` (numpy files), `png` (spectrogram pictures), `augment` (training-time
 //! augmentation).
 
 pub mod augment;
 pub(crate) mod lanefft;
+pub mod long;
 pub mod mel;
 pub mod npy;
 pub mod png;
@@ -372,7 +373,7 @@ impl SyncPtr {
 }
 
 /// librosa's `amin`: powers below it count as it (-100 dB), so silence stays finite.
-const AMIN: f32 = 1e-10;
+pub const AMIN: f32 = 1e-10;
 
 /// `10·log10(x)` for positive normal `x`, as f32, computed in f64 without a libm call so the
 /// loop around it vectorises: x = m·2^e with m in [√½, √2), ln m = 2·atanh(s), s = (m−1)/(m+1),

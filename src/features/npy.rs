@@ -25,6 +25,18 @@ pub fn write_npy_to<W: Write>(mut w: W, shape: &[usize], data: &[f32]) -> Result
             data.len()
         );
     }
+    write_npy_header(&mut w, shape)?;
+    let mut buf = Vec::with_capacity(data.len() * 4);
+    for x in data {
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+/// Writes only the .npy v1.0 header of a float32 array of `shape`; returns its length in
+/// bytes (the data follows it, C order, so a writer may fill the data in any order by seeking).
+pub fn write_npy_header<W: Write>(mut w: W, shape: &[usize]) -> Result<usize> {
     let dims = match shape.len() {
         1 => format!("({},)", shape[0]),
         _ => format!(
@@ -48,12 +60,7 @@ pub fn write_npy_to<W: Write>(mut w: W, shape: &[usize], data: &[f32]) -> Result
     w.write_all(&[1, 0])?;
     w.write_all(&(header.len() as u16).to_le_bytes())?;
     w.write_all(header.as_bytes())?;
-    let mut buf = Vec::with_capacity(data.len() * 4);
-    for x in data {
-        buf.extend_from_slice(&x.to_le_bytes());
-    }
-    w.write_all(&buf)?;
-    Ok(())
+    Ok(10 + header.len())
 }
 
 /// Writes a .npy file at `path` (not atomically; see `ser-engine features` for that).

@@ -7,6 +7,7 @@
 //! plain slices.
 
 mod checkpoint;
+pub mod onnx;
 
 pub use checkpoint::{
     load_checkpoint, read_checkpoint_config, save_checkpoint, Checkpoint, CONFIG_KEY,

@@ -39,6 +39,9 @@ pub struct EpochRecord {
     pub val_accuracy: f64,
     pub val_micro_f1: f64,
     pub val_macro_f1: f64,
+    /// Unweighted accuracy (mean per-class recall); runs written before it existed lack it.
+    #[serde(default)]
+    pub val_unweighted_accuracy: f64,
     pub best: bool,
 }
 
@@ -46,13 +49,14 @@ impl EpochRecord {
     /// The one-line summary `train` prints per epoch (and `cv --verbose`).
     pub fn line(&self) -> String {
         format!(
-            "epoch {:>3}  lr {:.1e}  train loss {:.4} acc {:5.1}%  val loss {:.4} acc {:5.1}% macro-F1 {:5.1}%{}",
+            "epoch {:>3}  lr {:.1e}  train loss {:.4} acc {:5.1}%  val loss {:.4} acc {:5.1}% UA {:5.1}% macro-F1 {:5.1}%{}",
             self.epoch,
             self.lr,
             self.train_loss,
             100.0 * self.train_accuracy,
             self.val_loss,
             100.0 * self.val_accuracy,
+            100.0 * self.val_unweighted_accuracy,
             100.0 * self.val_macro_f1,
             if self.best { "  *best" } else { "" }
         )
@@ -282,6 +286,7 @@ pub fn fit(
             val_accuracy: scores.accuracy,
             val_micro_f1: scores.micro_f1,
             val_macro_f1: scores.macro_f1,
+            val_unweighted_accuracy: scores.unweighted_accuracy,
             best,
         };
         if cfg.schedule == Schedule::Plateau {

@@ -75,6 +75,35 @@ impl Confusion {
             .collect()
     }
 
+    /// Per-class precision (correct / predicted); `None` for a class never predicted.
+    pub fn per_class_precision(&self) -> Vec<Option<f64>> {
+        (0..self.classes)
+            .map(|c| {
+                let predicted: u64 = self.counts.iter().map(|r| r[c]).sum();
+                (predicted > 0).then(|| self.counts[c][c] as f64 / predicted as f64)
+            })
+            .collect()
+    }
+
+    /// Precision, recall, F1 and support of every class (scikit-learn's
+    /// `classification_report`, with `None` where sklearn would warn and print 0).
+    pub fn per_class(&self, labels: &[String]) -> Vec<ClassScores> {
+        let (p, r, f) = (
+            self.per_class_precision(),
+            self.per_class_recall(),
+            self.per_class_f1(),
+        );
+        (0..self.classes)
+            .map(|c| ClassScores {
+                label: labels.get(c).cloned().unwrap_or_else(|| c.to_string()),
+                precision: p[c],
+                recall: r[c],
+                f1: f[c],
+                support: self.counts[c].iter().sum(),
+            })
+            .collect()
+    }
+
     pub fn scores(&self) -> Scores {
         let total = self.total() as f64;
         let correct: u64 = (0..self.classes).map(|c| self.counts[c][c]).sum();
@@ -122,6 +151,38 @@ impl Confusion {
         }
         s
     }
+}
+
+/// One row of the per-class report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassScores {
+    pub label: String,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    /// Clips of this class in the truth.
+    pub support: u64,
+}
+
+/// The per-class rows as a fixed-width text table (`-` where a value is undefined).
+pub fn per_class_table(rows: &[ClassScores]) -> String {
+    let w = rows.iter().map(|r| r.label.len()).max().unwrap_or(5).max(5);
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
+    let mut s = format!(
+        "{:<w$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+        "class", "precision", "recall", "F1", "support"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<w$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+            r.label,
+            pct(r.precision),
+            pct(r.recall),
+            pct(r.f1),
+            r.support
+        );
+    }
+    s
 }
 
 /// Mean and sample standard deviation (n - 1); std is 0 for one value.
@@ -181,6 +242,33 @@ mod tests {
         assert_eq!(s.accuracy, 0.9);
         assert_eq!(s.unweighted_accuracy, 0.5); // (1 + 0) / 2; class 2 has no support
         assert_eq!(c.per_class_recall(), vec![Some(1.0), Some(0.0), None]);
+    }
+
+    #[test]
+    fn per_class_report_matches_hand_computation() {
+        let mut c = Confusion::new(3);
+        for (t, p) in [(0, 0), (0, 0), (0, 1), (1, 1), (1, 2), (2, 2)] {
+            c.add(t, p);
+        }
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let rows = c.per_class(&labels);
+        // predicted counts: a 2 (2 right), b 2 (1 right), c 2 (1 right)
+        assert_eq!(rows[0].precision, Some(1.0));
+        assert_eq!(rows[1].precision, Some(0.5));
+        assert_eq!(rows[2].precision, Some(0.5));
+        assert_eq!(rows[0].recall, Some(2.0 / 3.0));
+        assert_eq!(rows[2].recall, Some(1.0));
+        assert_eq!(rows[1].f1, Some(0.5));
+        assert_eq!(
+            rows.iter().map(|r| r.support).collect::<Vec<_>>(),
+            vec![3, 2, 1]
+        );
+        let table = per_class_table(&rows);
+        assert!(table.contains("66.67%"), "{table}");
+        let mut never = Confusion::new(2);
+        never.add(0, 0);
+        assert_eq!(never.per_class_precision(), vec![Some(1.0), None]);
+        assert!(per_class_table(&never.per_class(&labels[..2])).contains('-'));
     }
 
     #[test]

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Reference logits from PyPI's onnxruntime for the ONNX export test (tests/onnx_export.rs).
+
+Steps (run from the repository root):
+  SER_WRITE_ONNX_FIXTURES=1 cargo test --release --test onnx_export   # writes model.onnx
+  python tools/onnx_fixtures.py                                       # writes the rest
+  cargo test --release --test onnx_export                             # compares
+
+Needs: pip install onnxruntime numpy onnx (a venv outside the repository, e.g. /work/venv-onnx).
+Writes tests/fixtures/onnx/input_T.npy (float32 [2, 1, n_mels, T] log-Mel dB, two different
+clips of T frames: batches of equal length, the case the graph reproduces exactly) and
+logits_T.npy (float32 [2, classes]) for several T, and checks the model with onnx.checker.
+"""
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "onnx")
+LENGTHS = [8, 37, 100, 251]  # the shortest input, odd sizes (floor pooling), a few seconds
+
+
+def main():
+    path = os.path.join(DIR, "model.onnx")
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    opset = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    print(f"{path}: onnx.checker ok, opset {opset}, onnxruntime {ort.__version__}")
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    n_mels = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    rng = np.random.default_rng(2026)
+    for t in LENGTHS:
+        # dB in [-80, 0] with some structure: a smooth spectral tilt plus noise.
+        tilt = np.linspace(0, -30, n_mels)[None, None, :, None]
+        x = np.clip(tilt + rng.normal(-25, 15, (2, 1, n_mels, t)), -80, 0).astype(np.float32)
+        logits, probs = sess.run(None, {"log_mel": x})
+        assert np.all(np.isfinite(logits)), "non-finite logits"
+        assert np.allclose(probs.sum(1), 1, atol=1e-6)
+        np.save(os.path.join(DIR, f"input_{t}.npy"), x)
+        np.save(os.path.join(DIR, f"logits_{t}.npy"), logits.astype(np.float32))
+        print(f"T={t}: logits {logits.round(4).tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
