@@ -488,4 +488,13 @@ fn messages_say_what_is_wrong() {
         .assert()
         .success()
         .stderr(contains("is a folder, not an audio file"));
+    // --model given a file that is not in a run folder: say what to give instead.
+    ser()
+        .arg("predict")
+        .arg("--model")
+        .arg(&csv)
+        .arg(&csv)
+        .assert()
+        .code(1)
+        .stderr(contains("is a file; give the run folder"));
 }

@@ -727,7 +727,19 @@ fn foreign_entry(dir: &Path) -> Result<Option<PathBuf>> {
 /// beside `dir` and renamed into place, so `dir` is never seen half-written. An existing `dir` is
 /// replaced only when it is empty or a corpus written by this generator (it has the marker);
 /// anything else is an error, so user data is never overwritten.
+/// Files in `dir` that this generator did not write are never deleted: their presence is an
+/// error naming one (the demo cache, which only ser-engine writes, is regenerated whole by
+/// [`ensure_corpus_at`]).
 pub fn write_corpus(dir: &Path, cfg: &SynthConfig, progress: bool) -> Result<()> {
+    write_corpus_in(dir, cfg, progress, true)
+}
+
+fn write_corpus_in(
+    dir: &Path,
+    cfg: &SynthConfig,
+    progress: bool,
+    keep_foreign: bool,
+) -> Result<()> {
     cfg.validate()?;
     let replace_existing = if dir.exists() {
         if !dir.is_dir() {
@@ -744,7 +756,11 @@ pub fn write_corpus(dir: &Path, cfg: &SynthConfig, progress: bool) -> Result<()>
                 dir.display()
             );
         }
-        if let Some(foreign) = foreign_entry(dir)? {
+        if let Some(foreign) = keep_foreign
+            .then(|| foreign_entry(dir))
+            .transpose()?
+            .flatten()
+        {
             bail!(
                 "{}: holds {}, which `synth` did not write; replacing the corpus would delete \
                  it (move it away, or choose another folder)",
@@ -848,7 +864,7 @@ pub fn ensure_corpus_at(dir: &Path, cfg: &SynthConfig, progress: bool) -> Result
         if progress {
             eprintln!("writing the demo corpus to {}", dir.display());
         }
-        write_corpus(dir, cfg, progress)?;
+        write_corpus_in(dir, cfg, progress, false)?;
     }
     Ok(dir.to_path_buf())
 }

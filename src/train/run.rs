@@ -439,6 +439,13 @@ pub struct RunDir {
 impl RunDir {
     /// Opens an existing run folder for reading.
     pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            bail!(
+                "{}: is a file; give the run folder that holds config.json and \
+                 model.safetensors",
+                path.display()
+            );
+        }
         if !path.join("config.json").is_file() {
             bail!(
                 "{}: not a run folder (no config.json; train one with `ser-engine train --out {}`)",
