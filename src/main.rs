@@ -39,7 +39,17 @@ fn main() {
     // Reuse freed activation memory across training steps instead of page-faulting it back
     // in every step (see cpu::alloc).
     ser_engine::cpu::alloc::keep_freed_memory();
+    // Output piped into `head` and closed: end quietly, as other Unix tools do, instead of
+    // panicking on the failed print.
+    // SAFETY: restoring the default action of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    if let Err(e) = cli.global.validate() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
     if let Some(n) = cli.global.threads {
         // Only fails if a pool was already built, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new()

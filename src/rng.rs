@@ -27,6 +27,7 @@ pub enum Purpose {
     Shuffle = 5,
     Split = 6,
     Synth = 7,
+    Crop = 8,
     Test = 99,
 }
 

@@ -261,6 +261,16 @@ pub fn load_corpus(path: &Path, opts: &CorpusOptions) -> Result<Corpus> {
             Err(why) => unreadable.push((file.clone(), why)),
         }
     }
+    if labelled.is_empty() && NAMED.contains(&format) {
+        bail!(
+            "{}: none of the {} audio file names follow the {} naming convention, e.g. {} \
+             (check --format, or use --format folders / --label-regex)",
+            path.display(),
+            rels.len(),
+            format_name(format),
+            rels[0].display()
+        );
+    }
     let mut corpus = probe_all(path, format, labelled, unreadable);
     corpus.unreadable.sort();
     Ok(corpus)
@@ -642,6 +652,13 @@ fn load_csv(csv_path: &Path) -> Result<Corpus> {
                 csv_path.display(),
                 path.display()
             );
+        }
+        if path.is_dir() {
+            unreadable.push((
+                path,
+                format!("listed on line {line} but is a folder, not an audio file"),
+            ));
+            continue;
         }
         if !path.is_file() {
             unreadable.push((path, format!("listed on line {line} but not found")));

@@ -35,9 +35,28 @@ pub struct AudioInfo {
     pub duration_s: f64,
 }
 
+/// Sample rates accepted in a file's header and as a resampling target, Hz: a header outside
+/// this range is damaged or hostile (resampling a "1 Hz" file to 16 kHz would multiply its
+/// length 16000-fold).
+pub const SAMPLE_RATE_RANGE: (u32, u32) = (1_000, 768_000);
+
+fn check_rate(path: &Path, what: &str, rate: u32) -> Result<()> {
+    let (lo, hi) = SAMPLE_RATE_RANGE;
+    if !(lo..=hi).contains(&rate) {
+        bail!(
+            "{}: {what} sample rate {rate} Hz is outside {lo}..={hi} Hz",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Reads an audio file as mono f32, resampled to `target_rate` when given (native rate when
 /// `None`). Errors name the file and the reason.
 pub fn load_audio(path: &Path, target_rate: Option<u32>) -> Result<Audio> {
+    if let Some(r) = target_rate {
+        check_rate(path, "the requested", r)?;
+    }
     let audio = match sniff(path)? {
         Container::Wav => match decode_wav(path)? {
             Some(a) => a,
@@ -46,6 +65,7 @@ pub fn load_audio(path: &Path, target_rate: Option<u32>) -> Result<Audio> {
         },
         Container::Other => decode_symphonia(path)?,
     };
+    check_rate(path, "the header's", audio.sample_rate)?;
     if audio.samples.is_empty() {
         bail!("{}: the file holds no audio samples", path.display());
     }
@@ -83,9 +103,7 @@ pub fn probe_audio(path: &Path) -> Result<AudioInfo> {
     if info.frames == 0 {
         bail!("{}: the file holds no audio samples", path.display());
     }
-    if info.sample_rate == 0 {
-        bail!("{}: the header gives a sample rate of 0", path.display());
-    }
+    check_rate(path, "the header's", info.sample_rate)?;
     Ok(info)
 }
 
@@ -240,7 +258,110 @@ struct SymOpen {
     n_frames: Option<u64>,
 }
 
+/// Checks the sizes a FLAC file's metadata blocks claim before symphonia reads them: it
+/// allocates a PICTURE block's and a VORBIS_COMMENT block's fields at the length the file
+/// states, so a few corrupt bytes could ask for gigabytes. Each length must fit in its block
+/// and each block in the file. Other files (and FLAC behind an ID3v2 tag) pass through.
+fn check_flac_metadata(path: &Path) -> Result<()> {
+    let mut f = BufReader::new(
+        File::open(path).with_context(|| format!("{}: cannot open", path.display()))?,
+    );
+    let file_len = f.get_ref().metadata()?.len();
+    let mut head = [0u8; 10];
+    let n = read_up_to(f.get_mut(), &mut head)?;
+    let mut pos = 0u64;
+    if n == 10 && &head[..3] == b"ID3" {
+        // ID3v2: 10-byte header, then a 28-bit "syncsafe" size.
+        let size = head[6..10]
+            .iter()
+            .fold(0u64, |a, &b| (a << 7) | (b & 0x7f) as u64);
+        pos = 10 + size;
+    }
+    f.seek(std::io::SeekFrom::Start(pos))?;
+    let mut magic = [0u8; 4];
+    if read_up_to(f.get_mut(), &mut magic)? < 4 || &magic != b"fLaC" {
+        return Ok(());
+    }
+    pos += 4;
+    let corrupt = |what: &str| anyhow!("{}: corrupt FLAC metadata: {what}", path.display());
+    loop {
+        let mut h = [0u8; 4];
+        if read_up_to(f.get_mut(), &mut h)? < 4 {
+            return Err(corrupt("the file ends inside a block header"));
+        }
+        let (last, kind) = (h[0] & 0x80 != 0, h[0] & 0x7f);
+        let len = u32::from_be_bytes([0, h[1], h[2], h[3]]) as u64;
+        pos += 4;
+        if pos + len > file_len {
+            return Err(corrupt(&format!(
+                "block of type {kind} claims {len} bytes, past the end of the file"
+            )));
+        }
+        if kind == 4 || kind == 6 {
+            let mut block = vec![0u8; len as usize];
+            f.read_exact(&mut block)?;
+            let ok = if kind == 4 {
+                vorbis_comment_fits(&block)
+            } else {
+                picture_fits(&block)
+            };
+            if !ok {
+                return Err(corrupt(&format!(
+                    "a field of the block of type {kind} claims more bytes than the block holds"
+                )));
+            }
+        } else {
+            f.seek(std::io::SeekFrom::Current(len as i64))?;
+        }
+        pos += len;
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// VORBIS_COMMENT: vendor length, vendor, count, then count × (length, text); little-endian.
+fn vorbis_comment_fits(b: &[u8]) -> bool {
+    let u32_at = |i: usize| -> Option<usize> {
+        b.get(i..i + 4)
+            .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) as usize)
+    };
+    let Some(vendor) = u32_at(0) else {
+        return false;
+    };
+    let mut i = 4usize.saturating_add(vendor);
+    let Some(count) = u32_at(i) else { return false };
+    i += 4;
+    if count > b.len() / 4 {
+        return false;
+    }
+    for _ in 0..count {
+        let Some(l) = u32_at(i) else { return false };
+        i = i.saturating_add(4).saturating_add(l);
+        if i > b.len() {
+            return false;
+        }
+    }
+    true
+}
+
+/// PICTURE: type, MIME length + MIME, description length + text, four u32s, data length +
+/// data; big-endian.
+fn picture_fits(b: &[u8]) -> bool {
+    let u32_at = |i: usize| -> Option<usize> {
+        b.get(i..i + 4)
+            .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]) as usize)
+    };
+    let Some(mime) = u32_at(4) else { return false };
+    let i = 8usize.saturating_add(mime);
+    let Some(desc) = u32_at(i) else { return false };
+    let i = i.saturating_add(4).saturating_add(desc).saturating_add(16);
+    let Some(data) = u32_at(i) else { return false };
+    i.saturating_add(4).saturating_add(data) <= b.len()
+}
+
 fn sym_open(path: &Path) -> Result<SymOpen> {
+    check_flac_metadata(path)?;
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();

@@ -682,12 +682,64 @@ fn write_wav(path: &Path, samples: &[f32], sample_rate: u32) -> Result<()> {
         .with_context(|| format!("{}: write failed", path.display()))
 }
 
+/// The first entry of an earlier corpus folder that the generator does not write (any
+/// version or size: class folders of `<class>_<speaker>_<nnn>.wav`, README.txt, the marker).
+fn foreign_entry(dir: &Path) -> Result<Option<PathBuf>> {
+    let read = |d: &Path| fs::read_dir(d).with_context(|| format!("{}: cannot read", d.display()));
+    for e in read(dir)? {
+        let e = e.with_context(|| format!("{}: cannot read", dir.display()))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let path = e.path();
+        if name == MARKER_FILE || name == "README.txt" {
+            if path.is_file() {
+                continue;
+            }
+            return Ok(Some(path));
+        }
+        let Some(class) = CLASSES.iter().find(|c| **c == name) else {
+            return Ok(Some(path));
+        };
+        if !path.is_dir() {
+            return Ok(Some(path));
+        }
+        for f in read(&path)? {
+            let f = f.with_context(|| format!("{}: cannot read", path.display()))?;
+            let fname = f.file_name().to_string_lossy().to_string();
+            let ours = fname
+                .strip_prefix(&format!("{class}_"))
+                .and_then(|r| r.strip_suffix(".wav"))
+                .and_then(|r| r.split_once('_'))
+                .is_some_and(|(spk, n)| {
+                    SPEAKERS.contains(&spk)
+                        && !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                });
+            if !ours || !f.path().is_file() {
+                return Ok(Some(f.path()));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Writes the corpus to `dir`: `dir/<class>/<class>_<speaker>_<nnn>.wav` (`cfg.per_class` per
 /// class), `dir/README.txt` and the version marker. Everything is written to a temporary folder
 /// beside `dir` and renamed into place, so `dir` is never seen half-written. An existing `dir` is
 /// replaced only when it is empty or a corpus written by this generator (it has the marker);
 /// anything else is an error, so user data is never overwritten.
+/// Files in `dir` that this generator did not write are never deleted: their presence is an
+/// error naming one (the demo cache, which only ser-engine writes, is regenerated whole by
+/// [`ensure_corpus_at`]).
 pub fn write_corpus(dir: &Path, cfg: &SynthConfig, progress: bool) -> Result<()> {
+    write_corpus_in(dir, cfg, progress, true)
+}
+
+fn write_corpus_in(
+    dir: &Path,
+    cfg: &SynthConfig,
+    progress: bool,
+    keep_foreign: bool,
+) -> Result<()> {
     cfg.validate()?;
     let replace_existing = if dir.exists() {
         if !dir.is_dir() {
@@ -702,6 +754,18 @@ pub fn write_corpus(dir: &Path, cfg: &SynthConfig, progress: bool) -> Result<()>
                 "{}: exists and is not a demo corpus written by ser-engine (no {MARKER_FILE}); \
                  choose another folder or remove it",
                 dir.display()
+            );
+        }
+        if let Some(foreign) = keep_foreign
+            .then(|| foreign_entry(dir))
+            .transpose()?
+            .flatten()
+        {
+            bail!(
+                "{}: holds {}, which `synth` did not write; replacing the corpus would delete \
+                 it (move it away, or choose another folder)",
+                dir.display(),
+                foreign.display()
             );
         }
         true
@@ -795,7 +859,7 @@ pub fn ensure_corpus_at(dir: &Path, cfg: &SynthConfig, progress: bool) -> Result
         if progress {
             eprintln!("writing the demo corpus to {}", dir.display());
         }
-        write_corpus(dir, cfg, progress)?;
+        write_corpus_in(dir, cfg, progress, false)?;
     }
     Ok(dir.to_path_buf())
 }

@@ -63,15 +63,31 @@ struct CvReport {
 
 pub fn run(args: &CvArgs, global: &Global) -> Result<()> {
     let opts = &args.opts;
+    opts.validate()?;
+    crate::train::options::check_range(
+        "val-split",
+        args.val_split,
+        crate::train::options::Limit::Excl(0.0),
+        crate::train::options::Limit::Excl(1.0),
+    )?;
     let (_corpus, data) = load_dataset(
         opts.data.as_deref(),
         opts.format,
         opts.label_regex.as_deref(),
         opts.sample_rate,
         &opts.mel(),
+        opts.max_seconds,
         global.quiet,
     )?;
     let n = data.clips.len();
+    let memory = crate::train::data::available_memory();
+    crate::train::data::check_batch_memory(
+        &opts.model(data.labels.len())?,
+        &data,
+        n,
+        opts.batch_size(),
+        memory,
+    )?;
     let all: Vec<usize> = (0..n).collect();
     let labels = data.labels_of(&all);
     let classes = data.labels.len();

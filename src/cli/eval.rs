@@ -19,28 +19,50 @@ pub struct EvalArgs {
     /// Labelled corpus to evaluate on.
     #[arg(long)]
     pub data: PathBuf,
+    /// Corpus layout.
     #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
     pub format: CorpusFormat,
+    /// Regex with named groups `label` (and optionally `speaker`) over paths relative to --data.
     #[arg(long)]
     pub label_regex: Option<String>,
     /// Also write the confusion matrix as a PNG here.
     #[arg(long)]
     pub confusion_png: Option<PathBuf>,
+    /// Clips per evaluation batch: 1 to 4096.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Also write the scores, the per-class table and the confusion matrix as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Longest stretch of a clip scored, seconds (its middle; > 0, at most 600) [default: the
+    /// run's --max-seconds].
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_seconds: Option<f64>,
 }
 
 pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
+    use crate::train::options::{check_range, Limit, DEFAULT_MAX_SECONDS, MAX_SECONDS};
+    check_range(
+        "batch-size",
+        args.batch_size as f64,
+        Limit::Incl(1.0),
+        Limit::Incl(4096.0),
+    )?;
+    if let Some(m) = args.max_seconds {
+        check_range("max-seconds", m, Limit::Excl(0.0), Limit::Incl(MAX_SECONDS))?;
+    }
     let (cfg, mut backend) = load_run(&args.model, global.device)?;
+    let max_seconds = args
+        .max_seconds
+        .or(cfg.fit.max_seconds)
+        .unwrap_or(DEFAULT_MAX_SECONDS);
     let (_, mut data) = load_dataset(
         Some(&args.data),
         args.format,
         args.label_regex.as_deref(),
         Some(cfg.sample_rate),
         &cfg.mel,
+        max_seconds,
         global.quiet,
     )?;
     // Map the corpus's labels onto the model's classes.
@@ -60,6 +82,13 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
     }
     data.labels = cfg.labels.clone();
     let idx: Vec<usize> = (0..data.clips.len()).collect();
+    crate::train::data::check_batch_memory(
+        &cfg.model,
+        &data,
+        idx.len(),
+        args.batch_size,
+        crate::train::data::available_memory(),
+    )?;
     let crate::train::fit::Evaluation {
         loss, confusion, ..
     } = evaluate(backend.as_mut(), &data, &idx, args.batch_size)?;

@@ -23,7 +23,7 @@ pub struct Global {
     /// Seed for every random choice (init, shuffling, dropout, augmentation, synthesis).
     #[arg(long, global = true, default_value_t = 42)]
     pub seed: u64,
-    /// Worker threads for CPU work (default: all cores).
+    /// Worker threads for CPU work, 1 to 1024 (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     /// Print only results and errors (no progress bars).
@@ -35,6 +35,16 @@ pub struct Global {
 }
 
 impl Global {
+    /// Checks the numeric options every command takes (see `TrainOpts::validate` for the
+    /// training ones), before any work starts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::train::options::{check_range, Limit};
+        if let Some(t) = self.threads {
+            check_range("threads", t as f64, Limit::Incl(1.0), Limit::Incl(1024.0))?;
+        }
+        Ok(())
+    }
+
     /// Whether progress bars should be drawn.
     pub fn progress(&self) -> bool {
         !self.quiet

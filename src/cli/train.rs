@@ -3,11 +3,11 @@
 
 use super::{DeviceChoice, Global};
 use crate::train::backend::make_backend;
-use crate::train::data::load_dataset;
+use crate::train::data::{available_memory, check_batch_memory, load_dataset};
 use crate::train::data::{DB_OFFSET, DB_SCALE};
 use crate::train::fit::{evaluate, fit, Evaluation, FitProgress};
-use crate::train::options::TrainOpts;
-use crate::train::run::{RunConfig, RunDir};
+use crate::train::options::{check_range, Limit, TrainOpts};
+use crate::train::run::{RunConfig, RunWriter};
 use crate::train::split::stratified_split;
 use anyhow::{bail, Result};
 use clap::Args;
@@ -17,32 +17,117 @@ use std::path::{Path, PathBuf};
 pub struct TrainArgs {
     #[command(flatten)]
     pub opts: TrainOpts,
-    /// Run folder to write (default: runs/<corpus name>).
+    /// Run folder to write (default: runs/<corpus name>). An existing run there is never
+    /// overwritten unless --force is given.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Fraction of each class held out for validation.
-    #[arg(long, default_value_t = 0.2)]
+    /// Replace an existing run in --out, whole, once the new run has finished its first epoch
+    /// (until then the old run stays as it was).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Fraction of each class held out for validation: > 0 and < 1.
+    #[arg(long, default_value_t = DEFAULT_VAL_SPLIT, allow_negative_numbers = true)]
     pub val_split: f64,
     /// A separate validation corpus instead of --val-split.
     #[arg(long)]
     pub val_data: Option<PathBuf>,
-    /// Continue the interrupted run in this folder (its own settings are used).
+    /// Continue the interrupted run in this folder with its own settings; only --epochs may
+    /// be given (to extend the run), other training flags are refused.
     #[arg(long)]
     pub resume: Option<PathBuf>,
 }
 
+const DEFAULT_VAL_SPLIT: f64 = 0.2;
+
+/// Refuses flags that `--resume` would ignore (the run's own settings are used).
+fn check_resume_flags(
+    args: &TrainArgs,
+    dir: &Path,
+    cfg: &RunConfig,
+    global: &Global,
+) -> Result<()> {
+    let mut ignored = args.opts.given_flags(&["--epochs"]);
+    if args.val_split != DEFAULT_VAL_SPLIT {
+        ignored.push("--val-split".into());
+    }
+    if args.val_data.is_some() {
+        ignored.push("--val-data".into());
+    }
+    if args.out.as_ref().is_some_and(|o| o != dir) {
+        ignored.push("--out".into());
+    }
+    if global.seed != 42 && global.seed != cfg.fit.seed {
+        ignored.push(format!("--seed (the run's is {})", cfg.fit.seed));
+    }
+    if global.device != DeviceChoice::Auto && global.device != run_device(cfg) {
+        ignored.push(format!("--device (the run's is {})", cfg.device));
+    }
+    if !ignored.is_empty() {
+        bail!(
+            "--resume {} continues the run with the settings in its config.json; {} would be \
+             ignored (only --epochs may be given, to extend the run)",
+            dir.display(),
+            ignored.join(", ")
+        );
+    }
+    if let Some(e) = args.opts.epochs {
+        check_range("epochs", e as f64, Limit::Incl(1.0), Limit::Incl(100_000.0))?;
+    }
+    Ok(())
+}
+
+fn run_device(cfg: &RunConfig) -> DeviceChoice {
+    match cfg.device.as_str() {
+        "cuda" => DeviceChoice::Cuda,
+        "sim" => DeviceChoice::Sim,
+        _ => DeviceChoice::Cpu,
+    }
+}
+
 pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let (opts, out, resume_from) = match &args.resume {
+    // Every check before any work: options, then the run folder (locked from here on).
+    let (opts, mut writer, resume_from) = match &args.resume {
         Some(dir) => {
             // Resuming: the options come from the run itself.
-            let rd = RunDir::open(dir)?;
-            let cfg = rd.config()?;
+            let writer = RunWriter::resume(dir)?;
+            let cfg = writer.dir().config()?;
+            check_resume_flags(args, dir, &cfg, global)?;
             let mut o = args.opts.clone();
             o.data = (cfg.data != "demo").then(|| PathBuf::from(&cfg.data));
-            (o, dir.clone(), Some(cfg))
+            (o, writer, Some(cfg))
         }
-        None => (args.opts.clone(), default_out(args), None),
+        None => {
+            args.opts.validate()?;
+            if args.val_data.is_none() {
+                check_range(
+                    "val-split",
+                    args.val_split,
+                    Limit::Excl(0.0),
+                    Limit::Excl(1.0),
+                )?;
+            }
+            let writer = RunWriter::create(&default_out(args), args.force)?;
+            (args.opts.clone(), writer, None)
+        }
+    };
+    let out = match &args.resume {
+        Some(dir) => dir.clone(),
+        None => default_out(args),
+    };
+    let max_seconds = match &resume_from {
+        Some(c) => c
+            .fit
+            .max_seconds
+            .unwrap_or(crate::train::options::DEFAULT_MAX_SECONDS),
+        None => opts.max_seconds,
+    };
+    let (val_split, val_data) = match &resume_from {
+        Some(c) => (
+            c.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+            c.val_data.as_ref().map(PathBuf::from),
+        ),
+        None => (args.val_split, args.val_data.clone()),
     };
     // A resumed run keeps its own seed (split, initialisation, dropout, augmentation).
     let seed = resume_from.as_ref().map_or(global.seed, |c| c.fit.seed);
@@ -60,11 +145,23 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         opts.label_regex.as_deref(),
         rate,
         &mel,
+        max_seconds,
         global.quiet,
     )?;
+    if let Some(c) = &resume_from {
+        if data.labels != c.labels {
+            bail!(
+                "--resume {}: labels differ: the run was trained on [{}] but {} now has [{}]",
+                out.display(),
+                c.labels.join(", "),
+                c.data,
+                data.labels.join(", ")
+            );
+        }
+    }
     let all: Vec<usize> = (0..data.clips.len()).collect();
     let labels = data.labels_of(&all);
-    let (data, train_idx, val_idx) = match &args.val_data {
+    let (data, train_idx, val_idx) = match &val_data {
         Some(vd) => {
             let (_, vdata) = load_dataset(
                 Some(vd),
@@ -72,6 +169,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
                 opts.label_regex.as_deref(),
                 Some(data.sample_rate),
                 &mel,
+                max_seconds,
                 global.quiet,
             )?;
             if vdata.labels != data.labels {
@@ -89,7 +187,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             (merged, all, val)
         }
         None => {
-            let (tr, va) = stratified_split(&labels, data.labels.len(), args.val_split, seed);
+            let (tr, va) = stratified_split(&labels, data.labels.len(), val_split, seed);
             (data, tr, va)
         }
     };
@@ -110,14 +208,16 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     };
     let device = resume_from
         .as_ref()
-        .map(|c| match c.device.as_str() {
-            "cuda" => DeviceChoice::Cuda,
-            "sim" => DeviceChoice::Sim,
-            _ => DeviceChoice::Cpu,
-        })
+        .map(run_device)
         .unwrap_or(global.device);
+    check_batch_memory(
+        &model_cfg,
+        &data,
+        train_idx.len(),
+        fit_cfg.batch_size,
+        available_memory(),
+    )?;
     let mut backend = make_backend(device, &model_cfg, &optim, seed)?;
-    let rd = RunDir::create(&out)?;
     let run_cfg = RunConfig {
         ser_engine_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: data.labels.clone(),
@@ -134,20 +234,20 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "demo".to_string()),
         device: backend.device().to_string(),
+        val_split: val_data.is_none().then_some(val_split),
+        val_data: val_data.as_ref().map(|p| p.display().to_string()),
     };
+    run_cfg.validate()?;
     let progress = match &resume_from {
         Some(_) => {
-            let (p, state) = rd.load_resume()?;
+            let (p, state) = writer.dir().load_resume()?;
             backend.set_state(&state)?;
             if !global.quiet {
                 eprintln!("resuming {} after epoch {}", out.display(), p.epochs_done);
             }
             p
         }
-        None => {
-            rd.write_config(&run_cfg)?;
-            FitProgress::new(&fit_cfg)
-        }
+        None => FitProgress::new(&fit_cfg),
     };
     if !global.quiet {
         eprintln!(
@@ -171,11 +271,18 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         global.progress(),
         &mut |ev| {
             let r = ev.record;
+            let rd = writer.dir();
             if r.best {
                 rd.save_best(&run_cfg, ev.state, r.epoch)?;
             }
             rd.write_metrics(ev.progress)?;
             rd.save_resume(ev.progress, ev.state)?;
+            if resume_from.is_none() && r.epoch == 1 {
+                // The new run has something to show: write its config and move it into
+                // place (replacing the old run whole under --force).
+                rd.write_config(&run_cfg)?;
+                writer.publish()?;
+            }
             if !quiet {
                 eprintln!("{}", r.line());
             }
@@ -183,6 +290,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         },
     )?;
     // Final report on the best weights.
+    let rd = writer.dir();
     let (params, buffers) = rd.load_best(&run_cfg)?;
     let mut state = backend.state()?;
     state.params = params;

@@ -63,7 +63,9 @@ pub fn save_checkpoint(
     }
     let mut info: HashMap<String, String> = meta.clone().into_iter().collect();
     info.insert(CONFIG_KEY.to_string(), serde_json::to_string(cfg)?);
-    let bytes = safetensors::tensor::serialize(views, Some(info))
+    let mut bytes = safetensors::tensor::serialize(views, Some(info))
+        .with_context(|| format!("serialising checkpoint {}", path.display()))?;
+    sort_header_keys(&mut bytes)
         .with_context(|| format!("serialising checkpoint {}", path.display()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -71,11 +73,41 @@ pub fn save_checkpoint(
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    // Errors name the checkpoint, not the temporary file (which is gone by then).
     tmp.write_all(&bytes)
         .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     tmp.persist(path)
-        .with_context(|| format!("renaming the temporary file to {}", path.display()))?;
+        .map_err(|e| e.error)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+/// Rewrites a serialised safetensors header with its keys sorted. safetensors takes the
+/// metadata as a HashMap and writes it in a different order each run; sorted, the same model
+/// gives the same bytes. The compact JSON of the same entries has the same length in any
+/// order, so the header keeps its size (and the tensor offsets stay valid).
+fn sort_header_keys(bytes: &mut [u8]) -> Result<()> {
+    type Header = BTreeMap<String, serde_json::Value>;
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .context("no header")?;
+    let end = 8usize
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .context("bad header size")?;
+    let mut header: Header = serde_json::from_slice(&bytes[8..end])?;
+    if let Some(meta) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take())?;
+        *meta = serde_json::to_value(sorted)?;
+    }
+    let text = serde_json::to_vec(&header)?;
+    if text.len() > len {
+        bail!("the sorted header is longer than the original");
+    }
+    bytes[8..8 + text.len()].copy_from_slice(&text);
+    bytes[8 + text.len()..end].fill(b' ');
     Ok(())
 }
 

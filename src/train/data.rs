@@ -37,8 +37,17 @@ pub struct Dataset {
     pub labels: Vec<String>,
     pub sample_rate: u32,
     pub mel: MelConfig,
+    /// Longest stretch of a clip the model sees, in frames (from `--max-seconds`): a longer
+    /// clip is cropped, at a random place each step in training ([`Dataset::crop_start`]).
+    pub max_frames: usize,
     /// Files that could not be decoded, with the reason; they are left out.
     pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Frames of log-Mel in `seconds` of audio (librosa's centred framing: 1 + samples / hop).
+pub fn frames_in(seconds: f64, sample_rate: u32, mel: &MelConfig) -> usize {
+    let samples = (seconds * sample_rate as f64).floor() as usize;
+    (1 + samples / mel.hop.max(1)).max(MIN_FRAMES)
 }
 
 /// The sample rate a corpus is read at: the requested one, or the corpus's single native
@@ -64,6 +73,7 @@ impl Dataset {
         corpus: &Corpus,
         sample_rate: u32,
         mel: &MelConfig,
+        max_seconds: f64,
         progress: bool,
     ) -> Result<Dataset> {
         let bar = if progress {
@@ -119,12 +129,44 @@ impl Dataset {
             labels: corpus.labels.clone(),
             sample_rate,
             mel: mel.clone(),
+            max_frames: frames_in(max_seconds, sample_rate, mel),
             skipped,
         })
     }
 
     pub fn labels_of(&self, idx: &[usize]) -> Vec<usize> {
         idx.iter().map(|&i| self.clips[i].label).collect()
+    }
+
+    /// Each clip's length as the model sees it (cropped to `max_frames`).
+    pub fn model_frames(&self) -> Vec<usize> {
+        self.clips
+            .iter()
+            .map(|c| c.frames.min(self.max_frames))
+            .collect()
+    }
+
+    /// First frame of the window of clip `i` the model sees: 0 for a clip within
+    /// `max_frames`; for a longer one, uniform over the clip given `random` in [0, 1)
+    /// (training), or its middle given None (validation, evaluation).
+    pub fn crop_start(&self, i: usize, random: Option<f32>) -> usize {
+        let spare = self.clips[i].frames.saturating_sub(self.max_frames);
+        match random {
+            _ if spare == 0 => 0,
+            Some(u) => ((u as f64 * (spare + 1) as f64) as usize).min(spare),
+            None => spare / 2,
+        }
+    }
+
+    /// Log-Mel of clip `i` from frame `start`, at most `max_frames` long: ([n_mels][w], w).
+    pub fn cropped_mel(&self, i: usize, start: usize) -> (Vec<f32>, usize) {
+        let c = &self.clips[i];
+        let w = c.frames.saturating_sub(start).min(self.max_frames);
+        let mut out = Vec::with_capacity(self.mel.n_mels * w);
+        for m in 0..self.mel.n_mels {
+            out.extend_from_slice(&c.mel[m * c.frames + start..][..w]);
+        }
+        (out, w)
     }
 }
 
@@ -212,6 +254,59 @@ pub fn bucketed_batches(
     batches
 }
 
+/// Caps the memory a batch may use, in MiB (for a machine shared with other work, and tests).
+pub const MEMORY_LIMIT_ENV: &str = "SER_ENGINE_MEMORY_LIMIT_MIB";
+
+/// Memory this process may use for a batch, bytes: the host's available memory
+/// (`MemAvailable`), capped by $SER_ENGINE_MEMORY_LIMIT_MIB; None where neither tells.
+pub fn available_memory() -> Option<u64> {
+    let host = (|| {
+        let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    })();
+    let cap = std::env::var(MEMORY_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|mib| mib << 20);
+    match (host, cap) {
+        (Some(h), Some(c)) => Some(h.min(c)),
+        (h, c) => h.or(c),
+    }
+}
+
+/// Checks, before anything is allocated, that the largest training batch fits in
+/// `available` bytes: `batch_size` clips (at most the training set) of the longest clip's
+/// frames (at most `max_frames`), with the activations and gradients one step keeps
+/// ([`crate::engine::cnn::CnnWorkspace::bytes_for`]). The error says what to lower.
+pub fn check_batch_memory(
+    model: &crate::model::ModelConfig,
+    data: &Dataset,
+    train_clips: usize,
+    batch_size: usize,
+    available: Option<u64>,
+) -> Result<()> {
+    let Some(available) = available else {
+        return Ok(());
+    };
+    let batch = batch_size.min(train_clips).max(1);
+    let t_max = data.model_frames().into_iter().max().unwrap_or(MIN_FRAMES);
+    let need = crate::engine::cnn::CnnWorkspace::bytes_for(model, batch, t_max) as u64;
+    if need > available {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        bail!(
+            "a training batch of {batch} clip(s) x {t_max} frames ({:.1} s) needs about {:.1} GiB \
+             for activations, more than the {:.1} GiB available; lower --batch-size or \
+             --max-seconds (or --n-mels / --channels)",
+            (t_max - 1) as f64 * data.mel.hop as f64 / data.sample_rate as f64,
+            gib(need),
+            gib(available)
+        );
+    }
+    Ok(())
+}
+
 /// Loads the corpus named by the options (the demo corpus when none), checks it can be
 /// trained on, and decodes it into features; warns about and lists files it skips.
 pub fn load_dataset(
@@ -220,6 +315,7 @@ pub fn load_dataset(
     label_regex: Option<&str>,
     sample_rate: Option<u32>,
     mel: &MelConfig,
+    max_seconds: f64,
     quiet: bool,
 ) -> Result<(Corpus, Dataset)> {
     let root = match data {
@@ -275,7 +371,18 @@ pub fn load_dataset(
             root.display()
         )
     })?;
-    let data = Dataset::load(&corpus, rate, mel, !quiet)?;
+    let data = Dataset::load(&corpus, rate, mel, max_seconds, !quiet)?;
+    let longer = data
+        .clips
+        .iter()
+        .filter(|c| c.frames > data.max_frames)
+        .count();
+    if longer > 0 && !quiet {
+        eprintln!(
+            "note: {longer} clip(s) are longer than --max-seconds {max_seconds}: training sees a \
+             random {max_seconds} s of each per epoch, validation and evaluation the middle one"
+        );
+    }
     if !data.skipped.is_empty() {
         eprintln!(
             "warning: skipped {} unreadable file(s):",

@@ -4,6 +4,7 @@
 
 use crate::features::augment::{add_noise, spec_augment, AugmentConfig};
 use crate::features::log_mel;
+use crate::rng::{Purpose, Stream};
 use crate::train::backend::{eval_loss, Backend, TrainState};
 use crate::train::data::{bucketed_batches, Batch, Dataset};
 use crate::train::metrics::{Confusion, Scores};
@@ -25,6 +26,10 @@ pub struct FitConfig {
     pub schedule: Schedule,
     pub early_stop_patience: usize,
     pub augment: AugmentConfig,
+    /// Longest stretch of a clip the model sees (`--max-seconds`); older run folders have
+    /// none and get the default.
+    #[serde(default)]
+    pub max_seconds: Option<f64>,
     pub seed: u64,
 }
 
@@ -115,7 +120,7 @@ pub fn evaluate(
     batch_size: usize,
 ) -> Result<Evaluation> {
     let classes = backend.classes();
-    let frames: Vec<usize> = data.clips.iter().map(|c| c.frames).collect();
+    let frames = data.model_frames();
     let mut confusion = Confusion::new(classes);
     let mut loss_sum = 0.0;
     let mut out: Vec<Option<(usize, Vec<f32>)>> = vec![None; data.clips.len()];
@@ -140,11 +145,23 @@ pub fn evaluate(
     })
 }
 
-/// A batch of cached features, no augmentation.
+/// A batch of cached features, no augmentation; a clip longer than the dataset's
+/// `max_frames` contributes its middle.
 pub fn plain_batch(data: &Dataset, idx: &[usize]) -> Batch {
+    let cropped: Vec<Option<(Vec<f32>, usize)>> = idx
+        .iter()
+        .map(|&i| {
+            (data.clips[i].frames > data.max_frames)
+                .then(|| data.cropped_mel(i, data.crop_start(i, None)))
+        })
+        .collect();
     let feats: Vec<(&[f32], usize)> = idx
         .iter()
-        .map(|&i| (data.clips[i].mel.as_slice(), data.clips[i].frames))
+        .zip(&cropped)
+        .map(|(&i, c)| match c {
+            Some((m, f)) => (m.as_slice(), *f),
+            None => (data.clips[i].mel.as_slice(), data.clips[i].frames),
+        })
         .collect();
     Batch::from_features(
         &feats,
@@ -155,8 +172,9 @@ pub fn plain_batch(data: &Dataset, idx: &[usize]) -> Batch {
     )
 }
 
-/// A training batch: waveform noise (features recomputed for the clips that draw it) and
-/// SpecAugment, keyed by (seed, step, position in batch).
+/// A training batch: a random window of each clip longer than `max_frames`, waveform noise
+/// (features recomputed for the clips that draw it) and SpecAugment, keyed by (seed, step,
+/// position in batch).
 pub fn augmented_batch(
     data: &Dataset,
     idx: &[usize],
@@ -171,27 +189,48 @@ pub fn augmented_batch(
         .enumerate()
         .map(|(c, &i)| {
             let clip = &data.clips[i];
+            let (start, frames) = if clip.frames > data.max_frames {
+                let u = Stream::new(seed, Purpose::Crop, step).uniform(c as u64);
+                (data.crop_start(i, Some(u)), data.max_frames)
+            } else {
+                (0, clip.frames)
+            };
+            let cached = || {
+                if frames == clip.frames {
+                    clip.mel.clone()
+                } else {
+                    data.cropped_mel(i, start).0
+                }
+            };
             let mut mel = if aug.noise_prob > 0.0 {
-                let mut pcm = clip.pcm.clone();
+                // The samples behind the window's frames (frame t is centred on t * hop).
+                let hop = data.mel.hop;
+                let s0 = (start * hop).min(clip.pcm.len());
+                let s1 = ((start + frames - 1) * hop).min(clip.pcm.len()).max(s0);
+                let mut pcm = if frames == clip.frames {
+                    clip.pcm.clone()
+                } else {
+                    clip.pcm[s0..s1].to_vec()
+                };
                 match add_noise(&mut pcm, aug, seed, step, c) {
-                    Some(_) => log_mel(&pcm, data.sample_rate, &data.mel).data,
-                    None => clip.mel.clone(),
+                    Some(_) => {
+                        let lm = log_mel(&pcm, data.sample_rate, &data.mel);
+                        // Same frame count as the window by construction; guard anyway.
+                        if lm.frames == frames {
+                            lm.data
+                        } else {
+                            cached()
+                        }
+                    }
+                    None => cached(),
                 }
             } else {
-                clip.mel.clone()
+                cached()
             };
             spec_augment(
-                &mut mel,
-                n_mels,
-                clip.frames,
-                clip.frames,
-                silence,
-                aug,
-                seed,
-                step,
-                c,
+                &mut mel, n_mels, frames, frames, silence, aug, seed, step, c,
             );
-            (mel, clip.frames)
+            (mel, frames)
         })
         .collect();
     let views: Vec<(&[f32], usize)> = feats.iter().map(|(m, f)| (m.as_slice(), *f)).collect();
@@ -215,7 +254,7 @@ pub fn fit(
     if val_idx.is_empty() {
         bail!("the validation set is empty (give --val-split > 0 or --val-data)");
     }
-    let frames: Vec<usize> = data.clips.iter().map(|c| c.frames).collect();
+    let frames = data.model_frames();
     // The cosine schedule's horizon: every epoch has the same number of batches (the buckets
     // depend on the clips, not on the shuffle), so this counts each run's steps exactly.
     let steps_per_epoch = bucketed_batches(&frames, train_idx, cfg.batch_size, None).len();

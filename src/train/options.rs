@@ -10,10 +10,71 @@ use crate::train::backend::OptimConfig;
 use crate::train::fit::FitConfig;
 use anyhow::{bail, Result};
 use clap::Args;
+use serde::Serialize;
 use std::path::PathBuf;
 
-/// Corpus, features, model and training options shared by `train` and `cv`.
-#[derive(Debug, Args, Clone)]
+/// One end of an option's allowed range.
+#[derive(Clone, Copy, Debug)]
+pub enum Limit {
+    /// The value itself is allowed.
+    Incl(f64),
+    /// Only values strictly beyond it are allowed.
+    Excl(f64),
+}
+
+/// Checks `value` of command-line option `option` against `lo..hi` (finite values only), with
+/// an error naming the option, the value and the range: `--lr -1: must be > 0 and ≤ 10`.
+pub fn check_range(option: &str, value: f64, lo: Limit, hi: Limit) -> Result<()> {
+    let ok_lo = match lo {
+        Limit::Incl(l) => value >= l,
+        Limit::Excl(l) => value > l,
+    };
+    let ok_hi = match hi {
+        Limit::Incl(h) => value <= h,
+        Limit::Excl(h) => value < h,
+    };
+    if value.is_finite() && ok_lo && ok_hi {
+        return Ok(());
+    }
+    let lo_s = match lo {
+        Limit::Incl(l) => format!("≥ {l}"),
+        Limit::Excl(l) => format!("> {l}"),
+    };
+    let hi_s = match hi {
+        Limit::Incl(h) => format!("≤ {h}"),
+        Limit::Excl(h) => format!("< {h}"),
+    };
+    let first = if !value.is_finite() {
+        "must be a finite number "
+    } else {
+        "must be "
+    };
+    let range = if !value.is_finite() || (!ok_lo && !ok_hi) {
+        format!("{lo_s} and {hi_s}")
+    } else if !ok_lo {
+        format!("{lo_s} (range: {lo_s} and {hi_s})")
+    } else {
+        format!("{hi_s} (range: {lo_s} and {hi_s})")
+    };
+    bail!("--{option} {value}: {first}{range}")
+}
+
+/// Sample rates the front end accepts, Hz (telephone speech to studio audio).
+pub const SAMPLE_RATE_RANGE: (u32, u32) = (1_000, 192_000);
+/// Mel bands: a positive multiple of 8 (three 2×2 poolings) up to this many.
+pub const MAX_N_MELS: usize = 512;
+/// Convolution kernel sizes: odd, up to this size.
+pub const MAX_KERNEL_SIZE: usize = 31;
+/// Default bound on a training clip's length, seconds (see `max_seconds`).
+pub const DEFAULT_MAX_SECONDS: f64 = 10.0;
+/// Largest `--max-seconds`: ten minutes (also keeps a clip within the noise augmentation's
+/// per-clip random stream of 2^28 samples at 192 kHz).
+pub const MAX_SECONDS: f64 = 600.0;
+
+/// Corpus, features, model and training options shared by `train` and `cv`. Every numeric
+/// option's range is checked in one place, `TrainOpts::validate`; negative numbers reach it
+/// (rather than being refused by the parser as unknown flags).
+#[derive(Debug, Args, Clone, PartialEq, Serialize)]
 pub struct TrainOpts {
     /// Corpus folder (or CSV manifest). Without it: the built-in demo corpus.
     #[arg(long)]
@@ -24,15 +85,19 @@ pub struct TrainOpts {
     /// Regex with named groups `label` (and optionally `speaker`) over paths relative to --data.
     #[arg(long)]
     pub label_regex: Option<String>,
-    /// Resample audio to this rate (default: the corpus's native rate).
+    /// Resample audio to this rate, 1000 to 192000 Hz (default: the corpus's native rate).
     #[arg(long)]
     pub sample_rate: Option<u32>,
-    /// Mel bands.
+    /// Mel bands: a multiple of 8, at most 512.
     #[arg(long, default_value_t = 128)]
     pub n_mels: usize,
-    /// Convolution kernel size (3, 5, 7, 9, 11 in the paper).
+    /// Convolution kernel size: odd, at most 31 (3, 5, 7, 9, 11 in the paper).
     #[arg(long, default_value_t = 7)]
     pub kernel_size: usize,
+    /// Longest stretch of a clip the model sees, seconds (> 0, at most 600): a longer training
+    /// clip is cropped at a random place each epoch; validation and `eval` score its middle.
+    #[arg(long, default_value_t = DEFAULT_MAX_SECONDS, allow_negative_numbers = true)]
+    pub max_seconds: f64,
     /// Leave out BatchNorm after each convolution.
     #[arg(long)]
     pub no_batchnorm: bool,
@@ -47,7 +112,7 @@ pub struct TrainOpts {
     #[arg(long, hide = true)]
     pub hidden_size: Option<usize>,
     /// Dropout probability (conv stages, FC, between LSTM layers).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
     pub dropout: f32,
     /// Maximum number of epochs [default: 100; 20 on the demo corpus]. With --resume, a
     /// larger value extends the run.
@@ -57,10 +122,10 @@ pub struct TrainOpts {
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Adam learning rate [default: 1e-4, as the paper; 1e-3 on the demo corpus].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Adam weight decay (L2 added to the gradient, as torch.optim.Adam).
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
     pub weight_decay: f64,
     /// Decoupled weight decay (AdamW) instead of L2.
     #[arg(long)]
@@ -71,7 +136,7 @@ pub struct TrainOpts {
     #[arg(long, value_enum)]
     pub schedule: Option<crate::train::schedule::Schedule>,
     /// Reduce-on-plateau factor and patience (epochs) on validation loss.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub plateau_factor: f64,
     #[arg(long, default_value_t = 5)]
     pub plateau_patience: usize,
@@ -79,9 +144,9 @@ pub struct TrainOpts {
     #[arg(long, default_value_t = 10)]
     pub early_stop: usize,
     /// Clip the global gradient norm to this value (0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub clip_grad: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub label_smoothing: f64,
     /// Weight the loss by inverse class frequency.
     #[arg(long)]
@@ -93,11 +158,11 @@ pub struct TrainOpts {
     #[arg(long, conflicts_with = "no_augment")]
     pub augment: bool,
     /// Probability that a training clip gets Gaussian noise, and its SNR range in dB.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub noise_prob: f32,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     pub snr_min: f32,
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
     pub snr_max: f32,
     /// SpecAugment: number and widest width of frequency masks (bins) and time masks
     /// (fraction of the clip's frames).
@@ -107,11 +172,186 @@ pub struct TrainOpts {
     pub freq_mask_max: usize,
     #[arg(long, default_value_t = 2)]
     pub time_masks: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub time_mask_frac: f32,
 }
 
 impl TrainOpts {
+    /// Checks every numeric option against its range (README, "Bad input"), before any work
+    /// starts. One row per option: a new option adds its row here.
+    pub fn validate(&self) -> Result<()> {
+        use Limit::{Excl, Incl};
+        let n = |v: usize| v as f64;
+        let opt = |v: Option<usize>| v.map(|v| v as f64);
+        let (rate_lo, rate_hi) = SAMPLE_RATE_RANGE;
+        let checks: &[(&str, Option<f64>, Limit, Limit)] = &[
+            (
+                "sample-rate",
+                self.sample_rate.map(f64::from),
+                Incl(rate_lo.into()),
+                Incl(rate_hi.into()),
+            ),
+            (
+                "n-mels",
+                Some(n(self.n_mels)),
+                Incl(8.0),
+                Incl(n(MAX_N_MELS)),
+            ),
+            (
+                "kernel-size",
+                Some(n(self.kernel_size)),
+                Incl(1.0),
+                Incl(n(MAX_KERNEL_SIZE)),
+            ),
+            (
+                "max-seconds",
+                Some(self.max_seconds),
+                Excl(0.0),
+                Incl(MAX_SECONDS),
+            ),
+            ("fc-size", opt(self.fc_size), Incl(1.0), Incl(4096.0)),
+            (
+                "hidden-size",
+                opt(self.hidden_size),
+                Incl(1.0),
+                Incl(2048.0),
+            ),
+            ("dropout", Some(self.dropout.into()), Incl(0.0), Excl(1.0)),
+            ("epochs", opt(self.epochs), Incl(1.0), Incl(100_000.0)),
+            ("batch-size", opt(self.batch_size), Incl(1.0), Incl(4096.0)),
+            ("lr", self.lr, Excl(0.0), Incl(10.0)),
+            (
+                "weight-decay",
+                Some(self.weight_decay),
+                Incl(0.0),
+                Excl(1.0),
+            ),
+            (
+                "plateau-factor",
+                Some(self.plateau_factor),
+                Excl(0.0),
+                Excl(1.0),
+            ),
+            (
+                "plateau-patience",
+                Some(n(self.plateau_patience)),
+                Incl(0.0),
+                Incl(10_000.0),
+            ),
+            (
+                "early-stop",
+                Some(n(self.early_stop)),
+                Incl(1.0),
+                Incl(100_000.0),
+            ),
+            ("clip-grad", Some(self.clip_grad), Incl(0.0), Incl(1e6)),
+            (
+                "label-smoothing",
+                Some(self.label_smoothing),
+                Incl(0.0),
+                Excl(1.0),
+            ),
+            (
+                "noise-prob",
+                Some(self.noise_prob.into()),
+                Incl(0.0),
+                Incl(1.0),
+            ),
+            (
+                "snr-min",
+                Some(self.snr_min.into()),
+                Incl(-30.0),
+                Incl(100.0),
+            ),
+            (
+                "snr-max",
+                Some(self.snr_max.into()),
+                Incl(-30.0),
+                Incl(100.0),
+            ),
+            (
+                "freq-masks",
+                Some(n(self.freq_masks)),
+                Incl(0.0),
+                Incl(100.0),
+            ),
+            (
+                "freq-mask-max",
+                Some(n(self.freq_mask_max)),
+                Incl(0.0),
+                Incl(n(self.n_mels)),
+            ),
+            (
+                "time-masks",
+                Some(n(self.time_masks)),
+                Incl(0.0),
+                Incl(100.0),
+            ),
+            (
+                "time-mask-frac",
+                Some(self.time_mask_frac.into()),
+                Incl(0.0),
+                Incl(1.0),
+            ),
+        ];
+        for &(name, value, lo, hi) in checks {
+            if let Some(v) = value {
+                check_range(name, v, lo, hi)?;
+            }
+        }
+        if !self.n_mels.is_multiple_of(8) {
+            bail!(
+                "--n-mels {}: must be a multiple of 8 (three 2×2 poolings halve it three times)",
+                self.n_mels
+            );
+        }
+        if self.kernel_size.is_multiple_of(2) {
+            bail!(
+                "--kernel-size {}: must be odd (\"same\" padding needs a centre)",
+                self.kernel_size
+            );
+        }
+        if let Some(c) = &self.channels {
+            if c.len() != 3 {
+                bail!("--channels takes three values, got {}", c.len());
+            }
+            for &v in c {
+                check_range("channels", n(v), Incl(1.0), Incl(1024.0))?;
+            }
+        }
+        if self.snr_min > self.snr_max {
+            bail!(
+                "--snr-min {} is above --snr-max {}: the SNR range must not be upside down",
+                self.snr_min,
+                self.snr_max
+            );
+        }
+        Ok(())
+    }
+
+    /// The options given on the command line that differ from their defaults, as flag names
+    /// (`--lr`), leaving out those in `allowed`: what `train --resume` would silently ignore.
+    pub fn given_flags(&self, allowed: &[&str]) -> Vec<String> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            opts: TrainOpts,
+        }
+        let defaults = Defaults::parse_from(["defaults"]).opts;
+        let (Ok(serde_json::Value::Object(given)), Ok(serde_json::Value::Object(default))) =
+            (serde_json::to_value(self), serde_json::to_value(&defaults))
+        else {
+            return Vec::new();
+        };
+        given
+            .iter()
+            .filter(|(k, v)| default.get(*k) != Some(*v))
+            .map(|(k, _)| format!("--{}", k.replace('_', "-")))
+            .filter(|f| !allowed.contains(&f.as_str()))
+            .collect()
+    }
+
     pub fn mel(&self) -> MelConfig {
         MelConfig {
             n_mels: self.n_mels,
@@ -172,7 +412,6 @@ impl TrainOpts {
     pub fn batch_size(&self) -> usize {
         self.batch_size
             .unwrap_or(if self.on_demo() { 16 } else { 32 })
-            .max(1)
     }
 
     pub fn schedule(&self) -> crate::train::schedule::Schedule {
@@ -198,6 +437,7 @@ impl TrainOpts {
             schedule: self.schedule(),
             early_stop_patience: self.early_stop,
             augment: self.augment(),
+            max_seconds: Some(self.max_seconds),
             seed,
         }
     }
@@ -277,5 +517,38 @@ mod tests {
         assert_eq!(paper_off.augment(), AugmentConfig::none());
         assert_eq!(paper_off.schedule(), Schedule::Cosine);
         assert!(Cli::try_parse_from(["t", "--augment", "--no-augment"]).is_err());
+    }
+
+    #[test]
+    fn defaults_pass_validation_and_ranges_name_the_bound() {
+        opts(&[]).validate().unwrap();
+        opts(&["--data", "x"]).validate().unwrap();
+        let e = |args: &[&str]| format!("{:#}", opts(args).validate().unwrap_err());
+        assert_eq!(
+            e(&["--lr", "-1"]),
+            "--lr -1: must be > 0 (range: > 0 and ≤ 10)"
+        );
+        assert_eq!(
+            e(&["--lr", "20"]),
+            "--lr 20: must be ≤ 10 (range: > 0 and ≤ 10)"
+        );
+        assert_eq!(
+            e(&["--dropout", "nan"]),
+            "--dropout NaN: must be a finite number ≥ 0 and < 1"
+        );
+        // Boundaries: included ends pass, excluded ones fail.
+        opts(&["--noise-prob", "1", "--dropout", "0", "--clip-grad", "0"])
+            .validate()
+            .unwrap();
+        assert!(opts(&["--plateau-factor", "0"]).validate().is_err());
+    }
+
+    #[test]
+    fn given_flags_lists_what_differs_from_the_defaults() {
+        let o = opts(&["--lr", "0.5", "--epochs", "3", "--no-augment"]);
+        assert_eq!(o.given_flags(&["--epochs"]), vec!["--lr", "--no-augment"]);
+        assert!(opts(&["--epochs", "3"])
+            .given_flags(&["--epochs"])
+            .is_empty());
     }
 }

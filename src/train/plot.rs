@@ -89,31 +89,23 @@ impl Canvas {
         cx - x
     }
 
-    /// Writes the canvas as an 8-bit RGB PNG, atomically (temp file, then rename).
+    /// Writes the canvas as an 8-bit RGB PNG, atomically (encoded in memory, then
+    /// `atomic_write`, so a full disk is an error naming `path`, never a cut-short file).
     pub fn save_png(&self, path: &Path) -> Result<()> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+        let mut bytes = Vec::new();
         {
-            let mut enc = png::Encoder::new(
-                std::io::BufWriter::new(tmp.as_file()),
-                self.width as u32,
-                self.height as u32,
-            );
+            let mut enc = png::Encoder::new(&mut bytes, self.width as u32, self.height as u32);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             let mut w = enc
                 .write_header()
-                .with_context(|| format!("{}: cannot write PNG", path.display()))?;
+                .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
             w.write_image_data(self.pixels.as_flattened())
-                .with_context(|| format!("{}: cannot write PNG", path.display()))?;
+                .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
+            w.finish()
+                .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
         }
-        tmp.persist(path)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-        Ok(())
+        crate::train::run::atomic_write(path, &bytes)
     }
 }
 

@@ -8,6 +8,12 @@
 //! ```
 //! Every file is written to a temporary file in the same folder and renamed into place, so an
 //! interrupted run never leaves a half-written file.
+//!
+//! Writers go through [`RunWriter`]: it holds an OS advisory lock on the folder (released by
+//! the kernel when the process dies, even by kill -9) so a second writer is refused with the
+//! holder's pid; it never writes into an existing run unless asked (`--force` swaps the new
+//! run in whole once its first epoch is saved; `--resume` continues it); and it removes temp
+//! files a killed writer left behind.
 
 use crate::features::MelConfig;
 use crate::model::{load_checkpoint, save_checkpoint, ModelConfig};
@@ -36,22 +42,394 @@ pub struct RunConfig {
     pub input_db_scale: f32,
     pub data: String,
     pub device: String,
+    /// How the validation set was chosen (older run folders: not recorded, `--resume` then
+    /// uses the 0.2 default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_split: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_data: Option<String>,
 }
 
-/// Writes `bytes` to `path` atomically.
+impl RunConfig {
+    /// Checks the settings against each other and against sane ranges, so a hand-edited or
+    /// foreign config.json is refused with the field at fault instead of crashing later.
+    /// Errors are "FIELD: problem"; the caller adds the file.
+    pub fn validate(&self) -> Result<()> {
+        use crate::train::options::SAMPLE_RATE_RANGE;
+        let (lo, hi) = SAMPLE_RATE_RANGE;
+        if !(lo..=hi).contains(&self.sample_rate) {
+            bail!(
+                "sample_rate: {} Hz is outside {lo}..={hi} Hz",
+                self.sample_rate
+            );
+        }
+        self.model.validate().context("model")?;
+        if self.labels.len() != self.model.classes {
+            bail!(
+                "labels: lists {} label(s) ({}) but the model has {} classes (model.classes)",
+                self.labels.len(),
+                self.labels.join(", "),
+                self.model.classes
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for l in &self.labels {
+            if l.is_empty() || !seen.insert(l) {
+                bail!("labels: '{l}' is empty or listed twice");
+            }
+        }
+        self.mel.validate(self.sample_rate).context("mel")?;
+        // Sizes the front end allocates per frame: bounded so a hand-edited file cannot ask
+        // for gigabytes.
+        if self.mel.n_fft > 1 << 16 || self.mel.hop > self.mel.n_fft {
+            bail!(
+                "mel.n_fft / mel.hop: {} / {} (need n_fft ≤ 65536 and hop ≤ n_fft)",
+                self.mel.n_fft,
+                self.mel.hop
+            );
+        }
+        if self.mel.n_mels != self.model.n_mels {
+            bail!(
+                "mel.n_mels: {} differs from model.n_mels {}",
+                self.mel.n_mels,
+                self.model.n_mels
+            );
+        }
+        if !(self.input_db_offset.is_finite()
+            && self.input_db_scale.is_finite()
+            && self.input_db_scale > 0.0)
+        {
+            bail!(
+                "input_db_offset / input_db_scale: {} / {} (need finite numbers, scale > 0)",
+                self.input_db_offset,
+                self.input_db_scale
+            );
+        }
+        if self.fit.batch_size == 0 || self.fit.epochs == 0 {
+            bail!(
+                "fit: batch_size ({}) and epochs ({}) must be ≥ 1",
+                self.fit.batch_size,
+                self.fit.epochs
+            );
+        }
+        if let Some(m) = self.fit.max_seconds {
+            if !(m > 0.0 && m <= crate::train::options::MAX_SECONDS) {
+                bail!(
+                    "fit.max_seconds: {m} is outside (0, {}]",
+                    crate::train::options::MAX_SECONDS
+                );
+            }
+        }
+        for (name, v) in [
+            ("fit.lr", self.fit.lr),
+            ("optim.lr", self.optim.lr),
+            ("optim.weight_decay", self.optim.weight_decay),
+            ("optim.clip_grad_norm", self.optim.clip_grad_norm),
+            ("optim.label_smoothing", self.optim.label_smoothing),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{name}: {v} (need a finite number ≥ 0)");
+            }
+        }
+        if let Some(w) = &self.optim.class_weights {
+            if w.len() != self.model.classes || w.iter().any(|x| !x.is_finite()) {
+                bail!(
+                    "optim.class_weights: {} finite weight(s) needed, one per class",
+                    self.model.classes
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prefix of the temporary files [`atomic_write`] creates (cleaned by the next writer).
+pub const TMP_PREFIX: &str = ".tmp";
+
+/// Writes `bytes` to `path` atomically (a temporary file beside it, renamed into place).
+/// Errors name `path`, not the temporary file.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", path.display()))?;
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .with_context(|| format!("{}: cannot write", path.display()))?;
     tmp.persist(path)
+        .map_err(|e| e.error)
         .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
+}
+
+/// The lock file inside a run folder; it holds the writer's pid.
+pub const LOCK_FILE: &str = "lock";
+
+/// An exclusive advisory lock (flock) on `dir/lock`, held while the returned file is open.
+/// `target` is the run folder named in errors.
+fn lock_folder(dir: &Path, target: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let p = dir.join(LOCK_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .with_context(|| format!("{}: cannot create the lock file", p.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(err).with_context(|| format!("{}: cannot lock", p.display()));
+        }
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        let pid = pid.trim();
+        bail!(
+            "{}: another process (pid {}) is writing this run folder; wait for it to finish              or choose another --out",
+            target.display(),
+            if pid.is_empty() { "unknown" } else { pid }
+        );
+    }
+    // The folder may have been swapped (a --force publish) between open and flock.
+    let on_disk = std::fs::metadata(&p).map(|m| m.ino()).ok();
+    if on_disk != Some(f.metadata()?.ino()) {
+        bail!(
+            "{}: the run folder was replaced while locking it; try again",
+            target.display()
+        );
+    }
+    f.set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| write!(f, "{}", std::process::id()))
+        .with_context(|| format!("{}: cannot write", p.display()))?;
+    Ok(f)
+}
+
+/// Removes the temporary files a killed writer left in `dir` (not recursive).
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(TMP_PREFIX)
+            && e.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// What `dir` holds, ignoring the lock file and stale temporary files.
+enum Existing {
+    Nothing,
+    Run,
+    /// Not a run folder: one of its entries, for the error message.
+    Other(PathBuf),
+}
+
+fn existing(dir: &Path) -> Result<Existing> {
+    if !dir.exists() {
+        return Ok(Existing::Nothing);
+    }
+    if !dir.is_dir() {
+        bail!("{}: exists and is not a folder", dir.display());
+    }
+    if dir.join("config.json").is_file() {
+        return Ok(Existing::Run);
+    }
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name != LOCK_FILE && !name.starts_with(TMP_PREFIX) {
+            return Ok(Existing::Other(e.path()));
+        }
+    }
+    Ok(Existing::Nothing)
+}
+
+/// A run folder locked for writing. A new run is written into a hidden staging folder beside
+/// the target (`.NAME.partial`) and moved into place by [`RunWriter::publish`] once its first
+/// epoch is saved, so the target never holds a mix of two runs.
+pub struct RunWriter {
+    target: PathBuf,
+    rd: RunDir,
+    staging: Option<PathBuf>,
+    _lock: std::fs::File,
+    /// The lock on a run being replaced (--force), held until it is gone.
+    old_lock: Option<std::fs::File>,
+}
+
+impl RunWriter {
+    /// A new run for `target`. An existing run there is an error unless `force`; a folder
+    /// that is neither empty nor a run is always an error.
+    pub fn create(target: &Path, force: bool) -> Result<Self> {
+        let name = target
+            .file_name()
+            .with_context(|| format!("{}: not a folder name", target.display()))?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("{}: cannot create the folder", parent.display()))?;
+        let mut old_lock = None;
+        match existing(target)? {
+            Existing::Nothing => {}
+            Existing::Run => {
+                let lock = lock_folder(target, target)?;
+                if !force {
+                    bail!(
+                        "{}: already holds a run; pass --force to replace it (once the new run \
+                         has finished its first epoch), --resume {} to continue it, or choose \
+                         another --out",
+                        target.display(),
+                        target.display()
+                    );
+                }
+                old_lock = Some(lock);
+            }
+            Existing::Other(entry) => bail!(
+                "{}: exists, is not empty and is not a run folder (it holds {}); refusing to \
+                 write into it even with --force; choose another --out",
+                target.display(),
+                entry.display()
+            ),
+        }
+        let staging = parent.join(format!(".{}.partial", name.to_string_lossy()));
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("{}: cannot create", staging.display()))?;
+        let lock = lock_folder(&staging, target)?;
+        // Whatever a killed writer left here is stale: we hold the lock.
+        for e in std::fs::read_dir(&staging)
+            .with_context(|| format!("{}: cannot read", staging.display()))?
+            .flatten()
+        {
+            if e.file_name() != LOCK_FILE {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+        std::fs::create_dir_all(staging.join("resume"))
+            .with_context(|| format!("{}: cannot create", staging.display()))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            rd: RunDir {
+                path: staging.clone(),
+            },
+            staging: Some(staging),
+            _lock: lock,
+            old_lock,
+        })
+    }
+
+    /// The run in `target`, to continue it (`--resume`).
+    pub fn resume(target: &Path) -> Result<Self> {
+        let rd = RunDir::open(target)?;
+        let lock = lock_folder(target, target)?;
+        remove_stale_temp_files(target);
+        remove_stale_temp_files(&target.join("resume"));
+        std::fs::create_dir_all(target.join("resume"))
+            .with_context(|| format!("{}: cannot create", target.display()))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            rd,
+            staging: None,
+            _lock: lock,
+            old_lock: None,
+        })
+    }
+
+    /// Where files are written now (the staging folder until published).
+    pub fn dir(&self) -> &RunDir {
+        &self.rd
+    }
+
+    /// Moves a new run into place (replacing the old one whole, under --force); a no-op once
+    /// published. Call after the first epoch's files are written.
+    pub fn publish(&mut self) -> Result<()> {
+        let Some(staging) = self.staging.take() else {
+            return Ok(());
+        };
+        let fail = |e: std::io::Error| {
+            anyhow::Error::new(e).context(format!(
+                "{}: cannot move the new run into place from {}",
+                self.target.display(),
+                staging.display()
+            ))
+        };
+        if self.target.exists() {
+            swap_folders(&staging, &self.target).map_err(fail)?;
+            // `staging` now holds the old run (or an empty folder).
+            std::fs::remove_dir_all(&staging).with_context(|| {
+                format!("{}: cannot remove the replaced run", staging.display())
+            })?;
+        } else {
+            std::fs::rename(&staging, &self.target).map_err(fail)?;
+        }
+        self.old_lock = None;
+        self.rd.path = self.target.clone();
+        Ok(())
+    }
+}
+
+impl Drop for RunWriter {
+    /// A run that never got to publish (an error before its first epoch was saved) leaves
+    /// nothing behind.
+    fn drop(&mut self) {
+        if let Some(s) = &self.staging {
+            let _ = std::fs::remove_dir_all(s);
+        }
+    }
+}
+
+/// Exchanges two folders atomically (Linux renameat2 RENAME_EXCHANGE), so `b` is never
+/// missing; elsewhere, two renames.
+fn swap_folders(a: &Path, b: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let ca = CString::new(a.as_os_str().as_bytes())?;
+        let cb = CString::new(b.as_os_str().as_bytes())?;
+        // SAFETY: two valid NUL-terminated paths relative to the current directory.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        // Filesystems without RENAME_EXCHANGE fall through to the two renames.
+        if err.raw_os_error() != Some(libc::EINVAL) && err.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(err);
+        }
+    }
+    let aside = a.with_extension("old");
+    std::fs::rename(b, &aside)?;
+    if let Err(e) = std::fs::rename(a, b) {
+        let _ = std::fs::rename(&aside, b);
+        return Err(e);
+    }
+    std::fs::rename(&aside, a)
 }
 
 pub struct RunDir {
@@ -59,17 +437,15 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates (or reuses) the folder.
-    pub fn create(path: &Path) -> Result<Self> {
-        std::fs::create_dir_all(path.join("resume"))
-            .with_context(|| format!("{}: cannot create the run folder", path.display()))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-        })
-    }
-
     /// Opens an existing run folder for reading.
     pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            bail!(
+                "{}: is a file; give the run folder that holds config.json and \
+                 model.safetensors",
+                path.display()
+            );
+        }
         if !path.join("config.json").is_file() {
             bail!(
                 "{}: not a run folder (no config.json; train one with `ser-engine train --out {}`)",
@@ -82,12 +458,16 @@ impl RunDir {
         })
     }
 
+    /// config.json, parsed and checked ([`RunConfig::validate`]); errors name the file.
     pub fn config(&self) -> Result<RunConfig> {
         let p = self.path.join("config.json");
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid run config", p.display()))
+        let cfg: RunConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid run config", p.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}: invalid run config", p.display()))?;
+        Ok(cfg)
     }
 
     pub fn write_config(&self, cfg: &RunConfig) -> Result<()> {
@@ -124,9 +504,28 @@ impl RunDir {
         )
     }
 
-    /// Best weights and BatchNorm buffers.
+    /// Best weights and BatchNorm buffers; the checkpoint must be the one config.json
+    /// describes (same model, same labels).
     pub fn load_best(&self, cfg: &RunConfig) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (p, b, _) = load_checkpoint(&self.model_path(), &cfg.model)?;
+        let path = self.model_path();
+        let (p, b, meta) = load_checkpoint(&path, &cfg.model).with_context(|| {
+            format!(
+                "{}: does not match the model in config.json",
+                path.display()
+            )
+        })?;
+        if let Some(l) = meta.get("labels") {
+            let labels: Vec<String> = serde_json::from_str(l)
+                .with_context(|| format!("{}: bad 'labels' metadata", path.display()))?;
+            if labels != cfg.labels {
+                bail!(
+                    "{}: trained with labels [{}] but config.json lists [{}]",
+                    path.display(),
+                    labels.join(", "),
+                    cfg.labels.join(", ")
+                );
+            }
+        }
         Ok((p, b))
     }
 
@@ -204,16 +603,20 @@ impl RunDir {
     }
 }
 
-/// Reads a run's config and best weights into a backend ready for evaluation.
+/// Reads a run's config and best weights into a backend ready for evaluation, after checking
+/// config.json and the checkpoint against each other. `dir` may also name the run's
+/// model.safetensors.
 pub fn load_run(
     dir: &Path,
     device: crate::device::DeviceChoice,
 ) -> Result<(RunConfig, Box<dyn crate::train::backend::Backend>)> {
+    let dir = match dir.parent() {
+        Some(p) if dir.is_file() && p.join("config.json").is_file() => p,
+        _ => dir,
+    };
     let rd = RunDir::open(dir)?;
     let cfg = rd.config()?;
-    let (params, buffers) = rd
-        .load_best(&cfg)
-        .with_context(|| format!("{}: cannot load the model", dir.display()))?;
+    let (params, buffers) = rd.load_best(&cfg)?;
     let mut backend = crate::train::backend::make_backend(device, &cfg.model, &cfg.optim, 0)?;
     let mut state = backend.state()?;
     state.params = params;

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
-    /// The paper's: constant, halved by [`ReduceOnPlateau`] when validation loss stalls.
+    /// The paper's: constant, halved by reduce-on-plateau when validation loss stalls.
     #[default]
     Plateau,
     /// Linear warmup over the first epoch, then half a cosine down to zero at the last step
-    /// of the last epoch ([`cosine_lr`]); for short runs with a fixed epoch budget.
+    /// of the last epoch; for short runs with a fixed epoch budget.
     Cosine,
 }
 
