@@ -222,7 +222,7 @@ fn uninit_read_of_an_unwritten_buffer() {
     );
     // a kernel writes the first 30 elements; reading 40 of them fails at element 30 exactly
     let mut x = dev.alloc_uninit::<f32>(n).unwrap();
-    let src = dev.htod(&vec![2.0f32; 30]).unwrap();
+    let src = dev.htod(&[2.0f32; 30]).unwrap();
     {
         let head = x.slice_mut(0..30).unwrap();
         let args = [AsView::view(&head).into(), (&src).into(), 30i32.into()];
