@@ -23,7 +23,7 @@
     } while (0)
 #else
 #include "sim/shim.h"
-#define SER_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::ser_sim::t_dynamic_shared)
+#define SER_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::ser_sim::t_builtins.dynamic_shared)
 #define SER_ASSERT(cond)                                                                \
     do {                                                                                \
         if (!(cond)) ::ser_sim::fail("SER_ASSERT failed: " #cond, __FILE__, __LINE__);   \

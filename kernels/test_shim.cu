@@ -103,3 +103,117 @@ extern "C" __global__ void shim_assert(const float* x, int n) {
 extern "C" __global__ void shim_oob_write(float* x, int n) {
     if (threadIdx.x == 0) x[n] = 1.0f;
 }
+
+// Planted bugs for the sim's checks (tests/sim_checks.rs); each carries exactly one bug.
+
+// Reuses a shared tile without the barrier between the last read and the rewrite (a
+// write-after-read race); the rewrite stores the values already there, so the result is the
+// same in every thread order and only racecheck can see the bug.
+// Launch: grid 1, block n (n <= 256).
+// extent: out n
+// extent: x n
+extern "C" __global__ void race_missing_barrier_same_values(float* out, const float* x, int n) {
+    __shared__ float s[256];
+    int t = threadIdx.x;
+    if (t >= n) return;
+    s[t] = x[t];
+    __syncthreads();
+    float v = s[(t + 1) % n];
+    s[t] = x[t];  // BUG: needs a __syncthreads() before this store
+    __syncthreads();
+    out[t] = v + s[t];
+}
+
+// count[0] += 1 from every thread, non-atomically (the bug) or with atomicAdd (use_atomic).
+// Launch: 1D, any shape. count must be written (e.g. zeroed) first.
+// extent: count 1
+extern "C" __global__ void race_nonatomic_increment(int* count, int use_atomic) {
+    if (use_atomic) atomicAdd(&count[0], 1);
+    else count[0] = count[0] + 1;
+}
+
+// The same on a static __shared__ counter; out[block] = its final value.
+// Launch: 1D, block any, grid g.
+// extent: out grid_x
+extern "C" __global__ void race_nonatomic_shared_increment(int* out, int use_atomic) {
+    __shared__ int c;
+    if (threadIdx.x == 0) c = 0;
+    __syncthreads();
+    if (use_atomic) atomicAdd(&c, 1);
+    else c = c + 1;
+    __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = c;
+}
+
+// Each thread stages x[t] in dynamic shared memory and reads the slot `dist` threads on
+// (mod the block), ordered only by __syncwarp when `warp_sync`: right within a warp
+// (dist < 32 inside one warp), a race across warps. Launch: grid 1, block n (multiple of 32),
+// dynamic shared 4 n bytes.
+// extent: out n
+// extent: x n
+extern "C" __global__ void race_warp_staged(float* out, const float* x, int n, int dist, int warp_sync) {
+    SER_DYNAMIC_SHARED(float, s);
+    int t = threadIdx.x;
+    s[t] = x[t];
+    if (warp_sync) __syncwarp();
+    int src = dist < 32 ? (t & ~31) | ((t + dist) & 31) : (t + dist) % n;
+    out[t] = s[src];
+    __syncthreads();
+}
+
+// out[i] = x[i] for i < n: reads every element of x (initcheck tests).
+// Launch: 1D, any shape.
+// extent: out n
+// extent: x n
+extern "C" __global__ void uninit_copy(float* out, const float* x, int n) {
+    int i = (int)ser_global_thread();
+    if (!ser_in_bounds(i, n)) return;
+    out[i] = x[i];
+}
+
+// Keeps 96 values per thread live in registers (ptxas: about 100 registers), so 1024
+// threads do not fit a block's register file. out[t] = a function of x.
+// Launch: grid 1, block <= 256 fits; block 1024 is refused (the planted bug).
+// extent: out block_x
+// extent: x 64
+extern "C" __global__ void limit_many_registers(float* out, const float* x) {
+    float a[96];
+#pragma unroll
+    for (int j = 0; j < 96; ++j) a[j] = x[(threadIdx.x + j) & 63];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+        for (int j = 0; j < 96; ++j) a[j] = a[j] * a[(j + 17 * r + 1) % 96] + 0.5f;
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 96; ++j) s += a[j] * (float)(j + 1);
+    out[threadIdx.x] = s;
+}
+
+// Fills `bytes` of dynamic shared memory and writes their sum per thread; WITHOUT the opt-in
+// declaration, so more than 48 KiB is refused by a GPU. Launch: grid 1, block 32.
+// extent: out 32
+extern "C" __global__ void limit_shared_no_opt_in(float* out, int bytes) {
+    SER_DYNAMIC_SHARED(float, s);
+    int n = bytes / 4;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = 1.0f;
+    __syncthreads();
+    float sum = 0.0f;
+    for (int i = 0; i < n; ++i) sum += s[i];
+    out[threadIdx.x] = sum;
+}
+
+// As limit_shared_no_opt_in, declaring the opt-in up to 64 KiB.
+// Launch: grid 1, block 32.
+// max-dynamic-shared: 65536
+// extent: out 32
+extern "C" __global__ void limit_shared_opt_in(float* out, int bytes) {
+    SER_DYNAMIC_SHARED(float, s);
+    int n = bytes / 4;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = 1.0f;
+    __syncthreads();
+    float sum = 0.0f;
+    for (int i = 0; i < n; ++i) sum += s[i];
+    out[threadIdx.x] = sum;
+}

@@ -113,6 +113,7 @@ fn masking_around_a_dense_conv_matches_cpu_on_sim() {
         shuffle: true,
         seed: 12,
         workers: 0,
+        ..SimOptions::default()
     }));
     // the model-sized shape is slow on sim and adds nothing to the masking logic
     let all = shapes();

@@ -22,6 +22,7 @@ fn device() -> Device {
             shuffle: true,
             seed: 11,
             workers: 0,
+            ..SimOptions::default()
         })),
     }
 }

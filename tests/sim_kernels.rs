@@ -14,6 +14,7 @@ fn device() -> Device {
             shuffle: true,
             seed: 7,
             workers: 0,
+            ..SimOptions::default()
         })),
     }
 }

@@ -13,7 +13,13 @@
 //   uninitialised shared memory would on a GPU.) Dynamic shared memory is a per-block buffer,
 //   filled with 0xFF bytes (NaN as floats) at block start so reads before writes show up;
 // - threadIdx/blockIdx/blockDim/gridDim are thread_local variables that the scheduler sets
-//   before resuming a fiber.
+//   before resuming a fiber;
+// - checks (on by default, see shim.cpp "Checks"): the kernel files are compiled with g++'s
+//   ThreadSanitizer instrumentation (-fsanitize=thread), which turns every load, store and
+//   atomic into a call of a `__tsan_*` function; the shim defines those functions itself (no
+//   TSan runtime is linked) and uses them for racecheck (shared memory, global memory within a
+//   block, plain writes to one global word from two blocks) and initcheck (global reads of
+//   words never written since allocation).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -38,11 +44,16 @@ struct dim3 {
 #define __constant__ static const
 
 namespace ser_sim {
-extern thread_local uint3 t_threadIdx;
-extern thread_local uint3 t_blockIdx;
-extern thread_local dim3 t_blockDim;
-extern thread_local dim3 t_gridDim;
-extern thread_local unsigned char* t_dynamic_shared;
+// The built-in variables, in one thread_local object so the checker (shim.cpp) can tell reads
+// of them from accesses to static `__shared__` variables (both live in thread-local storage).
+struct Builtins {
+    uint3 thread_idx;
+    uint3 block_idx;
+    dim3 block_dim;
+    dim3 grid_dim;
+    unsigned char* dynamic_shared;
+};
+extern thread_local Builtins t_builtins;
 
 // Block-wide barrier; `pred` feeds the _count/_and/_or variants, whose reduction it returns.
 int sync_block(int pred);
@@ -83,10 +94,10 @@ struct KernelEntry {
 };
 }  // namespace ser_sim
 
-#define threadIdx (::ser_sim::t_threadIdx)
-#define blockIdx (::ser_sim::t_blockIdx)
-#define blockDim (::ser_sim::t_blockDim)
-#define gridDim (::ser_sim::t_gridDim)
+#define threadIdx (::ser_sim::t_builtins.thread_idx)
+#define blockIdx (::ser_sim::t_builtins.block_idx)
+#define blockDim (::ser_sim::t_builtins.block_dim)
+#define gridDim (::ser_sim::t_builtins.grid_dim)
 static constexpr int warpSize = 32;
 
 // The switching functions live in shim.cpp (opaque calls), so the compiler cannot keep shared

@@ -156,6 +156,17 @@ impl CudaDevice {
         })
     }
 
+    pub(crate) fn alloc_uninit<T: Elem>(&self, n: usize) -> Result<DeviceBuffer<T>> {
+        // SAFETY: the contents are undefined until written, but any bit pattern is a valid
+        // f32/i32/u32 (Elem: Pod), so reading them early is a bug (initcheck on sim), not UB.
+        let s = unsafe { self.stream.alloc::<T>(n.max(1)) }
+            .map_err(|e| anyhow!("cuda: allocating {n} elements: {e}"))?;
+        Ok(DeviceBuffer {
+            len: n,
+            mem: Mem::Cuda(s),
+        })
+    }
+
     pub(crate) fn copy_htod<T: Elem>(&self, src: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
         if src.is_empty() {
             return Ok(());
@@ -215,6 +226,22 @@ impl CudaDevice {
             .funcs
             .get(name)
             .with_context(|| format!("kernel '{name}' not loaded"))?;
+        let sig = &kernels::KERNELS[idx];
+        if sig.max_dynamic_shared.is_some()
+            && super::limits::needs_opt_in(sig, &format!("sm_{}{}", self.cc.0, self.cc.1), shared)
+        {
+            // limits::check allowed this size for a kernel that declares the opt-in
+            use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(
+                CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared as i32,
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "kernel '{name}': opting in to {shared} bytes of dynamic shared memory: {e}"
+                )
+            })?;
+        }
         let mut pack = ArgPack::new(args, &mut |a| match a {
             KernelArg::F32Buf(v) => self.dptr(v),
             KernelArg::I32Buf(v) => self.dptr(v),

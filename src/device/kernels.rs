@@ -39,6 +39,21 @@ pub struct KernelSig {
     pub file: &'static str,
     pub params: &'static [Param],
     pub extents: &'static [(&'static str, &'static str)],
+    /// `// max-dynamic-shared: BYTES` above the kernel: it may be launched with more than
+    /// 48 KiB of dynamic shared memory, up to this (the cuda device sets the opt-in attribute).
+    pub max_dynamic_shared: Option<u32>,
+}
+
+/// What ptxas allocated for one kernel on one architecture (build.rs, tools/launch-limits.txt).
+#[derive(Debug)]
+pub struct ResourceUse {
+    pub kernel: &'static str,
+    /// e.g. `sm_89`
+    pub arch: &'static str,
+    /// registers per thread
+    pub registers: u32,
+    /// static `__shared__` bytes
+    pub static_shared: u32,
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels_table.rs"));

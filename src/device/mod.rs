@@ -32,6 +32,7 @@
 pub mod cost;
 pub mod cuda;
 pub mod kernels;
+pub mod limits;
 pub mod ops;
 pub mod profile;
 pub mod sim;
@@ -538,8 +539,19 @@ impl Device {
     pub fn alloc_zeros<T: Elem>(&self, n: usize) -> Result<DeviceBuffer<T>> {
         count(|s| s.allocs += 1);
         match self {
-            Device::Sim(_) => sim::alloc_zeros(n),
+            Device::Sim(s) => sim::alloc_zeros(n, s.options.checks),
             Device::Cuda(c) => c.alloc_zeros(n),
+        }
+    }
+
+    /// A buffer whose contents are undefined until written (no memset on cuda, where the
+    /// stream-ordered pool may hand back freed memory). On sim, with checks on, a kernel that
+    /// reads an element before any copy, fill or kernel wrote it fails (initcheck).
+    pub fn alloc_uninit<T: Elem>(&self, n: usize) -> Result<DeviceBuffer<T>> {
+        count(|s| s.allocs += 1);
+        match self {
+            Device::Sim(s) => sim::alloc_uninit(n, s.options.checks),
+            Device::Cuda(c) => c.alloc_uninit(n),
         }
     }
 
@@ -603,9 +615,10 @@ impl Device {
     ) -> Result<()> {
         let (grid, block) = (grid.into(), block.into());
         let idx = check_launch(name, grid, block, args)?;
+        let sig = &kernels::KERNELS[idx];
+        limits::check(sig, block, shared_bytes)?;
         count(|s| s.launches += 1);
         count_kernel(idx);
-        let sig = &kernels::KERNELS[idx];
         profile::op(
             self,
             sig.name,

@@ -18,6 +18,7 @@ pub fn device(seed: u64) -> Device {
             shuffle: true,
             seed,
             workers: 0,
+            ..SimOptions::default()
         })),
     }
 }
