@@ -374,12 +374,13 @@ pub struct CudaDevice {
     blas: Option<cudarc::cublas::CudaBlas>,
     /// Set when cuBLAS failed after the device opened: GEMMs use our kernels from then on.
     blas_failed: AtomicBool,
-    gemm_path: GemmPath,
+    gemm_path: Box<GemmPath>,
     name: String,
     cc: (i32, i32),
     driver: (u32, u32),
     image: String,
-    last: Mutex<LastLaunch>,
+    // boxed: keeps `Device` small (clippy::large_enum_variant)
+    last: Box<Mutex<LastLaunch>>,
 }
 
 impl CudaDevice {
@@ -450,12 +451,12 @@ impl CudaDevice {
                 funcs,
                 blas,
                 blas_failed: AtomicBool::new(false),
-                gemm_path,
+                gemm_path: Box::new(gemm_path),
                 name,
                 cc,
                 driver,
                 image,
-                last: Mutex::new(LastLaunch::default()),
+                last: Box::new(Mutex::new(LastLaunch::default())),
             })
         })
     }
@@ -481,7 +482,7 @@ impl CudaDevice {
 
     /// Which GEMM path runs and why.
     pub fn gemm_description(&self) -> String {
-        match (&self.gemm_path, self.blas_failed.load(Ordering::Relaxed)) {
+        match (&*self.gemm_path, self.blas_failed.load(Ordering::Relaxed)) {
             (GemmPath::Cublas(_), true) => {
                 "our sgemm kernels (cuBLAS failed during the run; see the warning)".into()
             }
@@ -931,7 +932,8 @@ mod tests {
         assert_eq!(super::cudnn_version_string(91002), "9.10.2 (91002)");
         assert_eq!(super::cudnn_version_string(8902), "8.9.2 (8902)");
         assert!(super::cudnn_too_old(8902).contains("cuDNN 8.9.2 (8902) is too old"));
-        assert!(8902 < super::CUDNN_MIN && 90100 >= super::CUDNN_MIN);
+        let (old, new) = (8902usize, 90100usize);
+        assert!(old < super::CUDNN_MIN && new >= super::CUDNN_MIN);
     }
 
     #[test]
