@@ -518,23 +518,19 @@ fn main() {
                 }
                 fatbins.push((fname, dst));
             }
-            let ver = Command::new(&nvcc)
+            let full = Command::new(&nvcc)
                 .arg("--version")
                 .output()
                 .ok()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .to_string()
-                })
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
                 .unwrap_or_default();
+            let ver = full.lines().last().unwrap_or("").to_string();
             // what tools/pack-kernels.sh puts in .kernels-prebuilt/manifest.txt
             let mut sources = source_hashes(&root).join("\n");
             sources.push('\n');
             std::fs::write(out.join("kernel-sources.txt"), sources).unwrap();
-            built_by = cuda_version(&ver);
+            // `release 13.0,` is on the line before the last
+            built_by = cuda_version(&full);
             format!(
                 "CUDA kernels compiled by {} ({ver}): {}",
                 nvcc.display(),
