@@ -192,7 +192,7 @@ pub fn preload_python_libraries() -> &'static (LibraryLookup, LibraryLookup) {
             for major in ["13", "12"] {
                 let files = [
                     format!("libcublasLt.so.{major}"),
-                    format!("libcublas.so.{major}"),
+ format!("libcublas.so.{major}"),
                 ];
                 let files: Vec<&str> = files.iter().map(String::as_str).collect();
                 if let Some(d) = preload_from_python("cublas", &files, &cublas_present) {
@@ -207,7 +207,7 @@ pub fn preload_python_libraries() -> &'static (LibraryLookup, LibraryLookup) {
                 Some(note) => LibraryLookup { found: true, note },
                 None => LibraryLookup {
                     found: false,
-                    note: "libcublas.so.13/.12 not found on the loader path nor in Python's                            nvidia packages (pip install nvidia-cublas)"
+                    note: "libcublas.so.13/.12 not found on the loader path nor in Python's nvidia packages (pip install nvidia-cublas)"
                         .into(),
                 },
             }
@@ -232,7 +232,7 @@ pub fn preload_python_libraries() -> &'static (LibraryLookup, LibraryLookup) {
                 Some(note) => LibraryLookup { found: true, note },
                 None => LibraryLookup {
                     found: false,
-                    note: "libcudnn.so.9 not found on the loader path nor in Python's nvidia                            packages (pip install nvidia-cudnn-cu13 or -cu12)"
+                    note: "libcudnn.so.9 not found on the loader path nor in Python's nvidia packages (pip install nvidia-cudnn-cu13 or -cu12)"
                         .into(),
                 },
             }
@@ -276,7 +276,7 @@ pub fn driver_fits(driver: (u32, u32), built: (u32, u32)) -> Result<(), String> 
         _ => "",
     };
     Err(format!(
-        "the NVIDIA driver supports CUDA {}.{}, but the kernels were built by nvcc {}.{} and need a driver for CUDA {}.0 or newer{branch}.          Fix: install a newer NVIDIA driver, or rebuild the kernels with an nvcc of CUDA {}.x (NVCC=/path/to/nvcc cargo build --release)",
+        "the NVIDIA driver supports CUDA {}.{}, but the kernels were built by nvcc {}.{} and need a driver for CUDA {}.0 or newer{branch}. Fix: install a newer NVIDIA driver, or rebuild the kernels with an nvcc of CUDA {}.x (NVCC=/path/to/nvcc cargo build --release)",
         driver.0, driver.1, built.0, built.1, built.0, driver.0
     ))
 }
@@ -424,7 +424,7 @@ impl CudaDevice {
                     .map_err(|e| {
                         anyhow!(
                             "loading kernels/{file} on {name} (sm_{}{}, {image}, driver for CUDA {}.{}): {e}. \
-                             A PTX or binary-image error means the driver is older than the nvcc that built the kernels ({}): install a newer driver",
+ A PTX or binary-image error means the driver is older than the nvcc that built the kernels ({}): install a newer driver",
                             cc.0,
                             cc.1,
                             driver.0,
