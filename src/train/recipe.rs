@@ -62,3 +62,57 @@ pub fn defaults(recipe: Recipe, on_demo: bool) -> RecipeDefaults {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::options::TrainOpts;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: TrainOpts,
+    }
+
+    fn opts(args: &[&str]) -> TrainOpts {
+        Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .unwrap()
+            .opts
+    }
+
+    #[test]
+    fn strong_sets_what_is_not_given() {
+        let strong = opts(&["--data", "x", "--recipe", "strong"]);
+        let fit = strong.fit(1);
+        assert_eq!((fit.epochs, fit.batch_size, fit.lr), (40, 32, 1e-3));
+        assert_eq!(fit.schedule, Schedule::Cosine);
+        assert_eq!(fit.early_stop_patience, usize::MAX);
+        assert_eq!(strong.optim(&[0, 1], 2).label_smoothing, 0.1);
+        // augmentation is the paper's (noise + SpecAugment)
+        assert_eq!(fit.augment, opts(&["--data", "x"]).augment());
+        // explicit flags win
+        let mine = opts(&[
+            "--data",
+            "x",
+            "--recipe",
+            "strong",
+            "--lr",
+            "3e-3",
+            "--epochs",
+            "10",
+            "--label-smoothing",
+            "0.2",
+            "--schedule",
+            "plateau",
+        ]);
+        let fit = mine.fit(1);
+        assert_eq!((fit.epochs, fit.lr), (10, 3e-3));
+        assert_eq!(fit.schedule, Schedule::Plateau);
+        assert_eq!(mine.optim(&[0], 2).label_smoothing, 0.2);
+        // the paper's recipe stays the default, with its early stopping and no smoothing
+        let paper = opts(&["--data", "x"]);
+        assert_eq!(paper.fit(1).early_stop_patience, 10);
+        assert_eq!(paper.optim(&[0], 2).label_smoothing, 0.0);
+    }
+}

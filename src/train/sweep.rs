@@ -464,15 +464,9 @@ fn run_unit(
     let trial = &plan.trials[t];
     let dir = plan.unit_dir(out, u);
     let label = if trial.dir.is_empty() {
-        format!("fold {}/{}", k + 1, plan.folds)
+        format!("fold {}", k + 1)
     } else {
-        format!(
-            "{} ({}) fold {}/{}",
-            trial.dir,
-            trial.name,
-            k + 1,
-            plan.folds
-        )
+        format!("{} ({}) fold {}", trial.dir, trial.name, k + 1)
     };
     if let Some(r) = read_result(&dir)? {
         if !runner.quiet {
@@ -716,6 +710,28 @@ fn split_name(r: &Report) -> String {
     }
 }
 
+/// cv.json: the one trial's folds and summary, in the layout cv.json always had (plus UA and
+/// the fold plan's details).
+#[derive(Serialize)]
+struct CvJson<'a> {
+    data: &'a str,
+    labels: &'a [String],
+    folds: &'a [UnitResult],
+    by_speaker: bool,
+    within_fold: &'a Option<String>,
+    ua_mean: f64,
+    ua_std: f64,
+    accuracy_mean: f64,
+    accuracy_std: f64,
+    micro_f1_mean: f64,
+    micro_f1_std: f64,
+    macro_f1_mean: f64,
+    macro_f1_std: f64,
+    parameters: usize,
+    train_seconds: f64,
+    confusion: &'a Confusion,
+}
+
 fn write_cv_report(out: &Path, report: &Report) -> Result<()> {
     let t = &report.trials[0];
     println!(
@@ -753,9 +769,27 @@ fn write_cv_report(out: &Path, report: &Report) -> Result<()> {
         "accuracy",
         &series,
     )?;
+    let json = CvJson {
+        data: &report.data,
+        labels: &report.labels,
+        folds: &t.folds,
+        by_speaker: report.by_speaker,
+        within_fold: &report.within_fold,
+        ua_mean: t.ua.mean,
+        ua_std: t.ua.std,
+        accuracy_mean: t.wa.mean,
+        accuracy_std: t.wa.std,
+        micro_f1_mean: t.micro_f1.mean,
+        micro_f1_std: t.micro_f1.std,
+        macro_f1_mean: t.macro_f1.mean,
+        macro_f1_std: t.macro_f1.std,
+        parameters: t.parameters,
+        train_seconds: t.train_seconds,
+        confusion: &t.confusion,
+    };
     atomic_write(
         &out.join("cv.json"),
-        serde_json::to_string_pretty(report)?.as_bytes(),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     println!(
         "wrote {}/cv.json, confusion.png, learning_curve.png",
