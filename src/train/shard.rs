@@ -88,8 +88,9 @@ pub fn shard_from(
                  SLURM_ARRAY_TASK_MAX={max}, step {step} (give --shard I/N)"
             );
         }
-        // `--array=0-9%2` and `--array=1-10` both give 10 shards; a list like `--array=1,5,9`
-        // sets MIN/MAX but not a step, so it is refused below unless it is contiguous.
+        // `--array=0-9%2` and `--array=1-10` both give 10 shards. A list like `--array=1,5,9`
+        // sets MIN/MAX but no step and cannot be told from a range: it would leave shards
+        // unrun, which `--merge` then reports as unfinished units (README: use a range).
         return Ok(Shard {
             index: ((id - min) / step) as usize,
             count: ((max - min) / step + 1) as usize,
