@@ -4,7 +4,8 @@
 //!   kernel name to a trampoline taking cuLaunchKernel's `void** args`;
 //! - for the `cuda` device, when nvcc is found (NVCC, CUDA_PATH/CUDA_HOME, PATH, then the
 //!   project-local .tools/cuda from tools/install-cuda-compiler.sh): one fatbin per file with
-//!   sm_89 and sm_90 cubins plus compute_89 PTX (for newer GPUs, JIT by the driver), built with
+//!   cubins for every architecture in CUDA_ARCHS (Turing to Hopper) plus compute_90 PTX (for
+//!   newer GPUs, JIT by the driver; older ones all have a cubin), built with
 //!   -lineinfo, warnings as errors and the ptxas resource report (OUT_DIR/ptxas-report.txt and a
 //!   parsed OUT_DIR/ptxas-table.txt).
 //!
@@ -23,6 +24,29 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The cubins each fatbin holds (sm_XY), plus PTX of the last one. A GPU runs the cubin of its
+/// own major version with the highest minor not above its own (sm_87 runs sm_86), and JITs the
+/// PTX when newer than all of them. src/device/cuda.rs checks the GPU against this list.
+const CUDA_ARCHS: [u32; 5] = [75, 80, 86, 89, 90];
+
+fn arch_list() -> String {
+    let mut s: Vec<String> = CUDA_ARCHS.iter().map(|a| format!("sm_{a}")).collect();
+    s.push(format!("compute_{} PTX", CUDA_ARCHS[CUDA_ARCHS.len() - 1]));
+    s.join(" + ")
+}
+
+/// `(major, minor)` from nvcc's `release 13.0,` or a manifest's `13.0.88`.
+fn cuda_version(text: &str) -> Option<(u32, u32)> {
+    let v = text
+        .split("release ")
+        .nth(1)
+        .unwrap_or(text)
+        .trim()
+        .trim_start_matches('V');
+    let mut it = v.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
 
 struct Param {
     ty: String,
@@ -275,10 +299,11 @@ fn use_prebuilt(
     }
     let report = std::fs::read_to_string(dir.join("ptxas-report.txt")).unwrap_or_default();
     let status = format!(
-        "prebuilt fatbins from {} (built by nvcc {} on {}; sources match kernels/): sm_89 + sm_90 cubins, compute_89 PTX",
+        "prebuilt fatbins from {} (built by nvcc {} on {}; sources match kernels/): {}",
         dir.strip_prefix(root).unwrap_or(dir).display(),
         field("nvcc:"),
-        field("built:")
+        field("built:"),
+        arch_list()
     );
     Ok((status, report, fatbins))
 }
@@ -547,6 +572,8 @@ fn main() {
     let skip = std::env::var("SER_NO_NVCC").is_ok_and(|v| v == "1");
     let nvcc = if skip { None } else { find_nvcc(&root) };
     let mut fatbins: Vec<(String, PathBuf)> = Vec::new();
+    // the toolkit that built the kernels: the driver must support at least its major version
+    let mut built_by: Option<(u32, u32)> = None;
     // written only by an nvcc build below, so tools/pack-kernels.sh never packs an old one
     let _ = std::fs::remove_file(out.join("kernel-sources.txt"));
     let mut report = String::new();
@@ -561,6 +588,10 @@ fn main() {
             let packed = prebuilt.filter(|p| p.join("manifest.txt").is_file());
             match packed.map(|p| use_prebuilt(&root, &p, &files)) {
                 Some(Ok((status, rep, bins))) => {
+                    built_by = status
+                        .split("nvcc ")
+                        .nth(1)
+                        .and_then(|v| cuda_version(v.split(' ').next().unwrap_or("")));
                     report = rep;
                     fatbins = bins;
                     status
@@ -604,12 +635,14 @@ fn main() {
                         "-Xptxas",
                         "-v",
                     ])
-                    .args([
-                        "-gencode",
-                        "arch=compute_89,code=[compute_89,sm_89]",
-                        "-gencode",
-                        "arch=compute_90,code=sm_90",
-                    ])
+                    .args(CUDA_ARCHS.iter().enumerate().flat_map(|(i, a)| {
+                        let code = if i + 1 == CUDA_ARCHS.len() {
+                            format!("arch=compute_{a},code=[compute_{a},sm_{a}]")
+                        } else {
+                            format!("arch=compute_{a},code=sm_{a}")
+                        };
+                        ["-gencode".to_string(), code]
+                    }))
                     .arg("-I")
                     .arg(&kdir)
                     .arg("-o")
@@ -635,25 +668,23 @@ fn main() {
                 }
                 fatbins.push((fname, dst));
             }
-            let ver = Command::new(&nvcc)
+            let full = Command::new(&nvcc)
                 .arg("--version")
                 .output()
                 .ok()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .to_string()
-                })
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
                 .unwrap_or_default();
+            let ver = full.lines().last().unwrap_or("").to_string();
             // what tools/pack-kernels.sh puts in .kernels-prebuilt/manifest.txt
             let mut sources = source_hashes(&root).join("\n");
             sources.push('\n');
             std::fs::write(out.join("kernel-sources.txt"), sources).unwrap();
+            // `release 13.0,` is on the line before the last
+            built_by = cuda_version(&full);
             format!(
-                "CUDA kernels compiled by {} ({ver}): sm_89 + sm_90 cubins, compute_89 PTX",
-                nvcc.display()
+                "CUDA kernels compiled by {} ({ver}): {}",
+                nvcc.display(),
+                arch_list()
             )
         }
     };
@@ -672,6 +703,11 @@ fn main() {
         !fatbins.is_empty()
     );
     let _ = writeln!(rs, "pub const NVCC_STATUS: &str = {status:?};");
+    let _ = writeln!(rs, "pub const CUDA_ARCHS: &[u32] = &{CUDA_ARCHS:?};");
+    let _ = writeln!(
+        rs,
+        "pub const KERNELS_CUDA_VERSION: Option<(u32, u32)> = {built_by:?};"
+    );
     rs.push_str("pub static KERNELS: &[KernelSig] = &[\n");
     for k in &kernels {
         let _ = write!(

@@ -31,6 +31,8 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Check every gradient of the CPU reference against finite differences (f64).
     Gradcheck(cli::gradcheck::GradcheckArgs),
+    /// Every device-vs-CPU check (kernels, forward, gradients, training steps, front end) on --device sim|cuda.
+    Check(cli::check::CheckArgs),
     /// Throughput: training and inference samples/s and peak memory (front end: features --bench).
     Bench(cli::bench::BenchArgs),
 }
@@ -67,6 +69,7 @@ fn main() {
         Command::Synth(a) => cli::synth::run(a, &cli.global),
         Command::Info(a) => cli::info::run(a, &cli.global),
         Command::Gradcheck(a) => cli::gradcheck::run(a, &cli.global),
+        Command::Check(a) => cli::check::run(a, &cli.global),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -17,8 +17,14 @@ other processes affects every cell alike. samples/CPU-s divides by the process's
 (all threads): on a shared machine it is the steadier number; with N threads fully busy,
 wall throughput is at most N times it.
 
+With --device cuda the same model and batches run on the GPU with cudnn.benchmark on (the
+fastest cuDNN algorithms for these shapes), each timed run ending with a synchronize;
+samples/CPU-s then measures the host side only. The last line, `RESULT ...`, is what
+tools/gpu-check.sh reads.
+
 Usage:
     /work/venv-torch/bin/python tools/pytorch_bench.py [--threads 2] [--batch 16] [--frames 126]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -57,11 +63,13 @@ def make_step(model, x, lengths, labels, mode):
     return step
 
 
-def timed(step, iters, batch):
+def timed(step, iters, batch, sync=lambda: None):
     """(samples per wall second, samples per CPU second of this process, all threads)."""
+    sync()
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
+    sync()
     return batch * iters / (time.perf_counter() - t0), batch * iters / (time.process_time() - c0)
 
 
@@ -75,7 +83,15 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args()
+    dev = torch.device(args.device)
+    sync = (lambda: None)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("error: --device cuda but torch sees no GPU")
+        torch.backends.cudnn.benchmark = True
+        sync = torch.cuda.synchronize
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -88,16 +104,20 @@ def main():
     mixed = torch.linspace(t // 2, t, b).round().long()
     mixed[-1] = t
     x_mixed = x * time_mask(mixed, t, x.dtype)
+    # lengths stay on the host (pack_padded_sequence wants CPU lengths)
+    x, x_mixed, labels = x.to(dev), x_mixed.to(dev), labels.to(dev)
 
     masked = ArabEmoNet(cfg)
     plain = ArabEmoNet(cfg, plain=True)
     plain.load_state_dict(masked.state_dict())
+    masked, plain = masked.to(dev), plain.to(dev)
     cases = [
         ("plain", plain, x, None),
         ("masked/full", masked, x, full),
         ("masked/mixed", masked, x_mixed, mixed),
     ]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {b}, "
+    where = torch.cuda.get_device_name() + ", cudnn.benchmark on" if args.device == "cuda" else "cpu"
+    print(f"torch {torch.__version__} on {where}, threads {torch.get_num_threads()}, batch {b}, "
           f"input [{b},1,{cfg.n_mels},{t}], k={cfg.kernel}, params {sum(p.numel() for p in masked.parameters()):,}")
     print(f"mixed lengths: {mixed.tolist()}")
     print(f"warmup {args.warmup}, {args.repeats} runs x {args.iters} iterations; samples/s median (best)")
@@ -113,7 +133,7 @@ def main():
     rates = {key: [] for key in steps}
     for _ in range(args.repeats):
         for key, step in steps.items():
-            rates[key].append(timed(step, args.iters, b))
+            rates[key].append(timed(step, args.iters, b, sync))
     for name, _, _, _ in cases:
         cells = []
         for j in (0, 1):  # wall, CPU
@@ -121,6 +141,10 @@ def main():
                 r = [v[j] for v in rates[(name, m)]]
                 cells.append(f"{statistics.median(r):8.1f} ({max(r):6.1f})")
         print(f"{name:<14} " + " ".join(f"{c:>20}" for c in cells), flush=True)
+    med = {k: statistics.median(v[0] for v in r) for k, r in rates.items()}
+    print(f"RESULT device={args.device} batch={b} "
+          f"plain_train={med[('plain', 'train')]:.1f} masked_mixed_train={med[('masked/mixed', 'train')]:.1f} "
+          f"plain_infer={med[('plain', 'infer')]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

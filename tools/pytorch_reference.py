@@ -149,7 +149,7 @@ class ArabEmoNet(nn.Module):
             return self._forward_plain(x)
         b, _, _, t = x.shape
         assert lengths is not None and lengths.shape == (b,)
-        lens = lengths.to(torch.long)
+        lens = lengths.to(device=x.device, dtype=torch.long)
         assert int(lens.min()) >= 8, "every clip needs lengths[b] >= 8 (len3 >= 1)"
         assert int(lens.max()) <= t, "lengths[b] must be <= t_max"
         p = self.cfg.dropout

@@ -52,6 +52,10 @@ pub enum BenchWhat {
         /// in seconds on sim).
         #[arg(long, conflicts_with = "profile")]
         cost_only: bool,
+        /// Time cuda even when GEMMs run on our fallback sgemm kernels instead of cuBLAS
+        /// (refused otherwise: those numbers are not the GPU's).
+        #[arg(long)]
+        allow_fallback_gemm: bool,
     },
 }
 
@@ -73,8 +77,10 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
             classes,
             profile,
             cost_only,
+            allow_fallback_gemm,
         } => bench_train(
             global,
+            *allow_fallback_gemm,
             *batch,
             *frames,
             *steps,
@@ -89,6 +95,7 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn bench_train(
     global: &Global,
+    allow_fallback_gemm: bool,
     b: usize,
     t: usize,
     steps: usize,
@@ -121,6 +128,14 @@ fn bench_train(
         class_weights: None,
     };
     let mut backend = make_backend(global.device, &model, &optim, global.seed)?;
+    if let Some(why) = backend.gemm_fallback().filter(|_| !cost_only) {
+        ensure!(
+            allow_fallback_gemm,
+            "bench: refusing to time cuda with GEMMs on our fallback sgemm kernels: {why}. \
+             Install cuBLAS (pip install nvidia-cublas, or the CUDA toolkit) or pass --allow-fallback-gemm"
+        );
+        eprintln!("warning: timing cuda with GEMMs on our fallback kernels (--allow-fallback-gemm): {why}");
+    }
     let s = Stream::new(global.seed, Purpose::Test, 0);
     let m = model.n_mels;
     let x: Vec<f32> = (0..b * m * t).map(|i| s.normal(i as u64) * 0.5).collect();
@@ -168,6 +183,12 @@ fn bench_train(
         "device {}  threads {threads}  batch {b} x {m} mels x {t} frames  kernel {kernel}",
         backend.device()
     );
+    if backend.device() == "cuda" {
+        println!("{}", backend.describe_device());
+        if let Some(why) = backend.gemm_fallback() {
+            println!("note: GEMMs ran on our fallback kernels: {why}");
+        }
+    }
     if backend.device() == "cpu" {
         println!("{}", crate::isa::report());
         // Which convolution algorithm each stage used, and why (timed, cost model or

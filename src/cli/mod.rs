@@ -1,6 +1,7 @@
 //! One file per subcommand: its clap arguments and its `run`. `main.rs` only dispatches.
 
 pub mod bench;
+pub mod check;
 pub mod cv;
 pub mod eval;
 pub mod export;

@@ -813,8 +813,9 @@ impl CudnnConv {
         guarded("starting cuDNN", || {
             let v = cr::get_version();
             ensure!(
-                v >= 8000,
-                "cuDNN {v} is too old (the v7 algorithm queries and FMA math need cuDNN 8 or later)"
+                v >= crate::device::cuda::CUDNN_MIN,
+                "{}",
+                crate::device::cuda::cudnn_too_old(v)
             );
             let handle = Handle(
                 cr::create_handle()

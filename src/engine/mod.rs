@@ -5,6 +5,7 @@
 //! training step and the `DeviceBackend` the training loop drives, and `check`, the
 //! device-vs-CPU table of `gradcheck --device sim|cuda`.
 pub mod check;
+pub mod checks;
 pub mod cnn;
 pub mod cudnn;
 pub mod frontend;

@@ -521,4 +521,15 @@ impl Backend for DeviceBackend {
             Device::Cuda(_) => "cuda",
         }
     }
+
+    fn describe_device(&self) -> String {
+        self.model.dev.describe()
+    }
+
+    fn gemm_fallback(&self) -> Option<String> {
+        match &self.model.dev {
+            Device::Cuda(c) if !c.has_cublas() => Some(c.gemm_description()),
+            _ => None,
+        }
+    }
 }

@@ -54,6 +54,14 @@ pub trait Backend {
     fn device(&self) -> &'static str {
         "cpu"
     }
+    /// The device in one line (GPU, GEMM and convolution paths on cuda).
+    fn describe_device(&self) -> String {
+        self.device().to_string()
+    }
+    /// On cuda without cuBLAS (or after it failed): why GEMMs run on our fallback kernels.
+    fn gemm_fallback(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Plain mean cross-entropy and argmax predictions of logits (batch, classes).
