@@ -1041,7 +1041,8 @@ pub struct FoldArgs {
     /// fold I.
     #[arg(long, value_name = "I/K")]
     pub within_fold: Option<String>,
-    /// Output folder (default: runs/<command>-<corpus>). Shards share it.
+    /// Output folder (default: runs/<command>-<corpus>). Shards share it; the same command
+    /// again continues it, other settings or a folder that is not a cv/sweep folder are refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Run only share I of N (N up to 100000) of the (trial, fold) units. Default: from a
