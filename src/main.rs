@@ -17,6 +17,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Stratified (or speaker-independent) k-fold cross-validation.
     Cv(cli::cv::CvArgs),
+    /// A grid of training options x cross-validation folds (--table3: the paper's kernel sizes).
+    Sweep(cli::sweep::SweepArgs),
     /// Metrics and confusion matrix of a trained model on a labelled corpus.
     Eval(cli::eval::EvalArgs),
     /// Emotion of each audio file, with class probabilities.
@@ -61,6 +63,7 @@ fn main() {
     let result = match &cli.command {
         Command::Train(a) => cli::train::run(a, &cli.global),
         Command::Cv(a) => cli::cv::run(a, &cli.global),
+        Command::Sweep(a) => cli::sweep::run(a, &cli.global),
         Command::Eval(a) => cli::eval::run(a, &cli.global),
         Command::Predict(a) => cli::predict::run(a, &cli.global),
         Command::Export(a) => cli::export::run(a, &cli.global),

@@ -3,10 +3,14 @@
 pub mod backend;
 pub mod cpu_backend;
 pub mod data;
+pub mod devices;
 pub mod fit;
 pub mod metrics;
 pub mod options;
 pub mod plot;
+pub mod recipe;
 pub mod run;
 pub mod schedule;
+pub mod shard;
 pub mod split;
+pub mod sweep;

@@ -193,7 +193,8 @@ fn lock_folder(dir: &Path, target: &Path) -> Result<std::fs::File> {
         let _ = f.read_to_string(&mut pid);
         let pid = pid.trim();
         bail!(
-            "{}: another process (pid {}) is writing this run folder; wait for it to finish              or choose another --out",
+            "{}: another process (pid {}) is writing this run folder; wait for it to finish \
+             or choose another --out",
             target.display(),
             if pid.is_empty() { "unknown" } else { pid }
         );
@@ -211,6 +212,29 @@ fn lock_folder(dir: &Path, target: &Path) -> Result<std::fs::File> {
         .and_then(|_| write!(f, "{}", std::process::id()))
         .with_context(|| format!("{}: cannot write", p.display()))?;
     Ok(f)
+}
+
+/// An exclusive advisory lock (flock) on the file `path`, waiting for a holder to let go; for
+/// short critical sections (a cv/sweep folder's plan.json), not for whole runs.
+pub fn lock_file_wait(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("{}: cannot create the lock file", path.display()))?;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err).with_context(|| format!("{}: cannot lock", path.display()));
+        }
+    }
 }
 
 /// Removes the temporary files a killed writer left in `dir` (not recursive).
@@ -308,6 +332,13 @@ impl RunWriter {
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("{}: cannot create", staging.display()))?;
         let lock = lock_folder(&staging, target)?;
+        // Another writer may have published its run between the check above and our lock.
+        if old_lock.is_none() && matches!(existing(target)?, Existing::Run) {
+            bail!(
+                "{}: another process has just started a run here; choose another --out",
+                target.display()
+            );
+        }
         // Whatever a killed writer left here is stale: we hold the lock.
         for e in std::fs::read_dir(&staging)
             .with_context(|| format!("{}: cannot read", staging.display()))?
@@ -360,6 +391,18 @@ impl RunWriter {
     /// Moves a new run into place (replacing the old one whole, under --force); a no-op once
     /// published. Call after the first epoch's files are written.
     pub fn publish(&mut self) -> Result<()> {
+        if self.staging.is_none() {
+            return Ok(());
+        }
+        // Without --force (no lock on an old run), a run that appeared since `create` belongs
+        // to another writer: never swap it away (this run's staging folder is dropped).
+        if self.old_lock.is_none() && matches!(existing(&self.target)?, Existing::Run) {
+            bail!(
+                "{}: another process published a run here while this one was starting; \
+                 choose another --out",
+                self.target.display()
+            );
+        }
         let Some(staging) = self.staging.take() else {
             return Ok(());
         };
