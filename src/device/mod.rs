@@ -557,7 +557,8 @@ impl Device {
 
     /// A new buffer holding a copy of `src`.
     pub fn htod<T: Elem>(&self, src: &[T]) -> Result<DeviceBuffer<T>> {
-        let mut b = self.alloc_zeros(src.len())?;
+        // the copy writes every element, so no memset first
+        let mut b = self.alloc_uninit(src.len())?;
         self.copy_htod(src, &mut b)?;
         Ok(b)
     }
