@@ -793,9 +793,21 @@ mod tests {
             let e = CudaDevice::new(0)
                 .err()
                 .expect("no kernels, no cuda device");
+            // the build's reason and the fix for it, which depends on why nvcc did not run
+            // (SER_NO_NVCC=1, no nvcc found, stale prebuilt kernels)
+            let msg = format!("{e:#}");
+            let fix = if kernels::NVCC_STATUS.contains("SER_NO_NVCC=1 was set") {
+                "unset SER_NO_NVCC"
+            } else {
+                "tools/install-cuda-compiler.sh"
+            };
             assert!(
-                format!("{e:#}").contains("tools/install-cuda-compiler.sh"),
-                "{e:#}"
+                msg.contains(kernels::NVCC_STATUS) && msg.contains("Fix:"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(fix) || msg.contains("tools/pack-kernels.sh"),
+                "{msg}"
             );
         }
         let r = device_report();
