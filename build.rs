@@ -690,7 +690,12 @@ fn main() {
     };
     std::fs::write(out.join("ptxas-report.txt"), &report).unwrap();
     std::fs::write(out.join("ptxas-table.txt"), ptxas_table(&report)).unwrap();
-    println!("cargo:rerun-if-changed={LIMITS_FILE}");
+    // An input only without nvcc. With nvcc it is this build's output: watching it would make
+    // the next build rerun this script (and nvcc) whenever it was rewritten here, because the
+    // write is newer than the run.
+    if !nvcc_ran {
+        println!("cargo:rerun-if-changed={LIMITS_FILE}");
+    }
     let from_nvcc = nvcc_ran;
     let (limit_rows, limits_status) =
         launch_limits(&root, &kdir, &files, &kernels, &report, from_nvcc);

@@ -191,29 +191,29 @@ extern "C" __global__ void limit_many_registers(float* out, const float* x) {
     out[threadIdx.x] = s;
 }
 
-// Fills `bytes` of dynamic shared memory and writes their sum per thread; WITHOUT the opt-in
-// declaration, so more than 48 KiB is refused by a GPU. Launch: grid 1, block 32.
-// extent: out 32
-extern "C" __global__ void limit_shared_no_opt_in(float* out, int bytes) {
-    SER_DYNAMIC_SHARED(float, s);
+// Fills `bytes` of dynamic shared memory and writes their sum per thread (the body of the two
+// kernels below, which differ only in the opt-in declaration, a property of the kernel).
+__device__ void fill_and_sum_shared(float* out, int bytes) {
+    SER_DYNAMIC_SHARED(float, fill);
     int n = bytes / 4;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = 1.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) fill[i] = 1.0f;
     __syncthreads();
     float sum = 0.0f;
-    for (int i = 0; i < n; ++i) sum += s[i];
+    for (int i = 0; i < n; ++i) sum += fill[i];
     out[threadIdx.x] = sum;
 }
 
-// As limit_shared_no_opt_in, declaring the opt-in up to 64 KiB.
+// fill_and_sum_shared WITHOUT the opt-in declaration, so more than 48 KiB is refused by a GPU.
+// Launch: grid 1, block 32.
+// extent: out 32
+extern "C" __global__ void limit_shared_no_opt_in(float* out, int bytes) {
+    fill_and_sum_shared(out, bytes);
+}
+
+// fill_and_sum_shared declaring the opt-in up to 64 KiB.
 // Launch: grid 1, block 32.
 // max-dynamic-shared: 65536
 // extent: out 32
 extern "C" __global__ void limit_shared_opt_in(float* out, int bytes) {
-    SER_DYNAMIC_SHARED(float, s);
-    int n = bytes / 4;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = 1.0f;
-    __syncthreads();
-    float sum = 0.0f;
-    for (int i = 0; i < n; ++i) sum += s[i];
-    out[threadIdx.x] = sum;
+    fill_and_sum_shared(out, bytes);
 }

@@ -16,6 +16,7 @@
 //! - [`infer`]    using a trained model: clips, long recordings in windows, live streams
 //! - [`cli`]      one file per subcommand
 
+pub mod atomic_file;
 pub mod audio;
 pub mod cache;
 pub mod cli;

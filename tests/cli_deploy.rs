@@ -6,7 +6,9 @@
 //! One tiny run (5 classes × 6 synthetic clips, 16 mels, channels 4/8/8, 1 epoch) is trained
 //! once into CARGO_TARGET_TMPDIR and shared by the tests.
 
-use assert_cmd::Command;
+mod common;
+
+use common::cli::{run_ok, ser, write_wav_i16};
 use predicates::str::contains;
 use ser_engine::audio::synth::{synth_clip, write_corpus, SynthConfig};
 use std::io::{BufRead, BufReader, Write};
@@ -16,12 +18,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const RATE: u32 = 16_000;
-
-fn ser() -> Command {
-    let mut c = Command::cargo_bin("ser-engine").unwrap();
-    c.args(["-q", "--device", "cpu", "--threads", "2"]);
-    c
-}
 
 /// (corpus, run) trained once per test binary.
 fn tiny_run() -> &'static (PathBuf, PathBuf) {
@@ -60,17 +56,11 @@ fn tiny_run() -> &'static (PathBuf, PathBuf) {
 }
 
 fn write_wav(path: &Path, samples: &[f32]) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for &s in samples {
-        w.write_sample((s * 32767.0).round() as i16).unwrap();
-    }
-    w.finalize().unwrap();
+    write_wav_i16(
+        path,
+        RATE,
+        samples.iter().map(|&s| (s * 32767.0).round() as i16),
+    );
 }
 
 /// Synthetic speech-like audio: demo clips of every class back to back, `gap_s` of silence
@@ -108,19 +98,14 @@ fn train_and_eval_report_ua_and_eval_writes_the_per_class_table() {
     assert!(rec["val_unweighted_accuracy"].as_f64().is_some(), "{rec}");
     let d = tempfile::tempdir().unwrap();
     let json = d.path().join("eval.json");
-    let out = ser()
-        .args(["eval", "--model"])
-        .arg(run)
-        .arg("--data")
-        .arg(corpus)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        ser()
+            .args(["eval", "--model"])
+            .arg(run)
+            .arg("--data")
+            .arg(corpus)
+            .arg("--json")
+            .arg(&json),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     for w in [
@@ -246,22 +231,17 @@ fn windows_have_rows_silence_is_skipped_and_a_window_equals_the_same_audio_as_a_
     write_wav(&first, &x[..RATE as usize * 3 / 2]);
     let csv_path = d.path().join("w.csv");
     let png = d.path().join("timeline.png");
-    let out = ser()
-        .args([
-            "predict", "--json", "--window", "1.5", "--hop", "1", "--model",
-        ])
-        .arg(run)
-        .arg(&wav)
-        .arg("--csv")
-        .arg(&csv_path)
-        .arg("--timeline-png")
-        .arg(&png)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        ser()
+            .args([
+                "predict", "--json", "--window", "1.5", "--hop", "1", "--model",
+            ])
+            .arg(run)
+            .arg(&wav)
+            .arg("--csv")
+            .arg(&csv_path)
+            .arg("--timeline-png")
+            .arg(&png),
     );
     let rows = json_lines(&out.stdout);
     // 10 s, window 1.5, hop 1: full windows start at 0..=8 (9), plus the tail [9, 10).

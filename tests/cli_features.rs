@@ -2,7 +2,10 @@
 //! values (equal to the library's `log_mel`), folder inputs, PNG output, and per-file errors
 //! that name the file and make the exit status non-zero while other files are still written.
 
+mod common;
+
 use assert_cmd::Command;
+use common::cli::write_wav_i16;
 use predicates::str::contains;
 use ser_engine::features::npy::read_npy;
 use ser_engine::features::{log_mel, n_frames, MelConfig};
@@ -10,22 +13,14 @@ use std::path::Path;
 
 /// A 16-bit mono WAV of a tone; returns the samples as the decoder will see them (/32768).
 fn write_wav(path: &Path, sr: u32, n: usize, freq: f32) -> Vec<f32> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: sr,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let v = (0.4 * (2.0 * std::f32::consts::PI * freq * i as f32 / sr as f32).sin() * 32767.0)
-            .round() as i16;
-        w.write_sample(v).unwrap();
-        out.push(v as f32 / 32768.0);
-    }
-    w.finalize().unwrap();
-    out
+    let pcm: Vec<i16> = (0..n)
+        .map(|i| {
+            (0.4 * (2.0 * std::f32::consts::PI * freq * i as f32 / sr as f32).sin() * 32767.0)
+                .round() as i16
+        })
+        .collect();
+    write_wav_i16(path, sr, pcm.iter().copied());
+    pcm.iter().map(|&v| v as f32 / 32768.0).collect()
 }
 
 #[test]

@@ -4,35 +4,24 @@
 //! naming the file. Its own test binary: the peak-memory figure is over this binary's
 //! children only.
 
-use assert_cmd::Command;
+mod common;
+
+use common::cli::{ser_loud as ser, write_wav_i16};
 use predicates::prelude::*;
 use predicates::str::contains;
 use std::path::{Path, PathBuf};
 
-fn ser() -> Command {
-    let mut c = Command::cargo_bin("ser-engine").unwrap();
-    c.args(["--device", "cpu", "--threads", "2"]);
-    c
-}
-
 /// A tone with a little deterministic noise, 16-bit mono.
 fn write_wav(path: &Path, seconds: f64, rate: u32, header_rate: u32) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: header_rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
     let n = (seconds * rate as f64) as usize;
     let mut x: u32 = 12345;
-    for i in 0..n {
+    let samples = (0..n).map(move |i| {
         x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         let noise = (x >> 16) as f32 / 65536.0 - 0.5;
         let v = 0.3 * (i as f32 * 220.0 * std::f32::consts::TAU / rate as f32).sin() + 0.05 * noise;
-        w.write_sample((v * 32767.0) as i16).unwrap();
-    }
-    w.finalize().unwrap();
+        (v * 32767.0) as i16
+    });
+    write_wav_i16(path, header_rate, samples);
 }
 
 /// 5 classes x 4 synthetic clips plus one 10-minute clip of class anger.

@@ -3,7 +3,10 @@
 //! run folder edited by hand cannot crash the CLI, messages say what is wrong, and the same
 //! seed gives the same bytes. Tiny corpora and model sizes: each test takes seconds.
 
+mod common;
+
 use assert_cmd::Command;
+use common::cli::ser;
 use predicates::prelude::*;
 use predicates::str::contains;
 use std::path::{Path, PathBuf};
@@ -24,12 +27,6 @@ const SMALL: &[&str] = &[
     "--batch-size",
     "8",
 ];
-
-fn ser() -> Command {
-    let mut c = Command::cargo_bin("ser-engine").unwrap();
-    c.args(["-q", "--device", "cpu", "--threads", "2"]);
-    c
-}
 
 /// 5 classes x 4 clips written by `synth`.
 fn corpus(dir: &Path) -> PathBuf {

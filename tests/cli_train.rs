@@ -3,7 +3,10 @@
 //! and the bad inputs a user meets: empty corpus, one class, a broken file among good ones,
 //! fewer clips than folds, a checkpoint from another model configuration.
 
+mod common;
+
 use assert_cmd::Command;
+use common::cli::{run_ok, ser, write_wav_i16};
 use predicates::prelude::*;
 use predicates::str::contains;
 use ser_engine::audio::synth::{write_corpus, SynthConfig};
@@ -18,12 +21,6 @@ fn tiny_corpus(dir: &Path) -> PathBuf {
     };
     write_corpus(&root, &cfg, false).unwrap();
     root
-}
-
-fn ser() -> Command {
-    let mut c = Command::cargo_bin("ser-engine").unwrap();
-    c.args(["-q", "--device", "cpu", "--threads", "2"]);
-    c
 }
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
@@ -96,29 +93,17 @@ fn train_then_eval_and_predict() {
 
     // A 22.05 kHz file for a model trained at 16 kHz: resampled, not refused.
     let other = d.path().join("other rate (22k).wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 22_050,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&other, spec).unwrap();
-    for i in 0..24_000 {
-        let v = (i as f32 * 0.05).sin() * 8000.0;
-        w.write_sample(v as i16).unwrap();
-    }
-    w.finalize().unwrap();
-    let out = ser()
-        .args(["predict", "--json", "--model"])
-        .arg(&run)
-        .arg(first_wav(&data))
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    write_wav_i16(
+        &other,
+        22_050,
+        (0..24_000).map(|i| ((i as f32 * 0.05).sin() * 8000.0) as i16),
+    );
+    let out = run_ok(
+        ser()
+            .args(["predict", "--json", "--model"])
+            .arg(&run)
+            .arg(first_wav(&data))
+            .arg(&other),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<serde_json::Value> = text

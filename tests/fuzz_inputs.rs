@@ -5,6 +5,9 @@
 //! for more than ALLOC_LIMIT bytes in one allocation or hold more than PEAK_LIMIT at once.
 //! A bounded number of cases (CASES per property) keeps this a few seconds in `cargo test`.
 
+mod common;
+
+use common::cli::{run_ok, ser};
 use proptest::prelude::*;
 use ser_engine::audio::corpus::{parse_named, CorpusFormat};
 use ser_engine::audio::decode::{load_audio, probe_audio};
@@ -237,28 +240,23 @@ fn run_folder() -> std::path::PathBuf {
             false,
         )
         .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ser-engine"))
-            .args(["-q", "--device", "cpu", "--threads", "1", "train", "--data"])
-            .arg(&data)
-            .arg("--out")
-            .arg(d.path().join("run"))
-            .args(["--epochs", "1", "--channels", "4,8,8", "--fc-size", "8"])
-            .args([
-                "--hidden-size",
-                "4",
-                "--n-mels",
-                "16",
-                "--batch-size",
-                "8",
-                "--val-split",
-                "0.4",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            ser()
+                .args(["train", "--data"])
+                .arg(&data)
+                .arg("--out")
+                .arg(d.path().join("run"))
+                .args(["--epochs", "1", "--channels", "4,8,8", "--fc-size", "8"])
+                .args([
+                    "--hidden-size",
+                    "4",
+                    "--n-mels",
+                    "16",
+                    "--batch-size",
+                    "8",
+                    "--val-split",
+                    "0.4",
+                ]),
         );
         d
     })

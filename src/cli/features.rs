@@ -358,9 +358,10 @@ fn write_atomic(
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut builder = tempfile::Builder::new();
     builder.prefix(".features-").suffix(".tmp");
-    // Temporary files are private (0600) by default; outputs should be ordinary files.
+    // Temporary files are private (0600) by default; outputs should be ordinary files (open(2)
+    // applies the umask to this mode, as for File::create).
     #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     let tmp = builder
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;

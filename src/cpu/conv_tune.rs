@@ -215,18 +215,26 @@ impl Tuner {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        // One writer at a time across processes (an flock on `<file>.lock`, released when
+        // `_lock` drops), so this read-modify-write never drops an entry written meanwhile.
+        // The lock file stays: deleting it would let two writers lock different files.
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let _lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .and_then(|f| f.lock().map(|_| f))
+            .with_context(|| format!("{}: cannot lock", PathBuf::from(&lock_path).display()))?;
         let mut file = read_cache(path);
         let entries = file.entry(self.machine.clone()).or_default();
         if let Some(earlier) = entries.get(key) {
             return Ok(*earlier);
         }
         entries.insert(key.to_string(), m);
-        let tmp =
-            tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}", dir.display()))?;
-        serde_json::to_writer_pretty(tmp.as_file(), &file)
-            .with_context(|| format!("{}", tmp.path().display()))?;
-        tmp.persist(path)
-            .with_context(|| format!("{}", path.display()))?;
+        // a reader without the lock sees the old file or the new one, never half of one
+        crate::atomic_file::atomic_write(path, &serde_json::to_vec_pretty(&file)?)?;
         Ok(m)
     }
 }
@@ -376,6 +384,33 @@ mod tests {
         let first = early.measure::<f32>(&s);
         assert_eq!(late.measure::<f32>(&s), first);
         assert_eq!(late.timed, 0);
+    }
+
+    #[test]
+    fn concurrent_writers_keep_every_entry() {
+        // Writers racing on one file (as processes would: each its own Tuner and open files):
+        // every entry must survive, so no read-modify-write overwrote another's.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tune.json");
+        let (writers, each) = (6, 15);
+        std::thread::scope(|s| {
+            for w in 0..writers {
+                let path = path.clone();
+                s.spawn(move || {
+                    let t = Tuner::new("m".into(), Some(path));
+                    for i in 0..each {
+                        let m = Measured {
+                            algo: ConvAlgo::Direct,
+                            direct_ms: w as f64,
+                            fft_ms: i as f64,
+                        };
+                        assert_eq!(t.persist(&format!("w{w} s{i}"), m).unwrap(), m);
+                    }
+                });
+            }
+        });
+        let file = read_cache(&path);
+        assert_eq!(file["m"].len(), writers * each, "{:?}", file["m"].keys());
     }
 
     #[test]

@@ -557,7 +557,8 @@ impl Device {
 
     /// A new buffer holding a copy of `src`.
     pub fn htod<T: Elem>(&self, src: &[T]) -> Result<DeviceBuffer<T>> {
-        let mut b = self.alloc_zeros(src.len())?;
+        // the copy writes every element, so no memset first
+        let mut b = self.alloc_uninit(src.len())?;
         self.copy_htod(src, &mut b)?;
         Ok(b)
     }
@@ -797,9 +798,21 @@ mod tests {
             let e = CudaDevice::new(0)
                 .err()
                 .expect("no kernels, no cuda device");
+            // the build's reason and the fix for it, which depends on why nvcc did not run
+            // (SER_NO_NVCC=1, no nvcc found, stale prebuilt kernels)
+            let msg = format!("{e:#}");
+            let fix = if kernels::NVCC_STATUS.contains("SER_NO_NVCC=1 was set") {
+                "unset SER_NO_NVCC"
+            } else {
+                "tools/install-cuda-compiler.sh"
+            };
             assert!(
-                format!("{e:#}").contains("tools/install-cuda-compiler.sh"),
-                "{e:#}"
+                msg.contains(kernels::NVCC_STATUS) && msg.contains("Fix:"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains(fix) || msg.contains("tools/pack-kernels.sh"),
+                "{msg}"
             );
         }
         let r = device_report();

@@ -95,7 +95,7 @@ pub const REDUCE_MAX_BLOCKS: u32 = 1024;
 fn reduce(dev: &Device, kernel: &str, x: &DeviceBuffer<f32>) -> Result<f32> {
     let n = n_i32(x.len())?;
     let blocks = blocks_for(x.len(), BLOCK).min(REDUCE_MAX_BLOCKS);
-    let partial = dev.alloc_zeros::<f32>(blocks as usize)?;
+    let partial = dev.alloc_uninit::<f32>(blocks as usize)?;
     dev.launch(
         kernel,
         blocks,
@@ -104,7 +104,7 @@ fn reduce(dev: &Device, kernel: &str, x: &DeviceBuffer<f32>) -> Result<f32> {
         &[(&partial).into(), x.into(), n.into()],
     )?;
     let out = if blocks > 1 {
-        let total = dev.alloc_zeros::<f32>(1)?;
+        let total = dev.alloc_uninit::<f32>(1)?;
         dev.launch(
             kernel,
             1u32,

@@ -103,7 +103,7 @@ pub fn upload_lens(dev: &Device, lens: &[usize]) -> Result<DeviceBuffer<i32>> {
 
 /// Multipliers (0 or 1/(1−p)) of `n` elements: `cpu::dropout::dropout_mask` on the device.
 pub fn dropout_mask(dev: &Device, d: Dropout, n: usize) -> Result<DeviceBuffer<f32>> {
-    let mask = dev.alloc_zeros::<f32>(n)?;
+    let mask = dev.alloc_uninit::<f32>(n)?;
     let [seed, step, base, p, _] = drop_args(Some(d));
     launch_1d(
         dev,
@@ -208,11 +208,11 @@ impl ConvScratch {
         }
         if self.col.as_ref().is_none_or(|b| b.len() < nc) {
             self.col = None; // free the old one before allocating the larger one
-            self.col = Some(dev.alloc_zeros(nc.max(1))?);
+            self.col = Some(dev.alloc_uninit(nc.max(1))?);
         }
         if self.g.as_ref().is_none_or(|b| b.len() < ng) {
             self.g = None;
-            self.g = Some(dev.alloc_zeros(ng.max(1))?);
+            self.g = Some(dev.alloc_uninit(ng.max(1))?);
         }
         Ok(())
     }
@@ -1249,11 +1249,11 @@ impl CnnWorkspace {
             "CNN workspace: batch {batch}, t_max {t_max} (need ≥ 1 clip, ≥ 8 frames)"
         );
         let lens_dev = (0..4)
-            .map(|_| dev.alloc_zeros::<i32>(batch))
+            .map(|_| dev.alloc_uninit::<i32>(batch))
             .collect::<Result<Vec<_>>>()?;
         let (mut m, mut t) = (cfg.n_mels, t_max);
         let mut stages = Vec::with_capacity(3);
-        let mut input = dev.alloc_zeros::<f32>(batch * cfg.n_mels * t_max)?;
+        let mut input = dev.alloc_uninit::<f32>(batch * cfg.n_mels * t_max)?;
         for s in 0..3 {
             let sh = ConvShape {
                 batch,
@@ -1266,25 +1266,25 @@ impl CnnWorkspace {
             let pooled = batch * sh.cout * (m / 2) * (t / 2);
             let bn = |n: usize| -> Result<Option<DeviceBuffer<f32>>> {
                 Ok(if cfg.batchnorm {
-                    Some(dev.alloc_zeros(n)?)
+                    Some(dev.alloc_uninit(n)?)
                 } else {
                     None
                 })
             };
             stages.push(StageWork {
                 input,
-                conv: dev.alloc_zeros(sh.y_len())?,
+                conv: dev.alloc_uninit(sh.y_len())?,
                 mean: bn(sh.cout)?,
                 var: bn(sh.cout)?,
-                relu: dev.alloc_zeros(sh.y_len())?,
-                arg: dev.alloc_zeros(pooled)?,
+                relu: dev.alloc_uninit(sh.y_len())?,
+                arg: dev.alloc_uninit(pooled)?,
                 shape: sh,
-                dpool: dev.alloc_zeros(pooled)?,
-                drelu: dev.alloc_zeros(sh.y_len())?,
-                dconv: dev.alloc_zeros(sh.y_len())?,
+                dpool: dev.alloc_uninit(pooled)?,
+                drelu: dev.alloc_uninit(sh.y_len())?,
+                dconv: dev.alloc_uninit(sh.y_len())?,
                 bn_sums: bn(2 * sh.cout)?,
             });
-            input = dev.alloc_zeros(pooled)?;
+            input = dev.alloc_uninit(pooled)?;
             m /= 2;
             t /= 2;
         }
@@ -1300,11 +1300,11 @@ impl CnnWorkspace {
             drop: None,
             stages,
             stage3: input,
-            frames: dev.alloc_zeros(rows * fin)?,
-            fc_relu: dev.alloc_zeros(rows * cfg.fc)?,
-            out: dev.alloc_zeros(rows * cfg.fc)?,
-            dframes: dev.alloc_zeros(rows * fin)?,
-            fc_dz: dev.alloc_zeros(rows * cfg.fc)?,
+            frames: dev.alloc_uninit(rows * fin)?,
+            fc_relu: dev.alloc_uninit(rows * cfg.fc)?,
+            out: dev.alloc_uninit(rows * cfg.fc)?,
+            dframes: dev.alloc_uninit(rows * fin)?,
+            fc_dz: dev.alloc_uninit(rows * cfg.fc)?,
         })
     }
 

@@ -181,7 +181,7 @@ impl DeviceFrontEnd {
         lengths: &[usize],
     ) -> Result<(DeviceBuffer<f32>, Vec<usize>)> {
         let (b, t_max, frames) = self.geometry(pcm, max_samples, lengths)?;
-        let power = dev.alloc_zeros::<f32>(b * t_max * self.n_bins())?;
+        let power = dev.alloc_uninit::<f32>(b * t_max * self.n_bins())?;
         if b == 0 {
             return Ok((power, frames));
         }
@@ -223,7 +223,8 @@ impl DeviceFrontEnd {
             "mel_power: power has {} values, expected {b} x {t_max} x {n_bins}",
             power.len()
         );
-        let mel = dev.alloc_zeros::<f32>(b * t_max * n_mels)?;
+        let mel = dev.alloc_uninit::<f32>(b * t_max * n_mels)?;
+        // zeros: the kernel's atomic max starts from them (powers are >= 0)
         let clip_max = dev.alloc_zeros::<f32>(b.max(1))?;
         if b == 0 || t_max == 0 {
             return Ok((mel, clip_max));
@@ -262,7 +263,8 @@ impl DeviceFrontEnd {
     ) -> Result<(DeviceBuffer<f32>, DeviceBuffer<f32>, Vec<usize>)> {
         let (b, t_max, frames) = self.geometry(pcm, max_samples, lengths)?;
         let n_mels = self.cfg.n_mels;
-        let mel = dev.alloc_zeros::<f32>(b * t_max * n_mels)?;
+        let mel = dev.alloc_uninit::<f32>(b * t_max * n_mels)?;
+        // zeros: the kernel's atomic max starts from them (powers are >= 0)
         let clip_max = dev.alloc_zeros::<f32>(b.max(1))?;
         if b == 0 {
             return Ok((mel, clip_max, frames));
@@ -313,7 +315,7 @@ impl DeviceFrontEnd {
             "mel_db: mel has {} values, expected {b} x {t_max} x {n_mels}",
             mel.len()
         );
-        let out = dev.alloc_zeros::<f32>(b * t_max * n_mels)?;
+        let out = dev.alloc_uninit::<f32>(b * t_max * n_mels)?;
         if b == 0 || t_max == 0 {
             return Ok(out);
         }
@@ -397,7 +399,8 @@ impl DeviceFrontEnd {
             max_samples < NOISE_CLIP_STRIDE,
             "add_noise: clips of {max_samples} samples exceed the noise indexing (2^28)"
         );
-        let out = dev.alloc_zeros::<f32>(pcm.len())?;
+        let out = dev.alloc_uninit::<f32>(pcm.len())?;
+        // zeros: with no clips the one-element placeholder is returned unwritten
         let std = dev.alloc_zeros::<f32>(b.max(1))?;
         if b == 0 || max_samples == 0 {
             return Ok((out, std));

@@ -98,12 +98,12 @@ impl LstmLayerWs {
         let (n, h) = (dims.rows(), dims.h);
         Ok(Self {
             dims,
-            wst: dev.alloc_zeros(8 * h * dims.din)?,
-            pre: dev.alloc_zeros(n * 8 * h)?,
-            out: dev.alloc_zeros(n * 2 * h)?,
-            hp: dev.alloc_zeros(n * 2 * h)?,
-            gates: dev.alloc_zeros(n * 8 * h)?,
-            cst: dev.alloc_zeros(n * 2 * h)?,
+            wst: dev.alloc_uninit(8 * h * dims.din)?,
+            pre: dev.alloc_uninit(n * 8 * h)?,
+            out: dev.alloc_uninit(n * 2 * h)?,
+            hp: dev.alloc_uninit(n * 2 * h)?,
+            gates: dev.alloc_uninit(n * 8 * h)?,
+            cst: dev.alloc_uninit(n * 2 * h)?,
         })
     }
 }
@@ -127,10 +127,10 @@ impl LstmGradWs {
         dims.check()?;
         let (n, h) = (dims.rows(), dims.h);
         Ok(Self {
-            dg: dev.alloc_zeros(n * 8 * h)?,
-            dwih: dev.alloc_zeros(8 * h * dims.din)?,
-            dwhh: dev.alloc_zeros(16 * h * h)?,
-            dbias: dev.alloc_zeros(8 * h)?,
+            dg: dev.alloc_uninit(n * 8 * h)?,
+            dwih: dev.alloc_uninit(8 * h * dims.din)?,
+            dwhh: dev.alloc_uninit(16 * h * h)?,
+            dbias: dev.alloc_uninit(8 * h)?,
             ones: dev.htod(&vec![1.0f32; n])?,
         })
     }
@@ -458,8 +458,8 @@ pub struct AttnGradWs {
 impl AttnGradWs {
     pub fn new(dev: &Device, batch: usize, t: usize, d: usize) -> Result<Self> {
         Ok(Self {
-            dwb: dev.alloc_zeros(batch * (d + 1))?,
-            da: dev.alloc_zeros(batch * t)?,
+            dwb: dev.alloc_uninit(batch * (d + 1))?,
+            da: dev.alloc_uninit(batch * t)?,
             ones: dev.htod(&vec![1.0f32; batch])?,
         })
     }
@@ -740,8 +740,8 @@ impl ClipScratch {
     pub fn new(dev: &Device, n: usize) -> Result<Self> {
         let blocks = blocks_for(n, BLOCK).min(NORM_MAX_BLOCKS);
         Ok(Self {
-            partial: dev.alloc_zeros(blocks as usize)?,
-            coef: dev.alloc_zeros(2)?,
+            partial: dev.alloc_uninit(blocks as usize)?,
+            coef: dev.alloc_uninit(2)?,
         })
     }
 }
@@ -905,27 +905,27 @@ impl RnnWorkspace {
             .map(|l| LstmGradWs::new(dev, dims.layer(l)))
             .collect::<Result<Vec<_>>>()?;
         let next_in = (1..dims.layers)
-            .map(|_| dev.alloc_zeros(n * d))
+            .map(|_| dev.alloc_uninit(n * d))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             dims,
-            lens: dev.alloc_zeros(b)?,
-            labels: dev.alloc_zeros(b)?,
-            class_weights: dev.alloc_zeros(dims.classes)?,
+            lens: dev.alloc_uninit(b)?,
+            labels: dev.alloc_uninit(b)?,
+            class_weights: dev.alloc_uninit(dims.classes)?,
             layers,
             next_in,
-            e: dev.alloc_zeros(b * dims.t)?,
-            alpha: dev.alloc_zeros(b * dims.t)?,
-            ctx: dev.alloc_zeros(b * d)?,
-            logits: dev.alloc_zeros(b * dims.classes)?,
-            dlogits: dev.alloc_zeros(b * dims.classes)?,
-            loss_out: dev.alloc_zeros(2)?,
+            e: dev.alloc_uninit(b * dims.t)?,
+            alpha: dev.alloc_uninit(b * dims.t)?,
+            ctx: dev.alloc_uninit(b * d)?,
+            logits: dev.alloc_uninit(b * dims.classes)?,
+            dlogits: dev.alloc_uninit(b * dims.classes)?,
+            loss_out: dev.alloc_uninit(2)?,
             train: None,
             lgrad,
             agrad: AttnGradWs::new(dev, b, dims.t, d)?,
-            dctx: dev.alloc_zeros(b * d)?,
-            dout: dev.alloc_zeros(n * d)?,
-            dmid: dev.alloc_zeros(n * d)?,
+            dctx: dev.alloc_uninit(b * d)?,
+            dout: dev.alloc_uninit(n * d)?,
+            dmid: dev.alloc_uninit(n * d)?,
         })
     }
 }

@@ -182,7 +182,7 @@ impl DeviceModel {
         Ok(ShapeWork {
             rnn: RnnWorkspace::new(&self.dev, dims)?,
             cnn: CnnWorkspace::new(&self.dev, &self.cfg, batch, t_max)?,
-            dframes: self.dev.alloc_zeros(batch * t3 * self.cfg.fc)?,
+            dframes: self.dev.alloc_uninit(batch * t3 * self.cfg.fc)?,
         })
     }
 

@@ -8,7 +8,6 @@ use super::{BufferLayout, ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 /// Metadata key holding the model configuration as JSON.
@@ -67,20 +66,7 @@ pub fn save_checkpoint(
         .with_context(|| format!("serialising checkpoint {}", path.display()))?;
     sort_header_keys(&mut bytes)
         .with_context(|| format!("serialising checkpoint {}", path.display()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    // Errors name the checkpoint, not the temporary file (which is gone by then).
-    tmp.write_all(&bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
+    crate::atomic_file::atomic_write(path, &bytes)
 }
 
 /// Rewrites a serialised safetensors header with its keys sorted. safetensors takes the

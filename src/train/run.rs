@@ -143,28 +143,7 @@ impl RunConfig {
     }
 }
 
-/// Prefix of the temporary files [`atomic_write`] creates (cleaned by the next writer).
-pub const TMP_PREFIX: &str = ".tmp";
-
-/// Writes `bytes` to `path` atomically (a temporary file beside it, renamed into place).
-/// Errors name `path`, not the temporary file.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .tempfile_in(dir)
-        .with_context(|| format!("{}: cannot create a temporary file", path.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
-}
+pub use crate::atomic_file::{atomic_write, TMP_PREFIX};
 
 /// The lock file inside a run folder; it holds the writer's pid.
 pub const LOCK_FILE: &str = "lock";

@@ -4,6 +4,8 @@
 //! only some of it.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use ser_engine::device::{Device, DeviceBuffer, SimDevice, SimOptions};
 use ser_engine::rng::{Purpose, Stream};
 
