@@ -5,7 +5,7 @@
 // elsewhere); dy at t >= len is ignored.
 // Layouts: x [B][cin][M][T], w [cout][cin][k][k], y [B][cout][M][T]; chunk matrices have column
 // index (bl*M + mo)*T + to with bl = b - b0: col [cin*k*k][nb*M*T], g / d [cout][nb*M*T].
-// Launch shape (all but cnn_row_sum_acc): 1D, block 256, any grid: grid-stride loop over the
+// Launch shape (all but cnn_row_sum_partial and cnn_bias_grad_acc): 1D, block 256, any grid: grid-stride loop over the
 // elements of the array the kernel writes (64-bit index; col can pass 2^31 elements).
 #include "common.cuh"
 #include "dropout.cuh"
@@ -105,17 +105,23 @@ extern "C" __global__ void cnn_col2im(float* dx, const float* dcol, const int* l
     }
 }
 
-// out[r] += sum of row r of a [rows][cols] (the conv bias gradient from d).
-// Launch shape: grid = rows (one block per row), block 256 (multiple of 32, <= 1024).
-// extent: out rows
+// Pass 1 of out[r] += sum of row r of a [rows][cols] (the conv bias gradient from d): block
+// (r, k) = (blockIdx.x, blockIdx.y) sums columns [k*len, min(cols, (k+1)*len)), len =
+// ceil(cols / chunks), into partial[r*chunks + k] (every one written, empty chunks as 0).
+// Pass 2 is reduce.cu's reduce_chunks_acc (fixed order, deterministic).
+// Launch shape: grid = (rows, chunks), block 256 (multiple of 32, <= 1024); chunks from
+// src/engine/cnn.rs reduce_chunks (about 2 blocks per SM of a 132-SM H100).
+// extent: partial rows*chunks
 // extent: a rows*cols
-extern "C" __global__ void cnn_row_sum_acc(float* out, const float* a, int rows, int cols) {
-    int r = (int)blockIdx.x;
-    if (!ser_in_bounds(r, rows)) return;
+extern "C" __global__ void cnn_row_sum_partial(float* partial, const float* a, int rows, int cols, int chunks) {
+    int r = (int)blockIdx.x, k = (int)blockIdx.y;
+    if (!ser_in_bounds2(r, k, rows, chunks)) return;
+    int len = (int)(((long long)cols + chunks - 1) / chunks);
+    int lo = (int)min((long long)cols, (long long)k * len), hi = min(cols, lo + len);
     float acc = 0.0f;
-    for (int c = (int)threadIdx.x; c < cols; c += (int)blockDim.x) acc += a[(long long)r * cols + c];
+    for (int c = lo + (int)threadIdx.x; c < hi; c += (int)blockDim.x) acc += a[(long long)r * cols + c];
     acc = ser_block_sum(acc);
-    if (threadIdx.x == 0) out[r] += acc;
+    if (threadIdx.x == 0) partial[(long long)r * chunks + k] = acc;
 }
 
 // ---- Around cuDNN (src/engine/cudnn.rs): cuDNN convolves the whole padded [B][C][M][T] tensor,

@@ -2,8 +2,9 @@
 // (the products themselves are device.gemm calls in src/engine/cnn.rs), as src/cpu/model.rs.
 // Layouts: stage-3 output x [B][C][M][T], frames h [B][T][C*M] with h[b][t][c*M+m] = x[b][c][m][t];
 // FC pre-activation / ReLU output r [rows = B*T][dout].
-// Launch shape: fc_bias_grad: grid = dout (one block per column), block 256 (multiple of 32);
-// the others 1D, block 256, any grid (grid-stride loops over the array written).
+// Launch shape: fc_bias_grad_partial: grid = (ceil(dout / 256), chunks), block 256 (chunks from
+// src/engine/cnn.rs reduce_chunks, >= 16 rows each); the others 1D, block 256, any grid
+// (grid-stride loops over the array written).
 #include "common.cuh"
 #include "dropout.cuh"
 
@@ -59,14 +60,18 @@ extern "C" __global__ void fc_relu_dropout_backward(float* dz, const float* dh, 
     }
 }
 
-// db[o] += sum over rows of dz[row][o], o = blockIdx.x.
-// extent: db dout
+// Pass 1 of db[o] += sum over rows of dz[row][o]: thread o = blockIdx.x*blockDim.x + threadIdx.x
+// (one column each, so a warp reads 32 consecutive floats of a row) sums rows [k*len,
+// min(rows, (k+1)*len)) of chunk k = blockIdx.y, len = ceil(rows / chunks), in row order into
+// partial[o*chunks + k] (every one written). Pass 2 is reduce.cu's reduce_chunks_acc.
+// extent: partial dout*chunks
 // extent: dz rows*dout
-extern "C" __global__ void fc_bias_grad(float* db, const float* dz, int rows, int dout) {
-    int o = (int)blockIdx.x;
-    if (!ser_in_bounds(o, dout)) return;
+extern "C" __global__ void fc_bias_grad_partial(float* partial, const float* dz, int rows, int dout, int chunks) {
+    int o = (int)ser_global_thread(), k = (int)blockIdx.y;
+    if (!ser_in_bounds2(o, k, dout, chunks)) return;
+    int len = (int)(((long long)rows + chunks - 1) / chunks);
+    int lo = (int)min((long long)rows, (long long)k * len), hi = min(rows, lo + len);
     float acc = 0.0f;
-    for (int r = (int)threadIdx.x; r < rows; r += (int)blockDim.x) acc += dz[(long long)r * dout + o];
-    acc = ser_block_sum(acc);
-    if (threadIdx.x == 0) db[o] += acc;
+    for (int r = lo; r < hi; ++r) acc += dz[(long long)r * dout + o];
+    partial[(long long)o * chunks + k] = acc;
 }

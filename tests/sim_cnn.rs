@@ -45,6 +45,11 @@ fn frames_and_fc_match_cpu() {
 }
 
 #[test]
+fn reductions_2d_match_cpu_and_are_deterministic() {
+    run("reductions_2d_match_cpu_and_are_deterministic");
+}
+
+#[test]
 fn composed_cnn_matches_cpu_model() {
     run("composed_cnn_matches_cpu_model");
 }

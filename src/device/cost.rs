@@ -11,7 +11,7 @@
 //!   generator of dropout masks) is not counted. A GEMM is 2·m·n·k.
 //! - bytes: 4 per f32/i32 element the kernel must read, read once, and per element it writes,
 //!   written once (a perfect cache: im2col's k² reuse of the input and the two passes of
-//!   `bn_stats` cost nothing extra); an accumulated output (`+=`, GEMM β ≠ 0) is read and
+//!   `bn_stats_partial` cost nothing extra); an accumulated output (`+=`, GEMM β ≠ 0) is read and
 //!   written. This is the floor a GPU kernel can reach, so bytes/time is the fraction of the
 //!   bandwidth roofline the kernel achieves.
 //! - Work is counted at the padded shape (every clip at `t_max`): the kernels that skip padded
@@ -137,9 +137,15 @@ pub fn launch_cost(sig: &KernelSig, grid: Dim3, _block: Dim3, args: &[KernelArg]
             let x = nb * cin * a("m")? * a("t")?;
             c(x * k * k, x * k * k + x + nb)
         }
-        "cnn_row_sum_acc" => {
-            let (r, n) = (a("rows")?, a("cols")?);
-            c(r * n, r * n + 2.0 * r)
+        // pass 1 of the bias gradient's row sums: reads a, writes rows·chunks partials
+        "cnn_row_sum_partial" => {
+            let (r, n, k) = (a("rows")?, a("cols")?, a("chunks")?);
+            c(r * n, r * n + r * k)
+        }
+        // pass 2 of the 2-D reductions: reads the partials, accumulates out
+        "reduce_chunks_acc" => {
+            let (r, k) = (a("rows")?, a("chunks")?);
+            c(r * k, r * k + 2.0 * r)
         }
         // --- masking around cuDNN ---
         "cnn_time_mask" => c(0.0, 2.0 * bcmt()? + a("batch")?),
@@ -152,11 +158,28 @@ pub fn launch_cost(sig: &KernelSig, grid: Dim3, _block: Dim3, args: &[KernelArg]
             c(n, n + 2.0 * a("c")? + a("batch")?)
         }
         // --- BatchNorm + ReLU ---
-        "bn_stats" => c(4.0 * bcmt()?, bcmt()? + 2.0 * a("c")? + a("batch")?),
+        // two passes over each chunk (the second from cache); writes count, mean, M2 per chunk
+        "bn_stats_partial" => c(
+            4.0 * bcmt()?,
+            bcmt()? + 3.0 * a("c")? * a("chunks")? + a("batch")?,
+        ),
+        // Chan's merge: ~10 FLOP per chunk
+        "bn_stats_merge" => {
+            let (ch, k) = (a("c")?, a("chunks")?);
+            c(10.0 * ch * k, 3.0 * ch * k + 2.0 * ch)
+        }
         "bn_update_running" => c(6.0 * a("c")?, 6.0 * a("c")?),
         "bn_relu_forward" => c(5.0 * bcmt()?, 2.0 * bcmt()? + 4.0 * a("c")? + a("batch")?),
-        // reads dy, y, x; mean, var; writes sums; accumulates dgamma, dbeta
-        "bn_relu_backward_reduce" => c(6.0 * bcmt()?, 3.0 * bcmt()? + 8.0 * a("c")? + a("batch")?),
+        // reads dy, y, x; mean, var; writes 2 partials per (channel, chunk)
+        "bn_relu_backward_partial" => c(
+            6.0 * bcmt()?,
+            3.0 * bcmt()? + 2.0 * a("c")? + 2.0 * a("c")? * a("chunks")? + a("batch")?,
+        ),
+        // reads the partials; writes sums; accumulates dgamma, dbeta
+        "bn_relu_backward_merge" => {
+            let (ch, k) = (a("c")?, a("chunks")?);
+            c(2.0 * ch * k, 2.0 * ch * k + 6.0 * ch)
+        }
         // reads dy, y, x, writes dx; mean, var, gamma, sums
         "bn_relu_backward_dx" => c(10.0 * bcmt()?, 4.0 * bcmt()? + 5.0 * a("c")? + a("batch")?),
         // --- 2×2 max pool (+ fused dropout) ---
@@ -184,9 +207,9 @@ pub fn launch_cost(sig: &KernelSig, grid: Dim3, _block: Dim3, args: &[KernelArg]
             let n = a("rows")? * a("dout")?;
             c((1.0 + a("drop")?.min(1.0)) * n, 3.0 * n)
         }
-        "fc_bias_grad" => {
+        "fc_bias_grad_partial" => {
             let n = a("rows")? * a("dout")?;
-            c(n, n + 2.0 * a("dout")?)
+            c(n, n + a("dout")? * a("chunks")?)
         }
         // --- BiLSTM ---
         "lstm_stack_wih" => c(0.0, 16.0 * a("h")? * a("din")?),

@@ -61,6 +61,149 @@ fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).with_context(|| format!("{what} = {v} exceeds the kernels' i32 sizes"))
 }
 
+// ---- Per-channel reductions: a 2-D grid (channel × chunk) writes one partial per (channel,
+// chunk), then one warp per channel adds them in a fixed order (kernels/batchnorm.cu,
+// conv.cu cnn_row_sum_partial, fc.cu fc_bias_grad_partial, reduce.cu reduce_chunks_acc). ----
+
+/// Blocks a per-channel reduction's first pass aims at: 2 per SM of a 132-SM H100 (a fixed
+/// number, not the GPU's, so the chunking and hence the result bits depend only on the shapes,
+/// and sim reproduces the GPU's partition).
+pub const REDUCE_TARGET_BLOCKS: usize = 264;
+/// Fewest elements per chunk of the block-per-chunk passes (16 per thread of a 256-thread
+/// block): smaller inputs get fewer chunks, tiny ones one.
+pub const REDUCE_MIN_CHUNK: usize = 4096;
+/// Fewest rows per chunk of `fc_bias_grad_partial` (one thread per column walks its rows).
+pub const FC_BIAS_MIN_ROWS: usize = 16;
+
+/// Chunks per group for `groups` blocks (or block columns) of `per_group` elements each:
+/// enough for [`REDUCE_TARGET_BLOCKS`] in all, no chunk under `min_per_chunk` elements, at least 1.
+pub fn reduce_chunks(groups: usize, per_group: usize, min_per_chunk: usize) -> usize {
+    let want = REDUCE_TARGET_BLOCKS.div_ceil(groups.max(1));
+    let useful = per_group.div_ceil(min_per_chunk.max(1));
+    want.min(useful).max(1)
+}
+
+/// Chunks of the BatchNorm reductions of `d` (per channel: batch·M·T positions).
+pub fn bn_chunks(d: Dims4) -> usize {
+    reduce_chunks(d.c, d.batch * d.m * d.t, REDUCE_MIN_CHUNK)
+}
+
+/// Floats of the BatchNorm scratch of `d` that [`bn_stats`] and [`bn_relu_backward`] take: the
+/// backward's sums `[2·C]`, then the partials (`[3][C][chunks]` for the statistics, `[2][C][chunks]`
+/// for the backward).
+pub fn bn_scratch_len(d: Dims4) -> usize {
+    2 * d.c + 3 * d.c * bn_chunks(d)
+}
+
+/// Chunks of the conv bias gradient's row sums of a `[rows][cols]` matrix.
+pub fn row_sum_chunks(rows: usize, cols: usize) -> usize {
+    reduce_chunks(rows, cols, REDUCE_MIN_CHUNK)
+}
+
+/// Chunks of the FC bias gradient over `rows` rows of `dout` columns.
+pub fn fc_bias_chunks(rows: usize, dout: usize) -> usize {
+    reduce_chunks(dout.div_ceil(BLOCK as usize), rows, FC_BIAS_MIN_ROWS)
+}
+
+/// Floats of the FC backward's scratch ([`fc_backward`]): dz `[rows][dout]`, then the bias
+/// partials `[dout][chunks]`.
+pub fn fc_scratch_len(rows: usize, dout: usize) -> usize {
+    rows * dout + dout * fc_bias_chunks(rows, dout)
+}
+
+/// Pass 2 of the row reductions: out[r] += Σ_k partial[r·chunks + k] in a fixed order.
+fn reduce_chunks_acc(
+    dev: &Device,
+    out: DeviceSlice<'_, f32>,
+    partial: DeviceSlice<'_, f32>,
+    rows: usize,
+    chunks: usize,
+) -> Result<()> {
+    dev.launch(
+        "reduce_chunks_acc",
+        blocks_for(rows, BLOCK / 32),
+        BLOCK,
+        0,
+        &[
+            out.into(),
+            partial.slice(0..rows * chunks)?.into(),
+            i32_of(rows, "rows")?.into(),
+            i32_of(chunks, "chunks")?.into(),
+        ],
+    )
+}
+
+/// out[r] += Σ_c a[r][c] over a `[rows][cols]` matrix in `chunks` chunks per row, `partial`
+/// holding at least rows·chunks floats (the conv bias gradient; exposed for the checks).
+pub fn row_sum_acc(
+    dev: &Device,
+    out: DeviceSlice<'_, f32>,
+    a: &DeviceBuffer<f32>,
+    rows: usize,
+    cols: usize,
+    partial: DeviceSlice<'_, f32>,
+    chunks: usize,
+) -> Result<()> {
+    ensure!(
+        chunks >= 1
+            && out.len() == rows
+            && a.len() >= rows * cols
+            && partial.len() >= rows * chunks,
+        "row sums: {rows}×{cols} in {chunks} chunks with {} outputs, {} inputs, {} partials",
+        out.len(),
+        a.len(),
+        partial.len()
+    );
+    dev.launch(
+        "cnn_row_sum_partial",
+        (rows as u32, chunks as u32),
+        BLOCK,
+        0,
+        &[
+            partial.slice(0..rows * chunks)?.into(),
+            a.slice(0..rows * cols)?.into(),
+            i32_of(rows, "rows")?.into(),
+            i32_of(cols, "columns")?.into(),
+            i32_of(chunks, "chunks")?.into(),
+        ],
+    )?;
+    reduce_chunks_acc(dev, out, partial, rows, chunks)
+}
+
+/// db[o] += Σ_r dz[r][o] over `[rows][dout]` in `chunks` row chunks, `partial` holding at least
+/// dout·chunks floats (the FC bias gradient; exposed for the checks).
+pub fn fc_bias_grad(
+    dev: &Device,
+    db: DeviceSlice<'_, f32>,
+    dz: DeviceSlice<'_, f32>,
+    rows: usize,
+    dout: usize,
+    partial: DeviceSlice<'_, f32>,
+    chunks: usize,
+) -> Result<()> {
+    ensure!(
+        chunks >= 1 && db.len() == dout && dz.len() == rows * dout && partial.len() >= dout * chunks,
+        "FC bias gradient: {rows}×{dout} in {chunks} chunks with {} outputs, {} inputs, {} partials",
+        db.len(),
+        dz.len(),
+        partial.len()
+    );
+    dev.launch(
+        "fc_bias_grad_partial",
+        (blocks_for(dout, BLOCK), chunks as u32),
+        BLOCK,
+        0,
+        &[
+            partial.slice(0..dout * chunks)?.into(),
+            dz.into(),
+            i32_of(rows, "rows")?.into(),
+            i32_of(dout, "fc width")?.into(),
+            i32_of(chunks, "chunks")?.into(),
+        ],
+    )?;
+    reduce_chunks_acc(dev, db, partial, dout, chunks)
+}
+
 /// A dropout site of one training step: element n is kept iff
 /// `Stream::new(seed, Purpose::Dropout, step).uniform(site_base(site) + n) >= p` (scale
 /// 1/(1−p)), exactly `cpu::dropout::dropout_mask`.
@@ -172,6 +315,8 @@ fn chunk_clips(s: &ConvShape, max_col: usize) -> usize {
 pub struct ConvScratch {
     col: Option<DeviceBuffer<f32>>,
     g: Option<DeviceBuffer<f32>>,
+    /// the bias gradient's row-sum partials `[cout][chunks]` (pass 1 writes them all)
+    partials: Option<DeviceBuffer<f32>>,
     cudnn: CudnnConv,
 }
 
@@ -179,6 +324,13 @@ pub struct ConvScratch {
 fn chunk_elems(s: &ConvShape, max_col: usize) -> (usize, usize) {
     let ncol = chunk_clips(s, max_col) * s.m * s.t;
     (s.cin * s.k * s.k * ncol, s.cout * ncol)
+}
+
+/// Row-sum partials of the bias gradient of any im2col chunk of `s` (chunks grow with the
+/// columns, so the largest chunk needs the most).
+fn chunk_partials(s: &ConvShape, max_col: usize) -> usize {
+    let ncol = chunk_clips(s, max_col) * s.m * s.t;
+    s.cout * row_sum_chunks(s.cout, ncol)
 }
 
 impl ConvScratch {
@@ -200,11 +352,12 @@ impl ConvScratch {
     pub fn reserve(&mut self, dev: &Device, shapes: &[ConvShape], max_col: usize) -> Result<()> {
         // the shapes left to our kernels need im2col buffers
         let shapes = self.cudnn.reserve(dev, shapes, max_col)?;
-        let (mut nc, mut ng) = (0, 0);
+        let (mut nc, mut ng, mut np) = (0, 0, 0);
         for s in &shapes {
             let (c, g) = chunk_elems(s, max_col);
             nc = nc.max(c);
             ng = ng.max(g);
+            np = np.max(chunk_partials(s, max_col));
         }
         if self.col.as_ref().is_none_or(|b| b.len() < nc) {
             self.col = None; // free the old one before allocating the larger one
@@ -213,6 +366,11 @@ impl ConvScratch {
         if self.g.as_ref().is_none_or(|b| b.len() < ng) {
             self.g = None;
             self.g = Some(dev.alloc_uninit(ng.max(1))?);
+        }
+        if self.partials.as_ref().is_none_or(|b| b.len() < np) {
+            self.partials = None;
+            // every word is written by pass 1 before pass 2 reads it (initcheck on sim)
+            self.partials = Some(dev.alloc_uninit(np.max(1))?);
         }
         Ok(())
     }
@@ -223,9 +381,27 @@ impl ConvScratch {
         s: &ConvShape,
         max_col: usize,
     ) -> Result<(&mut DeviceBuffer<f32>, &mut DeviceBuffer<f32>)> {
+        let (c, g, _) = self.bufs3(s, max_col)?;
+        Ok((c, g))
+    }
+
+    /// (col, g, row-sum partials), checked to hold the largest chunk of `s`.
+    #[allow(clippy::type_complexity)]
+    fn bufs3(
+        &mut self,
+        s: &ConvShape,
+        max_col: usize,
+    ) -> Result<(
+        &mut DeviceBuffer<f32>,
+        &mut DeviceBuffer<f32>,
+        &mut DeviceBuffer<f32>,
+    )> {
         let (nc, ng) = chunk_elems(s, max_col);
-        match (self.col.as_mut(), self.g.as_mut()) {
-            (Some(c), Some(g)) if c.len() >= nc && g.len() >= ng => Ok((c, g)),
+        let np = chunk_partials(s, max_col);
+        match (self.col.as_mut(), self.g.as_mut(), self.partials.as_mut()) {
+            (Some(c), Some(g), Some(p)) if c.len() >= nc && g.len() >= ng && p.len() >= np => {
+                Ok((c, g, p))
+            }
             _ => bail!("conv scratch not reserved for {s:?} (max_col {max_col})"),
         }
     }
@@ -425,7 +601,8 @@ pub fn conv2d_backward_with(
     let kk = s.cin * s.k * s.k;
     let nbmax = chunk_clips(s, max_col);
     // the GEMM output buffer holds the gathered dy chunk here
-    let (col, d) = scratch.bufs(s, max_col)?;
+    let (col, d, partials) = scratch.bufs3(s, max_col)?;
+    let partials: &DeviceBuffer<f32> = partials;
     let dx: Option<&DeviceBuffer<f32>> = dx.map(|b| &*b);
     let mut b0 = 0;
     while b0 < s.batch {
@@ -447,20 +624,15 @@ pub fn conv2d_backward_with(
                 t.into(),
             ],
         )?;
-        {
-            dev.launch(
-                "cnn_row_sum_acc",
-                cout as u32,
-                BLOCK,
-                0,
-                &[
-                    db.view().into(),
-                    (&*d).into(),
-                    cout.into(),
-                    i32_of(ncol, "columns")?.into(),
-                ],
-            )?;
-        }
+        row_sum_acc(
+            dev,
+            db.view(),
+            d,
+            s.cout,
+            ncol,
+            partials.view(),
+            row_sum_chunks(s.cout, ncol),
+        )?;
         im2col(dev, col, x, lens, b0, nb, s)?;
         // dw [cout][kk] += d [cout][ncol] · col [kk][ncol]ᵀ
         dev.gemm(
@@ -541,7 +713,10 @@ impl Dims4 {
 }
 
 /// Batch mean and biased variance per channel over the valid positions
-/// (`cpu::batchnorm::batch_stats`).
+/// (`cpu::batchnorm::batch_stats`), in [`bn_chunks`] chunks per channel. `scratch` is
+/// caller-held scratch of at least [`bn_scratch_len`] floats (overwritten; may be
+/// uninitialised).
+#[allow(clippy::too_many_arguments)]
 pub fn bn_stats(
     dev: &Device,
     x: &DeviceBuffer<f32>,
@@ -549,24 +724,47 @@ pub fn bn_stats(
     d: Dims4,
     mean: &mut DeviceBuffer<f32>,
     var: &mut DeviceBuffer<f32>,
+    scratch: &DeviceBuffer<f32>,
+) -> Result<()> {
+    bn_stats_chunked(dev, x, lens, d, mean, var, scratch, bn_chunks(d))
+}
+
+/// [`bn_stats`] in `chunks` chunks per channel (any ≥ 1; `scratch` ≥ 2·C + 3·C·chunks).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_stats_chunked(
+    dev: &Device,
+    x: &DeviceBuffer<f32>,
+    lens: &DeviceBuffer<i32>,
+    d: Dims4,
+    mean: &mut DeviceBuffer<f32>,
+    var: &mut DeviceBuffer<f32>,
+    scratch: &DeviceBuffer<f32>,
+    chunks: usize,
 ) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_stats: lengths vs batch");
+    let np = 3 * d.c * chunks;
+    ensure!(
+        chunks >= 1 && scratch.len() >= 2 * d.c + np,
+        "bn_stats: scratch of {} floats for {} chunks of {d:?}",
+        scratch.len(),
+        chunks
+    );
+    let partial = scratch.slice(2 * d.c..2 * d.c + np)?;
     let [b, c, m, t] = d.args()?;
+    let k: KernelArg = i32_of(chunks, "chunks")?.into();
     dev.launch(
-        "bn_stats",
-        d.c as u32,
+        "bn_stats_partial",
+        (d.c as u32, chunks as u32),
         BLOCK,
         0,
-        &[
-            (&*mean).into(),
-            (&*var).into(),
-            x.into(),
-            lens.into(),
-            b,
-            c,
-            m,
-            t,
-        ],
+        &[partial.into(), x.into(), lens.into(), b, c, m, t, k],
+    )?;
+    dev.launch(
+        "bn_stats_merge",
+        blocks_for(d.c, BLOCK / 32),
+        BLOCK,
+        0,
+        &[(&*mean).into(), (&*var).into(), partial.into(), c, k],
     )
 }
 
@@ -641,7 +839,8 @@ pub fn bn_relu_forward(
 /// Backward of relu(bn(x)) given the ReLU output y (`relu_backward` then `bn_backward`):
 /// dgamma, dbeta ACCUMULATE; dx is overwritten (0 at invalid positions). `train`: the gradient
 /// flows through the batch statistics.
-/// `sums` is caller-held scratch of `2·C` floats (overwritten).
+/// `scratch` is caller-held scratch of at least [`bn_scratch_len`] floats (overwritten; may be
+/// uninitialised): its first 2·C hold the sums the dx pass reads.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_relu_backward(
     dev: &Device,
@@ -657,25 +856,68 @@ pub fn bn_relu_backward(
     dx: &mut DeviceBuffer<f32>,
     dgamma: &mut impl AsViewMut<f32>,
     dbeta: &mut impl AsViewMut<f32>,
-    sums: &mut DeviceBuffer<f32>,
+    scratch: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    bn_relu_backward_chunked(
+        dev,
+        dy,
+        y,
+        x,
+        mean,
+        var,
+        gamma,
+        lens,
+        d,
+        train,
+        dx,
+        dgamma,
+        dbeta,
+        scratch,
+        bn_chunks(d),
+    )
+}
+
+/// [`bn_relu_backward`] with its sums in `chunks` chunks per channel (any ≥ 1; `scratch` ≥
+/// 2·C + 2·C·chunks).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_backward_chunked(
+    dev: &Device,
+    dy: &DeviceBuffer<f32>,
+    y: &DeviceBuffer<f32>,
+    x: &DeviceBuffer<f32>,
+    mean: &DeviceBuffer<f32>,
+    var: &DeviceBuffer<f32>,
+    gamma: &impl AsView<f32>,
+    lens: &DeviceBuffer<i32>,
+    d: Dims4,
+    train: bool,
+    dx: &mut DeviceBuffer<f32>,
+    dgamma: &mut impl AsViewMut<f32>,
+    dbeta: &mut impl AsViewMut<f32>,
+    scratch: &mut DeviceBuffer<f32>,
+    chunks: usize,
 ) -> Result<()> {
     ensure!(lens.len() == d.batch, "bn_relu_backward: lengths vs batch");
+    let np = 2 * d.c * chunks;
     ensure!(
-        sums.len() == 2 * d.c,
-        "bn_relu_backward: scratch of {}",
-        sums.len()
+        chunks >= 1 && scratch.len() >= 2 * d.c + np,
+        "bn_relu_backward: scratch of {} floats for {} chunks of {d:?}",
+        scratch.len(),
+        chunks
     );
+    let scratch: &DeviceBuffer<f32> = scratch;
+    let sums = scratch.slice(0..2 * d.c)?;
+    let partial = scratch.slice(2 * d.c..2 * d.c + np)?;
     let [b, c, m, t] = d.args()?;
     let eps: KernelArg = (BN_EPS as f32).into();
+    let k: KernelArg = i32_of(chunks, "chunks")?.into();
     dev.launch(
-        "bn_relu_backward_reduce",
-        d.c as u32,
+        "bn_relu_backward_partial",
+        (d.c as u32, chunks as u32),
         BLOCK,
         0,
         &[
-            (&*sums).into(),
-            dgamma.view().into(),
-            dbeta.view().into(),
+            partial.into(),
             dy.into(),
             y.into(),
             x.into(),
@@ -687,6 +929,21 @@ pub fn bn_relu_backward(
             m,
             t,
             eps,
+            k,
+        ],
+    )?;
+    dev.launch(
+        "bn_relu_backward_merge",
+        blocks_for(d.c, BLOCK / 32),
+        BLOCK,
+        0,
+        &[
+            sums.into(),
+            dgamma.view().into(),
+            dbeta.view().into(),
+            partial.into(),
+            c,
+            k,
         ],
     )?;
     launch_1d(
@@ -701,7 +958,7 @@ pub fn bn_relu_backward(
             mean.into(),
             var.into(),
             gamma.view().into(),
-            (&*sums).into(),
+            sums.into(),
             lens.into(),
             b,
             c,
@@ -877,7 +1134,8 @@ pub fn fc_forward(
 
 /// FC backward from dh (gradient of h): dW += dzᵀ x, db += Σ dz, dx = dz W (if given), with
 /// dz = dh ⊙ mask where r > 0.
-/// `dz` is caller-held scratch of `rows·dout` floats (overwritten).
+/// `dz` is caller-held scratch of [`fc_scratch_len`] floats (overwritten; dz itself, then the
+/// bias gradient's partials).
 #[allow(clippy::too_many_arguments)]
 pub fn fc_backward(
     dev: &Device,
@@ -895,7 +1153,7 @@ pub fn fc_backward(
     dz: &mut DeviceBuffer<f32>,
 ) -> Result<()> {
     ensure!(
-        dz.len() == rows * dout
+        dz.len() == fc_scratch_len(rows, dout)
             && x.len() == rows * din
             && w.view().len() == dout * din
             && r.len() == rows * dout
@@ -907,12 +1165,14 @@ pub fn fc_backward(
     );
     let (ri, oi) = (i32_of(rows, "rows")?, i32_of(dout, "fc width")?);
     let [seed, step, base, p, dr] = drop_args(drop);
+    let dz: &DeviceBuffer<f32> = dz;
+    let (dz, partials) = (dz.slice(0..rows * dout)?, dz.slice(rows * dout..dz.len())?);
     launch_1d(
         dev,
         "fc_relu_dropout_backward",
         rows * dout,
         &[
-            (&*dz).into(),
+            dz.into(),
             dh.into(),
             r.into(),
             ri.into(),
@@ -924,15 +1184,8 @@ pub fn fc_backward(
             dr,
         ],
     )?;
-    {
-        dev.launch(
-            "fc_bias_grad",
-            dout as u32,
-            BLOCK,
-            0,
-            &[db.view().into(), (&*dz).into(), ri.into(), oi.into()],
-        )?;
-    }
+    let chunks = fc_bias_chunks(rows, dout);
+    fc_bias_grad(dev, db.view(), dz, rows, dout, partials, chunks)?;
     // dW [dout][din] += dzᵀ (dz stored rows × dout) · x [rows][din]
     dev.gemm(
         Transpose::T,
@@ -941,7 +1194,7 @@ pub fn fc_backward(
         din,
         rows,
         1.0,
-        dz,
+        &dz,
         x,
         1.0,
         dw,
@@ -954,7 +1207,7 @@ pub fn fc_backward(
             din,
             dout,
             1.0,
-            dz,
+            &dz,
             w,
             0.0,
             dx,
@@ -1206,7 +1459,8 @@ pub struct StageWork {
     dpool: DeviceBuffer<f32>,
     drelu: DeviceBuffer<f32>,
     dconv: DeviceBuffer<f32>,
-    /// backward BN scratch `[2·cout]`; empty without BN
+    /// BN scratch of [`bn_scratch_len`] (the backward's sums, the reductions' partials);
+    /// None without BN
     bn_sums: Option<DeviceBuffer<f32>>,
 }
 
@@ -1264,6 +1518,12 @@ impl CnnWorkspace {
                 t,
             };
             let pooled = batch * sh.cout * (m / 2) * (t / 2);
+            let d4 = Dims4 {
+                batch,
+                c: sh.cout,
+                m,
+                t,
+            };
             let bn = |n: usize| -> Result<Option<DeviceBuffer<f32>>> {
                 Ok(if cfg.batchnorm {
                     Some(dev.alloc_uninit(n)?)
@@ -1282,7 +1542,12 @@ impl CnnWorkspace {
                 dpool: dev.alloc_uninit(pooled)?,
                 drelu: dev.alloc_uninit(sh.y_len())?,
                 dconv: dev.alloc_uninit(sh.y_len())?,
-                bn_sums: bn(2 * sh.cout)?,
+                // written by the reductions before each read (initcheck on sim checks that)
+                bn_sums: if cfg.batchnorm {
+                    Some(dev.alloc_uninit(bn_scratch_len(d4))?)
+                } else {
+                    None
+                },
             });
             input = dev.alloc_uninit(pooled)?;
             m /= 2;
@@ -1304,7 +1569,7 @@ impl CnnWorkspace {
             fc_relu: dev.alloc_uninit(rows * cfg.fc)?,
             out: dev.alloc_uninit(rows * cfg.fc)?,
             dframes: dev.alloc_uninit(rows * fin)?,
-            fc_dz: dev.alloc_uninit(rows * cfg.fc)?,
+            fc_dz: dev.alloc_uninit(fc_scratch_len(rows, cfg.fc))?,
         })
     }
 
@@ -1317,13 +1582,19 @@ impl CnnWorkspace {
         for s in 0..3 {
             let (cout, y) = (cfg.channels[s], batch * cfg.channels[s] * m * t);
             let pooled = batch * cout * (m / 2) * (t / 2);
-            // conv, relu, drelu, dconv; mean, var, sums; arg, dpool, next input
-            n += 4 * y + bn * 4 * cout + 3 * pooled;
+            let d4 = Dims4 {
+                batch,
+                c: cout,
+                m,
+                t,
+            };
+            // conv, relu, drelu, dconv; mean, var, BN scratch; arg, dpool, next input
+            n += 4 * y + bn * (2 * cout + bn_scratch_len(d4)) + 3 * pooled;
             m /= 2;
             t /= 2;
         }
         let rows = batch * t;
-        n += 2 * rows * cfg.fc_in() + 3 * rows * cfg.fc;
+        n += 2 * rows * cfg.fc_in() + 2 * rows * cfg.fc + fc_scratch_len(rows, cfg.fc);
         4 * n
     }
 
@@ -1455,10 +1726,10 @@ pub fn cnn_forward(
             opts.max_col_elems,
             scratch,
         )?;
-        match (&mut st.mean, &mut st.var) {
-            (Some(mean), Some(var)) => {
+        match (&mut st.mean, &mut st.var, &st.bn_sums) {
+            (Some(mean), Some(var), Some(bn_scratch)) => {
                 if train {
-                    bn_stats(dev, &st.conv, lens_in, d4, mean, var)?;
+                    bn_stats(dev, &st.conv, lens_in, d4, mean, var, bn_scratch)?;
                     let (rm, rv) = (&mut running.mean[s], &mut running.var[s]);
                     bn_update_running(dev, mean, var, d4.count(&ws.lens[s]), rm, rv)?;
                     running.batches_tracked[s] += 1.0;

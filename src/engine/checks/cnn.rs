@@ -155,7 +155,8 @@ pub fn batchnorm_relu_matches_cpu() {
             let (mut mean, mut var) = if train {
                 let mut mean = dev.alloc_zeros::<f32>(d.c).unwrap();
                 let mut var = dev.alloc_zeros::<f32>(d.c).unwrap();
-                cnn::bn_stats(&dev, &xd, &ld, d, &mut mean, &mut var).unwrap();
+                let scratch = dev.alloc_uninit::<f32>(cnn::bn_scratch_len(d)).unwrap();
+                cnn::bn_stats(&dev, &xd, &ld, d, &mut mean, &mut var, &scratch).unwrap();
                 check("bn mean", &dtoh(&dev, &mean), &st.mean, 1e-5);
                 check("bn var", &dtoh(&dev, &var), &st.var, 1e-5);
                 // running update
@@ -189,7 +190,7 @@ pub fn batchnorm_relu_matches_cpu() {
             let mut dx = dev.htod(&vec![f32::NAN; d.len()]).unwrap();
             let mut dg = dev.htod(&vec![1.0f32; d.c]).unwrap();
             let mut dbt = dev.htod(&vec![1.0f32; d.c]).unwrap();
-            let mut sums = dev.alloc_zeros::<f32>(2 * d.c).unwrap();
+            let mut sums = dev.alloc_uninit::<f32>(cnn::bn_scratch_len(d)).unwrap();
             cnn::bn_relu_backward(
                 &dev, &dyd, &y, &xd, &mean, &var, &gd, &ld, d, train, &mut dx, &mut dg, &mut dbt,
                 &mut sums,
@@ -392,7 +393,9 @@ pub fn frames_and_fc_match_cpu() {
             Some(&mut dx),
             &mut dw,
             &mut db,
-            &mut dev.alloc_zeros::<f32>(rows * dout).unwrap(),
+            &mut dev
+                .alloc_uninit::<f32>(cnn::fc_scratch_len(rows, dout))
+                .unwrap(),
         )
         .unwrap();
         check("fc dx", &dtoh(&dev, &dx), &dxw, 1e-4);
@@ -786,5 +789,214 @@ pub fn eval_without_stats_snapshot_is_identical_and_has_no_backward() {
             .zip(&outs[1])
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "eval outputs differ with and without the snapshot"
+    );
+}
+
+/// The per-channel reductions as 2-D grids (channel × chunk, then a fixed-order merge):
+/// BatchNorm statistics and backward sums, the conv bias gradient's row sums and the FC bias
+/// gradient, each at random sizes that are not multiples of the block, in 1 chunk, a few, more
+/// chunks than some channels have valid elements (empty chunks: clips of 1 frame), and the
+/// automatic count, against f64 CPU references (relative norm ≤ 1e-5); and bit-identical
+/// results on two devices with different thread-order seeds (on cuda: two runs). The chunk
+/// heuristic gives ≥ 2 blocks per SM of a 132-SM GPU on the model's real shapes and one chunk
+/// on tiny inputs.
+pub fn reductions_2d_match_cpu_and_are_deterministic() {
+    // the chunking (host only)
+    let real = |c: usize, m: usize, t: usize| cnn::Dims4 { batch: 32, c, m, t };
+    for d in [real(16, 128, 200), real(32, 64, 100), real(64, 32, 50)] {
+        let k = cnn::bn_chunks(d);
+        assert!(d.c * k >= 264, "{d:?}: {k} chunks, {} blocks", d.c * k);
+    }
+    assert!(16 * cnn::row_sum_chunks(16, 32 * 128 * 200) >= 264);
+    assert_eq!(cnn::bn_chunks(real(8, 4, 10)), 1, "tiny input, one chunk");
+    assert_eq!(cnn::row_sum_chunks(3, 4000), 1);
+
+    let devs = [super::device(11), super::device(0xD1FF_5EED)];
+    let s = Stream::new(3, Purpose::Test, 1);
+    // every result of every device, to compare bits
+    let mut bits: [Vec<u32>; 2] = Default::default();
+    for trial in 0..2u64 {
+        // BatchNorm: a small shape and one large enough for several automatic chunks
+        let d = if trial == 0 {
+            Dims4 {
+                batch: 3,
+                c: odd(&s, 10, 1, 6),
+                m: odd(&s, 20, 2, 9),
+                t: odd(&s, 30, 5, 40),
+            }
+        } else {
+            Dims4 {
+                batch: 3,
+                c: 3,
+                m: odd(&s, 21, 20, 40),
+                t: odd(&s, 31, 200, 300),
+            }
+        };
+        let mut lens = lengths(&s, trial + 40, d.batch, d.t);
+        lens[1] = 1; // a clip of one frame: chunks of its padding have no valid element
+        let x: Vec<f32> = randn(300 + trial, d.len())
+            .iter()
+            .map(|v| 3.0 + 2.0 * v)
+            .collect();
+        let dy = randn(310 + trial, d.len());
+        let gamma = randn(320 + trial, d.c);
+        let x64 = f64s(&x);
+        let st = batchnorm::batch_stats(&x64, &lens, d.c, d.m, d.t, BN_EPS);
+        // the CPU's bn_backward gives Σ g and Σ g·xhat as dbeta, dgamma (accumulated onto 0.5)
+        let mut y64 = vec![0.0f64; d.len()];
+        let ones = vec![1.0f64; d.c];
+        batchnorm::bn_apply(
+            &x64,
+            &st,
+            &ones,
+            &vec![0.0; d.c],
+            &lens,
+            d.c,
+            d.m,
+            d.t,
+            &mut y64,
+        );
+        let mut relu = vec![0.0f64; d.len()];
+        pool::relu_forward(&y64, &mut relu);
+        let mut g64 = vec![0.0f64; d.len()];
+        pool::relu_backward(&relu, &f64s(&dy), &mut g64);
+        let (mut dxw, mut dgw, mut dbw) = (vec![0.0; d.len()], vec![0.5; d.c], vec![0.5; d.c]);
+        batchnorm::bn_backward(
+            &x64,
+            &g64,
+            &st,
+            &f64s(&gamma),
+            &lens,
+            d.c,
+            d.m,
+            d.t,
+            &mut dxw,
+            &mut dgw,
+            &mut dbw,
+        );
+        let auto = cnn::bn_chunks(d);
+        if trial == 1 {
+            assert!(auto > 1, "{d:?} should split: {auto} chunk(s)");
+        }
+        for (di, dev) in devs.iter().enumerate() {
+            let ld = cnn::upload_lens(dev, &lens).unwrap();
+            let xd = dev.htod(&x).unwrap();
+            // the ReLU output the backward reads: the device's own forward at mean/var
+            for chunks in [1, 2, 5, 37, auto] {
+                let mut scratch = dev.alloc_uninit::<f32>(2 * d.c + 3 * d.c * chunks).unwrap();
+                let mut mean = dev.alloc_uninit::<f32>(d.c).unwrap();
+                let mut var = dev.alloc_uninit::<f32>(d.c).unwrap();
+                cnn::bn_stats_chunked(dev, &xd, &ld, d, &mut mean, &mut var, &scratch, chunks)
+                    .unwrap();
+                let (mh, vh) = (dtoh(dev, &mean), dtoh(dev, &var));
+                check(
+                    &format!("bn mean {d:?} chunks {chunks}"),
+                    &mh,
+                    &st.mean,
+                    1e-5,
+                );
+                check(&format!("bn var chunks {chunks}"), &vh, &st.var, 1e-5);
+                // backward sums at the CPU's statistics, so only the reduction is compared
+                let (md, vd) = (
+                    dev.htod(&st.mean.iter().map(|&v| v as f32).collect::<Vec<_>>())
+                        .unwrap(),
+                    dev.htod(&st.var.iter().map(|&v| v as f32).collect::<Vec<_>>())
+                        .unwrap(),
+                );
+                let relu32: Vec<f32> = relu.iter().map(|&v| v as f32).collect();
+                let (yd, dyd, gd) = (
+                    dev.htod(&relu32).unwrap(),
+                    dev.htod(&dy).unwrap(),
+                    dev.htod(&gamma).unwrap(),
+                );
+                let mut dx = dev.alloc_uninit::<f32>(d.len()).unwrap();
+                let mut dg = dev.htod(&vec![0.5f32; d.c]).unwrap();
+                let mut db = dev.htod(&vec![0.5f32; d.c]).unwrap();
+                cnn::bn_relu_backward_chunked(
+                    dev,
+                    &dyd,
+                    &yd,
+                    &xd,
+                    &md,
+                    &vd,
+                    &gd,
+                    &ld,
+                    d,
+                    true,
+                    &mut dx,
+                    &mut dg,
+                    &mut db,
+                    &mut scratch,
+                    chunks,
+                )
+                .unwrap();
+                let (dgh, dbh) = (dtoh(dev, &dg), dtoh(dev, &db));
+                check(&format!("bn dgamma chunks {chunks}"), &dgh, &dgw, 1e-5);
+                check(&format!("bn dbeta chunks {chunks}"), &dbh, &dbw, 1e-5);
+                for v in [&mh, &vh, &dgh, &dbh] {
+                    bits[di].extend(v.iter().map(|f| f.to_bits()));
+                }
+            }
+        }
+
+        // conv bias gradient: out[r] += Σ_c a[r][c]
+        let rows = odd(&s, 50 + trial, 1, 9);
+        let cols = odd(&s, 60 + trial, 3000, 20000);
+        let a = randn(330 + trial, rows * cols);
+        let out0 = randn(340 + trial, rows);
+        let want: Vec<f64> = (0..rows)
+            .map(|r| {
+                out0[r] as f64
+                    + a[r * cols..(r + 1) * cols]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum::<f64>()
+            })
+            .collect();
+        // fc bias gradient: db[o] += Σ_r dz[r][o], dout past one 256-thread block
+        let frows = odd(&s, 70 + trial, 20, 700);
+        let dout = odd(&s, 80 + trial, 200, 400);
+        let dz = randn(350 + trial, frows * dout);
+        let db0 = randn(360 + trial, dout);
+        let fwant: Vec<f64> = (0..dout)
+            .map(|o| db0[o] as f64 + (0..frows).map(|r| dz[r * dout + o] as f64).sum::<f64>())
+            .collect();
+        for (di, dev) in devs.iter().enumerate() {
+            let ad = dev.htod(&a).unwrap();
+            let dzd = dev.htod(&dz).unwrap();
+            for chunks in [1, 3, 64, cnn::row_sum_chunks(rows, cols)] {
+                let out = dev.htod(&out0).unwrap();
+                let part = dev.alloc_uninit::<f32>(rows * chunks).unwrap();
+                cnn::row_sum_acc(dev, out.view(), &ad, rows, cols, part.view(), chunks).unwrap();
+                let got = dtoh(dev, &out);
+                check(
+                    &format!("row sums {rows}×{cols} chunks {chunks}"),
+                    &got,
+                    &want,
+                    1e-5,
+                );
+                bits[di].extend(got.iter().map(|f| f.to_bits()));
+            }
+            for chunks in [1, 7, frows + 3, cnn::fc_bias_chunks(frows, dout)] {
+                let db = dev.htod(&db0).unwrap();
+                let part = dev.alloc_uninit::<f32>(dout * chunks).unwrap();
+                cnn::fc_bias_grad(dev, db.view(), dzd.view(), frows, dout, part.view(), chunks)
+                    .unwrap();
+                let got = dtoh(dev, &db);
+                check(
+                    &format!("fc bias {frows}×{dout} chunks {chunks}"),
+                    &got,
+                    &fwant,
+                    1e-5,
+                );
+                bits[di].extend(got.iter().map(|f| f.to_bits()));
+            }
+        }
+    }
+    let differ = bits[0].iter().zip(&bits[1]).filter(|(a, b)| a != b).count();
+    assert!(
+        bits[0].len() == bits[1].len() && differ == 0,
+        "two runs with different thread orders differ in {differ} of {} results",
+        bits[0].len()
     );
 }

@@ -123,6 +123,7 @@ pub static CHECKS: &[Check] = checks![
     cnn::dropout_masks_are_bit_identical Any true,
     cnn::maxpool_with_mask_and_dropout_matches_cpu_exactly Any true,
     cnn::frames_and_fc_match_cpu Any true,
+    cnn::reductions_2d_match_cpu_and_are_deterministic Any true,
     cnn::composed_cnn_matches_cpu_model Any true,
     cnn::forward_rejects_bad_input_with_errors Any true,
     cnn::eval_without_stats_snapshot_is_identical_and_has_no_backward Any true,
