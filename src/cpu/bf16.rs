@@ -262,6 +262,24 @@ mod x86 {
         pb.resize(kp * np, 0);
         if b_cs == 1 {
             row_pairs(b.as_ptr(), b_rs, k, n, pb.as_mut_ptr(), np);
+        } else if b_rs == 1 {
+            // k contiguous per column: convert each column with vector code into [n][kp]
+            // (the tail of pa's buffer), then transpose the words.
+            let off = pa.len();
+            pa.resize(off + n * kp, 0);
+            for j in 0..n {
+                contig_pairs(
+                    b.as_ptr().add(j * b_cs),
+                    k,
+                    pa.as_mut_ptr().add(off + j * kp),
+                );
+            }
+            for (j, col) in pa[off..].chunks_exact(kp).enumerate() {
+                for (p, &w) in col.iter().enumerate() {
+                    *pb.get_unchecked_mut(p * np + j) = w;
+                }
+            }
+            pa.truncate(off);
         } else {
             for j in 0..n {
                 for p in 0..kp {
