@@ -54,6 +54,10 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
+    if let Err(e) = ser_engine::cpu::bf16::set_precision(cli.global.cpu_precision()) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     if let Some(n) = cli.global.threads {
         // Only fails if a pool was already built, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new()

@@ -11,6 +11,9 @@ for
   plain          the paper's unmasked model (nn.BatchNorm2d, plain nn.LSTM)
   masked/full    the length-aware reference, every clip full length (overhead of masks+packing)
   masked/mixed   the length-aware reference, lengths spread evenly over [t/2, t] (max = t)
+  plain/bf16     the plain model under torch.autocast('cpu', dtype=torch.bfloat16): PyTorch's
+                 fastest CPU mode where the CPU has bf16 units (AVX512-BF16 / AMX); fp32
+                 weights and Adam, as ser-engine's --precision bf16 (--no-bf16 leaves it out)
 Each cell: median (and best) samples/s over --repeats timed runs of --iters iterations,
 after --warmup iterations; the timed runs go round-robin over the cells so that load from
 other processes affects every cell alike. samples/CPU-s divides by the process's CPU time
@@ -42,22 +45,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pytorch_reference import ArabEmoNet, Config, time_mask  # noqa: E402
 
 
-def make_step(model, x, lengths, labels, mode):
-    """One training step (forward + loss + backward + Adam) or one inference forward."""
+def make_step(model, x, lengths, labels, mode, bf16=False):
+    """One training step (forward + loss + backward + Adam) or one inference forward; with
+    bf16, forward (and so backward) under CPU bf16 autocast, loss and Adam in fp32."""
+
+    def cast():
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+
     if mode == "train":
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
 
         def step():
             model.train()
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x, lengths), labels)
+            with cast():
+                out = model(x, lengths)
+            loss = F.cross_entropy(out.float(), labels)
             loss.backward()
             opt.step()
     else:
 
         def step():
             model.eval()
-            with torch.inference_mode():
+            with torch.inference_mode(), cast():
                 model(x, lengths)
 
     return step
@@ -84,6 +94,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--no-bf16", action="store_true", help="leave out the bf16 autocast variant")
     args = ap.parse_args()
     dev = torch.device(args.device)
     sync = (lambda: None)
@@ -110,12 +121,16 @@ def main():
     masked = ArabEmoNet(cfg)
     plain = ArabEmoNet(cfg, plain=True)
     plain.load_state_dict(masked.state_dict())
-    masked, plain = masked.to(dev), plain.to(dev)
+    plain_bf16 = ArabEmoNet(cfg, plain=True)
+    plain_bf16.load_state_dict(masked.state_dict())
+    masked, plain, plain_bf16 = masked.to(dev), plain.to(dev), plain_bf16.to(dev)
     cases = [
         ("plain", plain, x, None),
         ("masked/full", masked, x, full),
         ("masked/mixed", masked, x_mixed, mixed),
     ]
+    if not args.no_bf16:
+        cases.append(("plain/bf16", plain_bf16, x, None))
     where = torch.cuda.get_device_name() + ", cudnn.benchmark on" if args.device == "cuda" else "cpu"
     print(f"torch {torch.__version__} on {where}, threads {torch.get_num_threads()}, batch {b}, "
           f"input [{b},1,{cfg.n_mels},{t}], k={cfg.kernel}, params {sum(p.numel() for p in masked.parameters()):,}")
@@ -126,7 +141,7 @@ def main():
     steps = {}
     for name, model, xin, lens in cases:
         for mode in ("train", "infer"):
-            steps[(name, mode)] = make_step(model, xin, lens, labels, mode)
+            steps[(name, mode)] = make_step(model, xin, lens, labels, mode, name.endswith("bf16"))
             for _ in range(args.warmup):
                 steps[(name, mode)]()
     # Round-robin over the cells, so that load from other processes hits all of them alike.
@@ -144,7 +159,9 @@ def main():
     med = {k: statistics.median(v[0] for v in r) for k, r in rates.items()}
     print(f"RESULT device={args.device} batch={b} "
           f"plain_train={med[('plain', 'train')]:.1f} masked_mixed_train={med[('masked/mixed', 'train')]:.1f} "
-          f"plain_infer={med[('plain', 'infer')]:.1f}", flush=True)
+          f"plain_infer={med[('plain', 'infer')]:.1f}"
+          + ("" if args.no_bf16 else f" bf16_train={med[('plain/bf16', 'train')]:.1f} "
+             f"bf16_infer={med[('plain/bf16', 'infer')]:.1f}"), flush=True)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,15 @@ fn bench_train(
     }
     if backend.device() == "cpu" {
         println!("{}", crate::isa::report());
+        println!(
+            "precision {} (bf16: AVX512-BF16 GEMMs in the FFT convolutions' channel mixing; {})",
+            crate::cpu::bf16::precision().name(),
+            if crate::cpu::bf16::available() {
+                "available"
+            } else {
+                "not available here"
+            }
+        );
         // Which convolution algorithm each stage used, and why (timed, cost model or
         // SER_CPU_CONV).
         for (s, sh) in crate::cpu::model::conv_shapes(&model, b, t)

@@ -28,12 +28,26 @@ pub struct Global {
     /// Worker threads for CPU work, 1 to 1024 (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Arithmetic of the CPU device's large GEMMs: fp32, or bf16 operands with fp32
+    /// accumulation (fp32 weights and Adam; needs AVX512-BF16; cpu device only).
+    #[arg(long, global = true, value_enum, default_value_t = PrecisionChoice::Fp32)]
+    pub precision: PrecisionChoice,
     /// Print only results and errors (no progress bars).
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Print more detail.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum PrecisionChoice {
+    /// fp32 everywhere
+    #[default]
+    Fp32,
+    /// bf16 GEMM operands, fp32 accumulation, weights and optimizer (AVX512-BF16 CPUs)
+    Bf16,
 }
 
 impl Global {
@@ -44,7 +58,26 @@ impl Global {
         if let Some(t) = self.threads {
             check_range("threads", t as f64, Limit::Incl(1.0), Limit::Incl(1024.0))?;
         }
+        if self.precision == PrecisionChoice::Bf16 {
+            if matches!(self.device, DeviceChoice::Sim | DeviceChoice::Cuda) {
+                anyhow::bail!(
+                    "--precision bf16 is implemented for the cpu device only (got --device {}); use --device cpu or --precision fp32",
+                    format!("{:?}", self.device).to_lowercase()
+                );
+            }
+            if let Some(why) = crate::cpu::bf16::unavailable_reason() {
+                anyhow::bail!("{why}");
+            }
+        }
         Ok(())
+    }
+
+    /// The CPU precision this option selects.
+    pub fn cpu_precision(&self) -> crate::cpu::bf16::Precision {
+        match self.precision {
+            PrecisionChoice::Fp32 => crate::cpu::bf16::Precision::Fp32,
+            PrecisionChoice::Bf16 => crate::cpu::bf16::Precision::Bf16,
+        }
     }
 
     /// Whether progress bars should be drawn.

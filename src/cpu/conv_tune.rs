@@ -113,8 +113,9 @@ pub fn machine_key() -> String {
         }
     );
     format!(
-        "{cpu} | {isa} | {} threads | ser-engine {} conv {:016x}",
+        "{cpu} | {isa} | {} threads | {} | ser-engine {} conv {:016x}",
         rayon::current_num_threads(),
+        super::bf16::precision().name(),
         env!("CARGO_PKG_VERSION"),
         source_hash()
     )
@@ -126,6 +127,7 @@ fn source_hash() -> u64 {
     for b in include_str!("conv.rs")
         .bytes()
         .chain(include_str!("fftconv.rs").bytes())
+        .chain(include_str!("bf16.rs").bytes())
     {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
     }

@@ -60,6 +60,7 @@
 //! much smaller than their plane's norm get the same absolute error, so a larger relative one
 //! than with the direct conv; the tests bound 1e-12 (f64) and 2e-6 (f32) relative norm.
 
+use super::bf16::gemm_mixed;
 use super::conv::ConvShape;
 use super::scratch::{grow, with_thread_scratch};
 use super::{gemm, Float};
@@ -523,7 +524,7 @@ pub fn conv2d_forward_fft<T: Float>(
             .for_each(|(f1, yb)| {
                 for f2 in 0..nh {
                     for sp in 0..2 {
-                        gemm(
+                        gemm_mixed(
                             cout,
                             b2,
                             cin,
@@ -536,7 +537,6 @@ pub fn conv2d_forward_fft<T: Float>(
                             &xe[sp * cin * np * b2 + (f1 * nh + f2) * b2..],
                             np * b2,
                             1,
-                            false,
                         );
                     }
                 }
@@ -622,7 +622,7 @@ pub fn conv2d_backward_fft<T: Float>(
                     if let Some(dxb) = dxb.as_deref_mut() {
                         // [dXr | dXi] = Grᵀ·[dYr | dYi] + Giᵀ·[dYi | −dYr]
                         for sp in 0..2 {
-                            gemm(
+                            gemm_mixed(
                                 cin,
                                 b2,
                                 cout,
@@ -635,12 +635,11 @@ pub fn conv2d_backward_fft<T: Float>(
                                 &dye[sp * cout * np * b2 + bin..],
                                 np * b2,
                                 1,
-                                false,
                             );
                         }
                     }
                     // [dGr | dGi] = [dYr | dYi]·[[Xr, Xi], [−Xi, Xr]]ᵀ (sums over the batch)
-                    gemm(
+                    gemm_mixed(
                         cout,
                         2 * cin,
                         b2,
@@ -653,7 +652,6 @@ pub fn conv2d_backward_fft<T: Float>(
                         &xe[bin..],
                         1,
                         np * b2,
-                        false,
                     );
                     for sp in 0..2 {
                         let dst = &mut dgb[(sp * nh + f2) * pw..][..pw];

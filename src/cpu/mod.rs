@@ -14,6 +14,7 @@ pub mod alloc;
 pub mod attention;
 pub mod batchnorm;
 pub mod bench;
+pub mod bf16;
 pub mod conv;
 pub mod conv_tune;
 pub mod dropout;

@@ -111,6 +111,11 @@ pub fn make_backend(
         // select(Auto) is cuda when a usable GPU is present, else cpu.
         DeviceChoice::Auto | DeviceChoice::Cuda | DeviceChoice::Sim => match select(device)? {
             Selected::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+            Selected::Device(_)
+                if crate::cpu::bf16::precision() == crate::cpu::bf16::Precision::Bf16 =>
+            {
+                anyhow::bail!("--precision bf16 is implemented for the cpu device only, and a GPU was selected; use --device cpu or --precision fp32")
+            }
             Selected::Device(dev) => Ok(Box::new(DeviceBackend::new(dev, model, optim, seed)?)),
         },
     }
