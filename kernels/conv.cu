@@ -5,7 +5,7 @@
 // elsewhere); dy at t >= len is ignored.
 // Layouts: x [B][cin][M][T], w [cout][cin][k][k], y [B][cout][M][T]; chunk matrices have column
 // index (bl*M + mo)*T + to with bl = b - b0: col [cin*k*k][nb*M*T], g / d [cout][nb*M*T].
-// Launch shape (all but cnn_row_sum_partial and cnn_bias_grad_acc): 1D, block 256, any grid: grid-stride loop over the
+// Launch shape (all but cnn_row_sum_partial and cnn_bias_grad_partial): 1D, block 256, any grid: grid-stride loop over the
 // elements of the array the kernel writes (64-bit index; col can pass 2^31 elements).
 #include "common.cuh"
 #include "dropout.cuh"
@@ -154,23 +154,29 @@ extern "C" __global__ void cnn_bias_mask(float* y, const float* bias, const int*
     }
 }
 
-// db[co] += sum of dy[b][co][mi][ti] over clips b, mels mi and frames ti < min(lens[b], T): the
-// conv bias gradient read straight from the NCHW dy (dy past a clip's end ignored).
-// Launch shape: grid = c (one block per channel), block 256 (multiple of 32, <= 1024).
-// extent: db c
+// Pass 1 of db[co] += sum of dy[b][co][mi][ti] over clips b, mels mi and frames ti <
+// min(lens[b], T) (the conv bias gradient read straight from the NCHW dy; dy past a clip's end
+// ignored): block (co, k) = (blockIdx.x, blockIdx.y) sums the channel's positions e in
+// [k*len, min(B*M*T, (k+1)*len)), e = b*M*T + j, len = ceil(B*M*T / chunks), into
+// partial[co*chunks + k] (every one written, empty chunks as 0). Pass 2 is reduce.cu's
+// reduce_chunks_acc (fixed order, deterministic).
+// Launch shape: grid = (c, chunks), block 256 (multiple of 32, <= 1024); chunks from
+// src/engine/cnn.rs bias_grad_chunks.
+// extent: partial c*chunks
 // extent: dy batch*c*m*t
 // extent: lens batch
-extern "C" __global__ void cnn_bias_grad_acc(float* db, const float* dy, const int* lens, int batch, int c, int m, int t) {
-    int co = (int)blockIdx.x;
-    if (!ser_in_bounds(co, c)) return;
-    long long plane = (long long)m * t;
+extern "C" __global__ void cnn_bias_grad_partial(float* partial, const float* dy, const int* lens, int batch, int c, int m, int t, int chunks) {
+    int co = (int)blockIdx.x, k = (int)blockIdx.y;
+    if (!ser_in_bounds2(co, k, c, chunks)) return;
+    long long plane = (long long)m * t, n = (long long)batch * plane;
+    long long len = (n + chunks - 1) / chunks;
+    long long lo = min(n, (long long)k * len), hi = min(n, lo + len);
     float acc = 0.0f;
-    for (int b = 0; b < batch; ++b) {
-        int len = min(lens[b], t);
-        const float* d = dy + ((long long)b * c + co) * plane;
-        for (long long j = threadIdx.x; j < plane; j += blockDim.x)
-            if ((int)(j % t) < len) acc += d[j];
+    for (long long e = lo + threadIdx.x; e < hi; e += blockDim.x) {
+        int b = (int)(e / plane);
+        long long j = e - (long long)b * plane;
+        if ((int)(j % t) < min(lens[b], t)) acc += dy[((long long)b * c + co) * plane + j];
     }
     acc = ser_block_sum(acc);
-    if (threadIdx.x == 0) db[co] += acc;
+    if (threadIdx.x == 0) partial[(long long)co * chunks + k] = acc;
 }

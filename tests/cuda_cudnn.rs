@@ -2,7 +2,7 @@
 //!
 //! - On every machine: the masking that restores clip-length semantics around cuDNN's
 //!   length-unaware convolution ([`masked_conv_forward`] / [`masked_conv_backward`] and the
-//!   kernels `cnn_time_mask`, `cnn_bias_mask`, `cnn_bias_grad_acc`) is run on `sim` (shuffled
+//!   kernels `cnn_time_mask`, `cnn_bias_mask`, `cnn_bias_grad_partial`) is run on `sim` (shuffled
 //!   thread order) with our kernels standing in for cuDNN ([`KernelDenseConv`]), against the CPU
 //!   reference `cpu::conv`, with garbage in the padding of x and dy.
 //! - On a machine with an NVIDIA GPU and libcudnn: cuDNN itself, op by op against the CPU

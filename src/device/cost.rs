@@ -153,9 +153,10 @@ pub fn launch_cost(sig: &KernelSig, grid: Dim3, _block: Dim3, args: &[KernelArg]
             let n = bcmt()?;
             c(n, 2.0 * n + a("c")? + a("batch")?)
         }
-        "cnn_bias_grad_acc" => {
+        // pass 1 of the masked bias gradient: reads dy once, writes a partial per (channel, chunk)
+        "cnn_bias_grad_partial" => {
             let n = bcmt()?;
-            c(n, n + 2.0 * a("c")? + a("batch")?)
+            c(n, n + a("c")? * a("chunks")? + a("batch")?)
         }
         // --- BatchNorm + ReLU ---
         // two passes over each chunk (the second from cache); writes count, mean, M2 per chunk

@@ -100,6 +100,12 @@ pub fn row_sum_chunks(rows: usize, cols: usize) -> usize {
     reduce_chunks(rows, cols, REDUCE_MIN_CHUNK)
 }
 
+/// Chunks of the masked conv bias gradient over an NCHW `[batch][c][m][t]` dy (per channel:
+/// batch·M·T positions; the cuDNN path's `cnn_bias_grad_partial`).
+pub fn bias_grad_chunks(batch: usize, c: usize, m: usize, t: usize) -> usize {
+    reduce_chunks(c, batch * m * t, REDUCE_MIN_CHUNK)
+}
+
 /// Chunks of the FC bias gradient over `rows` rows of `dout` columns.
 pub fn fc_bias_chunks(rows: usize, dout: usize) -> usize {
     reduce_chunks(dout.div_ceil(BLOCK as usize), rows, FC_BIAS_MIN_ROWS)
@@ -112,7 +118,7 @@ pub fn fc_scratch_len(rows: usize, dout: usize) -> usize {
 }
 
 /// Pass 2 of the row reductions: out[r] += Σ_k partial[r·chunks + k] in a fixed order.
-fn reduce_chunks_acc(
+pub(crate) fn reduce_chunks_acc(
     dev: &Device,
     out: DeviceSlice<'_, f32>,
     partial: DeviceSlice<'_, f32>,

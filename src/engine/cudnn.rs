@@ -14,7 +14,7 @@
 //!   the rest;
 //! - backward: xm as above and dym = dy masked; dw += cuDNN filter gradient(xm, dym) (β = 1,
 //!   accumulates like ours: with both masked, the dense sum has only the valid terms);
-//!   db += `cnn_bias_grad_acc` (reads dy at valid frames); dx = cuDNN data gradient(w, dym),
+//!   db += `cnn_bias_grad_partial` + `reduce_chunks_acc` (reads dy at valid frames); dx = cuDNN data gradient(w, dym),
 //!   then masked (0 past each clip's end, as ours).
 //!
 //! These compositions are written once against [`DenseConv`]; [`KernelDenseConv`] implements it
@@ -56,7 +56,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::cudnn::{result as cr, sys};
 use cudarc::driver::DevicePtr;
 
-use super::cnn::{conv2d_backward_with, conv2d_forward_with, ConvScratch};
+use super::cnn::{
+    bias_grad_chunks, conv2d_backward_with, conv2d_forward_with, reduce_chunks_acc, ConvScratch,
+};
 use crate::cpu::conv::ConvShape;
 use crate::device::cost::{ConvPass, Cost};
 use crate::device::cuda::{guarded, libraries_present};
@@ -214,9 +216,17 @@ pub fn masked_conv_forward(
     )
 }
 
+/// Floats of [`masked_conv_backward`]'s `xm` scratch for `s`: the masked x, or the bias
+/// gradient's `[cout][chunks]` partials when those are more.
+pub fn xm_len(s: &ConvShape) -> usize {
+    s.x_len()
+        .max(s.cout * bias_grad_chunks(s.batch, s.cout, s.m, s.t))
+}
+
 /// Length-aware conv backward (`cpu::conv::conv2d_backward`, as `cnn::conv2d_backward`) from a
 /// dense conv: dw, db ACCUMULATE; dx (if given) is overwritten (0 at t ≥ lens[b]); dy at
-/// t ≥ lens[b] is ignored. `xm`, `dym`: scratch of at least `s.x_len()` / `s.y_len()` floats.
+/// t ≥ lens[b] is ignored. `xm`, `dym`: scratch of at least [`xm_len`]`(s)` / `s.y_len()` floats
+/// (xm holds the masked x, then, once the filter gradient has read it, the bias-gradient partials).
 #[allow(clippy::too_many_arguments)]
 pub fn masked_conv_backward(
     dev: &Device,
@@ -240,7 +250,7 @@ pub fn masked_conv_backward(
             && db.len() == s.cout
             && lens.len() == s.batch
             && dx.as_ref().is_none_or(|d| d.len() == s.x_len())
-            && xm.len() >= s.x_len()
+            && xm.len() >= xm_len(s)
             && dym.len() >= s.y_len(),
         "masked conv backward: buffer sizes do not match {s:?}"
     );
@@ -248,23 +258,27 @@ pub fn masked_conv_backward(
     time_mask(dev, dym, dy, lens, s.batch, s.cout, s)?;
     // with x and dy both zero past each end, the dense filter gradient sums only valid terms
     dense.backward_filter_acc(dev, s, xm, dym, dw)?;
+    // db: a (channel x chunk) grid of partials in xm (free now), then a fixed-order pass 2
     let [b, c, m, t] = dims(s.batch, s.cout, s.m, s.t)?;
-    let dbr = db.view();
+    let chunks = bias_grad_chunks(s.batch, s.cout, s.m, s.t);
+    let partial = xm.slice(0..s.cout * chunks)?;
     dev.launch(
-        "cnn_bias_grad_acc",
-        c as u32,
+        "cnn_bias_grad_partial",
+        (s.cout as u32, chunks as u32),
         BLOCK,
         0,
         &[
-            dbr.into(),
+            partial.into(),
             dy.into(),
             lens.into(),
             b.into(),
             c.into(),
             m.into(),
             t.into(),
+            i32::try_from(chunks)?.into(),
         ],
     )?;
+    reduce_chunks_acc(dev, db.view(), partial, s.cout, chunks)?;
     if let Some(dx) = dx {
         // valid dx sums only valid outputs (dym is 0 elsewhere); then 0 past each end
         dense.backward_data(dev, s, w, dym, dx)?;
@@ -796,7 +810,7 @@ impl CudnnConv {
             {
                 Some(p) => {
                     ws = ws.max(p.ws.into_iter().max().unwrap_or(0));
-                    nx = nx.max(s.x_len());
+                    nx = nx.max(xm_len(s));
                     ny = ny.max(s.y_len());
                 }
                 None => ours.push(*s),
@@ -866,7 +880,7 @@ impl CudnnConv {
             .and_then(|(_, p)| p.as_ref())
             .with_context(|| format!("no cuDNN plan for conv {s:?} (reserve it first)"))?;
         let (xm, dym) = match (st.xm.as_mut(), st.dym.as_mut()) {
-            (Some(a), Some(b)) if a.len() >= s.x_len() && b.len() >= s.y_len() => (a, b),
+            (Some(a), Some(b)) if a.len() >= xm_len(s) && b.len() >= s.y_len() => (a, b),
             _ => bail!("cuDNN scratch not reserved for conv {s:?}"),
         };
         Ok((

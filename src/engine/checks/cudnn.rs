@@ -2,7 +2,7 @@
 //!
 //! - On every machine: the masking that restores clip-length semantics around cuDNN's
 //!   length-unaware convolution ([`masked_conv_forward`] / [`masked_conv_backward`] and the
-//!   kernels `cnn_time_mask`, `cnn_bias_mask`, `cnn_bias_grad_acc`) is run on `sim` (shuffled
+//!   kernels `cnn_time_mask`, `cnn_bias_mask`, `cnn_bias_grad_partial` + `reduce_chunks_acc`) is run on `sim` (shuffled
 //!   thread order) with our kernels standing in for cuDNN ([`KernelDenseConv`]), against the CPU
 //!   reference `cpu::conv`, with garbage in the padding of x and dy.
 //! - On a machine with an NVIDIA GPU and libcudnn: cuDNN itself, op by op against the CPU
@@ -24,7 +24,7 @@ use crate::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use crate::cpu::Mode;
 use crate::device::{thread_stats, AsViewMut, Device, DeviceBuffer, SimDevice, SimOptions};
 use crate::engine::cnn::{self, CnnOptions, ConvBackend, ConvScratch};
-use crate::engine::cudnn::{masked_conv_backward, masked_conv_forward, KernelDenseConv};
+use crate::engine::cudnn::{masked_conv_backward, masked_conv_forward, xm_len, KernelDenseConv};
 use crate::model::ModelConfig;
 use crate::rng::{Purpose, Stream};
 
@@ -83,8 +83,9 @@ fn case(trial: u64, sh: ConvShape) -> Case {
     }
 }
 
-/// Shapes: odd sizes (not multiples of the block), k = 1, 3, 5, 7, and (last) the model's
-/// stage-2 shape at a small batch.
+/// Shapes: odd sizes (not multiples of the block), k = 1, 3, 5, 7, one whose bias gradient
+/// takes two chunks (3·41·53 positions per channel > 4096), and (last) the model's stage-2 shape
+/// at a small batch.
 fn shapes() -> Vec<ConvShape> {
     let c = |batch, cin, cout, k, m, t| ConvShape {
         batch,
@@ -99,6 +100,7 @@ fn shapes() -> Vec<ConvShape> {
         c(3, 1, 4, 5, 11, 13),
         c(2, 3, 2, 1, 5, 9),
         c(4, 2, 5, 7, 9, 21),
+        c(3, 1, 3, 3, 41, 53),
         c(2, 32, 64, 7, 64, 37),
     ]
 }
@@ -112,6 +114,12 @@ pub fn masking_around_a_dense_conv_matches_cpu_on_sim() {
     }));
     // the model-sized shape is slow on sim and adds nothing to the masking logic
     let all = shapes();
+    assert!(
+        all[..all.len() - 1]
+            .iter()
+            .any(|s| crate::engine::cnn::bias_grad_chunks(s.batch, s.cout, s.m, s.t) > 1),
+        "no shape splits the bias gradient into chunks"
+    );
     for (trial, sh) in all[..all.len() - 1].iter().enumerate() {
         let c = case(trial as u64, *sh);
         // chunks of one clip in odd trials (the dense stand-in's own im2col chunking)
@@ -123,7 +131,7 @@ pub fn masking_around_a_dense_conv_matches_cpu_on_sim() {
             dev.htod(&c.bias).unwrap(),
         );
         let ld = cnn::upload_lens(&dev, &c.lens).unwrap();
-        let mut xm = dev.htod(&vec![f32::NAN; sh.x_len()]).unwrap();
+        let mut xm = dev.htod(&vec![f32::NAN; xm_len(sh)]).unwrap();
         let mut dym = dev.htod(&vec![f32::NAN; sh.y_len()]).unwrap();
         let mut y = dev.htod(&vec![f32::NAN; sh.y_len()]).unwrap();
         masked_conv_forward(
