@@ -6,27 +6,11 @@
 mod common;
 
 use assert_cmd::Command;
-use common::cli::ser;
+use common::cli::{ser, TINY_MODEL};
 use predicates::prelude::*;
 use predicates::str::contains;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// Small model and one epoch: a run takes a fraction of a second on the tiny corpus.
-const SMALL: &[&str] = &[
-    "--epochs",
-    "1",
-    "--channels",
-    "4,8,8",
-    "--fc-size",
-    "16",
-    "--hidden-size",
-    "8",
-    "--n-mels",
-    "32",
-    "--batch-size",
-    "8",
-];
 
 /// 5 classes x 4 clips written by `synth`.
 fn corpus(dir: &Path) -> PathBuf {
@@ -46,7 +30,8 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert 
         .arg(data)
         .arg("--out")
         .arg(out)
-        .args(SMALL)
+        .args(["--epochs", "1"])
+        .args(TINY_MODEL)
         .args(extra)
         .assert()
 }
@@ -231,7 +216,7 @@ fn a_second_writer_is_refused_with_the_holders_pid_and_kill_releases_the_lock() 
         .arg(&data)
         .arg("--out")
         .arg(&run)
-        .args(&SMALL[2..])
+        .args(TINY_MODEL)
         .args(["--epochs", "100000", "--early-stop", "100000"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -451,7 +436,8 @@ fn messages_say_what_is_wrong() {
     ser()
         .args(["train", "--format", "ravdess", "--data"])
         .arg(&data)
-        .args(SMALL)
+        .args(["--epochs", "1"])
+        .args(TINY_MODEL)
         .arg("--out")
         .arg(d.path().join("r"))
         .assert()
@@ -479,7 +465,8 @@ fn messages_say_what_is_wrong() {
         .arg("train")
         .arg("--data")
         .arg(&csv)
-        .args(SMALL)
+        .args(["--epochs", "1"])
+        .args(TINY_MODEL)
         .args(["--val-split", "0.5", "--out"])
         .arg(d.path().join("r2"))
         .assert()

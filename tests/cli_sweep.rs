@@ -6,21 +6,12 @@
 //! match the README. Tiny corpus (5 classes x 6 clips) and tiny model, so each run takes
 //! seconds.
 
-use assert_cmd::Command;
-use predicates::str::contains;
-use ser_engine::audio::synth::{write_corpus, SynthConfig};
-use std::path::{Path, PathBuf};
+mod common;
 
-fn tiny_corpus(dir: &Path) -> PathBuf {
-    let root = dir.join("corpus");
-    let cfg = SynthConfig {
-        per_class: 6,
-        sample_rate: 16_000,
-        seed: 7,
-    };
-    write_corpus(&root, &cfg, false).unwrap();
-    root
-}
+use assert_cmd::Command;
+use common::cli::{tiny_corpus, TINY_MODEL};
+use predicates::str::contains;
+use std::path::{Path, PathBuf};
 
 /// The binary with a clean scheduler environment (a test run inside a Slurm job must not
 /// pick up the job's own array variables).
@@ -40,22 +31,6 @@ fn ser(device: &str) -> Command {
     c
 }
 
-/// A tiny model (hidden flags) so that one epoch takes well under a second on the CPU.
-const TINY: &[&str] = &[
-    "--channels",
-    "4,8,8",
-    "--fc-size",
-    "16",
-    "--hidden-size",
-    "8",
-    "--n-mels",
-    "32",
-    "--batch-size",
-    "8",
-    "--lr",
-    "3e-3",
-];
-
 fn sweep(device: &str, data: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = ser(device);
     c.arg("sweep")
@@ -64,7 +39,8 @@ fn sweep(device: &str, data: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg("--out")
         .arg(out)
         .args(["--grid", "kernel-size=3,5", "--folds", "2", "--epochs", "2"])
-        .args(TINY)
+        .args(TINY_MODEL)
+        .args(["--lr", "3e-3"])
         .args(extra);
     c
 }
@@ -288,7 +264,8 @@ fn cv(device: &str, data: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg("--out")
         .arg(out)
         .args(["--schedule", "plateau"])
-        .args(TINY)
+        .args(TINY_MODEL)
+        .args(["--lr", "3e-3"])
         .args(extra);
     c
 }
@@ -406,7 +383,8 @@ fn cv_report_shards_and_resume() {
         .arg("--out")
         .arg(&resumed)
         .args(["--folds", "3", "--schedule", "plateau", "--epochs", "2"])
-        .args(TINY)
+        .args(TINY_MODEL)
+        .args(["--lr", "3e-3"])
         .assert()
         .success();
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
@@ -460,7 +438,8 @@ fn cv_and_sweep_folders_are_never_clobbered() {
         .arg("--out")
         .arg(&out)
         .args(["--schedule", "plateau"])
-        .args(TINY)
+        .args(TINY_MODEL)
+        .args(["--lr", "3e-3"])
         .args(args)
         .assert()
         .success();
@@ -547,7 +526,8 @@ fn a_second_sweep_process_on_a_running_unit_is_refused() {
         .arg("--out")
         .arg(&out)
         .args(["--grid", "kernel-size=3,5", "--folds", "2"])
-        .args(TINY)
+        .args(TINY_MODEL)
+        .args(["--lr", "3e-3"])
         .args(long)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -569,7 +549,8 @@ fn a_second_sweep_process_on_a_running_unit_is_refused() {
         .arg("--out")
         .arg(&out)
         .args(["--grid", "kernel-size=3,5", "--folds", "2"])
-        .args(TINY)
+        .args(TINY_MODEL)
+        .args(["--lr", "3e-3"])
         .args(long)
         .assert();
     first.kill().unwrap();

@@ -6,22 +6,11 @@
 mod common;
 
 use assert_cmd::Command;
-use common::cli::{run_ok, ser, write_wav_i16};
+use common::cli::{run_ok, ser, tiny_corpus, write_wav_i16};
 use predicates::prelude::*;
 use predicates::str::contains;
 use ser_engine::audio::synth::{write_corpus, SynthConfig};
 use std::path::{Path, PathBuf};
-
-fn tiny_corpus(dir: &Path) -> PathBuf {
-    let root = dir.join("corpus");
-    let cfg = SynthConfig {
-        per_class: 6,
-        sample_rate: 16_000,
-        seed: 7,
-    };
-    write_corpus(&root, &cfg, false).unwrap();
-    root
-}
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     ser()

@@ -1,8 +1,9 @@
 //! Helpers of the tests that run the binary (cli_deploy, cli_robust, cli_long_clip, cli_train,
-//! fuzz_inputs): the command on the cpu device, a run that must succeed, 16-bit WAV files.
+//! cli_sweep, fuzz_inputs): the command on the cpu device, a run that must succeed, 16-bit WAV
+//! files, a tiny corpus and a tiny model.
 
 use assert_cmd::Command;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// The binary on the cpu device with 2 threads (so tests sharing a machine stay predictable),
@@ -44,4 +45,31 @@ pub fn write_wav_i16(path: &Path, rate: u32, samples: impl IntoIterator<Item = i
         w.write_sample(s).unwrap();
     }
     w.finalize().unwrap();
+}
+
+/// A tiny model (hidden flags) so that one epoch on [`tiny_corpus`] takes well under a second
+/// on the CPU.
+pub const TINY_MODEL: &[&str] = &[
+    "--channels",
+    "4,8,8",
+    "--fc-size",
+    "16",
+    "--hidden-size",
+    "8",
+    "--n-mels",
+    "32",
+    "--batch-size",
+    "8",
+];
+
+/// 5 classes x 6 synthetic clips at 16 kHz (seed 7) in `dir/corpus`.
+pub fn tiny_corpus(dir: &Path) -> PathBuf {
+    let root = dir.join("corpus");
+    let cfg = ser_engine::audio::synth::SynthConfig {
+        per_class: 6,
+        sample_rate: 16_000,
+        seed: 7,
+    };
+    ser_engine::audio::synth::write_corpus(&root, &cfg, false).unwrap();
+    root
 }
