@@ -2,7 +2,7 @@
 //! a run folder (see `train::run`).
 
 use super::{DeviceChoice, Global};
-use crate::train::backend::make_backend;
+use crate::train::backend::{make_backend, set_weights};
 use crate::train::data::{available_memory, check_batch_memory, load_dataset};
 use crate::train::data::{DB_OFFSET, DB_SCALE};
 use crate::train::fit::{evaluate, fit, Evaluation, FitProgress};
@@ -292,10 +292,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     // Final report on the best weights.
     let rd = writer.dir();
     let (params, buffers) = rd.load_best(&run_cfg)?;
-    let mut state = backend.state()?;
-    state.params = params;
-    state.buffers = buffers;
-    backend.set_state(&state)?;
+    set_weights(backend.as_mut(), params, buffers)?;
     let Evaluation {
         loss, confusion, ..
     } = evaluate(backend.as_mut(), &data, &val_idx, fit_cfg.batch_size)?;

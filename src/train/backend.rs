@@ -64,6 +64,15 @@ pub trait Backend {
     }
 }
 
+/// Puts `params` and BatchNorm `buffers` (e.g. a run's best weights) into `backend`, keeping
+/// its optimizer state.
+pub fn set_weights(backend: &mut dyn Backend, params: Vec<f32>, buffers: Vec<f32>) -> Result<()> {
+    let mut state = backend.state()?;
+    state.params = params;
+    state.buffers = buffers;
+    backend.set_state(&state)
+}
+
 /// Plain mean cross-entropy and argmax predictions of logits (batch, classes).
 pub fn eval_loss(logits: &[f32], labels: &[usize], classes: usize) -> (f64, Vec<usize>) {
     let mut loss = 0.0f64;

@@ -482,22 +482,32 @@ impl TrainOpts {
     }
 }
 
+/// `TrainOpts` parsed from command-line flags as `train` would, or clap's error (for the unit
+/// tests of train/).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::train::schedule::Schedule;
-    use clap::Parser;
-
-    #[derive(Parser)]
+pub(crate) fn try_parse_opts(args: &[&str]) -> Result<TrainOpts, clap::Error> {
+    #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
         opts: TrainOpts,
     }
+    <Cli as clap::Parser>::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+        .map(|c| c.opts)
+}
+
+/// [`try_parse_opts`] of flags that must parse.
+#[cfg(test)]
+pub(crate) fn parse_opts(args: &[&str]) -> TrainOpts {
+    try_parse_opts(args).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::schedule::Schedule;
 
     fn opts(args: &[&str]) -> TrainOpts {
-        Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
-            .unwrap()
-            .opts
+        parse_opts(args)
     }
 
     #[test]
@@ -526,7 +536,7 @@ mod tests {
         let paper_off = opts(&["--data", "x", "--no-augment", "--schedule", "cosine"]);
         assert_eq!(paper_off.augment(), AugmentConfig::none());
         assert_eq!(paper_off.schedule(), Schedule::Cosine);
-        assert!(Cli::try_parse_from(["t", "--augment", "--no-augment"]).is_err());
+        assert!(try_parse_opts(&["--augment", "--no-augment"]).is_err());
     }
 
     #[test]

@@ -66,20 +66,7 @@ pub fn defaults(recipe: Recipe, on_demo: bool) -> RecipeDefaults {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::options::TrainOpts;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        opts: TrainOpts,
-    }
-
-    fn opts(args: &[&str]) -> TrainOpts {
-        Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
-            .unwrap()
-            .opts
-    }
+    use crate::train::options::parse_opts as opts;
 
     #[test]
     fn strong_sets_what_is_not_given() {

@@ -17,7 +17,7 @@
 
 use crate::features::MelConfig;
 use crate::model::{load_checkpoint, save_checkpoint, ModelConfig};
-use crate::train::backend::{OptimConfig, TrainState};
+use crate::train::backend::{set_weights, Backend, OptimConfig, TrainState};
 use crate::train::fit::{FitConfig, FitProgress};
 use anyhow::{bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -631,18 +631,16 @@ impl RunDir {
 pub fn load_run(
     dir: &Path,
     device: crate::device::DeviceChoice,
-) -> Result<(RunConfig, Box<dyn crate::train::backend::Backend>)> {
+) -> Result<(RunConfig, Box<dyn Backend>)> {
     let dir = match dir.parent() {
         Some(p) if dir.is_file() && p.join("config.json").is_file() => p,
         _ => dir,
     };
     let rd = RunDir::open(dir)?;
     let cfg = rd.config()?;
+    // the checkpoint is checked against config.json before a backend of that size is built
     let (params, buffers) = rd.load_best(&cfg)?;
     let mut backend = crate::train::backend::make_backend(device, &cfg.model, &cfg.optim, 0)?;
-    let mut state = backend.state()?;
-    state.params = params;
-    state.buffers = buffers;
-    backend.set_state(&state)?;
+    set_weights(backend.as_mut(), params, buffers)?;
     Ok((cfg, backend))
 }

@@ -15,6 +15,7 @@
 
 use crate::device::DeviceChoice;
 use crate::model::{ModelConfig, ParamLayout};
+use crate::train::backend::set_weights;
 use crate::train::data::{Dataset, DB_OFFSET, DB_SCALE};
 use crate::train::devices::{make_backend_on, DeviceSlot};
 use crate::train::fit::{evaluate, fit, EpochRecord, FitConfig, FitProgress};
@@ -643,10 +644,7 @@ fn run_unit(
     // checkpoint so a resumed unit scores exactly what an uninterrupted one would.
     let rd = writer.dir();
     let (params, buffers) = rd.load_best(&run_cfg)?;
-    let mut state = backend.state()?;
-    state.params = params;
-    state.buffers = buffers;
-    backend.set_state(&state)?;
+    set_weights(backend.as_mut(), params, buffers)?;
     let ev = evaluate(backend.as_mut(), data, &split.test, trial.fit.batch_size)?;
     let scores = ev.confusion.scores();
     let result = UnitResult {
@@ -1267,17 +1265,11 @@ pub fn run_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        opts: TrainOpts,
-    }
+    use crate::train::options::parse_opts;
 
     #[test]
     fn grid_is_a_product_first_axis_slowest() {
-        let base = Cli::try_parse_from(["t", "--data", "x"]).unwrap().opts;
+        let base = parse_opts(&["--data", "x"]);
         let grid = vec![
             parse_axis("kernel-size=3,5").unwrap(),
             parse_axis("--lr=1e-3,3e-3,1e-2").unwrap(),
@@ -1312,7 +1304,7 @@ mod tests {
 
     #[test]
     fn grid_values_are_checked_and_the_grid_is_bounded() {
-        let base = Cli::try_parse_from(["t", "--data", "x"]).unwrap().opts;
+        let base = parse_opts(&["--data", "x"]);
         let axis = |f: &str, n: usize| Axis {
             flag: f.into(),
             values: (1..=n).map(|v| v.to_string()).collect(),
@@ -1332,7 +1324,7 @@ mod tests {
     #[test]
     fn paper_table3_parameter_counts() {
         // Only the conv weights depend on the kernel size: k²·(1·32 + 32·64 + 64·128) of them.
-        let base = Cli::try_parse_from(["t", "--data", "x"]).unwrap().opts;
+        let base = parse_opts(&["--data", "x"]);
         let ks = [3usize, 5, 7, 9, 11];
         let trials = make_trials(
             &base,
