@@ -719,25 +719,11 @@ impl Dims4 {
 }
 
 /// Batch mean and biased variance per channel over the valid positions
-/// (`cpu::batchnorm::batch_stats`), in [`bn_chunks`] chunks per channel. `scratch` is
-/// caller-held scratch of at least [`bn_scratch_len`] floats (overwritten; may be
-/// uninitialised).
+/// (`cpu::batchnorm::batch_stats`), in `chunks` chunks per channel ([`bn_chunks`] in the
+/// engine; any ≥ 1). `scratch` is caller-held scratch of at least 2·C + 3·C·chunks floats
+/// ([`bn_scratch_len`] for `bn_chunks`; overwritten, may be uninitialised).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_stats(
-    dev: &Device,
-    x: &DeviceBuffer<f32>,
-    lens: &DeviceBuffer<i32>,
-    d: Dims4,
-    mean: &mut DeviceBuffer<f32>,
-    var: &mut DeviceBuffer<f32>,
-    scratch: &DeviceBuffer<f32>,
-) -> Result<()> {
-    bn_stats_chunked(dev, x, lens, d, mean, var, scratch, bn_chunks(d))
-}
-
-/// [`bn_stats`] in `chunks` chunks per channel (any ≥ 1; `scratch` ≥ 2·C + 3·C·chunks).
-#[allow(clippy::too_many_arguments)]
-pub fn bn_stats_chunked(
     dev: &Device,
     x: &DeviceBuffer<f32>,
     lens: &DeviceBuffer<i32>,
@@ -844,49 +830,12 @@ pub fn bn_relu_forward(
 
 /// Backward of relu(bn(x)) given the ReLU output y (`relu_backward` then `bn_backward`):
 /// dgamma, dbeta ACCUMULATE; dx is overwritten (0 at invalid positions). `train`: the gradient
-/// flows through the batch statistics.
-/// `scratch` is caller-held scratch of at least [`bn_scratch_len`] floats (overwritten; may be
-/// uninitialised): its first 2·C hold the sums the dx pass reads.
+/// flows through the batch statistics. Sums in `chunks` chunks per channel ([`bn_chunks`] in the
+/// engine; any ≥ 1); `scratch` is caller-held scratch of at least 2·C + 2·C·chunks floats
+/// ([`bn_scratch_len`] covers `bn_chunks`; overwritten, may be uninitialised): its first 2·C hold
+/// the sums the dx pass reads.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_relu_backward(
-    dev: &Device,
-    dy: &DeviceBuffer<f32>,
-    y: &DeviceBuffer<f32>,
-    x: &DeviceBuffer<f32>,
-    mean: &DeviceBuffer<f32>,
-    var: &DeviceBuffer<f32>,
-    gamma: &impl AsView<f32>,
-    lens: &DeviceBuffer<i32>,
-    d: Dims4,
-    train: bool,
-    dx: &mut DeviceBuffer<f32>,
-    dgamma: &mut impl AsViewMut<f32>,
-    dbeta: &mut impl AsViewMut<f32>,
-    scratch: &mut DeviceBuffer<f32>,
-) -> Result<()> {
-    bn_relu_backward_chunked(
-        dev,
-        dy,
-        y,
-        x,
-        mean,
-        var,
-        gamma,
-        lens,
-        d,
-        train,
-        dx,
-        dgamma,
-        dbeta,
-        scratch,
-        bn_chunks(d),
-    )
-}
-
-/// [`bn_relu_backward`] with its sums in `chunks` chunks per channel (any ≥ 1; `scratch` ≥
-/// 2·C + 2·C·chunks).
-#[allow(clippy::too_many_arguments)]
-pub fn bn_relu_backward_chunked(
     dev: &Device,
     dy: &DeviceBuffer<f32>,
     y: &DeviceBuffer<f32>,
@@ -1735,7 +1684,16 @@ pub fn cnn_forward(
         match (&mut st.mean, &mut st.var, &st.bn_sums) {
             (Some(mean), Some(var), Some(bn_scratch)) => {
                 if train {
-                    bn_stats(dev, &st.conv, lens_in, d4, mean, var, bn_scratch)?;
+                    bn_stats(
+                        dev,
+                        &st.conv,
+                        lens_in,
+                        d4,
+                        mean,
+                        var,
+                        bn_scratch,
+                        bn_chunks(d4),
+                    )?;
                     let (rm, rv) = (&mut running.mean[s], &mut running.var[s]);
                     bn_update_running(dev, mean, var, d4.count(&ws.lens[s]), rm, rv)?;
                     running.batches_tracked[s] += 1.0;
@@ -1888,6 +1846,7 @@ pub fn cnn_backward(
                 &mut grads.bn_w[s],
                 &mut grads.bn_b[s],
                 sums,
+                bn_chunks(d4),
             )?,
             _ => crate::device::ops::relu_backward(dev, &mut st.dconv, &st.drelu, &st.relu)?,
         }

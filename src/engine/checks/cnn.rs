@@ -156,7 +156,17 @@ pub fn batchnorm_relu_matches_cpu() {
                 let mut mean = dev.alloc_zeros::<f32>(d.c).unwrap();
                 let mut var = dev.alloc_zeros::<f32>(d.c).unwrap();
                 let scratch = dev.alloc_uninit::<f32>(cnn::bn_scratch_len(d)).unwrap();
-                cnn::bn_stats(&dev, &xd, &ld, d, &mut mean, &mut var, &scratch).unwrap();
+                cnn::bn_stats(
+                    &dev,
+                    &xd,
+                    &ld,
+                    d,
+                    &mut mean,
+                    &mut var,
+                    &scratch,
+                    cnn::bn_chunks(d),
+                )
+                .unwrap();
                 check("bn mean", &dtoh(&dev, &mean), &st.mean, 1e-5);
                 check("bn var", &dtoh(&dev, &var), &st.var, 1e-5);
                 // running update
@@ -192,8 +202,21 @@ pub fn batchnorm_relu_matches_cpu() {
             let mut dbt = dev.htod(&vec![1.0f32; d.c]).unwrap();
             let mut sums = dev.alloc_uninit::<f32>(cnn::bn_scratch_len(d)).unwrap();
             cnn::bn_relu_backward(
-                &dev, &dyd, &y, &xd, &mean, &var, &gd, &ld, d, train, &mut dx, &mut dg, &mut dbt,
+                &dev,
+                &dyd,
+                &y,
+                &xd,
+                &mean,
+                &var,
+                &gd,
+                &ld,
+                d,
+                train,
+                &mut dx,
+                &mut dg,
+                &mut dbt,
                 &mut sums,
+                cnn::bn_chunks(d),
             )
             .unwrap();
             check(
@@ -886,8 +909,7 @@ pub fn reductions_2d_match_cpu_and_are_deterministic() {
                 let mut scratch = dev.alloc_uninit::<f32>(2 * d.c + 3 * d.c * chunks).unwrap();
                 let mut mean = dev.alloc_uninit::<f32>(d.c).unwrap();
                 let mut var = dev.alloc_uninit::<f32>(d.c).unwrap();
-                cnn::bn_stats_chunked(dev, &xd, &ld, d, &mut mean, &mut var, &scratch, chunks)
-                    .unwrap();
+                cnn::bn_stats(dev, &xd, &ld, d, &mut mean, &mut var, &scratch, chunks).unwrap();
                 let (mh, vh) = (dtoh(dev, &mean), dtoh(dev, &var));
                 check(
                     &format!("bn mean {d:?} chunks {chunks}"),
@@ -912,7 +934,7 @@ pub fn reductions_2d_match_cpu_and_are_deterministic() {
                 let mut dx = dev.alloc_uninit::<f32>(d.len()).unwrap();
                 let mut dg = dev.htod(&vec![0.5f32; d.c]).unwrap();
                 let mut db = dev.htod(&vec![0.5f32; d.c]).unwrap();
-                cnn::bn_relu_backward_chunked(
+                cnn::bn_relu_backward(
                     dev,
                     &dyd,
                     &yd,
