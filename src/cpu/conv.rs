@@ -7,6 +7,7 @@
 //! only uses frames < 2·floor(len/2) ≤ len). This is what makes a clip's result independent of
 //! the padding.
 
+use super::fftconv::FftSaved;
 use super::scratch::{grow, with_thread_scratch};
 use super::{gemm, Float};
 use rayon::prelude::*;
@@ -150,6 +151,25 @@ pub fn conv2d_forward<T: Float>(
     }
 }
 
+/// [`conv2d_forward`] in a training step: also returns what the step's
+/// [`conv2d_backward_saved`] reuses (the FFT path's spectra; `None` on the direct path).
+pub fn conv2d_forward_saving<T: Float>(
+    x: &[T],
+    w: &[T],
+    bias: &[T],
+    lens: &[usize],
+    s: &ConvShape,
+    y: &mut [T],
+) -> Option<FftSaved<T>> {
+    match conv_algo::<T>(s) {
+        ConvAlgo::Direct => {
+            conv2d_forward_direct(x, w, bias, lens, s, y);
+            None
+        }
+        ConvAlgo::Fft => super::fftconv::conv2d_forward_fft_saving(x, w, bias, lens, s, y),
+    }
+}
+
 /// Backward of [`conv2d_forward`]: dw and db ACCUMULATE; dx (if given) is overwritten (zero at
 /// t ≥ lens[b]); dy at t ≥ lens[b] is ignored. Dispatches on [`conv_algo`].
 #[allow(clippy::too_many_arguments)]
@@ -163,9 +183,27 @@ pub fn conv2d_backward<T: Float>(
     dw: &mut [T],
     db: &mut [T],
 ) {
+    conv2d_backward_saved(None, x, w, dy, lens, s, dx, dw, db)
+}
+
+/// [`conv2d_backward`] with what the step's [`conv2d_forward_saving`] returned.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_saved<T: Float>(
+    saved: Option<&FftSaved<T>>,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    lens: &[usize],
+    s: &ConvShape,
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: &mut [T],
+) {
     match conv_algo::<T>(s) {
         ConvAlgo::Direct => conv2d_backward_direct(x, w, dy, lens, s, dx, dw, db),
-        ConvAlgo::Fft => super::fftconv::conv2d_backward_fft(x, w, dy, lens, s, dx, dw, db),
+        ConvAlgo::Fft => {
+            super::fftconv::conv2d_backward_fft_saved(saved, x, w, dy, lens, s, dx, dw, db)
+        }
     }
 }
 

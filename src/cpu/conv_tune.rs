@@ -20,7 +20,7 @@
 use super::conv::{
     conv2d_backward_direct, conv2d_forward_direct, conv_algo_model, ConvAlgo, ConvShape,
 };
-use super::fftconv::{conv2d_backward_fft, conv2d_forward_fft};
+use super::fftconv::{conv2d_backward_fft_saved, conv2d_forward_fft_saving};
 use super::Float;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -287,8 +287,20 @@ fn time_shape<T: Float>(s: &ConvShape) -> Measured {
         conv2d_backward_direct(&x, &w, &dy, &lens, &sh, Some(&mut dx), &mut dw, &mut db);
     });
     let fft = best(&mut || {
-        conv2d_forward_fft(&x, &w, &bias, &lens, &sh, &mut y);
-        conv2d_backward_fft(&x, &w, &dy, &lens, &sh, Some(&mut dx), &mut dw, &mut db);
+        // As a training step runs it: the backward reuses the forward's spectra.
+        let saved = conv2d_forward_fft_saving(&x, &w, &bias, &lens, &sh, &mut y);
+        let (x, w) = (&x, &w);
+        conv2d_backward_fft_saved(
+            saved.as_ref(),
+            x,
+            w,
+            &dy,
+            &lens,
+            &sh,
+            Some(&mut dx),
+            &mut dw,
+            &mut db,
+        );
     });
     let n = sh.batch as f64;
     let (direct_ms, fft_ms) = (direct / n, fft / n);

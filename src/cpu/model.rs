@@ -6,8 +6,9 @@
 
 use super::attention::{attention_backward, attention_forward, AttnCache};
 use super::batchnorm::{batch_stats, bn_backward, bn_update_running, running_stats, BnStats};
-use super::conv::{conv2d_backward, conv2d_forward, ConvShape};
+use super::conv::{conv2d_backward_saved, conv2d_forward, conv2d_forward_saving, ConvShape};
 use super::dropout::{apply_mask, dropout_mask, SITE_FC, SITE_LSTM0, SITE_POOL1};
+use super::fftconv::FftSaved;
 use super::linear::{linear_backward, linear_forward};
 use super::lstm::{lstm_layer_backward, lstm_layer_forward, LstmCache, LstmShape};
 use super::pool::{
@@ -36,7 +37,7 @@ pub struct CpuModel<T> {
 
 /// Saved activations of one conv stage.
 #[derive(Clone, Debug, Default)]
-pub struct StageCache<T> {
+pub struct StageCache<T: Float> {
     /// conv input `[B][cin][M][T]`
     pub input: Vec<T>,
     /// conv output (pre-BN) `[B][cout][M][T]`
@@ -49,11 +50,13 @@ pub struct StageCache<T> {
     /// dropout multipliers of the pooled output (training with p > 0)
     pub mask: Option<Vec<T>>,
     pub shape: ConvShape,
+    /// the FFT convolution's input and weight spectra, for backward (FFT path only)
+    pub fft: Option<FftSaved<T>>,
 }
 
 /// Result of a forward pass: logits and everything backward needs.
 #[derive(Clone, Debug)]
-pub struct Forward<T> {
+pub struct Forward<T: Float> {
     /// `[B][classes]`
     pub logits: Vec<T>,
     pub batch: usize,
@@ -184,14 +187,16 @@ impl<T: Float> CpuModel<T> {
                 }
                 v
             };
-            conv2d_forward(
-                &cur,
+            let (w, b) = (
                 self.p(&(name("conv") + ".weight")),
                 self.p(&(name("conv") + ".bias")),
-                &lens[s],
-                &sh,
-                &mut conv[..ny],
             );
+            let fft = if keep {
+                conv2d_forward_saving(&cur, w, b, &lens[s], &sh, &mut conv[..ny])
+            } else {
+                conv2d_forward(&cur, w, b, &lens[s], &sh, &mut conv[..ny]);
+                None
+            };
             let (mo, to) = (m / 2, t / 2);
             // The ReLU output is only needed by backward (and as the buffer of the no-BN path).
             let mut act = if keep || !cfg.batchnorm {
@@ -261,6 +266,7 @@ impl<T: Float> CpuModel<T> {
                 arg,
                 mask: mk,
                 shape: sh,
+                fft,
             });
         }
         let stage3 = cur;
@@ -549,7 +555,8 @@ impl<T: Float> CpuModel<T> {
             let (dw, db) = grads[r].split_at_mut(sh.w_len());
             if s > 0 {
                 let mut dx = vec![T::zero(); sh.x_len()];
-                conv2d_backward(
+                conv2d_backward_saved(
+                    st.fft.as_ref(),
                     &st.input,
                     w,
                     &dconv,
@@ -561,7 +568,8 @@ impl<T: Float> CpuModel<T> {
                 );
                 dcur = dx;
             } else {
-                conv2d_backward(&st.input, w, &dconv, &fwd.lens[s], &sh, None, dw, db);
+                let saved = st.fft.as_ref();
+                conv2d_backward_saved(saved, &st.input, w, &dconv, &fwd.lens[s], &sh, None, dw, db);
             }
         }
         self.grads = grads;

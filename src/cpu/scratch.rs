@@ -33,6 +33,53 @@ pub(crate) fn grow<V: Clone + Default>(v: &mut Vec<V>, n: usize) -> &mut [V] {
     &mut v[..n]
 }
 
+/// Whole vectors handed back by [`recycle`], per thread and element type, for [`reuse`]: the
+/// buffers that outlive one call (a training step's saved FFT spectra) and are freed at the
+/// end of the step. Those can exceed glibc's 32 MiB mmap threshold (`super::alloc`), so
+/// freeing and allocating them anew would page-fault them in on every step.
+struct Pool<V>(Vec<Vec<V>>);
+
+impl<V> Default for Pool<V> {
+    fn default() -> Self {
+        Pool(Vec::new())
+    }
+}
+
+/// Vectors a thread's pool keeps at most (the smallest beyond this are freed): two FFT stages
+/// with two buffers each, plus slack for a step of another shape.
+const POOL_MAX: usize = 8;
+
+/// A vector of `n` elements, taken from this thread's pool when one fits (the smallest that
+/// holds `n`, else the largest, grown); its values are unspecified: callers overwrite all.
+pub(crate) fn reuse<V: Clone + Default + 'static>(n: usize) -> Vec<V> {
+    let mut v = with_thread_scratch(|p: &mut Pool<V>| {
+        let fit = (0..p.0.len())
+            .filter(|&i| p.0[i].capacity() >= n)
+            .min_by_key(|&i| p.0[i].capacity())
+            .or_else(|| (0..p.0.len()).max_by_key(|&i| p.0[i].capacity()));
+        fit.map(|i| p.0.swap_remove(i)).unwrap_or_default()
+    });
+    v.truncate(n);
+    v.resize(n, V::default());
+    v
+}
+
+/// Hands `v` to this thread's pool for a later [`reuse`] (keeping the [`POOL_MAX`] largest).
+pub(crate) fn recycle<V: 'static>(v: Vec<V>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    with_thread_scratch(|p: &mut Pool<V>| {
+        p.0.push(v);
+        if p.0.len() > POOL_MAX {
+            let smallest = (0..p.0.len()).min_by_key(|&i| p.0[i].capacity());
+            if let Some(i) = smallest {
+                p.0.swap_remove(i);
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +99,27 @@ mod tests {
         let mut v = vec![1u8; 3];
         assert_eq!(grow(&mut v, 2), &[1, 1]);
         assert_eq!(grow(&mut v, 4), &[1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn pool_reuses_the_best_fit_and_stays_bounded() {
+        let a: Vec<u16> = reuse(1000);
+        assert_eq!(a.len(), 1000);
+        let (pa, cap) = (a.as_ptr(), a.capacity());
+        recycle(a);
+        recycle(vec![7u16; 10]);
+        // The 1000-element buffer is the smallest that holds 500: same allocation, 500 long.
+        let b: Vec<u16> = reuse(500);
+        assert_eq!((b.as_ptr(), b.len(), b.capacity()), (pa, 500, cap));
+        // None holds 20 000: the largest left (the 10-element one) is grown.
+        let c: Vec<u16> = reuse(20_000);
+        assert_eq!(c.len(), 20_000);
+        // Bounded: after many hand-backs at most POOL_MAX stay.
+        for i in 0..3 * POOL_MAX {
+            recycle(vec![0u16; i + 1]);
+        }
+        let kept = with_thread_scratch(|p: &mut Pool<u16>| p.0.len());
+        assert_eq!(kept, POOL_MAX);
+        drop((b, c));
     }
 }
