@@ -152,8 +152,9 @@ pub struct TrainOpts {
     /// Clip the global gradient norm to this value (0: off).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub clip_grad: f64,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub label_smoothing: f64,
+    /// Label smoothing, 0 to <1 [default: the recipe's: 0 (paper), 0.1 (strong)].
+    #[arg(long, allow_negative_numbers = true)]
+    pub label_smoothing: Option<f64>,
     /// Weight the loss by inverse class frequency.
     #[arg(long)]
     pub class_weights: bool,
@@ -253,7 +254,7 @@ impl TrainOpts {
             ("clip-grad", Some(self.clip_grad), Incl(0.0), Incl(1e6)),
             (
                 "label-smoothing",
-                Some(self.label_smoothing),
+                self.label_smoothing,
                 Incl(0.0),
                 Excl(1.0),
             ),
@@ -471,12 +472,9 @@ impl TrainOpts {
             weight_decay: self.weight_decay,
             decoupled_weight_decay: self.adamw,
             clip_grad_norm: self.clip_grad,
-            // 0 is the flag's default: the recipe's value applies.
-            label_smoothing: if self.label_smoothing == 0.0 {
-                self.recipe_defaults().label_smoothing
-            } else {
-                self.label_smoothing
-            },
+            label_smoothing: self
+                .label_smoothing
+                .unwrap_or(self.recipe_defaults().label_smoothing),
             class_weights,
         }
     }

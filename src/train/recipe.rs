@@ -97,6 +97,16 @@ mod tests {
         assert_eq!((fit.epochs, fit.lr), (10, 3e-3));
         assert_eq!(fit.schedule, Schedule::Plateau);
         assert_eq!(mine.optim(&[0], 2).label_smoothing, 0.2);
+        // an explicit 0 switches smoothing off (not "unset": the recipe's 0.1)
+        let off = opts(&[
+            "--data",
+            "x",
+            "--recipe",
+            "strong",
+            "--label-smoothing",
+            "0",
+        ]);
+        assert_eq!(off.optim(&[0], 2).label_smoothing, 0.0);
         // the paper's recipe stays the default, with its early stopping and no smoothing
         let paper = opts(&["--data", "x"]);
         assert_eq!(paper.fit(1).early_stop_patience, 10);
