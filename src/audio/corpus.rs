@@ -142,12 +142,16 @@ pub enum CorpusFormat {
     Eyase,
 }
 
-/// How to read a corpus.
-#[derive(Clone, Debug)]
+/// How to read a corpus: also the `--format` and `--label-regex` flags of every command that
+/// reads one (`train`, `cv`, `sweep`, `eval`, `info`), flattened into each.
+#[derive(Clone, Debug, PartialEq, clap::Args, serde::Serialize)]
 pub struct CorpusOptions {
+    /// Corpus layout.
+    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
     pub format: CorpusFormat,
-    /// Regex with named groups `label` and optionally `speaker` (format `regex`, `kedas` or
-    /// `auto`).
+    /// Regex with named groups `label` (and optionally `speaker`) over paths relative to --data
+    /// (format `regex`, `kedas` or `auto`).
+    #[arg(long)]
     pub label_regex: Option<String>,
 }
 

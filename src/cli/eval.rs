@@ -1,7 +1,7 @@
 //! `ser-engine eval`: a trained model's metrics and confusion matrix on a labelled corpus.
 
 use super::Global;
-use crate::audio::corpus::CorpusFormat;
+use crate::audio::corpus::CorpusOptions;
 use crate::train::data::load_dataset;
 use crate::train::fit::evaluate;
 use crate::train::metrics::per_class_table;
@@ -19,12 +19,8 @@ pub struct EvalArgs {
     /// Labelled corpus to evaluate on.
     #[arg(long)]
     pub data: PathBuf,
-    /// Corpus layout.
-    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
-    pub format: CorpusFormat,
-    /// Regex with named groups `label` (and optionally `speaker`) over paths relative to --data.
-    #[arg(long)]
-    pub label_regex: Option<String>,
+    #[command(flatten)]
+    pub corpus: CorpusOptions,
     /// Also write the confusion matrix as a PNG here.
     #[arg(long)]
     pub confusion_png: Option<PathBuf>,
@@ -58,8 +54,7 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
         .unwrap_or(DEFAULT_MAX_SECONDS);
     let (_, mut data) = load_dataset(
         Some(&args.data),
-        args.format,
-        args.label_regex.as_deref(),
+        &args.corpus,
         Some(cfg.sample_rate),
         &cfg.mel,
         max_seconds,

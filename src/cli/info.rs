@@ -2,7 +2,7 @@
 //! `--data` a corpus summary (layout, clips, durations, sample rates, classes, speakers,
 //! unreadable files), with `--model-summary` the parameter table of the model.
 
-use crate::audio::corpus::{load_corpus, Corpus, CorpusFormat, CorpusOptions};
+use crate::audio::corpus::{load_corpus, Corpus, CorpusOptions};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,12 +12,8 @@ pub struct InfoArgs {
     /// Corpus folder (or CSV manifest) to summarise.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Corpus layout.
-    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
-    pub format: CorpusFormat,
-    /// Regex with named groups `label` (and optionally `speaker`) over paths relative to --data.
-    #[arg(long)]
-    pub label_regex: Option<String>,
+    #[command(flatten)]
+    pub corpus: CorpusOptions,
     /// Print the model's parameters layer by layer (PyTorch state_dict names) and the total.
     #[arg(long)]
     pub model_summary: bool,
@@ -60,13 +56,7 @@ pub fn run(args: &InfoArgs, _global: &super::Global) -> anyhow::Result<()> {
             Ok(())
         }
         Some(data) => {
-            let corpus = load_corpus(
-                data,
-                &CorpusOptions {
-                    format: args.format,
-                    label_regex: args.label_regex.clone(),
-                },
-            )?;
+            let corpus = load_corpus(data, &args.corpus)?;
             print!("{}", corpus_summary(&corpus));
             Ok(())
         }

@@ -141,8 +141,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         .or(opts.sample_rate);
     let (_corpus, data) = load_dataset(
         opts.data.as_deref(),
-        opts.format,
-        opts.label_regex.as_deref(),
+        &opts.corpus,
         rate,
         &mel,
         max_seconds,
@@ -165,8 +164,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         Some(vd) => {
             let (_, vdata) = load_dataset(
                 Some(vd),
-                opts.format,
-                opts.label_regex.as_deref(),
+                &opts.corpus,
                 Some(data.sample_rate),
                 &mel,
                 max_seconds,

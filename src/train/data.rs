@@ -1,7 +1,7 @@
 //! In-memory dataset: every clip's waveform and log-Mel (computed once, in parallel), and the
 //! length-bucketed batches the model sees.
 
-use crate::audio::corpus::{load_corpus, Corpus, CorpusFormat, CorpusOptions};
+use crate::audio::corpus::{load_corpus, Corpus, CorpusOptions};
 use crate::audio::load_audio;
 use crate::features::{try_log_mel, MelConfig};
 use crate::rng::Purpose;
@@ -311,8 +311,7 @@ pub fn check_batch_memory(
 /// trained on, and decodes it into features; warns about and lists files it skips.
 pub fn load_dataset(
     data: Option<&Path>,
-    format: CorpusFormat,
-    label_regex: Option<&str>,
+    corpus_options: &CorpusOptions,
     sample_rate: Option<u32>,
     mel: &MelConfig,
     max_seconds: f64,
@@ -331,13 +330,7 @@ pub fn load_dataset(
             dir
         }
     };
-    let corpus = load_corpus(
-        &root,
-        &CorpusOptions {
-            format,
-            label_regex: label_regex.map(str::to_string),
-        },
-    )?;
+    let corpus = load_corpus(&root, corpus_options)?;
     if !quiet {
         eprintln!(
             "corpus {}: {} clips, {} classes, format {:?}",

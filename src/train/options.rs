@@ -2,7 +2,7 @@
 //! (`train`, `cv`): the clap flags, their presets (the paper's recipe on a real corpus, a short
 //! one on the demo corpus) and the configs they turn into.
 
-use crate::audio::corpus::CorpusFormat;
+use crate::audio::corpus::CorpusOptions;
 use crate::features::augment::AugmentConfig;
 use crate::features::MelConfig;
 use crate::model::ModelConfig;
@@ -80,12 +80,9 @@ pub struct TrainOpts {
     /// Corpus folder (or CSV manifest). Without it: the built-in demo corpus.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Corpus layout.
-    #[arg(long, value_enum, default_value_t = CorpusFormat::Auto)]
-    pub format: CorpusFormat,
-    /// Regex with named groups `label` (and optionally `speaker`) over paths relative to --data.
-    #[arg(long)]
-    pub label_regex: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub corpus: CorpusOptions,
     /// Resample audio to this rate, 1000 to 192000 Hz (default: the corpus's native rate).
     #[arg(long)]
     pub sample_rate: Option<u32>,

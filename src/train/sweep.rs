@@ -1146,8 +1146,7 @@ pub fn run_plan(
     let within = args.within_fold.as_deref().map(parse_within).transpose()?;
     let (_corpus, data) = crate::train::data::load_dataset(
         opts.data.as_deref(),
-        opts.format,
-        opts.label_regex.as_deref(),
+        &opts.corpus,
         opts.sample_rate,
         &opts.mel(),
         opts.max_seconds,
