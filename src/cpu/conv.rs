@@ -171,24 +171,10 @@ pub fn conv2d_forward_saving<T: Float>(
 }
 
 /// Backward of [`conv2d_forward`]: dw and db ACCUMULATE; dx (if given) is overwritten (zero at
-/// t ≥ lens[b]); dy at t ≥ lens[b] is ignored. Dispatches on [`conv_algo`].
+/// t ≥ lens[b]); dy at t ≥ lens[b] is ignored. Dispatches on [`conv_algo`]. `saved`: what the
+/// step's [`conv2d_forward_saving`] returned (`None` recomputes it).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward<T: Float>(
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    lens: &[usize],
-    s: &ConvShape,
-    dx: Option<&mut [T]>,
-    dw: &mut [T],
-    db: &mut [T],
-) {
-    conv2d_backward_saved(None, x, w, dy, lens, s, dx, dw, db)
-}
-
-/// [`conv2d_backward`] with what the step's [`conv2d_forward_saving`] returned.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward_saved<T: Float>(
     saved: Option<&FftSaved<T>>,
     x: &[T],
     w: &[T],
@@ -201,9 +187,7 @@ pub fn conv2d_backward_saved<T: Float>(
 ) {
     match conv_algo::<T>(s) {
         ConvAlgo::Direct => conv2d_backward_direct(x, w, dy, lens, s, dx, dw, db),
-        ConvAlgo::Fft => {
-            super::fftconv::conv2d_backward_fft_saved(saved, x, w, dy, lens, s, dx, dw, db)
-        }
+        ConvAlgo::Fft => super::fftconv::conv2d_backward_fft(saved, x, w, dy, lens, s, dx, dw, db),
     }
 }
 

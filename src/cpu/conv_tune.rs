@@ -20,7 +20,7 @@
 use super::conv::{
     conv2d_backward_direct, conv2d_forward_direct, conv_algo_model, ConvAlgo, ConvShape,
 };
-use super::fftconv::{conv2d_backward_fft_saved, conv2d_forward_fft_saving};
+use super::fftconv::{conv2d_backward_fft, conv2d_forward_fft_saving};
 use super::Float;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -290,7 +290,7 @@ fn time_shape<T: Float>(s: &ConvShape) -> Measured {
         // As a training step runs it: the backward reuses the forward's spectra.
         let saved = conv2d_forward_fft_saving(&x, &w, &bias, &lens, &sh, &mut y);
         let (x, w) = (&x, &w);
-        conv2d_backward_fft_saved(
+        conv2d_backward_fft(
             saved.as_ref(),
             x,
             w,

@@ -606,26 +606,12 @@ fn forward<T: Float>(
 }
 
 /// [`super::conv::conv2d_backward`] computed with FFTs: dw and db ACCUMULATE; dx (if given)
-/// is overwritten (zero at t ≥ lens[b]); dy at t ≥ lens[b] is ignored.
+/// is overwritten (zero at t ≥ lens[b]); dy at t ≥ lens[b] is ignored. `saved`: the spectra of
+/// the step's forward ([`conv2d_forward_fft_saving`], same `x`, `w`, `lens`, `s`), or `None`
+/// to transform x and w again: the same arithmetic on the same values, so the same bits
+/// (tested).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_fft<T: Float>(
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    lens: &[usize],
-    s: &ConvShape,
-    dx: Option<&mut [T]>,
-    dw: &mut [T],
-    db: &mut [T],
-) {
-    conv2d_backward_fft_saved(None, x, w, dy, lens, s, dx, dw, db)
-}
-
-/// [`conv2d_backward_fft`] reusing the spectra of the step's forward
-/// ([`conv2d_forward_fft_saving`], same `x`, `w`, `lens`, `s`) when given: the same
-/// arithmetic on the same values, so the same bits (tested).
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward_fft_saved<T: Float>(
     saved: Option<&FftSaved<T>>,
     x: &[T],
     w: &[T],
@@ -929,7 +915,17 @@ mod tests {
         let (mut dw, mut db) = (cv(&c.dw0), cv(&c.db0));
         if fft {
             conv2d_forward_fft(&x, &w, &bias, &c.lens, s, &mut y);
-            conv2d_backward_fft(&x, &w, &dy, &c.lens, s, Some(&mut dx), &mut dw, &mut db);
+            conv2d_backward_fft(
+                None,
+                &x,
+                &w,
+                &dy,
+                &c.lens,
+                s,
+                Some(&mut dx),
+                &mut dw,
+                &mut db,
+            );
         } else {
             conv2d_forward_direct(&x, &w, &bias, &c.lens, s, &mut y);
             conv2d_backward_direct(&x, &w, &dy, &c.lens, s, Some(&mut dx), &mut dw, &mut db);
@@ -1061,12 +1057,23 @@ mod tests {
         conv2d_forward_fft(&x2, &w, &bias, &lens2, &s2, &mut y2);
         assert!(rel(&crop(&y2, s1.cout), &y1) <= 1e-12);
         let (mut dx1, mut dw1, mut db1) = (vec![0.0; s1.x_len()], vec![0.0; s1.w_len()], [0.0; 5]);
-        conv2d_backward_fft(&x1, &w, &dy1, &[l], &s1, Some(&mut dx1), &mut dw1, &mut db1);
+        conv2d_backward_fft(
+            None,
+            &x1,
+            &w,
+            &dy1,
+            &[l],
+            &s1,
+            Some(&mut dx1),
+            &mut dw1,
+            &mut db1,
+        );
         // the long clip's gradient is isolated by giving it dy = 0
         let mut dy2z = dy2.clone();
         dy2z[s1.cout * s1.m * s2.t..].fill(0.0);
         let (mut dx2, mut dw2, mut db2) = (vec![0.0; s2.x_len()], vec![0.0; s1.w_len()], [0.0; 5]);
         conv2d_backward_fft(
+            None,
             &x2,
             &w,
             &dy2z,
@@ -1109,7 +1116,7 @@ mod tests {
                     let mut dx = vec![T::zero(); s.x_len()];
                     let (mut dw, mut db) = (conv(&c.dw0), conv(&c.db0));
                     let dxo = with_dx.then_some(&mut dx[..]);
-                    conv2d_backward_fft_saved(sv, &x, &w, &dy, &c.lens, s, dxo, &mut dw, &mut db);
+                    conv2d_backward_fft(sv, &x, &w, &dy, &c.lens, s, dxo, &mut dw, &mut db);
                     outs.push((dx, dw, db));
                 }
                 assert!(outs[0] == outs[1], "case {i}, dx {with_dx}: bits differ");
@@ -1129,7 +1136,7 @@ mod tests {
         let mut y = vec![0.0; a.s.y_len()];
         let saved = conv2d_forward_fft_saving(&a.x, &a.w, &a.bias, &a.lens, &a.s, &mut y);
         let (mut dw, mut db) = (b.dw0.clone(), b.db0.clone());
-        conv2d_backward_fft_saved(
+        conv2d_backward_fft(
             saved.as_ref(),
             &b.x,
             &b.w,
@@ -1265,7 +1272,17 @@ mod timing {
                 conv2d_backward_direct(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db)
             });
             let bf = best(|| {
-                conv2d_backward_fft(&x, &w, &dy, &lens, &s, Some(&mut dx), &mut dw, &mut db)
+                conv2d_backward_fft(
+                    None,
+                    &x,
+                    &w,
+                    &dy,
+                    &lens,
+                    &s,
+                    Some(&mut dx),
+                    &mut dw,
+                    &mut db,
+                )
             });
             eprintln!(
                 "{cin:>3}->{cout:<3} k{k} {m}x{t}: fwd direct {fd:7.2} ms fft {ff:7.2} ms | \

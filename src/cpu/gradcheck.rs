@@ -99,7 +99,7 @@ fn conv_row(k: usize) -> GradcheckRow {
     let (x, w, b) = (rand(s.x_len(), 1), rand(s.w_len(), 2), rand(3, 3));
     let r = rand(s.y_len(), 4);
     let (mut dx, mut dw, mut db) = (vec![0.0; s.x_len()], vec![0.0; s.w_len()], vec![0.0; 3]);
-    conv2d_backward(&x, &w, &r, &lens, &s, Some(&mut dx), &mut dw, &mut db);
+    conv2d_backward(None, &x, &w, &r, &lens, &s, Some(&mut dx), &mut dw, &mut db);
     // The input beyond a clip's end is not read: its analytic gradient is 0 and so is the
     // numeric one, which the check confirms.
     check(

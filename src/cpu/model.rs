@@ -6,7 +6,7 @@
 
 use super::attention::{attention_backward, attention_forward, AttnCache};
 use super::batchnorm::{batch_stats, bn_backward, bn_update_running, running_stats, BnStats};
-use super::conv::{conv2d_backward_saved, conv2d_forward, conv2d_forward_saving, ConvShape};
+use super::conv::{conv2d_backward, conv2d_forward, conv2d_forward_saving, ConvShape};
 use super::dropout::{apply_mask, dropout_mask, SITE_FC, SITE_LSTM0, SITE_POOL1};
 use super::fftconv::FftSaved;
 use super::linear::{linear_backward, linear_forward};
@@ -555,7 +555,7 @@ impl<T: Float> CpuModel<T> {
             let (dw, db) = grads[r].split_at_mut(sh.w_len());
             if s > 0 {
                 let mut dx = vec![T::zero(); sh.x_len()];
-                conv2d_backward_saved(
+                conv2d_backward(
                     st.fft.as_ref(),
                     &st.input,
                     w,
@@ -569,7 +569,7 @@ impl<T: Float> CpuModel<T> {
                 dcur = dx;
             } else {
                 let saved = st.fft.as_ref();
-                conv2d_backward_saved(saved, &st.input, w, &dconv, &fwd.lens[s], &sh, None, dw, db);
+                conv2d_backward(saved, &st.input, w, &dconv, &fwd.lens[s], &sh, None, dw, db);
             }
         }
         self.grads = grads;

@@ -75,6 +75,7 @@ pub fn conv_matches_cpu() {
 
         let (mut dxw, mut dww, mut dbw) = (vec![0.0; sh.x_len()], f64s(&dw0), f64s(&db0));
         conv2d_backward(
+            None,
             &f64s(&x),
             &f64s(&w),
             &f64s(&dy),
@@ -505,6 +506,7 @@ fn cpu_cnn_backward(m: &CpuModel<f64>, f: &crate::cpu::Forward<f64>, dout: &[f64
         let (mut dw, mut db) = (vec![0.0; sh.w_len()], vec![0.0; c]);
         let mut dx = vec![0.0; sh.x_len()];
         conv2d_backward(
+            None,
             &st.input,
             p(&format!("conv{}.weight", s + 1)),
             &dconv,

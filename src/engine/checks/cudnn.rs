@@ -58,6 +58,7 @@ fn case(trial: u64, sh: ConvShape) -> Case {
     conv2d_forward(&f64s(&x), &f64s(&w), &f64s(&bias), &lens, &sh, &mut y);
     let (mut dx, mut dw, mut db) = (vec![0.0; sh.x_len()], f64s(&dw0), f64s(&db0));
     conv2d_backward(
+        None,
         &f64s(&x),
         &f64s(&w),
         &f64s(&dy),
