@@ -152,7 +152,7 @@ pub fn conv2d_forward<T: Float>(
 }
 
 /// [`conv2d_forward`] in a training step: also returns what the step's
-/// [`conv2d_backward_saved`] reuses (the FFT path's spectra; `None` on the direct path).
+/// [`conv2d_backward`] reuses (the FFT path's spectra; `None` on the direct path).
 pub fn conv2d_forward_saving<T: Float>(
     x: &[T],
     w: &[T],

@@ -518,7 +518,7 @@ pub fn conv2d_forward_fft<T: Float>(
 }
 
 /// [`conv2d_forward_fft`] for a training step: also returns the spectra its backward
-/// ([`conv2d_backward_fft_saved`]) reuses (`None` when there is nothing to transform).
+/// ([`conv2d_backward_fft`]) reuses (`None` when there is nothing to transform).
 pub fn conv2d_forward_fft_saving<T: Float>(
     x: &[T],
     w: &[T],
