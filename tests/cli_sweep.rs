@@ -595,6 +595,14 @@ fn bad_sweep_flags_are_clear_errors() {
             "--shard 3/2",
         ),
         (vec!["sweep", "--merge", "nowhere"], "plan.json"),
+        (
+            vec!["sweep", "--grid", "lr=1e-3,0.001"],
+            "'0.001' repeats '1e-3'",
+        ),
+        (
+            vec!["sweep", "--table3", "--kernel-size", "5"],
+            "cannot be used with",
+        ),
         // option ranges, checked before the corpus is read (it does not exist here)
         (
             vec!["sweep", "--grid", "lr=1e-3,-1"],

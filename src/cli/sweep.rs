@@ -22,7 +22,7 @@ pub struct SweepArgs {
     pub grid: Vec<String>,
     /// The paper's Table 3: kernel sizes 3, 5, 7, 9, 11 (padding k/2), with parameters,
     /// accuracy and F1; also writes table3.md.
-    #[arg(long, conflicts_with = "grid")]
+    #[arg(long, conflicts_with_all = ["grid", "kernel_size"])]
     pub table3: bool,
 }
 

@@ -92,9 +92,19 @@ pub fn shard_from(
             );
         }
         // `--array=0-9%2` and `--array=1-10` both give 10 shards. A list like `--array=1,5,9`
-        // sets MIN/MAX but no step and cannot be told from a range: it would leave shards
-        // unrun, which `--merge` then reports as unfinished units (README: use a range).
+        // sets MIN/MAX like the range 1-9 and would leave shards unrun; Slurm's task count
+        // (3 there) tells the two apart.
         let count = (max - min) / step + 1;
+        if let Some(tasks) = num("SLURM_ARRAY_TASK_COUNT")? {
+            if tasks != count {
+                bail!(
+                    "the Slurm array has {tasks} tasks (SLURM_ARRAY_TASK_COUNT) but the range \
+                     {min}-{max}:{step} has {count}: an index list such as --array=1,5,9 cannot \
+                     be split into shards; submit a range (--array=0-{last}) or give --shard I/N",
+                    last = tasks - 1
+                );
+            }
+        }
         if count > MAX_SHARDS as i64 {
             bail!("Slurm array of {count} tasks: at most {MAX_SHARDS} shards");
         }
@@ -195,6 +205,32 @@ mod tests {
             ("SLURM_ARRAY_TASK_MAX", "3"),
         ]);
         assert!(shard_from(None, None, &bad).is_err());
+        // Slurm sets the task count too; it agrees with a range, and exposes a list.
+        let mut range = vec![
+            ("SLURM_ARRAY_TASK_ID", "15"),
+            ("SLURM_ARRAY_TASK_MIN", "10"),
+            ("SLURM_ARRAY_TASK_MAX", "20"),
+            ("SLURM_ARRAY_TASK_STEP", "5"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ];
+        assert_eq!(
+            shard_from(None, None, &env(&range)).unwrap(),
+            Shard { index: 1, count: 3 }
+        );
+        // --array=1,5,9 (Slurm sets no step for a list)
+        let list = env(&[
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "9"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ]);
+        let msg = format!("{:#}", shard_from(None, None, &list).unwrap_err());
+        assert!(
+            msg.contains("3 tasks") && msg.contains("--array=0-2"),
+            "{msg}"
+        );
+        range[4].1 = "x";
+        assert!(shard_from(None, None, &env(&range)).is_err());
         let partial = env(&[("SLURM_ARRAY_TASK_ID", "1")]);
         let msg = format!("{:#}", shard_from(None, None, &partial).unwrap_err());
         assert!(msg.contains("SLURM_ARRAY_TASK_MIN"), "{msg}");

@@ -81,6 +81,16 @@ pub fn parse_axis(s: &str) -> Result<Axis> {
     if values.is_empty() {
         bail!("--grid {s}: no values");
     }
+    // A repeated value would train the same trial twice (1e-3 and 0.001 are one value).
+    let same = |a: &str, b: &str| {
+        a.eq_ignore_ascii_case(b)
+            || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+    };
+    for (i, v) in values.iter().enumerate() {
+        if let Some(w) = values[..i].iter().find(|w| same(w, v)) {
+            bail!("--grid {s}: '{v}' repeats '{w}'; each value gives one trial");
+        }
+    }
     Ok(Axis { flag, values })
 }
 
@@ -1287,6 +1297,14 @@ mod tests {
         assert_eq!((seeds[0].0.seed, seeds[1].0.fit.seed), (1, 2));
         assert!(parse_axis("n-mels=64,128").is_err());
         assert!(parse_axis("lr").is_err());
+        for dup in [
+            "lr=1e-3,3e-3,0.001",
+            "recipe=paper,Paper",
+            "kernel-size=3,3",
+        ] {
+            let e = parse_axis(dup).unwrap_err();
+            assert!(format!("{e:#}").contains("repeats"), "{dup}: {e:#}");
+        }
         assert!(make_trials(&base, &[parse_axis("lr=fast").unwrap()], 42, 4, false).is_err());
         let recipes = make_trials(
             &base,
