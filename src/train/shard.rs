@@ -184,12 +184,13 @@ mod tests {
             Shard { index: 2, count: 3 }
         );
         // --array=10-20:5 → tasks 10, 15, 20
-        let e = env(&[
+        let stepped = [
             ("SLURM_ARRAY_TASK_ID", "15"),
             ("SLURM_ARRAY_TASK_MIN", "10"),
             ("SLURM_ARRAY_TASK_MAX", "20"),
             ("SLURM_ARRAY_TASK_STEP", "5"),
-        ]);
+        ];
+        let e = env(&stepped);
         assert_eq!(
             shard_from(None, None, &e).unwrap(),
             Shard { index: 1, count: 3 }
@@ -206,18 +207,13 @@ mod tests {
         ]);
         assert!(shard_from(None, None, &bad).is_err());
         // Slurm sets the task count too; it agrees with a range, and exposes a list.
-        let mut range = vec![
-            ("SLURM_ARRAY_TASK_ID", "15"),
-            ("SLURM_ARRAY_TASK_MIN", "10"),
-            ("SLURM_ARRAY_TASK_MAX", "20"),
-            ("SLURM_ARRAY_TASK_STEP", "5"),
-            ("SLURM_ARRAY_TASK_COUNT", "3"),
-        ];
+        let mut range = stepped.to_vec();
+        range.push(("SLURM_ARRAY_TASK_COUNT", "3"));
         assert_eq!(
             shard_from(None, None, &env(&range)).unwrap(),
             Shard { index: 1, count: 3 }
         );
-        // --array=1,5,9 (Slurm sets no step for a list)
+        // --array=1,5,9: MIN 1 and MAX 9 as for the range 1-9, but 3 tasks
         let list = env(&[
             ("SLURM_ARRAY_TASK_ID", "5"),
             ("SLURM_ARRAY_TASK_MIN", "1"),
