@@ -114,7 +114,7 @@ pub struct TrainOpts {
     pub dropout: f32,
     /// Defaults for the flags below that are not given: `paper` (the paper's recipe; the
     /// short preset on the demo corpus) or `strong` (cosine to zero from a 10× higher peak,
-    /// label smoothing 0.1, 40 epochs, no early stopping; README, "A stronger recipe").
+    /// 40 epochs, no early stopping; README, "A stronger recipe").
     #[arg(long, value_enum, default_value_t = Recipe::Paper)]
     pub recipe: Recipe,
     /// Maximum number of epochs [default: 100; 20 on the demo corpus]. With --resume, a
@@ -149,9 +149,9 @@ pub struct TrainOpts {
     /// Clip the global gradient norm to this value (0: off).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub clip_grad: f64,
-    /// Label smoothing, 0 to <1 [default: the recipe's: 0 (paper), 0.1 (strong)].
-    #[arg(long, allow_negative_numbers = true)]
-    pub label_smoothing: Option<f64>,
+    /// Label smoothing, 0 to <1.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub label_smoothing: f64,
     /// Weight the loss by inverse class frequency.
     #[arg(long)]
     pub class_weights: bool,
@@ -251,7 +251,7 @@ impl TrainOpts {
             ("clip-grad", Some(self.clip_grad), Incl(0.0), Incl(1e6)),
             (
                 "label-smoothing",
-                self.label_smoothing,
+                Some(self.label_smoothing),
                 Incl(0.0),
                 Excl(1.0),
             ),
@@ -469,9 +469,7 @@ impl TrainOpts {
             weight_decay: self.weight_decay,
             decoupled_weight_decay: self.adamw,
             clip_grad_norm: self.clip_grad,
-            label_smoothing: self
-                .label_smoothing
-                .unwrap_or(self.recipe_defaults().label_smoothing),
+            label_smoothing: self.label_smoothing,
             class_weights,
         }
     }

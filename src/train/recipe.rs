@@ -3,10 +3,11 @@
 //! `paper` is the paper's recipe on a real corpus (Adam 1e-4, batch 32, reduce-on-plateau,
 //! up to 100 epochs with early stopping) and the short demo preset on the demo corpus.
 //! `strong` is a fixed-budget recipe for this model (README, "A stronger recipe"): a 10× higher
-//! peak learning rate, warmup over the first epoch then cosine decay to zero, label smoothing
-//! 0.1, 40 epochs without early stopping (the best checkpoint is still chosen on the
-//! validation part of the training data). The paper's recipe stays the default, since the
-//! paper's numbers are what `cv` is there to reproduce.
+//! peak learning rate, warmup over the first epoch then cosine decay to zero, 40 epochs
+//! without early stopping (the best checkpoint is still chosen on the validation part of the
+//! training data). No label smoothing: 0.1 was the a-priori choice, but nested searches inside
+//! 3 of EYASE's 5 outer folds chose 0. The paper's recipe stays the default, since the paper's
+//! numbers are what `cv` is there to reproduce.
 
 use crate::train::schedule::Schedule;
 
@@ -25,8 +26,6 @@ pub struct RecipeDefaults {
     pub batch_size: usize,
     pub lr: f64,
     pub schedule: Schedule,
-    /// Used when `--label-smoothing` is left at 0.
-    pub label_smoothing: f64,
     /// Early-stopping patience; `None`: the `--early-stop` flag's value.
     pub early_stop: Option<usize>,
 }
@@ -39,7 +38,6 @@ pub fn defaults(recipe: Recipe, on_demo: bool) -> RecipeDefaults {
             batch_size: 16,
             lr: 1e-3,
             schedule: Schedule::Cosine,
-            label_smoothing: 0.0,
             early_stop: None,
         },
         (Recipe::Paper, false) => RecipeDefaults {
@@ -47,7 +45,6 @@ pub fn defaults(recipe: Recipe, on_demo: bool) -> RecipeDefaults {
             batch_size: 32,
             lr: 1e-4,
             schedule: Schedule::Plateau,
-            label_smoothing: 0.0,
             early_stop: None,
         },
         (Recipe::Strong, _) => RecipeDefaults {
@@ -55,7 +52,6 @@ pub fn defaults(recipe: Recipe, on_demo: bool) -> RecipeDefaults {
             batch_size: 32,
             lr: 1e-3,
             schedule: Schedule::Cosine,
-            label_smoothing: 0.1,
             // A cosine run to zero has its best weights near the end; stopping on a noisy
             // validation loss halfway would cut the low-learning-rate phase that pays most.
             early_stop: Some(usize::MAX),
@@ -75,7 +71,7 @@ mod tests {
         assert_eq!((fit.epochs, fit.batch_size, fit.lr), (40, 32, 1e-3));
         assert_eq!(fit.schedule, Schedule::Cosine);
         assert_eq!(fit.early_stop_patience, usize::MAX);
-        assert_eq!(strong.optim(&[0, 1], 2).label_smoothing, 0.1);
+        assert_eq!(strong.optim(&[0, 1], 2).label_smoothing, 0.0);
         // augmentation is the paper's (noise + SpecAugment)
         assert_eq!(fit.augment, opts(&["--data", "x"]).augment());
         // explicit flags win
@@ -97,16 +93,6 @@ mod tests {
         assert_eq!((fit.epochs, fit.lr), (10, 3e-3));
         assert_eq!(fit.schedule, Schedule::Plateau);
         assert_eq!(mine.optim(&[0], 2).label_smoothing, 0.2);
-        // an explicit 0 switches smoothing off (not "unset": the recipe's 0.1)
-        let off = opts(&[
-            "--data",
-            "x",
-            "--recipe",
-            "strong",
-            "--label-smoothing",
-            "0",
-        ]);
-        assert_eq!(off.optim(&[0], 2).label_smoothing, 0.0);
         // the paper's recipe stays the default, with its early stopping and no smoothing
         let paper = opts(&["--data", "x"]);
         assert_eq!(paper.fit(1).early_stop_patience, 10);

@@ -108,7 +108,7 @@ fn apply(opts: &mut TrainOpts, seed: &mut u64, flag: &str, value: &str) -> Resul
         "epochs" => opts.epochs = Some(num(flag, value)?),
         "batch-size" => opts.batch_size = Some(num(flag, value)?),
         "weight-decay" => opts.weight_decay = num(flag, value)?,
-        "label-smoothing" => opts.label_smoothing = Some(num(flag, value)?),
+        "label-smoothing" => opts.label_smoothing = num(flag, value)?,
         "clip-grad" => opts.clip_grad = num(flag, value)?,
         "noise-prob" => opts.noise_prob = num(flag, value)?,
         "time-mask-frac" => opts.time_mask_frac = num(flag, value)?,
