@@ -340,7 +340,7 @@ fn write_charts(
     line_chart_png(
         &out.join("learning_curve.png"),
         "accuracy per epoch",
-        "accuracy",
+        ("epoch", "accuracy"),
         &[
             curve("train", 0, |r| r.train_accuracy),
             curve("validation", 1, |r| r.val_accuracy),

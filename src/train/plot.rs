@@ -167,7 +167,12 @@ pub struct Series {
 }
 
 /// A line chart with axes, tick labels and a legend.
-pub fn line_chart_png(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Result<()> {
+pub fn line_chart_png(
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    series: &[Series],
+) -> Result<()> {
     let (w, h) = (800i64, 480i64);
     let (left, right, top, bottom) = (80i64, 200i64, 50i64, 50i64);
     let mut cv = Canvas::new(w as usize, h as usize);
@@ -204,7 +209,7 @@ pub fn line_chart_png(path: &Path, title: &str, y_label: &str, series: &[Series]
     }
     cv.line((left, top), (left, h - bottom), BLACK, 1);
     cv.line((left, h - bottom), (w - right, h - bottom), BLACK, 1);
-    cv.text(left, h - 20, "epoch", BLACK, 1);
+    cv.text(left, h - 20, x_label, BLACK, 1);
     cv.text(5, top - 15, y_label, BLACK, 1);
     for (k, s) in series.iter().enumerate() {
         let finite: Vec<&(f64, f64)> = s.points.iter().filter(|p| p.1.is_finite()).collect();
@@ -248,7 +253,7 @@ mod tests {
             points: vec![(1.0, 0.5), (2.0, f64::NAN), (3.0, 0.9)],
             color: PALETTE[0],
         };
-        line_chart_png(&q, "curve", "acc", &[s]).unwrap();
+        line_chart_png(&q, "curve", ("epoch", "acc"), &[s]).unwrap();
         assert!(std::fs::metadata(&q).unwrap().len() > 1000);
     }
 

@@ -870,7 +870,7 @@ fn write_cv_report(out: &Path, report: &Report) -> Result<()> {
     line_chart_png(
         &out.join("learning_curve.png"),
         "validation accuracy per fold",
-        "accuracy",
+        ("epoch", "accuracy"),
         &series,
     )?;
     let json = CvJson {
@@ -1005,14 +1005,15 @@ fn write_sweep_report(out: &Path, report: &Report) -> Result<()> {
             .collect(),
         color: PALETTE[k % PALETTE.len()],
     };
+    let (title, x_label) = if report.kind == PlanKind::Table3 {
+        ("mean over folds vs kernel size", "kernel size")
+    } else {
+        ("mean over folds vs trial", "trial")
+    };
     line_chart_png(
         &out.join("results.png"),
-        if report.kind == PlanKind::Table3 {
-            "mean over folds vs kernel size"
-        } else {
-            "mean over folds vs trial"
-        },
-        "score",
+        title,
+        (x_label, "score"),
         &[
             series("UA", 0, |t| t.ua.mean),
             series("WA", 1, |t| t.wa.mean),
