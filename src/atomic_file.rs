@@ -25,13 +25,74 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = builder
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file", path.display()))?;
+    let kill_at = kill_point(bytes.len());
+    if let Some(KillPoint::After(n)) = kill_at {
+        let _ = tmp
+            .write_all(&bytes[..n])
+            .and_then(|_| tmp.as_file().sync_all());
+        kill_self();
+    }
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .with_context(|| format!("{}: cannot write", path.display()))?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("{}: cannot write", path.display()))?;
+    if let Some(KillPoint::Renamed) = kill_at {
+        kill_self();
+    }
     Ok(())
+}
+
+/// Writes `bytes` to `path` atomically ([`atomic_write`]), or to standard output when `path`
+/// is `-`.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    if path.as_os_str() == "-" {
+        let mut o = std::io::stdout().lock();
+        return o
+            .write_all(bytes)
+            .and_then(|_| o.flush())
+            .context("cannot write to standard output");
+    }
+    atomic_write(path, bytes)
+}
+
+/// Test hook for the kill-during-save tests: with `SER_ENGINE_KILL_AT=K` in the environment the
+/// process kills itself (SIGKILL, as `kill -9` would) at point K of its atomic writes, counted
+/// over the whole process: a file of L bytes has the points "after j bytes of the temporary
+/// file" (j = 0..=L, before the rename) and "just after the rename". Unset (always, outside
+/// tests), it costs one environment look-up per process.
+enum KillPoint {
+    After(usize),
+    Renamed,
+}
+
+fn kill_point(len: usize) -> Option<KillPoint> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static POINTS: AtomicU64 = AtomicU64::new(0);
+    let at = (*AT.get_or_init(|| {
+        std::env::var("SER_ENGINE_KILL_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }))?;
+    let n = len as u64 + 2;
+    let first = POINTS.fetch_add(n, Ordering::SeqCst);
+    let j = at.checked_sub(first).filter(|&j| j < n)?;
+    Some(if j == n - 1 {
+        KillPoint::Renamed
+    } else {
+        KillPoint::After(j as usize)
+    })
+}
+
+fn kill_self() -> ! {
+    // SAFETY: sends a signal to this process; no memory is involved.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
 }
 
 #[cfg(all(test, unix))]

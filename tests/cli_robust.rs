@@ -310,7 +310,6 @@ fn the_same_seed_gives_byte_identical_run_files() {
         "model.safetensors",
         "metrics.jsonl",
         "resume/state.safetensors",
-        "resume/progress.json",
         "confusion.png",
         "learning_curve.png",
     ] {
@@ -400,7 +399,7 @@ fn a_hand_edited_run_folder_is_refused_naming_the_file_and_field() {
         ),
         (
             Box::new(|v| v["model"]["kernel"] = 5.into()),
-            "does not match the model in config.json",
+            "saved for a different model",
         ),
     ];
     for (edit, expected) in cases {

@@ -365,7 +365,6 @@ fn cv_report_shards_and_resume() {
     for f in [
         "model.safetensors",
         "metrics.jsonl",
-        "resume/progress.json",
         "resume/state.safetensors",
     ] {
         std::fs::copy(short.join("fold-1").join(f), unit.join(f)).unwrap();

@@ -6,7 +6,7 @@ use crate::train::data::load_dataset;
 use crate::train::fit::evaluate;
 use crate::train::metrics::per_class_table;
 use crate::train::plot::confusion_png;
-use crate::train::run::{atomic_write, load_run};
+use crate::train::run::load_run;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -21,13 +21,16 @@ pub struct EvalArgs {
     pub data: PathBuf,
     #[command(flatten)]
     pub corpus: CorpusOptions,
-    /// Also write the confusion matrix as a PNG here.
+    /// Also write the confusion matrix as a PNG here (- for standard output). Never one of the
+    /// inputs or a file inside a run folder; the folder must exist.
     #[arg(long)]
     pub confusion_png: Option<PathBuf>,
     /// Clips per evaluation batch: 1 to 4096.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Also write the scores, the per-class table and the confusion matrix as JSON here.
+    /// Also write the scores, the per-class table and the confusion matrix as JSON here (- for
+    /// standard output, which then carries the JSON alone). Never one of the inputs or a file
+    /// inside a run folder; the folder must exist.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Longest stretch of a clip scored, seconds (its middle; > 0, at most 600) [default: the
@@ -46,6 +49,24 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
     )?;
     if let Some(m) = args.max_seconds {
         check_range("max-seconds", m, Limit::Excl(0.0), Limit::Incl(MAX_SECONDS))?;
+    }
+    let outs: Vec<(&str, &std::path::Path)> = [
+        ("--confusion-png", &args.confusion_png),
+        ("--json", &args.json),
+    ]
+    .into_iter()
+    .filter_map(|(o, p)| p.as_deref().map(|p| (o, p)))
+    .collect();
+    super::outputs::check_outputs(&outs, &[&args.data], &[&args.model])?;
+    // `--json -`: standard output carries the JSON report alone
+    let json_to_stdout = args.json.as_deref().is_some_and(super::outputs::is_stdout);
+    if json_to_stdout
+        && args
+            .confusion_png
+            .as_deref()
+            .is_some_and(super::outputs::is_stdout)
+    {
+        bail!("--json - and --confusion-png - both name standard output; give one a file");
     }
     let (cfg, mut backend) = load_run(&args.model, global.device)?;
     let max_seconds = args
@@ -88,7 +109,7 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
         loss, confusion, ..
     } = evaluate(backend.as_mut(), &data, &idx, args.batch_size)?;
     let s = confusion.scores();
-    println!(
+    let summary = format!(
         "{} clips: loss {loss:.4}  accuracy (WA) {:.2}%  UA {:.2}%  micro-F1 {:.2}%  macro-F1 {:.2}%",
         idx.len(),
         100.0 * s.accuracy,
@@ -96,9 +117,16 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
         100.0 * s.micro_f1,
         100.0 * s.macro_f1
     );
+    if json_to_stdout {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
     let per_class = confusion.per_class(&cfg.labels);
-    println!("{}", per_class_table(&per_class));
-    println!("{}", confusion.to_table(&cfg.labels));
+    if !json_to_stdout {
+        println!("{}", per_class_table(&per_class));
+        println!("{}", confusion.to_table(&cfg.labels));
+    }
     if let Some(p) = &args.confusion_png {
         confusion_png(p, &confusion.counts, &cfg.labels, "evaluation")?;
     }
@@ -113,7 +141,9 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
             "labels": cfg.labels,
             "confusion": confusion.counts,
         });
-        atomic_write(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        let mut text = serde_json::to_string_pretty(&report)?;
+        text.push('\n');
+        super::outputs::write_output(p, text.as_bytes())?;
     }
     Ok(())
 }

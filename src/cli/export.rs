@@ -4,7 +4,7 @@
 
 use super::Global;
 use crate::model::onnx::{export_onnx, OPSET};
-use crate::train::run::{atomic_write, RunConfig, RunDir};
+use crate::train::run::{RunConfig, RunDir};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -14,7 +14,8 @@ pub struct ExportArgs {
     /// Run folder written by `ser-engine train`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Write the ONNX model here.
+    /// Write the ONNX model here (- for standard output). Never a file inside a run folder;
+    /// the folder must exist.
     #[arg(long)]
     pub onnx: PathBuf,
 }
@@ -57,6 +58,7 @@ pub fn onnx_metadata(cfg: &RunConfig) -> Result<Vec<(String, String)>> {
 }
 
 pub fn run(args: &ExportArgs, global: &Global) -> Result<()> {
+    super::outputs::check_output("--onnx", &args.onnx, &[], &[&args.model])?;
     let rd = RunDir::open(&args.model)?;
     let cfg = rd.config()?;
     let (params, buffers) = rd
@@ -70,8 +72,8 @@ pub fn run(args: &ExportArgs, global: &Global) -> Result<()> {
         cfg.input_db_scale,
         &onnx_metadata(&cfg)?,
     )?;
-    atomic_write(&args.onnx, &bytes)?;
-    if !global.quiet {
+    super::outputs::write_output(&args.onnx, &bytes)?;
+    if !global.quiet && !super::outputs::is_stdout(&args.onnx) {
         println!(
             "wrote {} ({} bytes, ONNX opset {OPSET}): input log_mel [batch, 1, {}, frames], outputs logits and probabilities [batch, {}] ({})",
             args.onnx.display(),

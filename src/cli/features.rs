@@ -22,6 +22,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Largest `--n-fft` (also the bound on a run's `mel.n_fft`).
+pub const MAX_N_FFT: usize = 1 << 16;
+
 /// File extensions treated as audio when searching folders.
 const AUDIO_EXTS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
 
@@ -36,40 +39,77 @@ pub struct FeaturesArgs {
     /// Also write a PNG picture of each spectrogram.
     #[arg(long)]
     pub png: bool,
-    /// Resample to this rate first (default: keep each file's native rate).
+    /// Resample to this rate first, 1000 to 192000 Hz (default: keep each file's native rate).
     #[arg(long)]
     pub sample_rate: Option<u32>,
-    /// FFT size (even).
+    /// FFT size: even, 2 to 65536.
     #[arg(long, default_value_t = 2048)]
     pub n_fft: usize,
-    /// Hop between frames, samples.
+    /// Hop between frames, samples: 1 to --n-fft.
     #[arg(long, default_value_t = 256)]
     pub hop: usize,
-    /// Number of mel bands.
+    /// Number of mel bands, 1 to 512 (bands left without an FFT bin get a warning).
     #[arg(long, default_value_t = 128)]
     pub n_mels: usize,
-    /// Lowest mel band edge, Hz.
-    #[arg(long, default_value_t = 80.0)]
+    /// Lowest mel band edge, Hz: ≥ 0 and below --fmax.
+    #[arg(long, default_value_t = 80.0, allow_negative_numbers = true)]
     pub fmin: f32,
-    /// Highest mel band edge, Hz.
-    #[arg(long, default_value_t = 7600.0)]
+    /// Highest mel band edge, Hz: at most half the sample rate.
+    #[arg(long, default_value_t = 7600.0, allow_negative_numbers = true)]
     pub fmax: f32,
-    /// Dynamic range kept below the maximum, dB.
-    #[arg(long, default_value_t = 80.0)]
+    /// Dynamic range kept below the maximum, dB: 0 to 200.
+    #[arg(long, default_value_t = 80.0, allow_negative_numbers = true)]
     pub top_db: f32,
     /// Measure throughput (audio-seconds per second) on synthetic audio instead.
     #[arg(long)]
     pub bench: bool,
     /// Files longer than this (seconds) are processed in two streaming passes at bounded
     /// memory instead of decoded whole (same values; no PNG for them).
-    #[arg(long, default_value_t = 600.0, hide = true)]
+    #[arg(
+        long,
+        default_value_t = 600.0,
+        hide = true,
+        allow_negative_numbers = true
+    )]
     pub stream_above: f64,
-    /// Length of the synthetic clip for --bench, seconds.
-    #[arg(long, default_value_t = 60.0, requires = "bench")]
+    /// Length of the synthetic clip for --bench, seconds (> 0, at most 3600).
+    #[arg(
+        long,
+        default_value_t = 60.0,
+        requires = "bench",
+        allow_negative_numbers = true
+    )]
     pub seconds: f64,
 }
 
 impl FeaturesArgs {
+    /// Checks every numeric option against its range before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        use crate::train::options::{check_range, Limit::*, MAX_N_MELS, SAMPLE_RATE_RANGE};
+        let n = |v: usize| v as f64;
+        let (lo, hi) = SAMPLE_RATE_RANGE;
+        if let Some(r) = self.sample_rate {
+            check_range("sample-rate", r.into(), Incl(lo.into()), Incl(hi.into()))?;
+        }
+        check_range("n-fft", n(self.n_fft), Incl(2.0), Incl(n(MAX_N_FFT)))?;
+        if !self.n_fft.is_multiple_of(2) {
+            bail!("--n-fft {}: must be even", self.n_fft);
+        }
+        check_range("hop", n(self.hop), Incl(1.0), Incl(n(self.n_fft)))?;
+        check_range("n-mels", n(self.n_mels), Incl(1.0), Incl(n(MAX_N_MELS)))?;
+        check_range("fmin", self.fmin.into(), Incl(0.0), Excl(self.fmax.into()))?;
+        check_range(
+            "fmax",
+            self.fmax.into(),
+            Excl(0.0),
+            Incl(f64::from(hi) / 2.0),
+        )?;
+        check_range("top-db", self.top_db.into(), Incl(0.0), Incl(200.0))?;
+        check_range("stream-above", self.stream_above, Excl(0.0), Incl(86_400.0))?;
+        check_range("seconds", self.seconds, Excl(0.0), Incl(3_600.0))?;
+        Ok(())
+    }
+
     /// The front-end configuration these flags describe.
     pub fn mel(&self) -> MelConfig {
         MelConfig {
@@ -98,6 +138,7 @@ pub fn run(args: &FeaturesArgs, global: &super::Global) -> Result<()> {
             None => bench(args, global),
         };
     }
+    args.validate()?;
     let out_dir = args.out.as_ref().context("--out is required")?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create output folder", out_dir.display()))?;
@@ -218,6 +259,25 @@ fn collect_jobs(
     (jobs, failures)
 }
 
+/// Warns (once per sample rate) when some mel bands hold no FFT bin, as librosa does: those
+/// rows of the spectrogram are constant silence.
+fn warn_empty_bands(cfg: &MelConfig, sample_rate: u32) {
+    static WARNED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    let empty = cfg.empty_bands(sample_rate);
+    if empty == 0 {
+        return;
+    }
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&sample_rate) {
+        warned.push(sample_rate);
+        eprintln!(
+            "warning: {empty} of the {} mel bands hold no FFT bin at {sample_rate} Hz with \
+             --n-fft {} (their rows are constant); lower --n-mels or raise --n-fft",
+            cfg.n_mels, cfg.n_fft
+        );
+    }
+}
+
 fn is_audio(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
@@ -232,6 +292,7 @@ fn process(src: &Path, dst: &Path, cfg: &MelConfig, args: &FeaturesArgs) -> Resu
     let audio = load_audio(src, args.sample_rate)?;
     cfg.validate(audio.sample_rate)
         .with_context(|| format!("{}: at {} Hz", src.display(), audio.sample_rate))?;
+    warn_empty_bands(cfg, audio.sample_rate);
     let lm = try_log_mel(&audio.samples, audio.sample_rate, cfg)
         .with_context(|| format!("{}", src.display()))?;
     write_outputs(dst, &lm, args)
@@ -254,6 +315,7 @@ fn process_long(src: &Path, dst: &Path, cfg: &MelConfig, args: &FeaturesArgs) ->
     let sr = s1.sample_rate();
     cfg.validate(sr)
         .with_context(|| format!("{}: at {} Hz", src.display(), sr))?;
+    warn_empty_bands(cfg, sr);
     let ex = crate::features::extractor(sr, cfg)?;
     let r = db_reference(&ex, &mut |out: &mut Vec<f32>| s1.read(out), BLOCK_FRAMES)
         .with_context(|| format!("{}", src.display()))?;

@@ -8,6 +8,7 @@ pub mod export;
 pub mod features;
 pub mod gradcheck;
 pub mod info;
+pub mod outputs;
 pub mod predict;
 pub mod sweep;
 pub mod synth;

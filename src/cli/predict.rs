@@ -41,37 +41,42 @@ pub struct PredictArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Also write the rows as CSV here (one row per file, or per window with --window).
+    /// Also write the rows as CSV here (one row per file, or per window with --window); - for
+    /// standard output (instead of the text rows). Never one of the inputs or a file inside a
+    /// run folder; the folder must exist.
     #[arg(long)]
     pub csv: Option<PathBuf>,
-    /// Classify windows of this many seconds instead of whole files.
+    /// Classify windows of this many seconds instead of whole files (> 0, at most 60).
     #[arg(long, allow_negative_numbers = true)]
     pub window: Option<f64>,
-    /// Seconds between window starts [default: the window length].
+    /// Seconds between window starts (> 0, at most 60) [default: the window length].
     #[arg(long, requires = "window", allow_negative_numbers = true)]
     pub hop: Option<f64>,
-    /// Windows whose RMS level is below this (dBFS) are reported silent, not classified.
+    /// Windows whose RMS level is below this (dBFS, -200 to 0) are reported silent, not
+    /// classified.
     #[arg(long, default_value_t = -50.0, allow_negative_numbers = true)]
     pub silence_db: f64,
     /// Classify every window, however quiet.
     #[arg(long)]
     pub keep_silence: bool,
-    /// With --window: write a picture of the probabilities over time (waveform above).
+    /// With --window: write a picture of the probabilities over time (waveform above); - for
+    /// standard output. Never one of the inputs or a file inside a run folder.
     #[arg(long, requires = "window")]
     pub timeline_png: Option<PathBuf>,
-    /// Longest clip classified in one piece; longer files are averaged over windows this long.
-    #[arg(long, default_value_t = 30.0)]
+    /// Longest clip classified in one piece, seconds (> 0, at most 60); longer files are
+    /// averaged over windows this long.
+    #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
     pub max_clip: f64,
     /// Standard input is headerless PCM in this encoding (default: a WAV stream).
     #[arg(long, value_enum)]
     pub raw: Option<PcmFormat>,
-    /// Sample rate of --raw input.
+    /// Sample rate of --raw input, 1000 to 192000 Hz.
     #[arg(long, default_value_t = 16_000)]
     pub rate: u32,
-    /// Channels of --raw input (averaged to mono).
+    /// Channels of --raw input (averaged to mono), 1 to 64.
     #[arg(long, default_value_t = 1)]
     pub channels: u16,
-    /// Windows per model call for files (standard input always uses 1, for latency).
+    /// Windows per model call for files, 1 to 64 (standard input always uses 1, for latency).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
 }
@@ -92,18 +97,48 @@ impl Input {
     }
 }
 
-/// Where rows go: stdout (text or JSON lines) and optionally a CSV file.
+/// Where rows go: stdout (text or JSON lines, unless stdout carries `--csv -` or
+/// `--timeline-png -`) and optionally CSV.
 struct Output {
     json: bool,
+    /// Text or JSON lines on stdout.
+    lines: bool,
     labels: Vec<String>,
-    csv: Option<(csv::Writer<tempfile::NamedTempFile>, PathBuf)>,
+    csv: Option<(csv::Writer<CsvSink>, PathBuf)>,
     bar: ProgressBar,
+}
+
+/// A CSV file being written (a temporary file renamed at the end), or standard output.
+enum CsvSink {
+    File(tempfile::NamedTempFile),
+    Stdout(std::io::Stdout),
+}
+
+impl std::io::Write for CsvSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            CsvSink::File(f) => f.write(buf),
+            CsvSink::Stdout(o) => o.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            CsvSink::File(f) => f.flush(),
+            CsvSink::Stdout(o) => o.flush(),
+        }
+    }
 }
 
 impl Output {
     fn new(args: &PredictArgs, labels: &[String], windows: bool, bar: ProgressBar) -> Result<Self> {
         let csv = match &args.csv {
             None => None,
+            Some(p) if super::outputs::is_stdout(p) => {
+                let mut w = csv::Writer::from_writer(CsvSink::Stdout(std::io::stdout()));
+                w.write_record(csv_head(labels, windows))
+                    .context("cannot write to standard output")?;
+                Some((w, p.clone()))
+            }
             Some(p) => {
                 let dir = p
                     .parent()
@@ -116,24 +151,16 @@ impl Output {
                 let tmp = builder
                     .tempfile_in(dir)
                     .with_context(|| format!("{}: cannot create a temporary file", p.display()))?;
-                let mut w = csv::Writer::from_writer(tmp);
-                let mut head: Vec<String> = if windows {
-                    ["file", "start_s", "end_s", "rms_dbfs", "label"]
-                } else {
-                    ["file", "duration_s", "windows", "label", ""]
-                }
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| s.to_string())
-                .collect();
-                head.extend(labels.iter().cloned());
-                w.write_record(&head)
+                let mut w = csv::Writer::from_writer(CsvSink::File(tmp));
+                w.write_record(csv_head(labels, windows))
                     .with_context(|| format!("{}: cannot write", p.display()))?;
                 Some((w, p.clone()))
             }
         };
+        let to_stdout = |p: &Option<PathBuf>| p.as_deref().is_some_and(super::outputs::is_stdout);
         Ok(Self {
             json: args.json,
+            lines: !to_stdout(&args.csv) && !to_stdout(&args.timeline_png),
             labels: labels.to_vec(),
             csv,
             bar,
@@ -143,6 +170,9 @@ impl Output {
     /// One line to stdout, flushed at once (live use); a closed pipe is an error, not a panic.
     fn print(&self, line: String) -> Result<()> {
         use std::io::Write;
+        if !self.lines {
+            return Ok(());
+        }
         self.bar
             .suspend(|| {
                 let mut o = std::io::stdout().lock();
@@ -177,6 +207,10 @@ impl Output {
             }
             w.write_record(&row)
                 .with_context(|| format!("{}: cannot write", path.display()))?;
+            if super::outputs::is_stdout(path) {
+                // live use: each row as soon as it is known
+                w.flush().context("cannot write to standard output")?;
+            }
         }
         Ok(())
     }
@@ -256,14 +290,30 @@ impl Output {
 
     fn finish(self) -> Result<()> {
         if let Some((w, path)) = self.csv {
-            let tmp = w
+            let sink = w
                 .into_inner()
                 .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
-            tmp.persist(&path)
-                .with_context(|| format!("{}: cannot write", path.display()))?;
+            if let CsvSink::File(tmp) = sink {
+                tmp.persist(&path)
+                    .with_context(|| format!("{}: cannot write", path.display()))?;
+            }
         }
         Ok(())
     }
+}
+
+/// The CSV header: per file or per window, then one column per label.
+fn csv_head(labels: &[String], windows: bool) -> Vec<String> {
+    let fixed: &[&str] = if windows {
+        &["file", "start_s", "end_s", "rms_dbfs", "label"]
+    } else {
+        &["file", "duration_s", "windows", "label"]
+    };
+    fixed
+        .iter()
+        .map(|s| s.to_string())
+        .chain(labels.iter().cloned())
+        .collect()
 }
 
 /// Whether writing our own output failed (e.g. `| head` closed the pipe): stop, do not skip.
@@ -353,18 +403,53 @@ fn open_input(input: &Input, args: &PredictArgs, rate: u32) -> Result<Box<dyn Sa
     at_rate(src, rate)
 }
 
-pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
+/// Longest `--window`, `--hop` and `--max-clip`, seconds: bounds the samples, features and
+/// activations of one window (README, "Bad input").
+pub const MAX_WINDOW_S: f64 = 60.0;
+/// Largest `--batch-size` (windows per model call).
+pub const MAX_BATCH: usize = 64;
+/// Most `--channels` of `--raw` input.
+pub const MAX_CHANNELS: u16 = 64;
+
+/// Checks every numeric option against its range before any work starts.
+fn validate(args: &PredictArgs) -> Result<()> {
+    use crate::train::options::{check_range, Limit::*, SAMPLE_RATE_RANGE};
     for (name, v) in [
-        ("--window", args.window),
-        ("--hop", args.hop),
-        ("--max-clip", Some(args.max_clip)),
+        ("window", args.window),
+        ("hop", args.hop),
+        ("max-clip", Some(args.max_clip)),
     ] {
         if let Some(v) = v {
-            if !(v.is_finite() && v > 0.0) {
-                bail!("{name} must be a positive number of seconds (got {v})");
-            }
+            check_range(name, v, Excl(0.0), Incl(MAX_WINDOW_S))?;
         }
     }
+    check_range("silence-db", args.silence_db, Incl(-200.0), Incl(0.0))?;
+    let (lo, hi) = SAMPLE_RATE_RANGE;
+    check_range("rate", args.rate.into(), Incl(lo.into()), Incl(hi.into()))?;
+    check_range(
+        "channels",
+        args.channels.into(),
+        Incl(1.0),
+        Incl(MAX_CHANNELS.into()),
+    )?;
+    check_range(
+        "batch-size",
+        args.batch_size as f64,
+        Incl(1.0),
+        Incl(MAX_BATCH as f64),
+    )?;
+    let to_stdout = |p: &Option<PathBuf>| p.as_deref().is_some_and(super::outputs::is_stdout);
+    if args.json && (to_stdout(&args.csv) || to_stdout(&args.timeline_png)) {
+        bail!(
+            "--json prints rows on standard output, which --csv - or --timeline-png - would \
+             share; give that option a file"
+        );
+    }
+    Ok(())
+}
+
+pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
+    validate(args)?;
     let inputs = expand_inputs(args)?;
     if args.timeline_png.is_some() && inputs.len() != 1 {
         bail!(
@@ -372,7 +457,43 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
             inputs.len()
         );
     }
+    // Outputs are checked against every input (files, lists) and the model's run folder
+    // before anything is read or written.
+    let mut read: Vec<&Path> = inputs
+        .iter()
+        .filter_map(|i| match i {
+            Input::File(p) => Some(p.as_path()),
+            Input::Stdin => None,
+        })
+        .collect();
+    read.extend(args.list.iter().map(|p| p.as_path()));
+    read.extend(
+        args.inputs
+            .iter()
+            .filter_map(|a| a.strip_prefix('@'))
+            .map(Path::new),
+    );
+    let outs: Vec<(&str, &Path)> = [("--csv", &args.csv), ("--timeline-png", &args.timeline_png)]
+        .into_iter()
+        .filter_map(|(o, p)| p.as_deref().map(|p| (o, p)))
+        .collect();
+    super::outputs::check_outputs(&outs, &read, &[&args.model])?;
     let mut clf = Classifier::load(&args.model, global.device)?;
+    // The shortest window the model takes depends on the run's hop and rate.
+    let min_s = (crate::model::MIN_FRAMES * clf.cfg.mel.hop) as f64 / clf.cfg.sample_rate as f64;
+    for (name, v) in [
+        ("--window", args.window),
+        ("--max-clip", Some(args.max_clip)),
+    ] {
+        if let Some(v) = v.filter(|&v| v < min_s) {
+            bail!(
+                "{name} {v}: shorter than the model's shortest input ({} frames = {min_s:.3} s \
+                 at {} Hz); the range is {min_s:.3} to {MAX_WINDOW_S} s for this model",
+                crate::model::MIN_FRAMES,
+                clf.cfg.sample_rate
+            );
+        }
+    }
     let labels = clf.cfg.labels.clone();
     let bar = if global.progress() && !(inputs.len() == 1 && matches!(inputs[0], Input::Stdin)) {
         ProgressBar::new(inputs.len() as u64).with_style(

@@ -238,7 +238,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     run_cfg.validate()?;
     let progress = match &resume_from {
         Some(_) => {
-            let (p, state) = writer.dir().load_resume()?;
+            let (p, state) = writer.dir().load_resume(&model_cfg)?;
             backend.set_state(&state)?;
             if !global.quiet {
                 eprintln!("resuming {} after epoch {}", out.display(), p.epochs_done);

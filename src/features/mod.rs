@@ -77,6 +77,21 @@ impl Default for MelConfig {
 
 impl MelConfig {
     /// Checks the parameters for audio at `sample_rate` Hz; the error says which is wrong.
+    /// Mel bands that hold no FFT bin at `sample_rate` (librosa's "Empty filters" warning):
+    /// band i covers the open interval between mel edges i and i + 2.
+    pub fn empty_bands(&self, sample_rate: u32) -> usize {
+        let edges = mel::mel_frequencies(self.n_mels + 2, self.fmin as f64, self.fmax as f64);
+        let bin = sample_rate as f64 / self.n_fft.max(1) as f64;
+        (0..self.n_mels)
+            .filter(|&i| {
+                // the first bin above the lower edge lies at or beyond the upper edge
+                // (or past the last bin, n_fft / 2)
+                let k = (edges[i] / bin).floor() + 1.0;
+                k * bin >= edges[i + 2] || k > (self.n_fft / 2) as f64
+            })
+            .count()
+    }
+
     pub fn validate(&self, sample_rate: u32) -> Result<()> {
         if sample_rate == 0 {
             bail!("sample rate must be positive");
@@ -792,5 +807,41 @@ mod tests {
         let cfg = MelConfig::default();
         assert!(try_log_mel(&[0.0, f32::NAN], 16000, &cfg).is_err());
         assert!(try_log_mel(&[0.0; 10], 8000, &cfg).is_err());
+    }
+}
+
+#[cfg(test)]
+mod empty_band_tests {
+    use super::*;
+
+    /// The count from the band edges equals the filter bank's all-zero rows.
+    #[test]
+    fn empty_bands_match_the_filter_bank() {
+        let mut seen_empty = false;
+        for (sr, n_fft, n_mels) in [
+            (16_000, 2048, 128),
+            (16_000, 512, 128),
+            (16_000, 256, 256),
+            (8_000, 128, 64),
+            (48_000, 1024, 512),
+        ] {
+            let cfg = MelConfig {
+                n_fft,
+                n_mels,
+                ..MelConfig::default()
+            };
+            let fb = MelFilterbank::new(sr, n_fft, n_mels, cfg.fmin as f64, cfg.fmax as f64);
+            let dense = fb.to_dense();
+            let zero_rows = dense
+                .chunks(fb.n_bins())
+                .filter(|r| r.iter().all(|&w| w == 0.0))
+                .count();
+            assert_eq!(cfg.empty_bands(sr), zero_rows, "{sr} Hz {n_fft} {n_mels}");
+            seen_empty |= zero_rows > 0;
+        }
+        assert!(
+            seen_empty,
+            "no case with empty bands: the test shows nothing"
+        );
     }
 }

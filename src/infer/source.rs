@@ -83,8 +83,12 @@ pub struct PcmStream<R: Read> {
 impl<R: Read> PcmStream<R> {
     /// Raw PCM without a header.
     pub fn raw(r: R, name: &str, format: PcmFormat, rate: u32, channels: u16) -> Result<Self> {
-        if rate == 0 || channels == 0 {
-            bail!("{name}: --rate and --channels must be positive (got {rate} Hz, {channels} channels)");
+        let (lo, hi) = crate::train::options::SAMPLE_RATE_RANGE;
+        if !(lo..=hi).contains(&rate) || !(1..=64).contains(&channels) {
+            bail!(
+                "{name}: {rate} Hz, {channels} channel(s): need {lo} to {hi} Hz and 1 to 64 \
+                 channels"
+            );
         }
         Ok(Self {
             r,
@@ -196,6 +200,19 @@ impl<R: Read> SampleSource for PcmStream<R> {
             };
             if got == 0 {
                 // End of stream; a partial last frame is dropped.
+                if self.pos == 0 {
+                    bail!(
+                        "{}: no audio: the stream ends before its first sample",
+                        self.name
+                    );
+                }
+                if let Some(left) = self.remaining.filter(|&l| l > 0) {
+                    bail!(
+                        "{}: the stream ends {left} bytes before the end of the audio its WAV \
+                         header announces (cut short)",
+                        self.name
+                    );
+                }
                 return Ok(0);
             }
             if let Some(left) = &mut self.remaining {

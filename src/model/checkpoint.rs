@@ -73,7 +73,7 @@ pub fn save_checkpoint(
 /// metadata as a HashMap and writes it in a different order each run; sorted, the same model
 /// gives the same bytes. The compact JSON of the same entries has the same length in any
 /// order, so the header keeps its size (and the tensor offsets stay valid).
-fn sort_header_keys(bytes: &mut [u8]) -> Result<()> {
+pub(crate) fn sort_header_keys(bytes: &mut [u8]) -> Result<()> {
     type Header = BTreeMap<String, serde_json::Value>;
     let len = bytes
         .get(..8)
@@ -98,12 +98,16 @@ fn sort_header_keys(bytes: &mut [u8]) -> Result<()> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.is_empty() {
+        bail!("{}: is empty (not a checkpoint)", path.display());
+    }
+    Ok(bytes)
 }
 
 fn config_of(path: &Path, bytes: &[u8]) -> Result<(ModelConfig, HashMap<String, String>)> {
     let (_, md) = SafeTensors::read_metadata(bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        .with_context(|| format!("{}: corrupt: not a safetensors file", path.display()))?;
     let info = md.metadata().clone().unwrap_or_default();
     let json = info.get(CONFIG_KEY).with_context(|| {
         format!(
@@ -133,7 +137,8 @@ pub fn load_checkpoint(path: &Path, cfg: &ModelConfig) -> Result<Checkpoint> {
     let (file_cfg, info) = config_of(path, &bytes)?;
     if &file_cfg != cfg {
         bail!(
-            "{} was saved for a different model: file has {:?}, expected {:?}",
+            "{} was saved for a different model: the file has {:?}, the run's config.json (or the \
+             caller) expects {:?}",
             path.display(),
             file_cfg,
             cfg
@@ -181,6 +186,22 @@ pub fn load_checkpoint(path: &Path, cfg: &ModelConfig) -> Result<Checkpoint> {
     let mut buffers = vec![0f32; bl.total()];
     for e in &bl.entries {
         read(&e.name, &e.shape, &mut buffers[e.offset..e.offset + e.len])?;
+    }
+    // A checkpoint with NaN or infinite weights would classify everything as NaN.
+    for (what, v, layout) in [("parameter", &params, &pl.0), ("buffer", &buffers, &bl.0)] {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            let name = layout
+                .entries
+                .iter()
+                .find(|e| (e.offset..e.offset + e.len).contains(&i))
+                .map_or("?", |e| e.name.as_str());
+            bail!(
+                "{}: {what} tensor '{name}' holds a non-finite value ({}); the weights are \
+                 unusable",
+                path.display(),
+                v[i]
+            );
+        }
     }
     let meta = info
         .into_iter()

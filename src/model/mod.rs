@@ -6,7 +6,7 @@
 //! buffer in [`ParamLayout`] order, so checkpoints, optimizers and gradient comparisons work on
 //! plain slices.
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod onnx;
 
 pub use checkpoint::{

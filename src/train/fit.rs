@@ -259,6 +259,17 @@ pub fn fit(
     // depend on the clips, not on the shuffle), so this counts each run's steps exactly.
     let steps_per_epoch = bucketed_batches(&frames, train_idx, cfg.batch_size, None).len();
     let total_steps = steps_per_epoch * cfg.epochs;
+    // Every epoch takes the same number of steps, so a resumed state must have taken exactly
+    // this many: anything else is another run's (or another data set's) state.
+    if progress.step as usize != steps_per_epoch * progress.epochs_done {
+        bail!(
+            "resume/state.safetensors: {} training steps after {} epoch(s), but this training \
+             set takes {} steps per epoch: the state belongs to another run or data set",
+            progress.step,
+            progress.epochs_done,
+            steps_per_epoch
+        );
+    }
     while progress.epochs_done < cfg.epochs && !progress.early.should_stop() {
         let epoch = progress.epochs_done;
         let batches = bucketed_batches(

@@ -105,7 +105,7 @@ impl Canvas {
             w.finish()
                 .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
         }
-        crate::train::run::atomic_write(path, &bytes)
+        crate::atomic_file::write_output(path, &bytes)
     }
 }
 

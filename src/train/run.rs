@@ -530,12 +530,9 @@ impl RunDir {
     /// describes (same model, same labels).
     pub fn load_best(&self, cfg: &RunConfig) -> Result<(Vec<f32>, Vec<f32>)> {
         let path = self.model_path();
-        let (p, b, meta) = load_checkpoint(&path, &cfg.model).with_context(|| {
-            format!(
-                "{}: does not match the model in config.json",
-                path.display()
-            )
-        })?;
+        // the checkpoint's own errors name the file and say what is wrong (missing, empty,
+        // corrupt, another model than config.json's, non-finite weights)
+        let (p, b, meta) = load_checkpoint(&path, &cfg.model)?;
         if let Some(l) = meta.get("labels") {
             let labels: Vec<String> = serde_json::from_str(l)
                 .with_context(|| format!("{}: bad 'labels' metadata", path.display()))?;
@@ -551,6 +548,9 @@ impl RunDir {
         Ok((p, b))
     }
 
+    /// The resume checkpoint: the state's tensors and, in the same file's metadata, the loop's
+    /// progress (one file, one rename: a kill leaves either the old epoch or the new one,
+    /// never one's state beside the other's progress).
     pub fn save_resume(&self, progress: &FitProgress, state: &TrainState) -> Result<()> {
         let views: Vec<(&str, &[f32])> = vec![
             ("params", &state.params),
@@ -570,59 +570,184 @@ impl RunDir {
             .collect();
         let mut meta = HashMap::new();
         meta.insert("adam_t".to_string(), state.adam_t.to_string());
-        let bytes = safetensors::serialize(tensors, Some(meta))?;
-        atomic_write(&self.path.join("resume/state.safetensors"), &bytes)?;
-        atomic_write(
-            &self.path.join("resume/progress.json"),
-            serde_json::to_string(progress)?.as_bytes(),
-        )
+        meta.insert(PROGRESS_KEY.to_string(), serde_json::to_string(progress)?);
+        let mut bytes = safetensors::serialize(tensors, Some(meta))?;
+        // the same state gives the same bytes
+        crate::model::checkpoint::sort_header_keys(&mut bytes)?;
+        atomic_write(&self.resume_path(), &bytes)?;
+        // A run folder from before the single-file format: its separate progress file is stale
+        // from now on.
+        let legacy = self.path.join(LEGACY_PROGRESS);
+        if legacy.exists() {
+            std::fs::remove_file(&legacy)
+                .with_context(|| format!("{}: cannot remove", legacy.display()))?;
+        }
+        Ok(())
     }
 
-    pub fn load_resume(&self) -> Result<(FitProgress, TrainState)> {
-        let pj = self.path.join("resume/progress.json");
-        let ps = self.path.join("resume/state.safetensors");
-        if !pj.is_file() || !ps.is_file() {
+    /// The resume checkpoint's path (`resume/state.safetensors`).
+    pub fn resume_path(&self) -> PathBuf {
+        self.path.join("resume/state.safetensors")
+    }
+
+    /// The resume checkpoint, checked before it is believed: the model size of `model`, finite
+    /// values, Adam's step count equal to the loop's, one history record per epoch done.
+    /// Errors name the file.
+    pub fn load_resume(&self, model: &ModelConfig) -> Result<(FitProgress, TrainState)> {
+        let ps = self.resume_path();
+        if !ps.is_file() {
             bail!(
-                "{}: nothing to resume (no resume/progress.json; the run has not finished an epoch)",
-                self.path.display()
+                "{}: nothing to resume: the file is missing (the run has not finished an epoch, or \
+                 the file was removed)",
+                ps.display()
             );
         }
-        let progress: FitProgress = serde_json::from_str(
-            &std::fs::read_to_string(&pj)
-                .with_context(|| format!("{}: cannot read", pj.display()))?,
-        )
-        .with_context(|| format!("{}: corrupt", pj.display()))?;
         let bytes = std::fs::read(&ps).with_context(|| format!("{}: cannot read", ps.display()))?;
         let (_, meta) = SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{}: not a safetensors file", ps.display()))?;
         let st = SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a safetensors file", ps.display()))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let (progress_text, progress_file) = match meta.get(PROGRESS_KEY) {
+            Some(t) => (t.clone(), ps.clone()),
+            None => {
+                // Run folders written before the single-file format.
+                let pj = self.path.join(LEGACY_PROGRESS);
+                let t = std::fs::read_to_string(&pj).with_context(|| {
+                    format!(
+                        "{}: holds no progress and {} cannot be read",
+                        ps.display(),
+                        pj.display()
+                    )
+                })?;
+                (t, pj)
+            }
+        };
+        let progress: FitProgress = serde_json::from_str(&progress_text)
+            .with_context(|| format!("{}: corrupt progress record", progress_file.display()))?;
         let get = |n: &str| -> Result<Vec<f32>> {
             let t = st
                 .tensor(n)
                 .with_context(|| format!("{}: tensor '{n}' missing", ps.display()))?;
+            if t.dtype() != Dtype::F32 {
+                bail!("{}: tensor '{n}' is not f32", ps.display());
+            }
             Ok(t.data()
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect())
         };
         let adam_t = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("adam_t"))
+            .get("adam_t")
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("{}: adam_t missing", ps.display()))?;
-        Ok((
-            progress,
-            TrainState {
-                params: get("params")?,
-                buffers: get("buffers")?,
-                adam_m: get("adam_m")?,
-                adam_v: get("adam_v")?,
-                adam_t,
-            },
-        ))
+        let state = TrainState {
+            params: get("params")?,
+            buffers: get("buffers")?,
+            adam_m: get("adam_m")?,
+            adam_v: get("adam_v")?,
+            adam_t,
+        };
+        check_resume(&progress, &state, model).with_context(|| {
+            if progress_file == ps {
+                format!("{}: refusing to resume", ps.display())
+            } else {
+                format!(
+                    "{} and {}: refusing to resume",
+                    ps.display(),
+                    progress_file.display()
+                )
+            }
+        })?;
+        Ok((progress, state))
     }
+}
+
+/// Metadata key of the resume checkpoint that holds the loop's progress (JSON).
+const PROGRESS_KEY: &str = "progress";
+/// Where run folders written before the single-file resume checkpoint kept the progress.
+const LEGACY_PROGRESS: &str = "resume/progress.json";
+
+/// The cross-checks of a resume checkpoint (see [`RunDir::load_resume`]).
+fn check_resume(p: &FitProgress, s: &TrainState, model: &ModelConfig) -> Result<()> {
+    use crate::model::{BufferLayout, ParamLayout};
+    let (np, nb) = (
+        ParamLayout::new(model).total(),
+        BufferLayout::new(model).total(),
+    );
+    if s.params.len() != np || s.buffers.len() != nb {
+        bail!(
+            "it holds {} parameters and {} BatchNorm values, but the model in config.json \
+             (channels {:?}, kernel {}, fc {}, hidden {}, n_mels {}, classes {}) has {np} and {nb}: \
+             the state is from another model size",
+            s.params.len(),
+            s.buffers.len(),
+            model.channels,
+            model.kernel,
+            model.fc,
+            model.hidden,
+            model.n_mels,
+            model.classes
+        );
+    }
+    if s.adam_m.len() != np || s.adam_v.len() != np {
+        bail!(
+            "Adam moments hold {} and {} values for {np} parameters",
+            s.adam_m.len(),
+            s.adam_v.len()
+        );
+    }
+    for (name, v) in [
+        ("params", &s.params),
+        ("buffers", &s.buffers),
+        ("adam_m", &s.adam_m),
+        ("adam_v", &s.adam_v),
+    ] {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            bail!("tensor '{name}' holds a non-finite value ({}) at {i}", v[i]);
+        }
+    }
+    if let Some(i) = s.adam_v.iter().position(|&x| x < 0.0) {
+        bail!("tensor 'adam_v' holds a negative second moment at {i}");
+    }
+    if s.adam_t != p.step as u64 {
+        bail!(
+            "Adam has taken {} steps but the progress record says {}: state and progress are \
+             from different epochs",
+            s.adam_t,
+            p.step
+        );
+    }
+    if p.epochs_done == 0 || p.history.len() != p.epochs_done {
+        bail!(
+            "the progress record says {} epochs done with {} history records",
+            p.epochs_done,
+            p.history.len()
+        );
+    }
+    for (i, r) in p.history.iter().enumerate() {
+        let numbers = [
+            r.lr,
+            r.train_loss,
+            r.train_accuracy,
+            r.val_loss,
+            r.val_accuracy,
+            r.val_micro_f1,
+            r.val_macro_f1,
+            r.val_unweighted_accuracy,
+        ];
+        if r.epoch != i + 1 || numbers.iter().any(|x| !x.is_finite()) {
+            bail!(
+                "history record {} is epoch {} or holds a non-finite number",
+                i + 1,
+                r.epoch
+            );
+        }
+    }
+    if !(p.lr.is_finite() && p.lr >= 0.0) {
+        bail!("the progress record's learning rate is {}", p.lr);
+    }
+    Ok(())
 }
 
 /// Reads a run's config and best weights into a backend ready for evaluation, after checking
@@ -643,4 +768,219 @@ pub fn load_run(
     let mut backend = crate::train::backend::make_backend(device, &cfg.model, &cfg.optim, 0)?;
     set_weights(backend.as_mut(), params, buffers)?;
     Ok((cfg, backend))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BufferLayout, ParamLayout};
+    use crate::train::fit::EpochRecord;
+    use crate::train::schedule::{EarlyStopping, ReduceOnPlateau};
+
+    fn small() -> ModelConfig {
+        ModelConfig {
+            n_mels: 16,
+            channels: [4, 8, 8],
+            fc: 8,
+            hidden: 6,
+            classes: 3,
+            ..Default::default()
+        }
+    }
+
+    /// A consistent (progress, state) after `epochs` epochs of 5 steps.
+    fn saved(epochs: usize) -> (FitProgress, TrainState) {
+        let m = small();
+        let (np, nb) = (ParamLayout::new(&m).total(), BufferLayout::new(&m).total());
+        let history = (1..=epochs)
+            .map(|e| EpochRecord {
+                epoch: e,
+                lr: 1e-3,
+                train_loss: 1.0,
+                train_accuracy: 0.5,
+                val_loss: 1.1,
+                val_accuracy: 0.4,
+                val_micro_f1: 0.4,
+                val_macro_f1: 0.3,
+                val_unweighted_accuracy: 0.35,
+                best: e == 1,
+            })
+            .collect();
+        let mut p = FitProgress {
+            epochs_done: epochs,
+            step: 5 * epochs as u32,
+            lr: 1e-3,
+            plateau: ReduceOnPlateau::new(0.5, 3),
+            early: EarlyStopping::new(5),
+            history,
+        };
+        p.early.observe(0, 1.1);
+        p.plateau.step(1.1, p.lr);
+        let s = TrainState {
+            params: (0..np).map(|i| i as f32 * 1e-3).collect(),
+            buffers: vec![1.0; nb],
+            adam_m: vec![0.1; np],
+            adam_v: vec![0.2; np],
+            adam_t: 5 * epochs as u64,
+        };
+        (p, s)
+    }
+
+    fn run_dir() -> (tempfile::TempDir, RunDir) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("resume")).unwrap();
+        let rd = RunDir {
+            path: d.path().to_path_buf(),
+        };
+        (d, rd)
+    }
+
+    fn refusal(rd: &RunDir, m: &ModelConfig) -> String {
+        format!("{:#}", rd.load_resume(m).unwrap_err())
+    }
+
+    #[test]
+    fn resume_round_trip_is_exact() {
+        let (_d, rd) = run_dir();
+        let (p, s) = saved(3);
+        rd.save_resume(&p, &s).unwrap();
+        let (p2, s2) = rd.load_resume(&small()).unwrap();
+        assert_eq!(
+            (p2.epochs_done, p2.step, p2.history),
+            (p.epochs_done, p.step, p.history)
+        );
+        assert_eq!(
+            (s2.params, s2.buffers, s2.adam_m, s2.adam_v, s2.adam_t),
+            (s.params, s.buffers, s.adam_m, s.adam_v, s.adam_t)
+        );
+        // one file: no separate progress file to fall out of step with the state
+        assert!(!rd.path.join(LEGACY_PROGRESS).exists());
+    }
+
+    #[test]
+    fn a_missing_state_file_is_named() {
+        let (_d, rd) = run_dir();
+        let e = refusal(&rd, &small());
+        assert!(
+            e.contains("state.safetensors") && e.contains("missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn state_of_another_model_size_names_the_file_and_the_settings() {
+        let (_d, rd) = run_dir();
+        let (p, s) = saved(1);
+        rd.save_resume(&p, &s).unwrap();
+        let bigger = ModelConfig {
+            hidden: 7,
+            ..small()
+        };
+        let e = refusal(&rd, &bigger);
+        assert!(
+            e.contains("state.safetensors") && e.contains("hidden 7") && e.contains("model size"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_finite_values_in_the_state_are_refused() {
+        for (tensor, value) in [
+            ("params", f32::NAN),
+            ("buffers", f32::INFINITY),
+            ("adam_m", f32::NAN),
+            ("adam_v", -1.0),
+        ] {
+            let (_d, rd) = run_dir();
+            let (p, mut s) = saved(2);
+            let v = match tensor {
+                "params" => &mut s.params,
+                "buffers" => &mut s.buffers,
+                "adam_m" => &mut s.adam_m,
+                _ => &mut s.adam_v,
+            };
+            v[3] = value;
+            rd.save_resume(&p, &s).unwrap();
+            let e = refusal(&rd, &small());
+            assert!(
+                e.contains("state.safetensors") && e.contains(tensor),
+                "{tensor}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn progress_that_disagrees_with_the_state_is_refused() {
+        // epochs_done edited to 50 (history and steps not), Adam one epoch ahead of the loop,
+        // a history record missing
+        // (JSON has no NaN: a non-finite number is written as null, which does not parse)
+        type Edit = Box<dyn Fn(&mut FitProgress, &mut TrainState)>;
+        let cases: Vec<(&str, Edit, &str)> = vec![
+            ("50 epochs", Box::new(|p, _| p.epochs_done = 50), "history"),
+            ("Adam", Box::new(|_, s| s.adam_t += 5), "different epochs"),
+            ("history", Box::new(|p, _| drop(p.history.pop())), "history"),
+            (
+                "non-finite",
+                Box::new(|p, _| p.history[0].val_loss = f64::NAN),
+                "corrupt progress",
+            ),
+        ];
+        for (what, edit, why) in cases {
+            let (_d, rd) = run_dir();
+            let (mut p, mut s) = saved(2);
+            edit(&mut p, &mut s);
+            rd.save_resume(&p, &s).unwrap();
+            let e = refusal(&rd, &small());
+            assert!(
+                e.contains("state.safetensors") && e.contains(why),
+                "{what}: {e}"
+            );
+        }
+    }
+
+    /// A run folder of the two-file format killed between its renames: epoch-2 state beside
+    /// epoch-1 progress. Read, it is refused, naming both files.
+    #[test]
+    fn legacy_state_beside_older_progress_is_refused() {
+        let (_d, rd) = run_dir();
+        let (p1, _) = saved(1);
+        let (_, s2) = saved(2);
+        let tensors: Vec<(String, TensorView)> = [
+            ("params", &s2.params),
+            ("buffers", &s2.buffers),
+            ("adam_m", &s2.adam_m),
+            ("adam_v", &s2.adam_v),
+        ]
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                TensorView::new(Dtype::F32, vec![v.len()], bytemuck::cast_slice(v)).unwrap(),
+            )
+        })
+        .collect();
+        let meta = HashMap::from([("adam_t".to_string(), s2.adam_t.to_string())]);
+        std::fs::write(
+            rd.resume_path(),
+            safetensors::serialize(tensors, Some(meta)).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            rd.path.join(LEGACY_PROGRESS),
+            serde_json::to_string(&p1).unwrap(),
+        )
+        .unwrap();
+        let e = refusal(&rd, &small());
+        assert!(
+            e.contains("progress.json") && e.contains("different epochs"),
+            "{e}"
+        );
+        // the same legacy pair from one epoch is read
+        std::fs::write(
+            rd.path.join(LEGACY_PROGRESS),
+            serde_json::to_string(&saved(2).0).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rd.load_resume(&small()).unwrap().0.epochs_done, 2);
+    }
 }

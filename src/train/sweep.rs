@@ -608,7 +608,7 @@ fn run_unit(
                 dir.display()
             );
         }
-        let (p, state) = rd.load_resume()?;
+        let (p, state) = rd.load_resume(&run_cfg.model)?;
         backend.set_state(&state)?;
         if !runner.quiet {
             eprintln!("{label}: resuming after epoch {}", p.epochs_done);
