@@ -25,7 +25,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = builder
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file", path.display()))?;
-    let kill_at = kill_point(bytes.len());
+    let kill_at = kill_point(path, bytes.len());
     if let Some(KillPoint::After(n)) = kill_at {
         let _ = tmp
             .write_all(&bytes[..n])
@@ -60,26 +60,42 @@ pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Test hook for the kill-during-save tests: with `SER_ENGINE_KILL_AT=K` in the environment the
 /// process kills itself (SIGKILL, as `kill -9` would) at point K of its atomic writes, counted
 /// over the whole process: a file of L bytes has the points "after j bytes of the temporary
-/// file" (j = 0..=L, before the rename) and "just after the rename". Unset (always, outside
-/// tests), it costs one environment look-up per process.
+/// file" (j = 0..=L, before the rename) and "just after the rename". With
+/// `SER_ENGINE_KILL_LOG=FILE`, each write appends "FIRST_POINT POINTS PATH" to FILE, so a test
+/// can aim at every write's first and last point. Unset (always, outside tests), it costs one
+/// environment look-up per process.
 enum KillPoint {
     After(usize),
     Renamed,
 }
 
-fn kill_point(len: usize) -> Option<KillPoint> {
+fn kill_point(path: &Path, len: usize) -> Option<KillPoint> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static HOOK: OnceLock<(Option<u64>, Option<std::path::PathBuf>)> = OnceLock::new();
     static POINTS: AtomicU64 = AtomicU64::new(0);
-    let at = (*AT.get_or_init(|| {
-        std::env::var("SER_ENGINE_KILL_AT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    }))?;
+    let (at, log) = HOOK.get_or_init(|| {
+        (
+            std::env::var("SER_ENGINE_KILL_AT")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            std::env::var_os("SER_ENGINE_KILL_LOG").map(Into::into),
+        )
+    });
+    if at.is_none() && log.is_none() {
+        return None;
+    }
     let n = len as u64 + 2;
     let first = POINTS.fetch_add(n, Ordering::SeqCst);
-    let j = at.checked_sub(first).filter(|&j| j < n)?;
+    if let Some(log) = log {
+        let line = format!("{first} {n} {}\n", path.display());
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+    }
+    let j = at.and_then(|at| at.checked_sub(first)).filter(|&j| j < n)?;
     Some(if j == n - 1 {
         KillPoint::Renamed
     } else {
