@@ -26,7 +26,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub confusion_png: Option<PathBuf>,
     /// Clips per evaluation batch: 1 to 4096.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub batch_size: usize,
     /// Also write the scores, the per-class table and the confusion matrix as JSON here (- for
     /// standard output, which then carries the JSON alone). Never one of the inputs or a file

@@ -40,16 +40,16 @@ pub struct FeaturesArgs {
     #[arg(long)]
     pub png: bool,
     /// Resample to this rate first, 1000 to 192000 Hz (default: keep each file's native rate).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<u32>::new())]
     pub sample_rate: Option<u32>,
     /// FFT size: even, 2 to 65536.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub n_fft: usize,
     /// Hop between frames, samples: 1 to --n-fft.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub hop: usize,
     /// Number of mel bands, 1 to 512 (bands left without an FFT bin get a warning).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub n_mels: usize,
     /// Lowest mel band edge, Hz: ≥ 0 and below --fmax.
     #[arg(long, default_value_t = 80.0, allow_negative_numbers = true)]

@@ -18,10 +18,10 @@ pub struct InfoArgs {
     #[arg(long)]
     pub model_summary: bool,
     /// Convolution kernel size for --model-summary.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub kernel_size: usize,
     /// Number of classes for --model-summary.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub classes: usize,
     /// Leave BatchNorm out of --model-summary.
     #[arg(long)]

@@ -27,7 +27,7 @@ pub struct Global {
     #[arg(long, global = true, default_value_t = 42)]
     pub seed: u64,
     /// Worker threads for CPU work, 1 to 1024 (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub threads: Option<usize>,
     /// Arithmetic of the CPU device's large GEMMs: fp32, or bf16 operands with fp32
     /// accumulation (fp32 weights and Adam; needs AVX512-BF16; cpu device only).

@@ -78,7 +78,8 @@ pub fn check_output(option: &str, out: &Path, inputs: &[&Path], runs: &[&Path]) 
         if c.is_file() {
             c.pop();
         }
-        if target.starts_with(&c) {
+        // (a folder that is not a run is reported as such by the command itself)
+        if c.join("config.json").is_file() && target.starts_with(&c) {
             bail!(
                 "{option} {}: lies inside the run folder {}; refusing to write into a run \
                  (choose a path outside it)",

@@ -2,7 +2,7 @@
 //! window by window, or a live stream on standard input.
 //!
 //! Inputs: files; folders (searched recursively for .wav/.flac/.mp3/.ogg); `@LIST` or
-//! `--list LIST` (a text file with one path per line, `#` comments); `-` (standard input, WAV
+//! `--list LIST` (a text file with one path or `@LIST` per line, `#` comments); `-` (standard input, WAV
 //! or `--raw` PCM). Unreadable inputs are listed and skipped; the exit code is 1 when any were.
 //!
 //! Without `--window` every file is one clip (decoded in parallel); a file longer than
@@ -71,13 +71,13 @@ pub struct PredictArgs {
     #[arg(long, value_enum)]
     pub raw: Option<PcmFormat>,
     /// Sample rate of --raw input, 1000 to 192000 Hz.
-    #[arg(long, default_value_t = 16_000)]
+    #[arg(long, default_value_t = 16_000, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<u32>::new())]
     pub rate: u32,
     /// Channels of --raw input (averaged to mono), 1 to 64.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<u16>::new())]
     pub channels: u16,
     /// Windows per model call for files, 1 to 64 (standard input always uses 1, for latency).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub batch_size: usize,
 }
 
@@ -329,11 +329,13 @@ fn argmax_f64(p: &[f64]) -> usize {
     argmax(&f)
 }
 
-/// Expands folders (recursively, sorted) and list files; keeps the given order otherwise.
+/// Expands folders (recursively, sorted) and list files (a list may name other lists with
+/// `@LIST`); keeps the given order otherwise. A folder without audio files or a list without
+/// entries is an error naming it.
 fn expand_inputs(args: &PredictArgs) -> Result<Vec<Input>> {
     let mut out = Vec::new();
-    let mut lists: Vec<PathBuf> = args.list.clone();
-    let push_path = |out: &mut Vec<Input>, p: PathBuf| {
+    let mut lists: std::collections::VecDeque<PathBuf> = args.list.iter().cloned().collect();
+    let push_path = |out: &mut Vec<Input>, p: PathBuf| -> Result<()> {
         if p.is_dir() {
             let mut found: Vec<PathBuf> = walkdir::WalkDir::new(&p)
                 .follow_links(true)
@@ -342,30 +344,52 @@ fn expand_inputs(args: &PredictArgs) -> Result<Vec<Input>> {
                 .filter(|e| e.file_type().is_file() && is_audio(e.path()))
                 .map(|e| e.into_path())
                 .collect();
+            if found.is_empty() {
+                bail!(
+                    "{}: the folder holds no audio files (searched recursively for .{})",
+                    p.display(),
+                    AUDIO_EXTS.join(", .")
+                );
+            }
             found.sort();
             out.extend(found.into_iter().map(Input::File));
         } else {
             out.push(Input::File(p));
         }
+        Ok(())
     };
     for a in &args.inputs {
         if a == "-" {
             out.push(Input::Stdin);
         } else if let Some(l) = a.strip_prefix('@') {
-            lists.push(PathBuf::from(l));
+            lists.push_back(PathBuf::from(l));
         } else {
-            push_path(&mut out, PathBuf::from(a));
+            push_path(&mut out, PathBuf::from(a))?;
         }
     }
-    for l in &lists {
-        let text = std::fs::read_to_string(l)
+    // lists already read (canonical), so a list naming itself or a cycle is read once
+    let mut seen = std::collections::HashSet::new();
+    while let Some(l) = lists.pop_front() {
+        if !seen.insert(std::fs::canonicalize(&l).unwrap_or_else(|_| l.clone())) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&l)
             .with_context(|| format!("{}: cannot read the list of files", l.display()))?;
+        let mut entries = 0;
         for line in text.lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            push_path(&mut out, PathBuf::from(line));
+            entries += 1;
+            match line.strip_prefix('@') {
+                Some(inner) => lists.push_back(PathBuf::from(inner)),
+                None => push_path(&mut out, PathBuf::from(line))
+                    .with_context(|| format!("{} (listed in {})", line, l.display()))?,
+            }
+        }
+        if entries == 0 {
+            bail!("{}: the list names no files", l.display());
         }
     }
     if out.is_empty() {

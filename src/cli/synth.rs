@@ -13,10 +13,10 @@ pub struct SynthArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Clips per class.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub per_class: usize,
     /// Sample rate of the clips, Hz.
-    #[arg(long, default_value_t = 16_000)]
+    #[arg(long, default_value_t = 16_000, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<u32>::new())]
     pub sample_rate: u32,
 }
 

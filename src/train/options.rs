@@ -60,6 +60,52 @@ pub fn check_range(option: &str, value: f64, lo: Limit, hi: Limit) -> Result<()>
     bail!("--{option} {value}: {first}{range}")
 }
 
+/// clap's parser for whole-number options (`value_parser = Whole::<usize>::new()` with
+/// `allow_negative_numbers = true`): a negative number or a fraction is refused naming the
+/// option and the value, not taken for a flag; the option's own range is checked by its
+/// command's `validate`.
+#[derive(Clone, Copy, Debug)]
+pub struct Whole<T>(std::marker::PhantomData<T>);
+
+impl<T> Whole<T> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T: TryFrom<u64> + Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Whole<T> {
+    type Value = T;
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        let name = arg.and_then(|a| a.get_long()).unwrap_or("value");
+        let why = match text.trim().parse::<i128>() {
+            Ok(v) if v < 0 => "must be ≥ 0 (a whole number; the range is in --help)".to_string(),
+            Ok(_) => match text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|v| T::try_from(v).ok())
+            {
+                Some(v) => return Ok(v),
+                None => "is too large (the range is in --help)".to_string(),
+            },
+            Err(_) => "must be a whole number (the range is in --help)".to_string(),
+        };
+        let mut e = clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!("--{name} {text}: {why}\n"),
+        );
+        e = e.with_cmd(cmd);
+        Err(e)
+    }
+}
+
 /// Sample rates the front end accepts, Hz (telephone speech to studio audio).
 pub const SAMPLE_RATE_RANGE: (u32, u32) = (1_000, 192_000);
 /// Mel bands: a positive multiple of 8 (three 2×2 poolings) up to this many.
@@ -84,13 +130,13 @@ pub struct TrainOpts {
     #[serde(flatten)]
     pub corpus: CorpusOptions,
     /// Resample audio to this rate, 1000 to 192000 Hz (default: the corpus's native rate).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<u32>::new())]
     pub sample_rate: Option<u32>,
     /// Mel bands: a multiple of 8, at most 512.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub n_mels: usize,
     /// Convolution kernel size: odd, at most 31 (3, 5, 7, 9, 11 in the paper).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 7, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub kernel_size: usize,
     /// Longest stretch of a clip the model sees, seconds (> 0, at most 600): a longer training
     /// clip is cropped at a random place each epoch; validation and `eval` score its middle.
@@ -104,10 +150,10 @@ pub struct TrainOpts {
     #[arg(long, hide = true, value_delimiter = ',')]
     pub channels: Option<Vec<usize>>,
     /// Advanced: width of the per-frame FC layer [default: 128].
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub fc_size: Option<usize>,
     /// Advanced: LSTM hidden size per direction [default: 64].
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub hidden_size: Option<usize>,
     /// Dropout probability (conv stages, FC, between LSTM layers).
     #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
@@ -119,10 +165,10 @@ pub struct TrainOpts {
     pub recipe: Recipe,
     /// Maximum number of epochs [default: 100; 20 on the demo corpus]. With --resume, a
     /// larger value extends the run.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub epochs: Option<usize>,
     /// Clips per batch [default: 32, as the paper; 16 on the demo corpus].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub batch_size: Option<usize>,
     /// Adam learning rate [default: 1e-4, as the paper; 1e-3 on the demo corpus].
     #[arg(long, allow_negative_numbers = true)]
@@ -141,10 +187,10 @@ pub struct TrainOpts {
     /// Reduce-on-plateau factor and patience (epochs) on validation loss.
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub plateau_factor: f64,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub plateau_patience: usize,
     /// Stop after this many epochs without a better validation loss.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub early_stop: usize,
     /// Clip the global gradient norm to this value (0: off).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -170,11 +216,11 @@ pub struct TrainOpts {
     pub snr_max: f32,
     /// SpecAugment: number and widest width of frequency masks (bins) and time masks
     /// (fraction of the clip's frames).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub freq_masks: usize,
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub freq_mask_max: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub time_masks: usize,
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub time_mask_frac: f32,
