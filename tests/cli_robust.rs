@@ -481,3 +481,478 @@ fn messages_say_what_is_wrong() {
         .code(1)
         .stderr(contains("is a file; give the run folder"));
 }
+
+/// Issue 26, class 1: an output that names an input (in any spelling: symlink, `./`, `..`) or a
+/// file of a run folder is refused before anything is read or written, leaving every file as
+/// it was; a missing output folder is named; `-` is standard output.
+#[test]
+fn outputs_never_replace_inputs_or_run_files() {
+    let d = tempfile::tempdir().unwrap();
+    let data = corpus(d.path());
+    let run = d.path().join("run");
+    train(&data, &run, &[]).success();
+    let wav = d.path().join("a.wav");
+    let first = std::fs::read_dir(data.join("anger"))
+        .unwrap()
+        .next()
+        .unwrap();
+    std::fs::copy(first.unwrap().path(), &wav).unwrap();
+    std::os::unix::fs::symlink(&wav, d.path().join("link.wav")).unwrap();
+    let list = d.path().join("list.txt");
+    std::fs::write(&list, format!("{}\n", wav.display())).unwrap();
+    let snapshot = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = walkdir::WalkDir::new(dir)
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file() && e.file_name() != "lock")
+            .map(|e| (e.path().to_path_buf(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = snapshot(d.path());
+    let p = |s: &str| d.path().join(s).display().to_string();
+    let (w, r, l) = (p("a.wav"), p("run"), format!("@{}", p("list.txt")));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                r.clone(),
+                w.clone(),
+                "--csv".into(),
+                w.clone(),
+            ],
+            "one of the inputs",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                r.clone(),
+                w.clone(),
+                "--csv".into(),
+                p("link.wav"),
+            ],
+            "one of the inputs",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                r.clone(),
+                w.clone(),
+                "--csv".into(),
+                p("run/../a.wav"),
+            ],
+            "one of the inputs",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                r.clone(),
+                l.clone(),
+                "--csv".into(),
+                p("list.txt"),
+            ],
+            "one of the inputs",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                r.clone(),
+                w.clone(),
+                "--window".into(),
+                "1".into(),
+                "--timeline-png".into(),
+                w.clone(),
+            ],
+            "one of the inputs",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                r.clone(),
+                w.clone(),
+                "--csv".into(),
+                p("run/config.json"),
+            ],
+            "inside the run folder",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                p("run/model.safetensors"),
+                w.clone(),
+                "--csv".into(),
+                p("run/resume/x.csv"),
+            ],
+            "inside the run folder",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                r.clone(),
+                w.clone(),
+                "--csv".into(),
+                p("no/such/x.csv"),
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "predict".into(),
+                "--model".into(),
+                r.clone(),
+                w.clone(),
+                "--csv".into(),
+                "-".into(),
+                "--json".into(),
+            ],
+            "standard output",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--model".into(),
+                r.clone(),
+                "--data".into(),
+                data.display().to_string(),
+                "--json".into(),
+                p("run/config.json"),
+            ],
+            "inside the run folder",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--model".into(),
+                r.clone(),
+                "--data".into(),
+                data.display().to_string(),
+                "--json".into(),
+                p("./run/./model.safetensors"),
+            ],
+            "inside the run folder",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--model".into(),
+                r.clone(),
+                "--data".into(),
+                data.display().to_string(),
+                "--confusion-png".into(),
+                first_file(&data),
+            ],
+            "input folder",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--model".into(),
+                r.clone(),
+                "--data".into(),
+                data.display().to_string(),
+                "--json".into(),
+                p("x"),
+                "--confusion-png".into(),
+                p("x"),
+            ],
+            "the same file",
+        ),
+        (
+            vec![
+                "export".into(),
+                "--model".into(),
+                r.clone(),
+                "--onnx".into(),
+                p("run/model.safetensors"),
+            ],
+            "inside the run folder",
+        ),
+        (
+            vec![
+                "export".into(),
+                "--model".into(),
+                r.clone(),
+                "--onnx".into(),
+                p("run/metrics.jsonl"),
+            ],
+            "inside the run folder",
+        ),
+        (
+            vec![
+                "export".into(),
+                "--model".into(),
+                r.clone(),
+                "--onnx".into(),
+                p("no/x.onnx"),
+            ],
+            "does not exist",
+        ),
+    ];
+    for (args, why) in &cases {
+        ser()
+            .args(args)
+            .assert()
+            .code(1)
+            .stderr(contains(*why))
+            .stderr(no_panic());
+        assert!(snapshot(d.path()) == before, "{args:?} changed a file");
+    }
+    eprintln!("{} output cases refused, nothing touched", cases.len());
+    // `-` is standard output: the CSV rows, the JSON report, the ONNX bytes.
+    let out = ser()
+        .args(["predict", "--model", &r, &w, "--csv", "-"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("file,duration_s,windows,label,"), "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let out = ser()
+        .args(["eval", "--model", &r, "--data"])
+        .arg(&data)
+        .args(["--json", "-"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clips"], 20);
+    let out = ser()
+        .args(["export", "--model", &r, "--onnx", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.len() > 1000);
+}
+
+fn first_file(data: &Path) -> String {
+    let mut f: Vec<PathBuf> = std::fs::read_dir(data.join("anger"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    f.sort();
+    f[0].display().to_string()
+}
+
+/// Issue 26, classes 4 and 5: values out of range for every command are refused before any
+/// work, naming the option and its range; weights, streams and resume files that are bad are
+/// refused naming the file.
+#[test]
+fn bad_values_and_bad_files_are_refused_naming_the_option_or_file() {
+    let d = tempfile::tempdir().unwrap();
+    let data = corpus(d.path());
+    let run = d.path().join("run");
+    train(&data, &run, &[]).success();
+    let r = run.display().to_string();
+    let w = first_file(&data);
+    let out = d.path().join("f").display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["predict", "--model", &r, &w, "--window", "1e12"],
+            "--window 1000000000000: must be ≤ 60",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--window", "1e7"],
+            "--window",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--window", "0.01"],
+            "--window 0.01: shorter than the model's shortest input",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--max-clip", "1e9"],
+            "--max-clip",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--max-clip", "0.01"],
+            "--max-clip 0.01: shorter",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--window", "1", "--hop", "-1"],
+            "--hop -1",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--silence-db", "nan"],
+            "--silence-db NaN",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--silence-db", "5"],
+            "--silence-db 5",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--batch-size", "0"],
+            "--batch-size 0",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--batch-size", "1e8"],
+            "--batch-size 1e8: must be a whole number",
+        ),
+        (
+            vec!["predict", "--model", &r, &w, "--batch-size", "100000000"],
+            "--batch-size 100000000: must be ≤ 64",
+        ),
+        (
+            vec![
+                "predict", "--model", &r, "-", "--raw", "s16le", "--rate", "1",
+            ],
+            "--rate 1: must be ≥ 1000",
+        ),
+        (
+            vec![
+                "predict",
+                "--model",
+                &r,
+                "-",
+                "--raw",
+                "s16le",
+                "--channels",
+                "0",
+            ],
+            "--channels 0",
+        ),
+        (
+            vec!["features", "--out", &out, &w, "--n-fft", "100000000"],
+            "--n-fft 100000000: must be ≤ 65536",
+        ),
+        (
+            vec!["features", "--out", &out, &w, "--n-fft", "511"],
+            "--n-fft 511: must be even",
+        ),
+        (
+            vec!["features", "--out", &out, &w, "--n-mels", "100000"],
+            "--n-mels 100000: must be ≤ 512",
+        ),
+        (vec!["features", "--out", &out, &w, "--hop", "0"], "--hop 0"),
+        (
+            vec!["features", "--out", &out, &w, "--top-db", "-1"],
+            "--top-db -1",
+        ),
+        (
+            vec!["features", "--out", &out, &w, "--sample-rate", "10"],
+            "--sample-rate 10",
+        ),
+        (vec!["train", "--epochs", "-1"], "--epochs -1: must be ≥ 0"),
+        (
+            vec!["eval", "--model", &r, "--data", &w, "--batch-size", "-5"],
+            "--batch-size -5: must be ≥ 0",
+        ),
+    ];
+    for (args, why) in &cases {
+        ser()
+            .args(args)
+            .assert()
+            .failure()
+            .stderr(contains(*why))
+            .stderr(no_panic());
+    }
+    assert!(
+        !d.path().join("f").exists(),
+        "features wrote before its options were checked"
+    );
+    // Empty mel bands: a warning (as librosa's), the features still written.
+    ser_loud_features(&out, &w)
+        .success()
+        .stderr(contains("of the 512 mel bands hold no FFT bin"));
+    // A WAV header and then the end of the stream: no audio, an error, not "(silent)".
+    let wav = std::fs::read(&w).unwrap();
+    let data_at = wav.windows(4).position(|c| c == b"data").unwrap() + 8;
+    for (stdin, why) in [
+        (wav[..data_at].to_vec(), "no audio"),
+        (wav[..30].to_vec(), "ends inside the WAV header"),
+        (wav[..wav.len() / 2].to_vec(), "cut short"),
+    ] {
+        ser()
+            .args(["predict", "--model", &r, "-"])
+            .write_stdin(stdin)
+            .assert()
+            .code(1)
+            .stderr(contains("standard input"))
+            .stderr(contains(why));
+    }
+    // Lists: a list inside a list is read; an empty folder or list is named.
+    let inner = d.path().join("inner.txt");
+    let outer = d.path().join("outer.txt");
+    std::fs::write(&inner, format!("{w}\n@{}\n", outer.display())).unwrap();
+    std::fs::write(&outer, format!("@{}\n", inner.display())).unwrap();
+    ser()
+        .args(["predict", "--model", &r])
+        .arg(format!("@{}", outer.display()))
+        .assert()
+        .success()
+        .stdout(contains("anger"));
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    ser()
+        .args(["predict", "--model", &r])
+        .arg(&empty)
+        .assert()
+        .code(1)
+        .stderr(contains("empty: the folder holds no audio files"));
+    // Weights holding NaN are refused by every command that loads them.
+    let bad = d.path().join("bad");
+    copy_run(&run, &bad);
+    let m = bad.join("model.safetensors");
+    let mut bytes = std::fs::read(&m).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let meta: serde_json::Value = serde_json::from_slice(&bytes[8..header]).unwrap();
+    let at = header + meta["conv1.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&m, &bytes).unwrap();
+    let b = bad.display().to_string();
+    let onnx = d.path().join("x.onnx").display().to_string();
+    for args in [
+        vec!["predict", "--model", &b, &w],
+        vec!["eval", "--model", &b, "--data", &w],
+        vec!["export", "--model", &b, "--onnx", &onnx],
+    ] {
+        ser()
+            .args(&args)
+            .assert()
+            .code(1)
+            .stderr(contains("model.safetensors"))
+            .stderr(contains("non-finite"));
+    }
+    // An empty or corrupt checkpoint is named as such, not as another model's.
+    for (contents, why) in [(&b""[..], "is empty"), (&b"garbage!garbage"[..], "corrupt")] {
+        std::fs::write(&m, contents).unwrap();
+        ser()
+            .args(["predict", "--model", &b, &w])
+            .assert()
+            .code(1)
+            .stderr(contains(why))
+            .stderr(contains("different model").not());
+    }
+    // A missing resume state is named as such.
+    std::fs::remove_file(bad.join("resume/state.safetensors")).unwrap();
+    ser()
+        .args(["train", "--resume", &b])
+        .assert()
+        .code(1)
+        .stderr(contains("resume/state.safetensors: nothing to resume"));
+    eprintln!("{} option cases refused", cases.len());
+}
+
+fn ser_loud_features(out: &str, wav: &str) -> assert_cmd::assert::Assert {
+    common::cli::ser_loud()
+        .args([
+            "features", "--out", out, wav, "--n-mels", "512", "--n-fft", "256",
+        ])
+        .assert()
+}
+
+fn copy_run(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let dst = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+        } else if e.file_name() != "lock" {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}

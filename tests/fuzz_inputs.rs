@@ -3,6 +3,8 @@
 //! magic), corpus file-name parsing, and run-folder loading (mutated config.json beside a
 //! real checkpoint). Each case must return (Ok or a clear Err), never panic, and never ask
 //! for more than ALLOC_LIMIT bytes in one allocation or hold more than PEAK_LIMIT at once.
+//! Also: mutated resume checkpoints and best-weights checkpoints (refused naming the file, or
+//! read back consistent and finite), and predict's windows over mutated WAV streams.
 //! A bounded number of cases (CASES per property) keeps this a few seconds in `cargo test`.
 
 mod common;
@@ -11,6 +13,9 @@ use common::cli::{run_ok, ser};
 use proptest::prelude::*;
 use ser_engine::audio::corpus::{parse_named, CorpusFormat};
 use ser_engine::audio::decode::{load_audio, probe_audio};
+use ser_engine::infer::source::{at_rate, PcmStream};
+use ser_engine::infer::{run_windows, Classifier, WindowConfig};
+use ser_engine::train::run::RunDir;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -201,6 +206,129 @@ proptest! {
         bounded("config", || {
             if let Ok((cfg, _)) = ser_engine::train::run::load_run(dir.path(), ser_engine::device::DeviceChoice::Cpu) {
                 assert_eq!(cfg.labels.len(), cfg.model.classes);
+            }
+        })?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(CASES),
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed()),
+        ..ProptestConfig::default()
+    })]
+
+    /// The resume checkpoint with bytes overwritten (header, progress record, tensors) or cut
+    /// short: refused with an error naming it, or read back consistent (Adam's step count
+    /// equal to the loop's, one history record per epoch, finite values).
+    #[test]
+    fn mutated_resume_states_load_consistent_or_fail_cleanly(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let run = run_folder();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("resume")).unwrap();
+        let mut bytes = std::fs::read(run.join("resume/state.safetensors")).unwrap();
+        for (i, b) in edits {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.index(bytes.len()));
+        }
+        std::fs::write(dir.path().join("resume/state.safetensors"), &bytes).unwrap();
+        let cfg = RunDir::open(&run).unwrap().config().unwrap();
+        let rd = RunDir { path: dir.path().to_path_buf() };
+        bounded("resume state", || match rd.load_resume(&cfg.model) {
+            Ok((p, s)) => {
+                assert_eq!(s.adam_t, p.step as u64);
+                assert_eq!(p.history.len(), p.epochs_done);
+                assert!(s.params.iter().chain(&s.adam_m).chain(&s.adam_v).all(|x| x.is_finite()));
+            }
+            Err(e) => assert!(format!("{e:#}").contains("state.safetensors"), "{e:#}"),
+        })?;
+    }
+
+    /// The best-weights checkpoint with bytes overwritten or cut short: refused naming it, or
+    /// loaded with finite weights only (NaN weights are never taken).
+    #[test]
+    fn mutated_checkpoints_load_finite_or_fail_cleanly(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        in_data in any::<bool>(),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let run = run_folder();
+        let mut bytes = std::fs::read(run.join("model.safetensors")).unwrap();
+        let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        for (i, b) in edits {
+            // in the tensors (NaN, inf and other values) or anywhere (the header too)
+            let i = if in_data { header + i.index(bytes.len() - header) } else { i.index(bytes.len()) };
+            bytes[i] = b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.index(bytes.len()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let cfg = RunDir::open(&run).unwrap().config().unwrap();
+        bounded("checkpoint", || match ser_engine::model::load_checkpoint(&path, &cfg.model) {
+            Ok((p, b, _)) => assert!(p.iter().chain(&b).all(|x| x.is_finite())),
+            Err(e) => assert!(format!("{e:#}").contains("model.safetensors"), "{e:#}"),
+        })?;
+    }
+
+    /// predict's window machinery on a WAV stream from a pipe (mutated header and samples, cut
+    /// anywhere) with windows, hops, silence thresholds and batches from their ranges: every
+    /// window inside the stream and probabilities that sum to 1, or a clean error.
+    #[test]
+    fn windows_over_mutated_wav_streams_classify_or_fail_cleanly(
+        samples in 0usize..40_000,
+        edits in prop::collection::vec((0usize..64, any::<u8>()), 0..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+        window_s in 0.13f64..3.0,
+        hop_s in 0.05f64..3.0,
+        silence in prop::option::of(-200.0f64..0.0),
+        batch in 1usize..=64,
+    ) {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = wav_bytes(16_000, 1, 16, samples);
+        for (pos, b) in edits {
+            let i = pos % bytes.len();
+            bytes[i] = b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.index(bytes.len()));
+        }
+        let run = run_folder();
+        let mut clf = Classifier::load(&run, ser_engine::device::DeviceChoice::Cpu).unwrap();
+        let wc = WindowConfig { window_s, hop_s, silence_dbfs: silence, batch };
+        bounded("windows", || {
+            let src = PcmStream::wav(std::io::Cursor::new(bytes), "standard input")
+                .and_then(|s| at_rate(Box::new(s), 16_000));
+            let mut rows = Vec::new();
+            let res = src.and_then(|mut src| {
+                run_windows(&mut clf, src.as_mut(), &wc, |_| {}, |r| {
+                    rows.push(r);
+                    Ok(())
+                })
+            });
+            match res {
+                Ok(dur) => {
+                    for r in &rows {
+                        assert!(r.start_s >= 0.0 && r.end_s <= dur + 1e-9 && r.start_s < r.end_s);
+                        if let Some(p) = &r.probabilities {
+                            let sum: f64 = p.iter().sum();
+                            assert!((sum - 1.0).abs() < 1e-6 && p.iter().all(|x| x.is_finite()));
+                        }
+                    }
+                }
+                Err(e) => assert!(format!("{e:#}").contains("standard input")
+                    || format!("{e:#}").contains("Hz"), "{e:#}"),
             }
         })?;
     }

@@ -76,7 +76,8 @@ pub struct PredictArgs {
     /// Channels of --raw input (averaged to mono), 1 to 64.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<u16>::new())]
     pub channels: u16,
-    /// Windows per model call for files, 1 to 64 (standard input always uses 1, for latency).
+    /// Windows per model call for files, 1 to 64, lowered so that a call holds at most 64 s of
+    /// audio (standard input always uses 1, for latency).
     #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub batch_size: usize,
 }
@@ -432,6 +433,9 @@ fn open_input(input: &Input, args: &PredictArgs, rate: u32) -> Result<Box<dyn Sa
 pub const MAX_WINDOW_S: f64 = 60.0;
 /// Largest `--batch-size` (windows per model call).
 pub const MAX_BATCH: usize = 64;
+/// Audio per model call, seconds: `--batch-size` is lowered to fit (16 windows of 4 s, 2 of
+/// 30 s, 1 of 60 s).
+pub const MAX_BATCH_AUDIO_S: f64 = 64.0;
 /// Most `--channels` of `--raw` input.
 pub const MAX_CHANNELS: u16 = 64;
 
@@ -542,7 +546,11 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
                 window_s,
                 hop_s: args.hop.unwrap_or(window_s),
                 silence_dbfs: (!args.keep_silence).then_some(args.silence_db),
-                batch: args.batch_size,
+                // at most MAX_BATCH_AUDIO_S of audio per model call: memory grows with
+                // windows × length
+                batch: args
+                    .batch_size
+                    .min(((MAX_BATCH_AUDIO_S / window_s) as usize).max(1)),
             };
             for input in &inputs {
                 let name = input.name();
