@@ -1,3 +1,7 @@
+//! The `ser-engine` binary: parses the command line ([`ser_engine::cli::Cli`]), applies the
+//! global options (threads, precision) and dispatches to the subcommand's `run` in `cli`.
+//! May use `cli` and the process-wide CPU settings (`cpu::alloc`, `cpu::bf16`).
+
 use clap::Parser;
 use ser_engine::cli::{self, Cli, Command};
 

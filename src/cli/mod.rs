@@ -1,5 +1,7 @@
 //! One file per subcommand: its clap arguments and its `run`; the whole command line ([`Cli`]).
 //! `main.rs` only parses and dispatches.
+//!
+//! Layer: cli, the top. May use every other module.
 
 pub mod bench;
 pub mod check;

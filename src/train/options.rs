@@ -1,6 +1,10 @@
 //! Corpus, features, model and training options shared by every command that trains
 //! (`train`, `cv`): the clap flags, their presets (the paper's recipe on a real corpus, a short
 //! one on the demo corpus) and the configs they turn into.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::audio::corpus::CorpusOptions;
 use crate::features::augment::AugmentConfig;

@@ -8,6 +8,10 @@
 //! training data). No label smoothing: 0.1 was the a-priori choice, but nested searches inside
 //! 3 of EYASE's 5 outer folds chose 0. The paper's recipe stays the default, since the paper's
 //! numbers are what `cv` is there to reproduce.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::train::schedule::Schedule;
 

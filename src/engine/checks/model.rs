@@ -11,6 +11,10 @@
 //! `CpuBackend` (f32 on both sides, same update order): Adam divides by √v, which maps a
 //! relative gradient error to at most the same relative update error, so after 3 steps the
 //! parameters agree far inside 1e-4 (the update is lr·O(1) on parameters of size ~0.3).
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use super::util::{check, f64s};
 use crate::cpu::gradcheck::small_config;
