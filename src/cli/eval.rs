@@ -70,6 +70,7 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
     {
         bail!("--json - and --confusion-png - both name standard output; give one a file");
     }
+    crate::cpu::conv::bound_inference_memory();
     let (cfg, mut backend) = load_run(&args.model, global.device)?;
     let max_seconds = args
         .max_seconds

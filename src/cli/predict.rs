@@ -480,6 +480,7 @@ fn validate(args: &PredictArgs) -> Result<()> {
 
 pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
     validate(args)?;
+    crate::cpu::conv::bound_inference_memory();
     let inputs = expand_inputs(args)?;
     if args.timeline_png.is_some() && inputs.len() != 1 {
         bail!(

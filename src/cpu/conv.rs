@@ -145,9 +145,37 @@ pub fn conv2d_forward<T: Float>(
     s: &ConvShape,
     y: &mut [T],
 ) {
-    match conv_algo::<T>(s) {
+    // Bounded inference (predict, eval): the direct convolution, whose scratch is per clip and
+    // in proportion to its length (so a call's memory follows the audio in it, not the thread
+    // count); the FFT's weight spectrum grows with the clip and its timing would allocate the
+    // training buffers too.
+    let algo = if INFERENCE_BOUNDED.load(std::sync::atomic::Ordering::Relaxed) {
+        ConvAlgo::Direct
+    } else {
+        conv_algo::<T>(s)
+    };
+    match algo {
         ConvAlgo::Direct => conv2d_forward_direct(x, w, bias, lens, s, y),
         ConvAlgo::Fft => super::fftconv::conv2d_forward_fft(x, w, bias, lens, s, y),
+    }
+}
+
+/// Set by [`bound_inference_memory`].
+static INFERENCE_BOUNDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on inference convolutions ([`conv2d_forward`]) use bounded memory at any clip
+/// length and thread count, and [`end_inference_call`] frees the threads' kept scratch
+/// (`predict`, `eval`; training keeps the tuner's choice and its buffers).
+pub fn bound_inference_memory() {
+    INFERENCE_BOUNDED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Frees the threads' kept scratch after an inference call once memory is bounded (each
+/// thread would otherwise keep buffers for the largest clip it ever handled); a no-op
+/// otherwise.
+pub fn end_inference_call() {
+    if INFERENCE_BOUNDED.load(std::sync::atomic::Ordering::Relaxed) {
+        super::scratch::release_all_scratch();
     }
 }
 

@@ -27,6 +27,19 @@ pub(crate) fn with_thread_scratch<S: Default + 'static, R>(f: impl FnOnce(&mut S
     r
 }
 
+/// Frees every scratch buffer this thread keeps.
+fn release_thread_scratch() {
+    SCRATCH.with(|c| c.borrow_mut().clear());
+}
+
+/// Frees the scratch every thread of the current rayon pool (and the calling thread) keeps:
+/// between inference calls, so memory does not grow with the thread count (each thread
+/// would otherwise keep buffers for the largest clip it ever handled).
+pub fn release_all_scratch() {
+    rayon::broadcast(|_| release_thread_scratch());
+    release_thread_scratch();
+}
+
 /// Grows `v` to at least `n` elements (new ones default, i.e. zero) and returns its first `n`;
 /// values left from earlier calls are unspecified: callers overwrite what they read.
 pub(crate) fn grow<V: Clone + Default>(v: &mut Vec<V>, n: usize) -> &mut [V] {

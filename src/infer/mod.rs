@@ -61,6 +61,7 @@ impl Classifier {
             -self.cfg.mel.top_db,
         );
         let logits = self.backend.eval_logits(&batch)?;
+        crate::cpu::conv::end_inference_call();
         Ok(logits.chunks(self.backend.classes()).map(softmax).collect())
     }
 }
