@@ -4,7 +4,7 @@
 //! RUN_DIR/config.json         labels, sample rate, features, model, training settings
 //! RUN_DIR/model.safetensors   best weights by validation loss (PyTorch state_dict names)
 //! RUN_DIR/metrics.jsonl       one JSON line per epoch
-//! RUN_DIR/resume/             last epoch's full state (weights, Adam moments, loop state)
+//! RUN_DIR/resume/state.safetensors  last epoch: weights, Adam moments and loop progress (one file)
 //! ```
 //! Every file is written to a temporary file in the same folder and renamed into place, so an
 //! interrupted run never leaves a half-written file.
