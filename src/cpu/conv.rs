@@ -176,6 +176,7 @@ pub fn bound_inference_memory() {
 pub fn end_inference_call() {
     if INFERENCE_BOUNDED.load(std::sync::atomic::Ordering::Relaxed) {
         super::scratch::release_all_scratch();
+        super::alloc::return_freed_memory();
     }
 }
 
