@@ -41,23 +41,6 @@ pub fn keep_freed_memory() -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// glibc accepts the settings (the values are within its documented limits), and memory
-    /// still works afterwards.
-    #[test]
-    fn mallopt_accepted() {
-        let ok = keep_freed_memory();
-        if cfg!(all(target_os = "linux", target_env = "gnu")) {
-            assert!(ok, "mallopt rejected the thresholds");
-        }
-        let v = vec![1u8; 40 << 20];
-        assert_eq!(v.iter().map(|&x| x as usize).sum::<usize>(), 40 << 20);
-    }
-}
-
 /// Hands the free memory of every allocator arena back to the OS (glibc `malloc_trim`): with
 /// [`keep_freed_memory`] each thread's arena keeps the blocks it freed, so a process that ran
 /// work on many threads holds about one set per thread. Bounded inference calls it after each
@@ -72,5 +55,22 @@ pub fn return_freed_memory() {
         unsafe {
             malloc_trim(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// glibc accepts the settings (the values are within its documented limits), and memory
+    /// still works afterwards.
+    #[test]
+    fn mallopt_accepted() {
+        let ok = keep_freed_memory();
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            assert!(ok, "mallopt rejected the thresholds");
+        }
+        let v = vec![1u8; 40 << 20];
+        assert_eq!(v.iter().map(|&x| x as usize).sum::<usize>(), 40 << 20);
     }
 }
