@@ -557,3 +557,53 @@ fn features_of_a_long_recording_streamed_in_two_passes_equal_the_whole_clip() {
     // features::long): 1e-4 dB.
     assert!(worst <= 1e-4, "max diff {worst} dB");
 }
+
+/// Issue 26: `predict` with the paper-size model stays within 512 MiB at many threads, for
+/// the default rule (30 s windows averaged) and for batched short windows: the peak grew with
+/// the thread count before the inference scratch and the allocator arenas were released after
+/// each model call (627 MiB at 32 threads for `--window 4`, guide "Bad input").
+#[test]
+fn paper_size_predict_stays_within_512_mib_at_32_threads() {
+    let (corpus, _) = tiny_run();
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("paper");
+    ser()
+        .arg("train")
+        .arg("--data")
+        .arg(corpus)
+        .arg("--out")
+        .arg(&run)
+        .args(["--epochs", "1", "--batch-size", "8"])
+        .assert()
+        .success();
+    let wav = d.path().join("two-minutes.wav");
+    let piece = recording(60.0, 0.5);
+    write_wav(&wav, &[piece.clone(), piece].concat());
+    for opts in [&[][..], &["--window", "4"][..], &["--window", "30"][..]] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ser-engine"));
+        cmd.args([
+            "-q",
+            "--device",
+            "cpu",
+            "--threads",
+            "32",
+            "predict",
+            "--model",
+        ])
+        .arg(&run)
+        .arg(&wav)
+        .args(opts)
+        .arg("--csv")
+        .arg(d.path().join("out.csv"));
+        let (code, peak, _) = run_measuring_peak_rss(cmd);
+        assert_eq!(code, 0, "{opts:?}");
+        eprintln!(
+            "{opts:?}: peak RSS {:.1} MiB",
+            peak as f64 / (1 << 20) as f64
+        );
+        assert!(
+            peak > 0 && peak < 512 << 20,
+            "{opts:?}: peak RSS {peak} bytes"
+        );
+    }
+}
