@@ -8,14 +8,14 @@
 //!   the host emulation's, not GPU times; FLOP and bytes are the device's all the same.
 
 use super::Global;
+use crate::backend::batch::Batch;
+use crate::backend::OptimConfig;
 use crate::cpu::conv::conv_choice;
 use crate::device::profile::{summarize, Summary};
 use crate::device::DeviceChoice;
 use crate::model::ModelConfig;
 use crate::rng::{Purpose, Stream};
-use crate::train::backend::make_backend;
-use crate::train::backend::OptimConfig;
-use crate::train::data::Batch;
+use crate::train::devices::make_backend;
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
 use std::time::Instant;

@@ -12,6 +12,7 @@
 pub mod adam;
 pub mod alloc;
 pub mod attention;
+pub mod backend;
 pub mod batchnorm;
 pub mod bench;
 pub mod bf16;

@@ -56,12 +56,11 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::cudnn::{result as cr, sys};
 use cudarc::driver::DevicePtr;
 
-use super::cnn::{
-    bias_grad_chunks, conv2d_backward_with, conv2d_forward_with, reduce_chunks_acc, ConvScratch,
-};
+use super::cnn::{conv2d_backward_with, conv2d_forward_with, reduce_chunks_acc, ConvScratch};
+use crate::backend::memory::bias_grad_chunks;
 use crate::cpu::conv::ConvShape;
 use crate::device::cost::{ConvPass, Cost};
-use crate::device::cuda::{guarded, libraries_present};
+use crate::device::cuda::{cudnn_disabled_by_env, guarded, libraries_present};
 use crate::device::profile;
 use crate::device::{
     blocks_for, count, AsView, CudaDevice, Device, DeviceBuffer, DeviceSlice, DeviceSliceMut, Mem,
@@ -79,15 +78,6 @@ pub enum ConvBackend {
     Kernels,
     /// cuDNN; an error on sim, without libcudnn, or when it fails to start.
     Cudnn,
-}
-
-/// Whether `SER_NO_CUDNN` asks for our kernels (set, non-empty and not "0").
-pub fn disabled_by_env() -> bool {
-    flag_set(std::env::var_os("SER_NO_CUDNN").as_deref())
-}
-
-fn flag_set(v: Option<&std::ffi::OsStr>) -> bool {
-    v.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 const BLOCK: u32 = 256;
@@ -771,7 +761,7 @@ impl CudnnConv {
                 return Ok(shapes.to_vec());
             }
             let auto = self.backend == ConvBackend::Auto;
-            if auto && (disabled_by_env() || !libraries_present().2) {
+            if auto && (cudnn_disabled_by_env() || !libraries_present().2) {
                 self.declined = true;
                 return Ok(shapes.to_vec());
             }
@@ -1197,15 +1187,5 @@ mod tests {
         failed.ok = false;
         assert_eq!(choose(std::iter::once(failed), 100), None);
         assert_eq!(choose(c().into_iter().take(2), 100), None);
-    }
-
-    #[test]
-    fn ser_no_cudnn_values() {
-        use std::ffi::OsStr;
-        assert!(!flag_set(None));
-        assert!(!flag_set(Some(OsStr::new(""))));
-        assert!(!flag_set(Some(OsStr::new("0"))));
-        assert!(flag_set(Some(OsStr::new("1"))));
-        assert!(flag_set(Some(OsStr::new("yes"))));
     }
 }

@@ -1,7 +1,5 @@
 //! Training: loop, schedule, early stopping, metrics, splits and cross-validation.
 
-pub mod backend;
-pub mod cpu_backend;
 pub mod data;
 pub mod devices;
 pub mod fit;

@@ -3,10 +3,10 @@
 //! one on the demo corpus) and the configs they turn into.
 
 use crate::audio::corpus::CorpusOptions;
+use crate::backend::OptimConfig;
 use crate::features::augment::AugmentConfig;
 use crate::features::MelConfig;
 use crate::model::ModelConfig;
-use crate::train::backend::OptimConfig;
 use crate::train::fit::FitConfig;
 use crate::train::recipe::{self, Recipe, RecipeDefaults};
 use anyhow::{bail, Result};

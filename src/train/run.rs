@@ -15,9 +15,9 @@
 //! run in whole once its first epoch is saved; `--resume` continues it); and it removes temp
 //! files a killed writer left behind.
 
+use crate::backend::{set_weights, Backend, OptimConfig, TrainState};
 use crate::features::MelConfig;
 use crate::model::{load_checkpoint, save_checkpoint, ModelConfig};
-use crate::train::backend::{set_weights, Backend, OptimConfig, TrainState};
 use crate::train::fit::{FitConfig, FitProgress};
 use anyhow::{bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -640,7 +640,7 @@ pub fn load_run(
     let cfg = rd.config()?;
     // the checkpoint is checked against config.json before a backend of that size is built
     let (params, buffers) = rd.load_best(&cfg)?;
-    let mut backend = crate::train::backend::make_backend(device, &cfg.model, &cfg.optim, 0)?;
+    let mut backend = crate::train::devices::make_backend(device, &cfg.model, &cfg.optim, 0)?;
     set_weights(backend.as_mut(), params, buffers)?;
     Ok((cfg, backend))
 }

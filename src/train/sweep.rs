@@ -13,10 +13,11 @@
 //! with only resume/ continues from its last epoch. The report is built from the result files
 //! alone, so a merged sharded run and an unsharded one give the same report.
 
+use crate::backend::batch::{DB_OFFSET, DB_SCALE};
+use crate::backend::set_weights;
 use crate::device::DeviceChoice;
 use crate::model::{ModelConfig, ParamLayout};
-use crate::train::backend::set_weights;
-use crate::train::data::{Dataset, DB_OFFSET, DB_SCALE};
+use crate::train::data::Dataset;
 use crate::train::devices::{make_backend_on, DeviceSlot};
 use crate::train::fit::{evaluate, fit, EpochRecord, FitConfig, FitProgress};
 use crate::train::metrics::{mean_std, Confusion, Scores};

@@ -1,9 +1,10 @@
-//! The CPU reference as a training backend.
+//! The CPU reference as a training backend: [`crate::backend::Backend`] over [`CpuModel`],
+//! Adam and gradient clipping. Uses [`crate::backend`] and the rest of `cpu`.
 
+use crate::backend::batch::Batch;
+use crate::backend::{Backend, OptimConfig, StepStats, TrainState};
 use crate::cpu::{clip_grad_norm, cross_entropy, Adam, CpuModel, Input, Mode};
 use crate::model::ModelConfig;
-use crate::train::backend::{Backend, OptimConfig, StepStats, TrainState};
-use crate::train::data::Batch;
 use anyhow::{bail, Result};
 
 pub struct CpuBackend {
