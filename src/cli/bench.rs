@@ -10,7 +10,7 @@
 use super::Global;
 use crate::backend::batch::Batch;
 use crate::backend::OptimConfig;
-use crate::cpu::conv::conv_choice;
+use crate::cpu::conv::tune::conv_choice;
 use crate::device::profile::{summarize, Summary};
 use crate::device::DeviceChoice;
 use crate::model::ModelConfig;

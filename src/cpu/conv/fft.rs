@@ -1,4 +1,4 @@
-//! The 2-D "same" convolution of [`super::conv`] computed with FFTs: same signatures, same
+//! The 2-D "same" convolution of [`super::direct`] computed with FFTs: same signatures, same
 //! masking semantics, results equal to the direct (im2col + GEMM) convolution up to rounding.
 //!
 //! Why: at the model's stages 2 and 3 (k = 7, 32→64 and 64→128 channels) the direct
@@ -62,10 +62,10 @@
 //! much smaller than their plane's norm get the same absolute error, so a larger relative one
 //! than with the direct conv; the tests bound 1e-12 (f64) and 2e-6 (f32) relative norm.
 
-use super::bf16::gemm_mixed;
-use super::conv::ConvShape;
-use super::scratch::{grow, recycle, reuse, with_thread_scratch};
-use super::{gemm, Float};
+use super::shape::ConvShape;
+use crate::cpu::bf16::gemm_mixed;
+use crate::cpu::scratch::{grow, recycle, reuse, with_thread_scratch};
+use crate::cpu::{gemm, Float};
 use rayon::prelude::*;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
@@ -489,7 +489,7 @@ fn max_len(lens: &[usize], s: &ConvShape) -> usize {
 /// and backward); saves one transform of every input plane and of the weights per stage and
 /// step, and holds 66 MB (stage 2) and 56 MB (stage 3) of the default model at batch 16 ×
 /// 126 frames until the step ends. Dropping it hands its buffers to this thread's
-/// [`super::scratch::recycle`] pool, so the next step's forward reuses them (no page faults).
+/// [`crate::cpu::scratch::recycle`] pool, so the next step's forward reuses them (no page faults).
 #[derive(Clone, Debug, Default)]
 pub struct FftSaved<T: Float> {
     shape: ConvShape,
@@ -505,7 +505,7 @@ impl<T: Float> Drop for FftSaved<T> {
     }
 }
 
-/// [`super::conv::conv2d_forward`] computed with FFTs (same layouts and semantics).
+/// [`super::conv2d_forward`] computed with FFTs (same layouts and semantics).
 pub fn conv2d_forward_fft<T: Float>(
     x: &[T],
     w: &[T],
@@ -605,7 +605,7 @@ fn forward<T: Float>(
     saved
 }
 
-/// [`super::conv::conv2d_backward`] computed with FFTs: dw and db ACCUMULATE; dx (if given)
+/// [`super::conv2d_backward`] computed with FFTs: dw and db ACCUMULATE; dx (if given)
 /// is overwritten (zero at t ≥ lens[b]); dy at t ≥ lens[b] is ignored. `saved`: the spectra of
 /// the step's forward ([`conv2d_forward_fft_saving`], same `x`, `w`, `lens`, `s`), or `None`
 /// to transform x and w again: the same arithmetic on the same values, so the same bits
@@ -810,7 +810,7 @@ pub fn conv2d_backward_fft<T: Float>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::conv::{conv2d_backward_direct, conv2d_forward_direct};
+    use super::super::direct::{conv2d_backward_direct, conv2d_forward_direct};
     use super::*;
     use crate::rng::{Purpose, Stream};
 
@@ -1208,11 +1208,11 @@ mod tests {
     }
 }
 
-/// Timings behind [`super::conv::conv_algo_model`]: `cargo test --release --lib
-/// fftconv::timing -- --ignored --nocapture` (f32, B = 16, all clips full length).
+/// Timings behind [`super::tune::conv_algo_model`]: `cargo test --release --lib
+/// conv::fft::timing -- --ignored --nocapture` (f32, B = 16, all clips full length).
 #[cfg(test)]
 mod timing {
-    use super::super::conv::{conv2d_backward_direct, conv2d_forward_direct};
+    use super::super::direct::{conv2d_backward_direct, conv2d_forward_direct};
     use super::*;
     use std::time::Instant;
 
