@@ -28,7 +28,7 @@ pub fn db_to_input(db: f32) -> f32 {
 }
 
 impl Batch {
-    /// Lays out the given clips' features (each [n_mels][frames] in dB). Clips shorter than
+    /// Lays out the given clips' features (each `[n_mels][frames]` in dB). Clips shorter than
     /// MIN_FRAMES are extended with silence (-top_db dB) frames that count as valid.
     pub fn from_features(
         feats: &[(&[f32], usize)],

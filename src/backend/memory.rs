@@ -25,7 +25,7 @@ impl Dims4 {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Valid values per channel: Σ_b min(lens[b], T) · M.
+    /// Valid values per channel: Σ_b min(`lens[b]`, T) · M.
     pub fn count(&self, lens: &[usize]) -> usize {
         lens.iter().map(|&l| l.min(self.t) * self.m).sum()
     }

@@ -214,8 +214,8 @@ pub fn xm_len(s: &ConvShape) -> usize {
 }
 
 /// Length-aware conv backward (`cpu::conv::conv2d_backward`, as `cnn::conv2d_backward`) from a
-/// dense conv: dw, db ACCUMULATE; dx (if given) is overwritten (0 at t ≥ lens[b]); dy at
-/// t ≥ lens[b] is ignored. `xm`, `dym`: scratch of at least [`xm_len`]`(s)` / `s.y_len()` floats
+/// dense conv: dw, db ACCUMULATE; dx (if given) is overwritten (0 at t ≥ `lens[b]`); dy at
+/// t ≥ `lens[b]` is ignored. `xm`, `dym`: scratch of at least [`xm_len`]`(s)` / `s.y_len()` floats
 /// (xm holds the masked x, then, once the filter gradient has read it, the bias-gradient partials).
 #[allow(clippy::too_many_arguments)]
 pub fn masked_conv_backward(

@@ -22,7 +22,7 @@ pub struct ClipData {
     pub speaker: Option<String>,
     /// Mono waveform at the dataset's sample rate (kept for waveform noise augmentation).
     pub pcm: Vec<f32>,
-    /// Log-Mel in dB, [n_mels][frames] row-major.
+    /// Log-Mel in dB, `[n_mels][frames]` row-major.
     pub mel: Vec<f32>,
     pub frames: usize,
 }
@@ -154,7 +154,7 @@ impl Dataset {
         }
     }
 
-    /// Log-Mel of clip `i` from frame `start`, at most `max_frames` long: ([n_mels][w], w).
+    /// Log-Mel of clip `i` from frame `start`, at most `max_frames` long: (`[n_mels][w]`, w).
     pub fn cropped_mel(&self, i: usize, start: usize) -> (Vec<f32>, usize) {
         let c = &self.clips[i];
         let w = c.frames.saturating_sub(start).min(self.max_frames);
