@@ -200,8 +200,8 @@ pub fn conv2d_forward_direct<T: Float>(
         });
 }
 
-/// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ lens[b]).
-/// dy at t ≥ lens[b] is ignored. Direct (im2col + GEMM); the oracle for [`super::fft`].
+/// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ `lens[b]`).
+/// dy at t ≥ `lens[b]` is ignored. Direct (im2col + GEMM); the oracle for [`super::fft`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_direct<T: Float>(
     x: &[T],

@@ -11,8 +11,8 @@
 //! - [`shape`]: [`ConvShape`] and [`ConvAlgo`].
 //!
 //! Layouts: x `[B][cin][M][T]`, w `[cout][cin][k][k]` (PyTorch), bias `[cout]`,
-//! y `[B][cout][M][T]`. Clip b is `lens[b]` frames long: inputs at t ≥ lens[b] are read as zero
-//! and outputs at t ≥ lens[b] are written as zero (nothing downstream reads them: a 2×2 pool
+//! y `[B][cout][M][T]`. Clip b is `lens[b]` frames long: inputs at t ≥ `lens[b]` are read as zero
+//! and outputs at t ≥ `lens[b]` are written as zero (nothing downstream reads them: a 2×2 pool
 //! only uses frames < 2·floor(len/2) ≤ len). This is what makes a clip's result independent of
 //! the padding.
 
@@ -64,7 +64,7 @@ pub fn conv2d_forward_saving<T: Float>(
 }
 
 /// Backward of [`conv2d_forward`]: dw and db ACCUMULATE; dx (if given) is overwritten (zero at
-/// t ≥ lens[b]); dy at t ≥ lens[b] is ignored. Dispatches on [`tune::conv_algo`]. `saved`: what the
+/// t ≥ `lens[b]`); dy at t ≥ `lens[b]` is ignored. Dispatches on [`tune::conv_algo`]. `saved`: what the
 /// step's [`conv2d_forward_saving`] returned (`None` recomputes it).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward<T: Float>(

@@ -99,7 +99,7 @@ pub fn conv_choice<T: Float>(s: &ConvShape) -> Choice {
     }
 }
 
-/// The algorithm [`conv2d_forward`] / [`conv2d_backward`] use for `s` ([`conv_choice`]).
+/// The algorithm [`super::conv2d_forward`] / [`super::conv2d_backward`] use for `s` ([`conv_choice`]).
 pub fn conv_algo<T: Float>(s: &ConvShape) -> ConvAlgo {
     conv_choice::<T>(s).algo()
 }
@@ -204,7 +204,11 @@ fn source_hash() -> u64 {
         .bytes()
         .chain(include_str!("shape.rs").bytes())
         .chain(include_str!("direct.rs").bytes())
-        .chain(include_str!("fft.rs").bytes())
+        .chain(include_str!("fft/mod.rs").bytes())
+        .chain(include_str!("fft/transform.rs").bytes())
+        .chain(include_str!("fft/weights.rs").bytes())
+        .chain(include_str!("fft/forward.rs").bytes())
+        .chain(include_str!("fft/backward.rs").bytes())
         .chain(include_str!("../bf16.rs").bytes())
     {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
