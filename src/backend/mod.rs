@@ -3,12 +3,20 @@
 //! ([`batch::Batch`]); and the memory model that says, before anything is allocated, how many
 //! bytes one step of a batch shape holds ([`memory`]).
 //!
-//! Layer rule: this level sits below both implementations and their user. It may use
-//! [`crate::model`] (and std) only. The CPU reference ([`crate::cpu::backend`]) and the device
-//! engine ([`crate::engine::step`]) implement [`Backend`] and may use this level;
-//! [`crate::train`] and [`crate::infer`] drive a `dyn Backend` and never name an implementation,
-//! except at the one place that chooses the device ([`crate::train::devices`]). Nothing here
-//! names `train`, `engine` or `cpu`.
+//! Layer rule: this level sits below both implementations and their user, and may use `model`
+//! only (besides std, anyhow and serde):
+//!
+//! ```text
+//! cli ─→ train ─→ backend ←─ engine (DeviceBackend, cuda/sim)
+//!          │         ↑
+//!          │         └────── cpu (CpuBackend, the reference)
+//!          └─→ train/devices.rs: the one place that names an implementation
+//! ```
+//!
+//! The CPU reference (`cpu::backend`) and the device engine (`engine::step`) implement
+//! [`Backend`]; `train` and `infer` drive a `dyn Backend` and never name an implementation,
+//! except where the device is chosen (`train::devices`). Nothing here names `train`, `engine`
+//! or `cpu`.
 
 pub mod batch;
 pub mod memory;

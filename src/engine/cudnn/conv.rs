@@ -206,7 +206,7 @@ impl CudnnConv {
         ))
     }
 
-    /// [`super::cnn::conv2d_forward_with`] through cuDNN (`covers(s)` must hold).
+    /// [`crate::engine::cnn::conv2d_forward_with`] through cuDNN (`covers(s)` must hold).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
@@ -222,7 +222,7 @@ impl CudnnConv {
         masked_conv_forward(dev, &mut dense, x, w, bias, lens, s, y, xm)
     }
 
-    /// [`super::cnn::conv2d_backward_with`] through cuDNN (`covers(s)` must hold).
+    /// [`crate::engine::cnn::conv2d_backward_with`] through cuDNN (`covers(s)` must hold).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// A finished unit: OUT/[trial]/fold-K/result.json.
+/// A finished unit: `OUT/[trial]/fold-K/result.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UnitResult {
     pub trial: String,

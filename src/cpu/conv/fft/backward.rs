@@ -10,7 +10,7 @@ use crate::cpu::scratch::{grow, with_thread_scratch};
 use crate::cpu::{gemm, Float};
 use rayon::prelude::*;
 
-/// [`super::conv2d_backward`] computed with FFTs: dw and db ACCUMULATE; dx (if given)
+/// [`crate::cpu::conv::conv2d_backward`] computed with FFTs: dw and db ACCUMULATE; dx (if given)
 /// is overwritten (zero at t ≥ `lens[b]`); dy at t ≥ `lens[b]` is ignored. `saved`: the spectra of
 /// the step's forward ([`super::conv2d_forward_fft_saving`], same `x`, `w`, `lens`, `s`), or `None`
 /// to transform x and w again: the same arithmetic on the same values, so the same bits

@@ -31,7 +31,7 @@ impl<T: Float> Drop for FftSaved<T> {
     }
 }
 
-/// [`super::conv2d_forward`] computed with FFTs (same layouts and semantics).
+/// [`crate::cpu::conv::conv2d_forward`] computed with FFTs (same layouts and semantics).
 pub fn conv2d_forward_fft<T: Float>(
     x: &[T],
     w: &[T],
