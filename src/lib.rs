@@ -17,6 +17,14 @@
 //! - [`train`]    training loop, schedule, early stopping, metrics, cross-validation
 //! - [`infer`]    using a trained model: clips, long recordings in windows, live streams
 //! - [`cli`]      one file per subcommand
+//! - [`atomic_file`] whole-file writes through a temporary file and a rename
+//!
+//! Layers run one way: `cli` → `infer` → `train` → `engine` → `cpu` → `backend` → `model`,
+//! `features`, `audio` → `device` (each may use those after it); `train` names `engine` only
+//! where the device is chosen (`train::devices`) and otherwise drives a `dyn Backend`; `rng`,
+//! `isa`, `cache` and `atomic_file` are shared by every layer and use nothing of the crate. Each module's first lines say which layers it may use. The
+//! documents beside the code: README.md, docs/guide.md, docs/design.md, docs/results.md and
+//! docs/gpu.md.
 
 pub mod atomic_file;
 pub mod audio;

@@ -1,5 +1,8 @@
 //! The CPU reference as a training backend: [`crate::backend::Backend`] over [`CpuModel`],
-//! Adam and gradient clipping. Uses [`crate::backend`] and the rest of `cpu`.
+//! Adam and gradient clipping.
+//!
+//! Layer: cpu. May use `backend`, `model` and the rest of `cpu`; never `train`, `engine` or
+//! `cli`.
 
 use crate::backend::batch::Batch;
 use crate::backend::{Backend, OptimConfig, StepStats, TrainState};

@@ -1,7 +1,10 @@
 //! The one place a training backend is chosen: `--device` ([`make_backend`]) and `--devices`,
 //! the devices a cv or sweep spreads its independent runs over, one run per device at a time
-//! (README, "Several GPUs in one machine"). Everything else in train drives a
+//! (docs/guide.md, "Several GPUs in one machine"). Everything else in train drives a
 //! `dyn Backend` ([`crate::backend`]).
+//!
+//! Layer: train (below cli). May use `backend`, `engine` (only here, to build the device
+//! backend), `cpu`, `features`, `model`, `audio`, `device` and the shared modules; never `cli`.
 
 use crate::backend::{Backend, OptimConfig};
 use crate::cpu::backend::CpuBackend;

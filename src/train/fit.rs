@@ -1,6 +1,10 @@
 //! The training loop, device-independent: batches, augmentation, the backend's step,
 //! validation, reduce-on-plateau, early stopping, and an event per epoch for the caller to
 //! record (metrics line, best checkpoint, resume state).
+//!
+//! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
+//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
 use crate::backend::batch::Batch;
 use crate::backend::{eval_loss, Backend, TrainState};

@@ -1,6 +1,10 @@
 //! Classification metrics from a confusion matrix: accuracy (weighted accuracy, WA), micro-F1
 //! and macro-F1 as the paper reports them, and unweighted accuracy (UA, the mean of per-class
 //! recalls) as EmoBox and most SER papers report it.
+//!
+//! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
+//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,8 @@
 //! Training: loop, schedule, early stopping, metrics, splits and cross-validation.
+//!
+//! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
+//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
 pub mod data;
 pub mod devices;

@@ -14,6 +14,10 @@
 //! holder's pid; it never writes into an existing run unless asked (`--force` swaps the new
 //! run in whole once its first epoch is saved; `--resume` continues it); and it removes temp
 //! files a killed writer left behind.
+//!
+//! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
+//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
 use crate::backend::{set_weights, Backend, OptimConfig, TrainState};
 use crate::features::MelConfig;

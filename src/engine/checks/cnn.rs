@@ -10,6 +10,10 @@
 //! intermediate roundings); gradients (longer sums, BN's cancelling terms) ≤ 1e-4. Pooling,
 //! reshapes and dropout involve no arithmetic beyond one f32 multiply done identically on both
 //! sides, so they are compared bit for bit against the f32 CPU op.
+//!
+//! Layer: engine (below train and cli). May use `backend` (it implements it), `device`, `cpu`
+//! (the reference it is checked against), `features`, `model` and the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`); never `train` or `cli`.
 
 use super::util::{check_masked as check, dtoh, f64s, lengths, randn};
 use crate::backend::memory::{self, Dims4};
