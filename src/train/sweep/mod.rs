@@ -58,8 +58,9 @@ pub struct FoldArgs {
     /// fold I.
     #[arg(long, value_name = "I/K")]
     pub within_fold: Option<String>,
-    /// Output folder (default: runs/<command>-<corpus>). Shards share it; the same command
-    /// again continues it, other settings or a folder that is not a cv/sweep folder are refused.
+    /// Output folder (default: in runs/, the command and the corpus folder's name joined by '-').
+    /// Shards share it; the same command again continues it, other settings or a folder that is
+    /// not a cv/sweep folder are refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Run only share I of N (N up to 100000) of the (trial, fold) units. Default: from a
