@@ -9,7 +9,9 @@
 //! - [`isa`]      the vector instruction set our SIMD code uses (`SER_CPU_ISA` caps it)
 //! - [`rng`]      Philox4x32-10, the one random generator shared by CPU and kernels
 //! - [`model`]    model configuration, parameter layout (PyTorch state_dict names), init, checkpoints
-//! - [`cpu`]      reference ops, forward and backward, generic over f32/f64
+//! - [`backend`]  the seam between training and a device: the `Backend` trait, the batch, the
+//!   memory model (below `cpu` and `engine`, which implement it, and `train`, which drives it)
+//! - [`cpu`]      reference ops, forward and backward, generic over f32/f64; the CPU backend
 //! - [`device`]   executor interface; `cuda` (cudarc) and `sim` (host shim) implementations
 //! - [`engine`]   the device training step, written once for cuda and sim
 //! - [`train`]    training loop, schedule, early stopping, metrics, cross-validation
@@ -17,14 +19,16 @@
 //! - [`cli`]      one file per subcommand
 //! - [`atomic_file`] whole-file writes through a temporary file and a rename
 //!
-//! Layers run one way: `cli` → `train`, `infer`, `engine` → `cpu`, `features`, `model`,
-//! `audio` → `device`; `rng`, `isa`, `cache` and `atomic_file` are shared by every layer and
-//! use nothing of the crate. Each module's first lines say which layers it may use. The
+//! Layers run one way: `cli` → `infer` → `train` → `engine` → `cpu` → `backend` → `model`,
+//! `features`, `audio` → `device` (each may use those after it); `train` names `engine` only
+//! where the device is chosen (`train::devices`) and otherwise drives a `dyn Backend`; `rng`,
+//! `isa`, `cache` and `atomic_file` are shared by every layer and use nothing of the crate. Each module's first lines say which layers it may use. The
 //! documents beside the code: README.md, docs/guide.md, docs/design.md, docs/results.md and
 //! docs/gpu.md.
 
 pub mod atomic_file;
 pub mod audio;
+pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod cpu;

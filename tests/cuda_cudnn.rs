@@ -1,4 +1,4 @@
-//! The cuDNN convolution path (src/engine/cudnn.rs).
+//! The cuDNN convolution path (src/engine/cudnn/).
 //!
 //! - On every machine: the masking that restores clip-length semantics around cuDNN's
 //!   length-unaware convolution ([`masked_conv_forward`] / [`masked_conv_backward`] and the

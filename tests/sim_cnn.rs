@@ -1,4 +1,4 @@
-//! The CNN + FC kernels (src/engine/cnn.rs, kernels/{conv,batchnorm,pool,dropout,fc}.cu) on the
+//! The CNN + FC kernels (src/engine/cnn/, kernels/{conv,batchnorm,pool,dropout,fc}.cu) on the
 //! `sim` device with shuffled thread order (or the real GPU with SER_TEST_DEVICE=cuda), each op
 //! against its CPU reference in `ser_engine::cpu`, then the composed forward/backward against
 //! the CPU model's intermediates. Sizes are random and not multiples of the block size; clips

@@ -9,19 +9,19 @@
 //! clip's result does not depend on the padding or on its batch mates.
 //! Hot paths are GEMMs (the `gemm` crate, SIMD) parallelised over the batch with rayon.
 //!
-//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
-//! modules (`rng`, `isa`, `cache`, `atomic_file`).
+//! Layer: cpu, the reference (below train, engine and cli). May use `backend` (the CPU
+//! backend, `backend.rs`, implements it), `model` and the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`).
 
 pub mod adam;
 pub mod alloc;
 pub mod attention;
+pub mod backend;
 pub mod batchnorm;
 pub mod bench;
 pub mod bf16;
 pub mod conv;
-pub mod conv_tune;
 pub mod dropout;
-pub mod fftconv;
 pub mod gradcheck;
 pub mod linear;
 pub mod loss;

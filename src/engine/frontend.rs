@@ -17,9 +17,9 @@
 //! shared memory. The unfused stages (`stft_power` + `mel_power`) are also exposed for tests
 //! and for callers that want the linear spectrum.
 //!
-//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
-//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
-//! `atomic_file`); never `train` or `cli`.
+//! Layer: engine (below train and cli). May use `backend` (it implements it), `device`, `cpu`
+//! (the reference it is checked against), `features`, `model` and the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`); never `train` or `cli`.
 
 use anyhow::{bail, ensure, Context, Result};
 

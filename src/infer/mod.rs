@@ -9,18 +9,18 @@
 //!   [`WindowResult`] per window, handed out as soon as it is known.
 //! - [`timeline`]: the probabilities-over-time picture.
 //!
-//! Layer: infer (using a trained model; below cli). May use `train` (run folders), `cpu`,
-//! `features`, `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`,
-//! `atomic_file`); never `cli`.
+//! Layer: infer (using a trained model; below cli). May use `train` (run folders), `backend`,
+//! `cpu`, `features`, `model`, `audio`, `device` and the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); never `cli`.
 
 pub mod source;
 pub mod timeline;
 pub mod window;
 
+use crate::backend::batch::Batch;
+use crate::backend::{softmax, Backend};
 use crate::features::{try_log_mel, LogMel};
 use crate::model::MIN_FRAMES;
-use crate::train::backend::{softmax, Backend};
-use crate::train::data::Batch;
 use crate::train::run::{load_run, RunConfig};
 use anyhow::Result;
 use source::SampleSource;

@@ -2,15 +2,16 @@
 //! validation, reduce-on-plateau, early stopping, and an event per epoch for the caller to
 //! record (metrics line, best checkpoint, resume state).
 //!
-//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
-//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
-//! `engine` (the device backend is chosen above it).
+//! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
+//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
+use crate::backend::batch::Batch;
+use crate::backend::{eval_loss, Backend, TrainState};
 use crate::features::augment::{add_noise, spec_augment, AugmentConfig};
 use crate::features::log_mel;
 use crate::rng::{Purpose, Stream};
-use crate::train::backend::{eval_loss, Backend, TrainState};
-use crate::train::data::{bucketed_batches, Batch, Dataset};
+use crate::train::data::{bucketed_batches, Dataset};
 use crate::train::metrics::{Confusion, Scores};
 use crate::train::schedule::{cosine_lr, EarlyStopping, ReduceOnPlateau, Schedule};
 use anyhow::{bail, Result};

@@ -1,11 +1,9 @@
 //! Training: loop, schedule, early stopping, metrics, splits and cross-validation.
 //!
-//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
-//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
-//! `engine` (the device backend is chosen above it).
+//! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
+//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
-pub mod backend;
-pub mod cpu_backend;
 pub mod data;
 pub mod devices;
 pub mod fit;

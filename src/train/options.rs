@@ -2,15 +2,15 @@
 //! (`train`, `cv`): the clap flags, their presets (the paper's recipe on a real corpus, a short
 //! one on the demo corpus) and the configs they turn into.
 //!
-//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
-//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
-//! `engine` (the device backend is chosen above it).
+//! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
+//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
 use crate::audio::corpus::CorpusOptions;
+use crate::backend::OptimConfig;
 use crate::features::augment::AugmentConfig;
 use crate::features::MelConfig;
 use crate::model::ModelConfig;
-use crate::train::backend::OptimConfig;
 use crate::train::fit::FitConfig;
 use crate::train::recipe::{self, Recipe, RecipeDefaults};
 use anyhow::{bail, Result};

@@ -1,9 +1,9 @@
 //! Small PNG charts without a plotting stack: a confusion-matrix heat map and learning curves,
 //! drawn into an RGB buffer with the public-domain 8x8 bitmap font (font8x8).
 //!
-//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
-//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
-//! `engine` (the device backend is chosen above it).
+//! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
+//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
 use anyhow::{Context, Result};
 use std::path::Path;

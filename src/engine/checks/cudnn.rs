@@ -1,4 +1,4 @@
-//! The cuDNN convolution path (src/engine/cudnn.rs).
+//! The cuDNN convolution path (src/engine/cudnn/).
 //!
 //! - On every machine: the masking that restores clip-length semantics around cuDNN's
 //!   length-unaware convolution ([`masked_conv_forward`] / [`masked_conv_backward`] and the
@@ -19,9 +19,9 @@
 //! difference is bounded by the sum of both errors, and measured far below). Masked positions
 //! must be exactly 0 on every path.
 //!
-//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
-//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
-//! `atomic_file`); never `train` or `cli`.
+//! Layer: engine (below train and cli). May use `backend` (it implements it), `device`, `cpu`
+//! (the reference it is checked against), `features`, `model` and the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`); never `train` or `cli`.
 
 use super::util::{check_masked as check, dtoh as dl, f64s, lengths, randn, rel_err};
 use crate::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};
@@ -122,7 +122,7 @@ pub fn masking_around_a_dense_conv_matches_cpu_on_sim() {
     assert!(
         all[..all.len() - 1]
             .iter()
-            .any(|s| crate::engine::cnn::bias_grad_chunks(s.batch, s.cout, s.m, s.t) > 1),
+            .any(|s| crate::backend::memory::bias_grad_chunks(s.batch, s.cout, s.m, s.t) > 1),
         "no shape splits the bias gradient into chunks"
     );
     for (trial, sh) in all[..all.len() - 1].iter().enumerate() {

@@ -4,9 +4,9 @@
 //! block or hop, the whole pipeline on random signals, short clips, silence and real speech,
 //! and augmentation with the same Philox numbers as the CPU.
 //!
-//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
-//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
-//! `atomic_file`); never `train` or `cli`.
+//! Layer: engine (below train and cli). May use `backend` (it implements it), `device`, `cpu`
+//! (the reference it is checked against), `features`, `model` and the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`); never `train` or `cli`.
 
 use super::util::max_abs_diff;
 use crate::device::Device;

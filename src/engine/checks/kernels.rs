@@ -2,9 +2,9 @@
 //! CPU references. Sizes are drawn at random and are NOT multiples of the block size, so the
 //! bounds checks and partial tiles are exercised; the sim runs with shuffled thread order.
 //!
-//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
-//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
-//! `atomic_file`); never `train` or `cli`.
+//! Layer: engine (below train and cli). May use `backend` (it implements it), `device`, `cpu`
+//! (the reference it is checked against), `features`, `model` and the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`); never `train` or `cli`.
 
 use crate::device::{ops, Device, Transpose};
 use crate::rng::{self, Purpose, Stream};

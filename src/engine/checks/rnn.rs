@@ -14,9 +14,9 @@
 //!   (differences only from FMA contraction, ~1 ulp per step).
 //! - dropout masks: bit-identical (same Philox words, same comparison, same f32 scale).
 //!
-//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
-//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
-//! `atomic_file`); never `train` or `cli`.
+//! Layer: engine (below train and cli). May use `backend` (it implements it), `device`, `cpu`
+//! (the reference it is checked against), `features`, `model` and the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`); never `train` or `cli`.
 
 use super::util::{check, dtoh, f64s};
 use crate::cpu::attention::{attention_backward, attention_forward};
