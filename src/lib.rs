@@ -9,7 +9,9 @@
 //! - [`isa`]      the vector instruction set our SIMD code uses (`SER_CPU_ISA` caps it)
 //! - [`rng`]      Philox4x32-10, the one random generator shared by CPU and kernels
 //! - [`model`]    model configuration, parameter layout (PyTorch state_dict names), init, checkpoints
-//! - [`cpu`]      reference ops, forward and backward, generic over f32/f64
+//! - [`backend`]  the seam between training and a device: the `Backend` trait, the batch, the
+//!   memory model (below `cpu` and `engine`, which implement it, and `train`, which drives it)
+//! - [`cpu`]      reference ops, forward and backward, generic over f32/f64; the CPU backend
 //! - [`device`]   executor interface; `cuda` (cudarc) and `sim` (host shim) implementations
 //! - [`engine`]   the device training step, written once for cuda and sim
 //! - [`train`]    training loop, schedule, early stopping, metrics, cross-validation
@@ -25,6 +27,7 @@
 
 pub mod atomic_file;
 pub mod audio;
+pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod cpu;

@@ -10,11 +10,11 @@
 //! Tolerance 1e-4 absolute on logits of magnitude ~1: both sides compute in f32 with different
 //! summation orders (convolutions, GEMMs, LSTM gates); measured differences are ~1e-6.
 
+use ser_engine::backend::batch::db_to_input;
 use ser_engine::cpu::{CpuModel, Input};
 use ser_engine::features::npy::read_npy;
 use ser_engine::model::onnx::export_onnx;
 use ser_engine::model::{init_params, BufferLayout, ModelConfig, ParamLayout};
-use ser_engine::train::data::db_to_input;
 use std::path::{Path, PathBuf};
 
 const LENGTHS: [usize; 4] = [8, 37, 100, 251];

@@ -10,14 +10,14 @@
 //! Layer: cli, the top. May use every other module.
 
 use super::Global;
-use crate::cpu::conv::conv_choice;
+use crate::backend::batch::Batch;
+use crate::backend::OptimConfig;
+use crate::cpu::conv::tune::conv_choice;
 use crate::device::profile::{summarize, Summary};
 use crate::device::DeviceChoice;
 use crate::model::ModelConfig;
 use crate::rng::{Purpose, Stream};
-use crate::train::backend::make_backend;
-use crate::train::backend::OptimConfig;
-use crate::train::data::Batch;
+use crate::train::devices::make_backend;
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
 use std::time::Instant;

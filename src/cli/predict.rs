@@ -16,10 +16,10 @@
 
 use super::Global;
 use crate::audio::{load_audio, probe_audio};
+use crate::backend::argmax;
 use crate::infer::source::{at_rate, open_file, PcmFormat, PcmStream, SampleSource};
 use crate::infer::timeline::Timeline;
 use crate::infer::{mean_probabilities, run_windows, Classifier, WindowConfig, WindowResult};
-use crate::train::backend::argmax;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};

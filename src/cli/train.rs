@@ -4,9 +4,10 @@
 //! Layer: cli, the top. May use every other module.
 
 use super::{DeviceChoice, Global};
-use crate::train::backend::{make_backend, set_weights};
+use crate::backend::batch::{DB_OFFSET, DB_SCALE};
+use crate::backend::set_weights;
 use crate::train::data::{available_memory, check_batch_memory, load_dataset};
-use crate::train::data::{DB_OFFSET, DB_SCALE};
+use crate::train::devices::make_backend;
 use crate::train::fit::{evaluate, fit, Evaluation, FitProgress};
 use crate::train::options::{check_range, Limit, TrainOpts};
 use crate::train::run::{RunConfig, RunWriter};

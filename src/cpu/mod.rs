@@ -15,13 +15,12 @@
 pub mod adam;
 pub mod alloc;
 pub mod attention;
+pub mod backend;
 pub mod batchnorm;
 pub mod bench;
 pub mod bf16;
 pub mod conv;
-pub mod conv_tune;
 pub mod dropout;
-pub mod fftconv;
 pub mod gradcheck;
 pub mod linear;
 pub mod loss;

@@ -9,9 +9,9 @@
 
 use super::attention::{attention_backward, attention_forward, AttnCache};
 use super::batchnorm::{batch_stats, bn_backward, bn_update_running, running_stats, BnStats};
+use super::conv::fft::FftSaved;
 use super::conv::{conv2d_backward, conv2d_forward, conv2d_forward_saving, ConvShape};
 use super::dropout::{apply_mask, dropout_mask, SITE_FC, SITE_LSTM0, SITE_POOL1};
-use super::fftconv::FftSaved;
 use super::linear::{linear_backward, linear_forward};
 use super::lstm::{lstm_layer_backward, lstm_layer_forward, LstmCache, LstmShape};
 use super::pool::{

@@ -802,10 +802,20 @@ fn open_cublas(
     }
 }
 
+/// Whether `SER_NO_CUDNN` asks for our convolution kernels instead of cuDNN (set, non-empty and
+/// not "0").
+pub fn cudnn_disabled_by_env() -> bool {
+    flag_set(std::env::var_os("SER_NO_CUDNN").as_deref())
+}
+
+fn flag_set(v: Option<&std::ffi::OsStr>) -> bool {
+    v.is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// Whether the conv stages will use cuDNN on this machine (libcudnn loads and `SER_NO_CUDNN` is
 /// not set), and a phrase saying by what they run.
 pub fn cudnn_status() -> (bool, String) {
-    if crate::engine::cudnn::disabled_by_env() {
+    if cudnn_disabled_by_env() {
         return (false, "our kernels (SER_NO_CUDNN is set)".into());
     }
     if !libraries_present().2 {
@@ -952,6 +962,17 @@ pub fn probe_report() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ser_no_cudnn_values() {
+        use super::flag_set;
+        use std::ffi::OsStr;
+        assert!(!flag_set(None));
+        assert!(!flag_set(Some(OsStr::new(""))));
+        assert!(!flag_set(Some(OsStr::new("0"))));
+        assert!(flag_set(Some(OsStr::new("1"))));
+        assert!(flag_set(Some(OsStr::new("yes"))));
+    }
+
     #[test]
     fn cudnn_version_numbers_decode() {
         // cudnn_version.h: from 9.0 major*10000 + minor*100 + patch, before major*1000 + ...

@@ -27,6 +27,8 @@ use std::ops::Range;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::backend::batch::Batch;
+use crate::backend::{Backend, OptimConfig, StepStats, TrainState};
 use crate::cpu::Mode;
 use crate::device::{profile, Device, DeviceBuffer};
 use crate::engine::cnn::{
@@ -38,8 +40,6 @@ use crate::engine::rnn::{
     RnnDims, RnnOffsets, RnnWorkspace,
 };
 use crate::model::{init_buffers, init_params, BufferLayout, ModelConfig, ParamLayout};
-use crate::train::backend::{Backend, OptimConfig, StepStats, TrainState};
-use crate::train::data::Batch;
 
 /// Most (batch, t_max) shapes whose workspaces are kept; batches are bucketed by length, so a
 /// run sees few shapes. Past this the cache is emptied (a bound on memory, not a cost per step).
@@ -172,7 +172,7 @@ impl DeviceModel {
             return Ok(w);
         }
         let cached: usize = self.work.values().map(|w| w.cnn.bytes()).sum();
-        let new = CnnWorkspace::bytes_for(&self.cfg, batch, t_max);
+        let new = crate::backend::memory::workspace_bytes(&self.cfg, batch, t_max);
         if self.work.len() >= MAX_SHAPES || cached + new > self.max_cache_bytes {
             // dropped before the new workspace is allocated, so both never coexist
             self.work.clear();

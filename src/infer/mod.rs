@@ -17,10 +17,10 @@ pub mod source;
 pub mod timeline;
 pub mod window;
 
+use crate::backend::batch::Batch;
+use crate::backend::{softmax, Backend};
 use crate::features::{try_log_mel, LogMel};
 use crate::model::MIN_FRAMES;
-use crate::train::backend::{softmax, Backend};
-use crate::train::data::Batch;
 use crate::train::run::{load_run, RunConfig};
 use anyhow::Result;
 use source::SampleSource;

@@ -1,13 +1,16 @@
-//! `--devices`: the devices a cv or sweep spreads its independent runs over, one run per
-//! device at a time (docs/guide.md, "Several GPUs in one machine").
+//! The one place a training backend is chosen: `--device` ([`make_backend`]) and `--devices`,
+//! the devices a cv or sweep spreads its independent runs over, one run per device at a time
+//! (docs/guide.md, "Several GPUs in one machine"). Everything else in train drives a
+//! `dyn Backend` ([`crate::backend`]).
 //!
-//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
-//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
-//! `engine` (the device backend is chosen above it).
+//! Layer: train (below cli). May use `backend`, `engine` (only here, to build the device
+//! backend), `cpu`, `features`, `model`, `audio`, `device` and the shared modules; never `cli`.
 
+use crate::backend::{Backend, OptimConfig};
+use crate::cpu::backend::CpuBackend;
 use crate::device::{CudaDevice, Device, DeviceChoice};
+use crate::engine::step::DeviceBackend;
 use crate::model::ModelConfig;
-use crate::train::backend::{make_backend, Backend, OptimConfig};
 use anyhow::{bail, Context, Result};
 use std::fmt;
 
@@ -61,6 +64,29 @@ pub fn parse_devices(s: &str) -> Result<Vec<DeviceSlot>> {
     Ok(out)
 }
 
+/// Makes the training backend for the chosen device.
+pub fn make_backend(
+    device: DeviceChoice,
+    model: &ModelConfig,
+    optim: &OptimConfig,
+    seed: u64,
+) -> Result<Box<dyn Backend>> {
+    use crate::device::{select, Selected};
+    match device {
+        DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+        // select(Auto) is cuda when a usable GPU is present, else cpu.
+        DeviceChoice::Auto | DeviceChoice::Cuda | DeviceChoice::Sim => match select(device)? {
+            Selected::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
+            Selected::Device(_)
+                if crate::cpu::bf16::precision() == crate::cpu::bf16::Precision::Bf16 =>
+            {
+                anyhow::bail!("--precision bf16 is implemented for the cpu device only, and a GPU was selected; use --device cpu or --precision fp32")
+            }
+            Selected::Device(dev) => Ok(Box::new(DeviceBackend::new(dev, model, optim, seed)?)),
+        },
+    }
+}
+
 /// The training backend on `slot`.
 pub fn make_backend_on(
     slot: DeviceSlot,
@@ -72,7 +98,7 @@ pub fn make_backend_on(
         DeviceSlot::Choice(c) => make_backend(c, model, optim, seed),
         DeviceSlot::Cuda(i) => {
             let dev = CudaDevice::new(i).with_context(|| format!("--devices: GPU {i}"))?;
-            Ok(Box::new(crate::engine::step::DeviceBackend::new(
+            Ok(Box::new(DeviceBackend::new(
                 Device::Cuda(dev),
                 model,
                 optim,

@@ -6,11 +6,12 @@
 //! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
 //! `engine` (the device backend is chosen above it).
 
+use crate::backend::batch::Batch;
+use crate::backend::{eval_loss, Backend, TrainState};
 use crate::features::augment::{add_noise, spec_augment, AugmentConfig};
 use crate::features::log_mel;
 use crate::rng::{Purpose, Stream};
-use crate::train::backend::{eval_loss, Backend, TrainState};
-use crate::train::data::{bucketed_batches, Batch, Dataset};
+use crate::train::data::{bucketed_batches, Dataset};
 use crate::train::metrics::{Confusion, Scores};
 use crate::train::schedule::{cosine_lr, EarlyStopping, ReduceOnPlateau, Schedule};
 use anyhow::{bail, Result};

@@ -4,8 +4,6 @@
 //! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
 //! `engine` (the device backend is chosen above it).
 
-pub mod backend;
-pub mod cpu_backend;
 pub mod data;
 pub mod devices;
 pub mod fit;

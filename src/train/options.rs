@@ -7,10 +7,10 @@
 //! `engine` (the device backend is chosen above it).
 
 use crate::audio::corpus::CorpusOptions;
+use crate::backend::OptimConfig;
 use crate::features::augment::AugmentConfig;
 use crate::features::MelConfig;
 use crate::model::ModelConfig;
-use crate::train::backend::OptimConfig;
 use crate::train::fit::FitConfig;
 use crate::train::recipe::{self, Recipe, RecipeDefaults};
 use anyhow::{bail, Result};

@@ -19,9 +19,9 @@
 //! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
 //! `engine` (the device backend is chosen above it).
 
+use crate::backend::{set_weights, Backend, OptimConfig, TrainState};
 use crate::features::MelConfig;
 use crate::model::{load_checkpoint, save_checkpoint, ModelConfig};
-use crate::train::backend::{set_weights, Backend, OptimConfig, TrainState};
 use crate::train::fit::{FitConfig, FitProgress};
 use anyhow::{bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -644,7 +644,7 @@ pub fn load_run(
     let cfg = rd.config()?;
     // the checkpoint is checked against config.json before a backend of that size is built
     let (params, buffers) = rd.load_best(&cfg)?;
-    let mut backend = crate::train::backend::make_backend(device, &cfg.model, &cfg.optim, 0)?;
+    let mut backend = crate::train::devices::make_backend(device, &cfg.model, &cfg.optim, 0)?;
     set_weights(backend.as_mut(), params, buffers)?;
     Ok((cfg, backend))
 }

@@ -16,12 +16,13 @@
 //! `atomic_file`); never `train` or `cli`.
 
 use super::util::{check_masked as check, dtoh, f64s, lengths, randn};
+use crate::backend::memory::{self, Dims4};
 use crate::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};
 use crate::cpu::dropout::{apply_mask, dropout_mask, site_base, SITE_FC, SITE_POOL1};
 use crate::cpu::gradcheck::small_config;
 use crate::cpu::{batchnorm, linear, pool, CpuModel, Input, Mode};
 use crate::device::Device;
-use crate::engine::cnn::{self, CnnOptions, Dims4, Dropout};
+use crate::engine::cnn::{self, CnnOptions, Dropout};
 use crate::model::{ModelConfig, BN_EPS, BN_MOMENTUM};
 use crate::rng::{Purpose, Stream};
 
@@ -160,7 +161,7 @@ pub fn batchnorm_relu_matches_cpu() {
             let (mut mean, mut var) = if train {
                 let mut mean = dev.alloc_zeros::<f32>(d.c).unwrap();
                 let mut var = dev.alloc_zeros::<f32>(d.c).unwrap();
-                let scratch = dev.alloc_uninit::<f32>(cnn::bn_scratch_len(d)).unwrap();
+                let scratch = dev.alloc_uninit::<f32>(memory::bn_scratch_len(d)).unwrap();
                 cnn::bn_stats(
                     &dev,
                     &xd,
@@ -169,7 +170,7 @@ pub fn batchnorm_relu_matches_cpu() {
                     &mut mean,
                     &mut var,
                     &scratch,
-                    cnn::bn_chunks(d),
+                    memory::bn_chunks(d),
                 )
                 .unwrap();
                 check("bn mean", &dtoh(&dev, &mean), &st.mean, 1e-5);
@@ -205,7 +206,7 @@ pub fn batchnorm_relu_matches_cpu() {
             let mut dx = dev.htod(&vec![f32::NAN; d.len()]).unwrap();
             let mut dg = dev.htod(&vec![1.0f32; d.c]).unwrap();
             let mut dbt = dev.htod(&vec![1.0f32; d.c]).unwrap();
-            let mut sums = dev.alloc_uninit::<f32>(cnn::bn_scratch_len(d)).unwrap();
+            let mut sums = dev.alloc_uninit::<f32>(memory::bn_scratch_len(d)).unwrap();
             cnn::bn_relu_backward(
                 &dev,
                 &dyd,
@@ -221,7 +222,7 @@ pub fn batchnorm_relu_matches_cpu() {
                 &mut dg,
                 &mut dbt,
                 &mut sums,
-                cnn::bn_chunks(d),
+                memory::bn_chunks(d),
             )
             .unwrap();
             check(
@@ -422,7 +423,7 @@ pub fn frames_and_fc_match_cpu() {
             &mut dw,
             &mut db,
             &mut dev
-                .alloc_uninit::<f32>(cnn::fc_scratch_len(rows, dout))
+                .alloc_uninit::<f32>(memory::fc_scratch_len(rows, dout))
                 .unwrap(),
         )
         .unwrap();
@@ -831,14 +832,18 @@ pub fn eval_without_stats_snapshot_is_identical_and_has_no_backward() {
 /// on tiny inputs.
 pub fn reductions_2d_match_cpu_and_are_deterministic() {
     // the chunking (host only)
-    let real = |c: usize, m: usize, t: usize| cnn::Dims4 { batch: 32, c, m, t };
+    let real = |c: usize, m: usize, t: usize| memory::Dims4 { batch: 32, c, m, t };
     for d in [real(16, 128, 200), real(32, 64, 100), real(64, 32, 50)] {
-        let k = cnn::bn_chunks(d);
+        let k = memory::bn_chunks(d);
         assert!(d.c * k >= 264, "{d:?}: {k} chunks, {} blocks", d.c * k);
     }
-    assert!(16 * cnn::row_sum_chunks(16, 32 * 128 * 200) >= 264);
-    assert_eq!(cnn::bn_chunks(real(8, 4, 10)), 1, "tiny input, one chunk");
-    assert_eq!(cnn::row_sum_chunks(3, 4000), 1);
+    assert!(16 * memory::row_sum_chunks(16, 32 * 128 * 200) >= 264);
+    assert_eq!(
+        memory::bn_chunks(real(8, 4, 10)),
+        1,
+        "tiny input, one chunk"
+    );
+    assert_eq!(memory::row_sum_chunks(3, 4000), 1);
 
     let devs = [super::device(11), super::device(0xD1FF_5EED)];
     let s = Stream::new(3, Purpose::Test, 1);
@@ -903,7 +908,7 @@ pub fn reductions_2d_match_cpu_and_are_deterministic() {
             &mut dgw,
             &mut dbw,
         );
-        let auto = cnn::bn_chunks(d);
+        let auto = memory::bn_chunks(d);
         if trial == 1 {
             assert!(auto > 1, "{d:?} should split: {auto} chunk(s)");
         }
@@ -992,7 +997,7 @@ pub fn reductions_2d_match_cpu_and_are_deterministic() {
         for (di, dev) in devs.iter().enumerate() {
             let ad = dev.htod(&a).unwrap();
             let dzd = dev.htod(&dz).unwrap();
-            for chunks in [1, 3, 64, cnn::row_sum_chunks(rows, cols)] {
+            for chunks in [1, 3, 64, memory::row_sum_chunks(rows, cols)] {
                 let out = dev.htod(&out0).unwrap();
                 let part = dev.alloc_uninit::<f32>(rows * chunks).unwrap();
                 cnn::row_sum_acc(dev, out.view(), &ad, rows, cols, part.view(), chunks).unwrap();
@@ -1005,7 +1010,7 @@ pub fn reductions_2d_match_cpu_and_are_deterministic() {
                 );
                 bits[di].extend(got.iter().map(|f| f.to_bits()));
             }
-            for chunks in [1, 7, frows + 3, cnn::fc_bias_chunks(frows, dout)] {
+            for chunks in [1, 7, frows + 3, memory::fc_bias_chunks(frows, dout)] {
                 let db = dev.htod(&db0).unwrap();
                 let part = dev.alloc_uninit::<f32>(dout * chunks).unwrap();
                 cnn::fc_bias_grad(dev, db.view(), dzd.view(), frows, dout, part.view(), chunks)

@@ -122,7 +122,7 @@ pub fn masking_around_a_dense_conv_matches_cpu_on_sim() {
     assert!(
         all[..all.len() - 1]
             .iter()
-            .any(|s| crate::engine::cnn::bias_grad_chunks(s.batch, s.cout, s.m, s.t) > 1),
+            .any(|s| crate::backend::memory::bias_grad_chunks(s.batch, s.cout, s.m, s.t) > 1),
         "no shape splits the bias gradient into chunks"
     );
     for (trial, sh) in all[..all.len() - 1].iter().enumerate() {

@@ -17,6 +17,9 @@
 //! `atomic_file`); never `train` or `cli`.
 
 use super::util::{check, f64s};
+use crate::backend::batch::Batch;
+use crate::backend::{Backend, OptimConfig};
+use crate::cpu::backend::CpuBackend;
 use crate::cpu::gradcheck::small_config;
 use crate::cpu::{cross_entropy, CpuModel, Input, Mode};
 use crate::device::Device;
@@ -24,9 +27,6 @@ use crate::engine::rnn::LossConfig;
 use crate::engine::step::{DeviceBackend, DeviceModel};
 use crate::model::{BufferLayout, ModelConfig, ParamLayout};
 use crate::rng::{Purpose, Stream};
-use crate::train::backend::{Backend, OptimConfig};
-use crate::train::cpu_backend::CpuBackend;
-use crate::train::data::Batch;
 
 fn device() -> Device {
     super::device(23)
@@ -458,9 +458,10 @@ pub fn reused_workspace_gives_bit_identical_results() {
     }
 }
 
-/// The workspace cache is bounded in bytes: `bytes_for` (used to decide before allocating)
+/// The workspace cache is bounded in bytes: `workspace_bytes` (used to decide before allocating)
 /// equals what a workspace holds, and a limit below two workspaces keeps one shape only.
 pub fn workspace_cache_is_bounded_in_bytes() {
+    use crate::backend::memory::workspace_bytes;
     use crate::engine::cnn::CnnWorkspace;
     let loss = LossConfig::default();
     for batchnorm in [true, false] {
@@ -468,16 +469,12 @@ pub fn workspace_cache_is_bounded_in_bytes() {
         let dev = device();
         for (b, t) in [(1usize, 8usize), (3, 40), (2, 37)] {
             let ws = CnnWorkspace::new(&dev, &cfg, b, t).unwrap();
-            assert_eq!(
-                ws.bytes(),
-                CnnWorkspace::bytes_for(&cfg, b, t),
-                "b {b} t {t}"
-            );
+            assert_eq!(ws.bytes(), workspace_bytes(&cfg, b, t), "b {b} t {t}");
         }
         let shapes = [(24usize, [24usize, 20]), (32, [32, 9])];
         let two: usize = shapes
             .iter()
-            .map(|(t, l)| CnnWorkspace::bytes_for(&cfg, l.len(), *t))
+            .map(|(t, l)| workspace_bytes(&cfg, l.len(), *t))
             .sum();
         for (limit, want) in [(two, 2), (two - 1, 1)] {
             let mut m = DeviceModel::new(device(), &cfg, 4).unwrap();

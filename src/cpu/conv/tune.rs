@@ -1,5 +1,7 @@
-//! The CPU convolution algorithm per layer shape, chosen by timing both candidates on this
-//! machine the first time a shape is seen (like cuDNN's benchmark mode) and cached on disk.
+//! The CPU convolution algorithm per layer shape: `SER_CPU_CONV` ([`conv_policy`]), the cost
+//! model ([`conv_algo_model`]), or (the default) timing both candidates on this machine the
+//! first time a shape is seen (like cuDNN's benchmark mode) and caching the result on disk.
+//! Sits above both algorithms ([`super::direct`], [`super::fft`]), which it runs to time them.
 //!
 //! Why measure: the direct/FFT crossover depends on the CPU (vector width, caches, cores);
 //! a cost model fitted on one CPU picked wrongly on another. Timing a shape costs well under
@@ -12,21 +14,95 @@
 //! rounded up to a power of two (the bucket is timed at its largest length): training batches
 //! vary in length and must not each trigger a timing. Shapes too small for the choice to
 //! matter (< 2·10⁶ multiply-adds per clip, e.g. the tests' small models) use the cost model
-//! ([`super::conv::conv_algo_model`]) without timing, which keeps them deterministic.
+//! ([`conv_algo_model`]) without timing, which keeps them deterministic.
 //!
 //! Determinism: a cached choice never changes, so runs on one machine reproduce; the two
-//! algorithms differ only by rounding (`src/cpu/fftconv.rs`).
+//! algorithms differ only by rounding ([`super::fft`]).
 
-use super::conv::{
-    conv2d_backward_direct, conv2d_forward_direct, conv_algo_model, ConvAlgo, ConvShape,
-};
-use super::fftconv::{conv2d_backward_fft, conv2d_forward_fft_saving};
-use super::Float;
+use super::direct::{conv2d_backward_direct, conv2d_forward_direct};
+use super::fft::{conv2d_backward_fft, conv2d_forward_fft_saving, Grid};
+use super::shape::{ConvAlgo, ConvShape};
+use crate::cpu::Float;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
+
+/// How the algorithm of each convolution is decided (`SER_CPU_CONV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPolicy {
+    /// `direct` or `fft`: always that one.
+    Fixed(ConvAlgo),
+    /// `model`: the cost model [`conv_algo_model`] (fitted on one AMD EPYC Zen 4).
+    Model,
+    /// `measure` / `auto` / unset (default): timed on this machine once per shape and cached
+    /// (this module).
+    Measure,
+}
+
+/// Parses a `SER_CPU_CONV` value: `direct`, `fft`, `model`, or `measure` / `auto` / empty.
+pub fn parse_conv_policy(v: &str) -> Result<ConvPolicy, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "direct" => Ok(ConvPolicy::Fixed(ConvAlgo::Direct)),
+        "fft" => Ok(ConvPolicy::Fixed(ConvAlgo::Fft)),
+        "model" => Ok(ConvPolicy::Model),
+        "measure" | "auto" | "" => Ok(ConvPolicy::Measure),
+        other => Err(format!(
+            "SER_CPU_CONV={other:?} is not direct|fft|model|measure|auto; using measure"
+        )),
+    }
+}
+
+/// The `SER_CPU_CONV` policy, read once per process; any other value falls back to
+/// `measure` with a one-time warning on stderr (a speed knob must not abort a run).
+pub fn conv_policy() -> ConvPolicy {
+    static POLICY: std::sync::OnceLock<ConvPolicy> = std::sync::OnceLock::new();
+    *POLICY.get_or_init(|| {
+        let v = std::env::var("SER_CPU_CONV").unwrap_or_default();
+        parse_conv_policy(&v).unwrap_or_else(|e| {
+            eprintln!("warning: {e}");
+            ConvPolicy::Measure
+        })
+    })
+}
+
+/// The algorithm the cost model picks. Fitted to `fft::timing` (f32, B = 16, 2 threads,
+/// 16 shapes with k = 3…9, 1…128 channels; the model picks the faster one, forward +
+/// backward, in all of them, two near-ties aside): the direct conv costs ∝ `cin·cout·k²·M·T`;
+/// the FFT conv costs ∝ `(80·(cin + cout) + 6.5·cin·cout)·N1·N2` in the same units (plane
+/// transforms + per-bin mixing on its `N1 × N2` grid). So the model's stage 1 (1 → 32
+/// channels) and all k = 3 shapes measured stay direct; stages 2 and 3 (k = 7) go to the FFT
+/// (measured 3.1× / 3.5× faster forward and backward at stage 2, 3.9× / 4.4× at stage 3).
+pub fn conv_algo_model(s: &ConvShape) -> ConvAlgo {
+    if s.k < 3 || s.m == 0 || s.t == 0 {
+        return ConvAlgo::Direct;
+    }
+    let g = Grid::new(s, s.t);
+    let (ci, co) = (s.cin as f64, s.cout as f64);
+    let direct = ci * co * (s.k * s.k * s.m * s.t) as f64;
+    let fft = (80.0 * (ci + co) + 6.5 * ci * co) * (g.n1 * g.n2) as f64;
+    if direct > fft {
+        ConvAlgo::Fft
+    } else {
+        ConvAlgo::Direct
+    }
+}
+
+/// How [`super::conv2d_forward`] / [`super::conv2d_backward`] compute `s` in element type `T`,
+/// and why.
+pub fn conv_choice<T: Float>(s: &ConvShape) -> Choice {
+    match conv_policy() {
+        ConvPolicy::Fixed(a) => Choice::Fixed(a),
+        ConvPolicy::Model => Choice::Model(conv_algo_model(s)),
+        ConvPolicy::Measure => measured_choice::<T>(s),
+    }
+}
+
+/// The algorithm [`super::conv2d_forward`] / [`super::conv2d_backward`] use for `s` ([`conv_choice`]).
+pub fn conv_algo<T: Float>(s: &ConvShape) -> ConvAlgo {
+    conv_choice::<T>(s).algo()
+}
 
 /// Below this many multiply-adds per clip the cost model decides (timing would be noise).
 const MIN_MACS_TO_TIME: f64 = 2e6;
@@ -115,7 +191,7 @@ pub fn machine_key() -> String {
     format!(
         "{cpu} | {isa} | {} threads | {} | ser-engine {} conv {:016x}",
         rayon::current_num_threads(),
-        super::bf16::precision().name(),
+        crate::cpu::bf16::precision().name(),
         env!("CARGO_PKG_VERSION"),
         source_hash()
     )
@@ -124,10 +200,16 @@ pub fn machine_key() -> String {
 /// FNV-1a of the convolution sources: timings are stale once that code changes.
 fn source_hash() -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in include_str!("conv.rs")
+    for b in include_str!("mod.rs")
         .bytes()
-        .chain(include_str!("fftconv.rs").bytes())
-        .chain(include_str!("bf16.rs").bytes())
+        .chain(include_str!("shape.rs").bytes())
+        .chain(include_str!("direct.rs").bytes())
+        .chain(include_str!("fft/mod.rs").bytes())
+        .chain(include_str!("fft/transform.rs").bytes())
+        .chain(include_str!("fft/weights.rs").bytes())
+        .chain(include_str!("fft/forward.rs").bytes())
+        .chain(include_str!("fft/backward.rs").bytes())
+        .chain(include_str!("../bf16.rs").bytes())
     {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
     }
@@ -456,5 +538,46 @@ mod tests {
             measured_choice::<f64>(&s),
             Choice::Model(conv_algo_model(&s))
         );
+    }
+
+    #[test]
+    fn algo_choice_and_override_parsing() {
+        let sh = |cin, cout, k, m, t| ConvShape {
+            batch: 16,
+            cin,
+            cout,
+            k,
+            m,
+            t,
+        };
+        // the model's three stages (measured: direct, FFT, FFT)
+        assert_eq!(conv_algo_model(&sh(1, 32, 7, 128, 126)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(32, 64, 7, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(64, 128, 7, 32, 31)), ConvAlgo::Fft);
+        // measured faster direct: few channels, or k = 3; and the gradcheck shapes
+        assert_eq!(conv_algo_model(&sh(8, 8, 5, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(8, 16, 5, 32, 31)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(16, 16, 3, 64, 63)), ConvAlgo::Direct);
+        // measured faster with the FFT
+        assert_eq!(conv_algo_model(&sh(4, 8, 7, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(8, 8, 9, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(32, 32, 5, 64, 63)), ConvAlgo::Fft);
+        assert_eq!(conv_algo_model(&sh(32, 64, 3, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(2, 3, 7, 6, 9)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(32, 64, 1, 64, 63)), ConvAlgo::Direct);
+        assert_eq!(conv_algo_model(&sh(32, 64, 7, 64, 0)), ConvAlgo::Direct);
+        assert_eq!(
+            parse_conv_policy("fft"),
+            Ok(ConvPolicy::Fixed(ConvAlgo::Fft))
+        );
+        assert_eq!(
+            parse_conv_policy(" Direct "),
+            Ok(ConvPolicy::Fixed(ConvAlgo::Direct))
+        );
+        assert_eq!(parse_conv_policy("model"), Ok(ConvPolicy::Model));
+        assert_eq!(parse_conv_policy("auto"), Ok(ConvPolicy::Measure));
+        assert_eq!(parse_conv_policy("measure"), Ok(ConvPolicy::Measure));
+        assert_eq!(parse_conv_policy(""), Ok(ConvPolicy::Measure));
+        assert!(parse_conv_policy("fast").is_err());
     }
 }

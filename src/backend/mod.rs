@@ -1,11 +1,20 @@
 //! The seam between the training loop and a device: one training step, one evaluation pass,
-//! and the state a checkpoint or a resumed run needs. The CPU reference implements it here;
-//! the device engine (cuda/sim) implements the same trait.
+//! and the state a checkpoint or a resumed run needs ([`Backend`]); the batch it is fed
+//! ([`batch::Batch`]); and the memory model that says, before anything is allocated, how many
+//! bytes one step of a batch shape holds ([`memory`]).
+//!
+//! Layer rule: this level sits below both implementations and their user. It may use
+//! [`crate::model`] (and std) only. The CPU reference ([`crate::cpu::backend`]) and the device
+//! engine ([`crate::engine::step`]) implement [`Backend`] and may use this level;
+//! [`crate::train`] and [`crate::infer`] drive a `dyn Backend` and never name an implementation,
+//! except at the one place that chooses the device ([`crate::train::devices`]). Nothing here
+//! names `train`, `engine` or `cpu`.
 
-use crate::device::DeviceChoice;
-use crate::model::ModelConfig;
-use crate::train::data::Batch;
+pub mod batch;
+pub mod memory;
+
 use anyhow::Result;
+use batch::Batch;
 
 /// Loss and correct count of one batch.
 #[derive(Clone, Copy, Debug, Default)]
@@ -103,31 +112,6 @@ pub fn softmax(row: &[f32]) -> Vec<f64> {
     let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
     let s: f64 = e.iter().sum();
     e.into_iter().map(|v| v / s).collect()
-}
-
-/// Makes the training backend for the chosen device.
-pub fn make_backend(
-    device: DeviceChoice,
-    model: &ModelConfig,
-    optim: &OptimConfig,
-    seed: u64,
-) -> Result<Box<dyn Backend>> {
-    use crate::device::{select, Selected};
-    use crate::engine::step::DeviceBackend;
-    use crate::train::cpu_backend::CpuBackend;
-    match device {
-        DeviceChoice::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
-        // select(Auto) is cuda when a usable GPU is present, else cpu.
-        DeviceChoice::Auto | DeviceChoice::Cuda | DeviceChoice::Sim => match select(device)? {
-            Selected::Cpu => Ok(Box::new(CpuBackend::new(model, optim, seed))),
-            Selected::Device(_)
-                if crate::cpu::bf16::precision() == crate::cpu::bf16::Precision::Bf16 =>
-            {
-                anyhow::bail!("--precision bf16 is implemented for the cpu device only, and a GPU was selected; use --device cpu or --precision fp32")
-            }
-            Selected::Device(dev) => Ok(Box::new(DeviceBackend::new(dev, model, optim, seed)?)),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -1,195 +1,10 @@
-//! 2-D convolution, square odd kernel k, stride 1, zero padding k/2 on both axes ("same"),
-//! as im2col + GEMM per clip, parallel over the batch.
-//!
-//! Layouts: x `[B][cin][M][T]`, w `[cout][cin][k][k]` (PyTorch), bias `[cout]`,
-//! y `[B][cout][M][T]`. Clip b is `lens[b]` frames long: inputs at t ≥ lens[b] are read as zero
-//! and outputs at t ≥ lens[b] are written as zero (nothing downstream reads them: a 2×2 pool
-//! only uses frames < 2·floor(len/2) ≤ len). This is what makes a clip's result independent of
-//! the padding.
+//! The direct convolution: im2col + GEMM per clip, parallel over the batch (the oracle the
+//! FFT algorithm is checked against). Uses [`super::shape`] and the cpu GEMM and scratch.
 
-use super::fftconv::FftSaved;
-use super::scratch::{grow, with_thread_scratch};
-use super::{gemm, Float};
+use super::shape::ConvShape;
+use crate::cpu::scratch::{grow, with_thread_scratch};
+use crate::cpu::{gemm, Float};
 use rayon::prelude::*;
-
-/// Shape of one convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ConvShape {
-    pub batch: usize,
-    pub cin: usize,
-    pub cout: usize,
-    pub k: usize,
-    /// Mel bins (height).
-    pub m: usize,
-    /// Padded frames (width).
-    pub t: usize,
-}
-
-impl ConvShape {
-    fn kk(&self) -> usize {
-        self.cin * self.k * self.k
-    }
-    pub fn x_len(&self) -> usize {
-        self.batch * self.cin * self.m * self.t
-    }
-    pub fn y_len(&self) -> usize {
-        self.batch * self.cout * self.m * self.t
-    }
-    pub fn w_len(&self) -> usize {
-        self.cout * self.kk()
-    }
-}
-
-/// How a convolution is computed: both give the same results up to rounding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConvAlgo {
-    /// im2col + GEMM ([`conv2d_forward_direct`], [`conv2d_backward_direct`]).
-    Direct,
-    /// Whole-plane FFTs and per-bin channel mixing ([`super::fftconv`]).
-    Fft,
-}
-
-impl ConvAlgo {
-    /// The `SER_CPU_CONV` spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            ConvAlgo::Direct => "direct",
-            ConvAlgo::Fft => "fft",
-        }
-    }
-}
-
-/// How the algorithm of each convolution is decided (`SER_CPU_CONV`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvPolicy {
-    /// `direct` or `fft`: always that one.
-    Fixed(ConvAlgo),
-    /// `model`: the cost model [`conv_algo_model`] (fitted on one AMD EPYC Zen 4).
-    Model,
-    /// `measure` / `auto` / unset (default): timed on this machine once per shape and cached
-    /// ([`super::conv_tune`]).
-    Measure,
-}
-
-/// Parses a `SER_CPU_CONV` value: `direct`, `fft`, `model`, or `measure` / `auto` / empty.
-pub fn parse_conv_policy(v: &str) -> Result<ConvPolicy, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "direct" => Ok(ConvPolicy::Fixed(ConvAlgo::Direct)),
-        "fft" => Ok(ConvPolicy::Fixed(ConvAlgo::Fft)),
-        "model" => Ok(ConvPolicy::Model),
-        "measure" | "auto" | "" => Ok(ConvPolicy::Measure),
-        other => Err(format!(
-            "SER_CPU_CONV={other:?} is not direct|fft|model|measure|auto; using measure"
-        )),
-    }
-}
-
-/// The `SER_CPU_CONV` policy, read once per process; any other value falls back to
-/// `measure` with a one-time warning on stderr (a speed knob must not abort a run).
-pub fn conv_policy() -> ConvPolicy {
-    static POLICY: std::sync::OnceLock<ConvPolicy> = std::sync::OnceLock::new();
-    *POLICY.get_or_init(|| {
-        let v = std::env::var("SER_CPU_CONV").unwrap_or_default();
-        parse_conv_policy(&v).unwrap_or_else(|e| {
-            eprintln!("warning: {e}");
-            ConvPolicy::Measure
-        })
-    })
-}
-
-/// The algorithm the cost model picks. Fitted to `fftconv::timing` (f32, B = 16, 2 threads,
-/// 16 shapes with k = 3…9, 1…128 channels; the model picks the faster one, forward +
-/// backward, in all of them, two near-ties aside): the direct conv costs ∝ `cin·cout·k²·M·T`;
-/// the FFT conv costs ∝ `(80·(cin + cout) + 6.5·cin·cout)·N1·N2` in the same units (plane
-/// transforms + per-bin mixing on its `N1 × N2` grid). So the model's stage 1 (1 → 32
-/// channels) and all k = 3 shapes measured stay direct; stages 2 and 3 (k = 7) go to the FFT
-/// (measured 3.1× / 3.5× faster forward and backward at stage 2, 3.9× / 4.4× at stage 3).
-pub fn conv_algo_model(s: &ConvShape) -> ConvAlgo {
-    if s.k < 3 || s.m == 0 || s.t == 0 {
-        return ConvAlgo::Direct;
-    }
-    let g = super::fftconv::Grid::new(s, s.t);
-    let (ci, co) = (s.cin as f64, s.cout as f64);
-    let direct = ci * co * (s.k * s.k * s.m * s.t) as f64;
-    let fft = (80.0 * (ci + co) + 6.5 * ci * co) * (g.n1 * g.n2) as f64;
-    if direct > fft {
-        ConvAlgo::Fft
-    } else {
-        ConvAlgo::Direct
-    }
-}
-
-/// How [`conv2d_forward`] / [`conv2d_backward`] compute `s` in element type `T`, and why.
-pub fn conv_choice<T: Float>(s: &ConvShape) -> super::conv_tune::Choice {
-    use super::conv_tune::{measured_choice, Choice};
-    match conv_policy() {
-        ConvPolicy::Fixed(a) => Choice::Fixed(a),
-        ConvPolicy::Model => Choice::Model(conv_algo_model(s)),
-        ConvPolicy::Measure => measured_choice::<T>(s),
-    }
-}
-
-/// The algorithm [`conv2d_forward`] / [`conv2d_backward`] use for `s` ([`conv_choice`]).
-pub fn conv_algo<T: Float>(s: &ConvShape) -> ConvAlgo {
-    conv_choice::<T>(s).algo()
-}
-
-/// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere; dispatches on
-/// [`conv_algo`].
-pub fn conv2d_forward<T: Float>(
-    x: &[T],
-    w: &[T],
-    bias: &[T],
-    lens: &[usize],
-    s: &ConvShape,
-    y: &mut [T],
-) {
-    match conv_algo::<T>(s) {
-        ConvAlgo::Direct => conv2d_forward_direct(x, w, bias, lens, s, y),
-        ConvAlgo::Fft => super::fftconv::conv2d_forward_fft(x, w, bias, lens, s, y),
-    }
-}
-
-/// [`conv2d_forward`] in a training step: also returns what the step's
-/// [`conv2d_backward`] reuses (the FFT path's spectra; `None` on the direct path).
-pub fn conv2d_forward_saving<T: Float>(
-    x: &[T],
-    w: &[T],
-    bias: &[T],
-    lens: &[usize],
-    s: &ConvShape,
-    y: &mut [T],
-) -> Option<FftSaved<T>> {
-    match conv_algo::<T>(s) {
-        ConvAlgo::Direct => {
-            conv2d_forward_direct(x, w, bias, lens, s, y);
-            None
-        }
-        ConvAlgo::Fft => super::fftconv::conv2d_forward_fft_saving(x, w, bias, lens, s, y),
-    }
-}
-
-/// Backward of [`conv2d_forward`]: dw and db ACCUMULATE; dx (if given) is overwritten (zero at
-/// t ≥ lens[b]); dy at t ≥ lens[b] is ignored. Dispatches on [`conv_algo`]. `saved`: what the
-/// step's [`conv2d_forward_saving`] returned (`None` recomputes it).
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward<T: Float>(
-    saved: Option<&FftSaved<T>>,
-    x: &[T],
-    w: &[T],
-    dy: &[T],
-    lens: &[usize],
-    s: &ConvShape,
-    dx: Option<&mut [T]>,
-    dw: &mut [T],
-    db: &mut [T],
-) {
-    match conv_algo::<T>(s) {
-        ConvAlgo::Direct => conv2d_backward_direct(x, w, dy, lens, s, dx, dw, db),
-        ConvAlgo::Fft => super::fftconv::conv2d_backward_fft(saved, x, w, dy, lens, s, dx, dw, db),
-    }
-}
 
 /// Clips per rayon job: about two jobs per thread (balance vs. scratch reuse).
 fn min_len(batch: usize) -> usize {
@@ -313,7 +128,7 @@ fn col2im<T: Float>(cols: &[T], s: &ConvShape, l: usize, m0: usize, m1: usize, d
 }
 
 /// y = conv(x, w) + bias on each clip's valid frames, zero elsewhere (direct: im2col + GEMM;
-/// the oracle for [`super::fftconv`]).
+/// the oracle for [`super::fft`]).
 pub fn conv2d_forward_direct<T: Float>(
     x: &[T],
     w: &[T],
@@ -385,8 +200,8 @@ pub fn conv2d_forward_direct<T: Float>(
         });
 }
 
-/// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ lens[b]).
-/// dy at t ≥ lens[b] is ignored. Direct (im2col + GEMM); the oracle for [`super::fftconv`].
+/// Backward: dw and db ACCUMULATE; dx (if given) is overwritten (zero at t ≥ `lens[b]`).
+/// dy at t ≥ `lens[b]` is ignored. Direct (im2col + GEMM); the oracle for [`super::fft`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_direct<T: Float>(
     x: &[T],
@@ -480,10 +295,10 @@ pub fn conv2d_backward_direct<T: Float>(
     let Some((mut tot, db0)) = parts.next() else {
         return;
     };
-    super::axpy(T::one(), &db0, db);
+    crate::cpu::axpy(T::one(), &db0, db);
     for (dwb, dbb) in parts {
-        super::axpy(T::one(), &dwb, &mut tot);
-        super::axpy(T::one(), &dbb, db);
+        crate::cpu::axpy(T::one(), &dwb, &mut tot);
+        crate::cpu::axpy(T::one(), &dbb, db);
     }
     // dw[co][r] += tot[r][co], in blocks of 64 r so the block of `tot` stays in cache.
     const RB: usize = 64;
@@ -499,8 +314,8 @@ pub fn conv2d_backward_direct<T: Float>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::rand;
     use super::*;
+    use crate::cpu::testutil::rand;
 
     /// Direct definition of the masked "same" convolution.
     fn naive(x: &[f64], w: &[f64], bias: &[f64], lens: &[usize], s: &ConvShape) -> Vec<f64> {
@@ -658,46 +473,5 @@ mod tests {
             }
             assert!((dbv - want).abs() < 1e-12);
         }
-    }
-
-    #[test]
-    fn algo_choice_and_override_parsing() {
-        let sh = |cin, cout, k, m, t| ConvShape {
-            batch: 16,
-            cin,
-            cout,
-            k,
-            m,
-            t,
-        };
-        // the model's three stages (measured: direct, FFT, FFT)
-        assert_eq!(conv_algo_model(&sh(1, 32, 7, 128, 126)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_model(&sh(32, 64, 7, 64, 63)), ConvAlgo::Fft);
-        assert_eq!(conv_algo_model(&sh(64, 128, 7, 32, 31)), ConvAlgo::Fft);
-        // measured faster direct: few channels, or k = 3; and the gradcheck shapes
-        assert_eq!(conv_algo_model(&sh(8, 8, 5, 64, 63)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_model(&sh(8, 16, 5, 32, 31)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_model(&sh(16, 16, 3, 64, 63)), ConvAlgo::Direct);
-        // measured faster with the FFT
-        assert_eq!(conv_algo_model(&sh(4, 8, 7, 64, 63)), ConvAlgo::Fft);
-        assert_eq!(conv_algo_model(&sh(8, 8, 9, 64, 63)), ConvAlgo::Fft);
-        assert_eq!(conv_algo_model(&sh(32, 32, 5, 64, 63)), ConvAlgo::Fft);
-        assert_eq!(conv_algo_model(&sh(32, 64, 3, 64, 63)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_model(&sh(2, 3, 7, 6, 9)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_model(&sh(32, 64, 1, 64, 63)), ConvAlgo::Direct);
-        assert_eq!(conv_algo_model(&sh(32, 64, 7, 64, 0)), ConvAlgo::Direct);
-        assert_eq!(
-            parse_conv_policy("fft"),
-            Ok(ConvPolicy::Fixed(ConvAlgo::Fft))
-        );
-        assert_eq!(
-            parse_conv_policy(" Direct "),
-            Ok(ConvPolicy::Fixed(ConvAlgo::Direct))
-        );
-        assert_eq!(parse_conv_policy("model"), Ok(ConvPolicy::Model));
-        assert_eq!(parse_conv_policy("auto"), Ok(ConvPolicy::Measure));
-        assert_eq!(parse_conv_policy("measure"), Ok(ConvPolicy::Measure));
-        assert_eq!(parse_conv_policy(""), Ok(ConvPolicy::Measure));
-        assert!(parse_conv_policy("fast").is_err());
     }
 }

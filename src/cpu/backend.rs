@@ -1,13 +1,13 @@
-//! The CPU reference as a training backend.
+//! The CPU reference as a training backend: [`crate::backend::Backend`] over [`CpuModel`],
+//! Adam and gradient clipping.
 //!
-//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
-//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
-//! `engine` (the device backend is chosen above it).
+//! Layer: cpu. May use `backend`, `model` and the rest of `cpu`; never `train`, `engine` or
+//! `cli`.
 
+use crate::backend::batch::Batch;
+use crate::backend::{Backend, OptimConfig, StepStats, TrainState};
 use crate::cpu::{clip_grad_norm, cross_entropy, Adam, CpuModel, Input, Mode};
 use crate::model::ModelConfig;
-use crate::train::backend::{Backend, OptimConfig, StepStats, TrainState};
-use crate::train::data::Batch;
 use anyhow::{bail, Result};
 
 pub struct CpuBackend {
