@@ -124,3 +124,8 @@ fn cli_train_on_sim_matches_cpu() {
         }
     }
 }
+
+#[test]
+fn utterance_norm_model_matches_cpu() {
+    run("utterance_norm_model_matches_cpu");
+}

@@ -13,5 +13,6 @@ pub mod checks;
 pub mod cnn;
 pub mod cudnn;
 pub mod frontend;
+pub mod norm;
 pub mod rnn;
 pub mod step;

@@ -35,11 +35,15 @@ use crate::engine::cnn::{
     cnn_backward, cnn_forward, cnn_ranges, BnRunning, CnnOptions, CnnParams, CnnWorkspace,
     ConvScratch,
 };
+use crate::engine::norm::utterance_norm;
 use crate::engine::rnn::{
     clip_grad_norm_with, rnn_backward, rnn_forward, ClipScratch, DeviceAdam, LossConfig, LossOut,
     RnnDims, RnnOffsets, RnnWorkspace,
 };
-use crate::model::{init_buffers, init_params, BufferLayout, ModelConfig, ParamLayout};
+use crate::model::{
+    init_buffers, init_params, BufferLayout, InputNorm, ModelConfig, ParamLayout,
+    UTTERANCE_NORM_EPS,
+};
 
 /// Most (batch, t_max) shapes whose workspaces are kept; batches are bucketed by length, so a
 /// run sees few shapes. Past this the cache is emptied (a bound on memory, not a cost per step).
@@ -248,6 +252,24 @@ impl DeviceModel {
         w: &mut ShapeWork,
     ) -> Result<LossOut> {
         let phase = profile::phase("cnn fwd");
+        if self.cfg.input_norm == InputNorm::Utterance {
+            // every forward starts from a freshly uploaded (or handed over) input, so the
+            // input is normalised exactly once; cnn_forward uploads the same lengths again
+            let lens: Vec<i32> = lengths
+                .iter()
+                .map(|&l| i32::try_from(l).context("clip length exceeds i32"))
+                .collect::<Result<_>>()?;
+            let ws = &mut w.cnn;
+            self.dev.copy_htod(&lens, &mut ws.lens_dev[0])?;
+            utterance_norm(
+                &self.dev,
+                &mut ws.stages[0].input,
+                &ws.lens_dev[0],
+                self.cfg.n_mels,
+                ws.t_max,
+                UTTERANCE_NORM_EPS as f32,
+            )?;
+        }
         cnn_forward(
             &self.dev,
             &self.cfg,

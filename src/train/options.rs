@@ -10,7 +10,7 @@ use crate::audio::corpus::CorpusOptions;
 use crate::backend::OptimConfig;
 use crate::features::augment::AugmentConfig;
 use crate::features::MelConfig;
-use crate::model::ModelConfig;
+use crate::model::{InputNorm, ModelConfig};
 use crate::train::fit::FitConfig;
 use crate::train::recipe::{self, Recipe, RecipeDefaults};
 use anyhow::{bail, Result};
@@ -103,6 +103,11 @@ pub struct TrainOpts {
     /// Leave out BatchNorm after each convolution.
     #[arg(long)]
     pub no_batchnorm: bool,
+    /// Input normalisation: `none`, or `utterance` (each Mel band of each clip to zero mean
+    /// and unit population variance over the clip's valid frames, ε = 1 dB²). Part of the
+    /// model: eval, predict and the ONNX export apply it too.
+    #[arg(long, value_enum, default_value_t = InputNorm::None)]
+    pub norm: InputNorm,
     /// Advanced (tests, experiments): channels of the three conv stages, e.g. 4,8,8
     /// [default: 32,64,128 as the paper].
     #[arg(long, hide = true, value_delimiter = ',')]
@@ -400,6 +405,7 @@ impl TrainOpts {
             classes,
             dropout: self.dropout,
             batchnorm: !self.no_batchnorm,
+            input_norm: self.norm,
             ..d
         };
         cfg.validate()?;
