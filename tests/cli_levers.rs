@@ -77,3 +77,69 @@ fn norm_takes_only_its_documented_values() {
         .stderr(contains("none"))
         .stderr(contains("utterance"));
 }
+
+/// The float32 tensor `name` of a safetensors file.
+fn tensor(path: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn ema_is_the_saved_model_and_resumes_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(d.path());
+    let train = |run: &Path, epochs: &str| {
+        run_ok(
+            ser()
+                .args(["train", "--epochs", epochs, "--ema", "0.9", "--data"])
+                .arg(&data)
+                .arg("--out")
+                .arg(run)
+                .args(SMALL),
+        )
+    };
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    train(&a, "1");
+    assert_eq!(config(&a)["fit"]["ema"], 0.9);
+    // one epoch: it is the best, so model.safetensors holds the average, not the weights
+    let state = a.join("resume/state.safetensors");
+    let (ema, params) = (tensor(&state, "ema"), tensor(&state, "params"));
+    assert_ne!(ema, params);
+    let model = a.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let first = st.tensor("conv1.weight").unwrap();
+    let saved: Vec<f32> = first
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    // conv1.weight is the first tensor of the flat layout
+    assert_eq!(saved, ema[..saved.len()]);
+    assert_ne!(saved, params[..saved.len()]);
+    // 2 epochs in one go equal 1 + a resumed 1: the average is part of the resume state
+    train(&b, "2");
+    run_ok(ser().args(["train", "--epochs", "2", "--resume"]).arg(&a));
+    let ma = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    let mb = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    assert_eq!(ma.lines().count(), 2);
+    assert_eq!(ma, mb);
+}
+
+#[test]
+fn ema_outside_its_range_is_refused() {
+    for v in ["0", "1", "-0.5", "nan"] {
+        ser()
+            .args(["train", "--epochs", "1", "--ema", v])
+            .assert()
+            .failure()
+            .stderr(contains("--ema"))
+            .stderr(contains("> 0 and < 1"));
+    }
+}

@@ -49,3 +49,8 @@ fn gemm_on_views_matches_cpu() {
 fn utterance_norm_matches_cpu() {
     run("utterance_norm_matches_cpu");
 }
+
+#[test]
+fn ema_update_matches_cpu_exactly() {
+    run("ema_update_matches_cpu_exactly");
+}

@@ -187,6 +187,11 @@ pub struct TrainOpts {
     pub time_masks: usize,
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub time_mask_frac: f32,
+    /// Keep an exponential moving average of the weights with this decay (> 0, < 1; e.g.
+    /// 0.999, at most (1+step)/(10+step) early on) and use it for validation, the best
+    /// checkpoint and the saved model [default: off].
+    #[arg(long, allow_negative_numbers = true)]
+    pub ema: Option<f64>,
 }
 
 impl TrainOpts {
@@ -306,6 +311,7 @@ impl TrainOpts {
                 Incl(0.0),
                 Incl(1.0),
             ),
+            ("ema", self.ema, Excl(0.0), Excl(1.0)),
         ];
         for &(name, value, lo, hi) in checks {
             if let Some(v) = value {
@@ -452,6 +458,7 @@ impl TrainOpts {
             augment: self.augment(),
             max_seconds: Some(self.max_seconds),
             seed,
+            ema: self.ema,
         }
     }
 

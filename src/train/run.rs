@@ -124,6 +124,11 @@ impl RunConfig {
                 );
             }
         }
+        if let Some(d) = self.fit.ema {
+            if !(d > 0.0 && d < 1.0) {
+                bail!("fit.ema: {d} is outside (0, 1)");
+            }
+        }
         for (name, v) in [
             ("fit.lr", self.fit.lr),
             ("optim.lr", self.optim.lr),
@@ -521,10 +526,16 @@ impl RunDir {
         let mut meta = BTreeMap::new();
         meta.insert("epoch".to_string(), epoch.to_string());
         meta.insert("labels".to_string(), serde_json::to_string(&cfg.labels)?);
+        // with --ema the saved model is the average (validation chose it on the average too)
+        let params = if state.ema.is_empty() {
+            &state.params
+        } else {
+            &state.ema
+        };
         save_checkpoint(
             &self.model_path(),
             &cfg.model,
-            &state.params,
+            params,
             &state.buffers,
             &meta,
         )
@@ -556,12 +567,15 @@ impl RunDir {
     }
 
     pub fn save_resume(&self, progress: &FitProgress, state: &TrainState) -> Result<()> {
-        let views: Vec<(&str, &[f32])> = vec![
+        let mut views: Vec<(&str, &[f32])> = vec![
             ("params", &state.params),
             ("buffers", &state.buffers),
             ("adam_m", &state.adam_m),
             ("adam_v", &state.adam_v),
         ];
+        if !state.ema.is_empty() {
+            views.push(("ema", &state.ema));
+        }
         let tensors: Vec<(String, TensorView)> = views
             .iter()
             .map(|(n, v)| {
@@ -624,6 +638,12 @@ impl RunDir {
                 adam_m: get("adam_m")?,
                 adam_v: get("adam_v")?,
                 adam_t,
+                // only runs with --ema have one
+                ema: if st.names().contains(&"ema") {
+                    get("ema")?
+                } else {
+                    Vec::new()
+                },
             },
         ))
     }

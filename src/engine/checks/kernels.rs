@@ -535,3 +535,26 @@ pub fn utterance_norm_matches_cpu() {
     assert!(max_abs_diff(&got, &want) <= 1e-6, "{got:?} vs {want:?}");
     assert!(utterance_norm(&dev, &mut dx, &dl, 1, 5, 1e-4).is_err());
 }
+
+/// kernels/ema.cu against `backend::ema_update`: the same f32 fma on both sides, so the
+/// results must be bit-identical (tolerance 0), on a size that is not a multiple of the block.
+pub fn ema_update_matches_cpu_exactly() {
+    let dev = device();
+    let s = Stream::new(4, Purpose::Test, 2);
+    for trial in 0..3u64 {
+        let n = odd_size(&s, trial, 1, 3000);
+        let (e0, p) = (randn(600 + trial, n), randn(700 + trial, n));
+        let decay = [0.1f32, 0.9, 0.999][trial as usize];
+        let mut want = e0.clone();
+        crate::backend::ema_update(&mut want, &p, decay);
+        let mut de = dev.htod(&e0).unwrap();
+        let dp = dev.htod(&p).unwrap();
+        crate::engine::ema::ema_update(&dev, &mut de, &dp, decay).unwrap();
+        let got = dev.dtoh(&de).unwrap();
+        assert!(max_abs_diff(&got, &want) <= 0.0, "n {n} decay {decay}");
+        assert_ne!(got, e0, "the average did not move");
+    }
+    let mut short = dev.htod(&[0.0f32; 3]).unwrap();
+    let p = dev.htod(&[0.0f32; 4]).unwrap();
+    assert!(crate::engine::ema::ema_update(&dev, &mut short, &p, 0.5).is_err());
+}

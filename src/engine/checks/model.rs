@@ -573,3 +573,55 @@ pub fn utterance_norm_model_matches_cpu() {
         }
     }
 }
+
+/// `--ema` through the `Backend` trait: three training steps on the device and on the CPU
+/// keep the same average (after enable_ema, which starts it from the current weights), the
+/// average follows ema_decay's warm-up (checked against an average recomputed from the
+/// CPU's parameters after each step), `swap_ema` exchanges weights and average both ways,
+/// and the average survives state()/set_state() (the resume state). Tolerance 1e-4 relative
+/// as in three_training_steps_match_cpu_backend (the averages mix parameters that agree to it).
+pub fn ema_matches_cpu_backend_and_round_trips() {
+    let cfg = small_config(true);
+    let optim = OptimConfig {
+        lr: 1e-2,
+        weight_decay: 1e-3,
+        decoupled_weight_decay: false,
+        clip_grad_norm: 0.0,
+        label_smoothing: 0.0,
+        class_weights: None,
+    };
+    let mut dev = DeviceBackend::new(device(), &cfg, &optim, 11).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &optim, 11);
+    assert!(dev.swap_ema().is_err() && cpu.swap_ema().is_err());
+    dev.enable_ema(0.95).unwrap();
+    cpu.enable_ema(0.95).unwrap();
+    let mut mirror = cpu.model.params.clone();
+    let batches = [
+        batch(&cfg, 30, &LENS, &[0, 1, 2]),
+        batch(&cfg, 31, &[24, 40, 16], &[2, 2, 1]),
+        batch(&cfg, 32, &LENS, &[1, 0, 0]),
+    ];
+    for (step, b) in batches.iter().enumerate() {
+        dev.train_step(b, step as u32, 1e-2).unwrap();
+        cpu.train_step(b, step as u32, 1e-2).unwrap();
+        // decays 0.1, 0.18.., 0.25 (warm-up), not 0.95
+        let d = crate::backend::ema_decay(0.95, step as u32);
+        assert!(d < 0.3, "{d}");
+        crate::backend::ema_update(&mut mirror, &cpu.model.params, d);
+    }
+    let (sd, sc) = (dev.state().unwrap(), cpu.state().unwrap());
+    assert_eq!(sc.ema, mirror);
+    check("EMA after 3 steps", &sd.ema, &f64s(&sc.ema), 1e-4);
+    assert_ne!(sc.ema, sc.params);
+    // swap: the weights become the average and back
+    dev.swap_ema().unwrap();
+    let swapped = dev.state().unwrap();
+    assert_eq!((&swapped.params, &swapped.ema), (&sd.ema, &sd.params));
+    dev.swap_ema().unwrap();
+    assert_eq!(dev.state().unwrap().params, sd.params);
+    // the resume state carries the average into a fresh backend
+    let mut dev2 = DeviceBackend::new(device(), &cfg, &optim, 11).unwrap();
+    dev2.set_state(&sd).unwrap();
+    dev2.enable_ema(0.95).unwrap(); // keeps the restored average
+    assert_eq!(dev2.state().unwrap().ema, sd.ema);
+}
