@@ -7,6 +7,8 @@
 //! equal the committed model.onnx: a change to the exporter makes the fixtures stale, and the
 //! test says how to regenerate them (see tools/onnx_fixtures.py).
 //!
+//! The same model with `--norm utterance` has its own fixtures (tests/fixtures/onnx_norm/).
+//!
 //! Tolerance 1e-4 absolute on logits of magnitude ~1: both sides compute in f32 with different
 //! summation orders (convolutions, GEMMs, LSTM gates); measured differences are ~1e-6.
 
@@ -14,13 +16,17 @@ use ser_engine::backend::batch::db_to_input;
 use ser_engine::cpu::{CpuModel, Input};
 use ser_engine::features::npy::read_npy;
 use ser_engine::model::onnx::export_onnx;
-use ser_engine::model::{init_params, BufferLayout, ModelConfig, ParamLayout};
+use ser_engine::model::{init_params, BufferLayout, InputNorm, ModelConfig, ParamLayout};
 use std::path::{Path, PathBuf};
 
 const LENGTHS: [usize; 4] = [8, 37, 100, 251];
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx")
+/// The fixtures of the plain model (`onnx`) or of the one with `--norm utterance`
+/// (`onnx_norm`).
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn small_model() -> (ModelConfig, Vec<f32>, Vec<f32>) {
@@ -34,6 +40,7 @@ fn small_model() -> (ModelConfig, Vec<f32>, Vec<f32>) {
         classes: 4,
         dropout: 0.3,
         batchnorm: true,
+        input_norm: Default::default(),
     };
     // PyTorch's init scaled up (×3) so the logits depend clearly on the input (at init
     // scale the small model's output is almost constant, which would test little).
@@ -82,7 +89,21 @@ fn metadata() -> Vec<(String, String)> {
 
 #[test]
 fn onnxruntime_logits_equal_ours_and_the_fixture_is_current() {
-    let (cfg, params, buffers) = small_model();
+    check_fixtures("onnx", InputNorm::None);
+}
+
+/// The graph's per-utterance normalisation (ReduceMean over frames, population variance, the
+/// same ε) gives the CPU model's logits, whose normalisation is tested on its own
+/// (cpu::norm) and against the device kernel (sim_kernels).
+#[test]
+fn onnxruntime_logits_equal_ours_with_utterance_norm() {
+    check_fixtures("onnx_norm", InputNorm::Utterance);
+}
+
+fn check_fixtures(name: &str, input_norm: InputNorm) {
+    let (mut cfg, params, buffers) = small_model();
+    cfg.input_norm = input_norm;
+    let dir = || dir(name);
     let bytes = export_onnx(&cfg, &params, &buffers, 40.0, 40.0, &metadata()).unwrap();
     let model_path = dir().join("model.onnx");
     if std::env::var_os("SER_WRITE_ONNX_FIXTURES").is_some() {
@@ -98,7 +119,8 @@ fn onnxruntime_logits_equal_ours_and_the_fixture_is_current() {
     assert!(
         committed == bytes,
         "the exporter's output changed: regenerate the fixtures (SER_WRITE_ONNX_FIXTURES=1 \
-         cargo test --release --test onnx_export; python tools/onnx_fixtures.py)"
+         cargo test --release --test onnx_export; python tools/onnx_fixtures.py \
+         tests/fixtures/{name})"
     );
     let mut model = CpuModel::<f32>::from_params(cfg.clone(), params, buffers).unwrap();
     for t in LENGTHS {

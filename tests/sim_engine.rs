@@ -124,3 +124,13 @@ fn cli_train_on_sim_matches_cpu() {
         }
     }
 }
+
+#[test]
+fn utterance_norm_model_matches_cpu() {
+    run("utterance_norm_model_matches_cpu");
+}
+
+#[test]
+fn ema_matches_cpu_backend_and_round_trips() {
+    run("ema_matches_cpu_backend_and_round_trips");
+}

@@ -44,3 +44,13 @@ fn views_launch_on_their_range_only() {
 fn gemm_on_views_matches_cpu() {
     run("gemm_on_views_matches_cpu");
 }
+
+#[test]
+fn utterance_norm_matches_cpu() {
+    run("utterance_norm_matches_cpu");
+}
+
+#[test]
+fn ema_update_matches_cpu_exactly() {
+    run("ema_update_matches_cpu_exactly");
+}

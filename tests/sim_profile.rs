@@ -31,6 +31,7 @@ fn cfg() -> ModelConfig {
         classes: 3,
         dropout: 0.3,
         batchnorm: true,
+        input_norm: Default::default(),
     }
 }
 

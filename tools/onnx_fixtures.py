@@ -4,6 +4,7 @@
 Steps (run from the repository root):
   SER_WRITE_ONNX_FIXTURES=1 cargo test --release --test onnx_export   # writes model.onnx
   python tools/onnx_fixtures.py                                       # writes the rest
+  python tools/onnx_fixtures.py tests/fixtures/onnx_norm              # the --norm utterance model
   cargo test --release --test onnx_export                             # compares
 
 Needs: pip install onnxruntime numpy onnx (a venv outside the repository, e.g. /work/venv-onnx).
@@ -19,6 +20,8 @@ import onnx
 import onnxruntime as ort
 
 DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "onnx")
+if len(sys.argv) > 1:
+    DIR = sys.argv[1]
 LENGTHS = [8, 37, 100, 251]  # the shortest input, odd sizes (floor pooling), a few seconds
 
 

@@ -5,7 +5,7 @@
 //! `cli`.
 
 use crate::backend::batch::Batch;
-use crate::backend::{Backend, OptimConfig, StepStats, TrainState};
+use crate::backend::{ema_decay, ema_update, Backend, OptimConfig, StepStats, TrainState};
 use crate::cpu::{clip_grad_norm, cross_entropy, Adam, CpuModel, Input, Mode};
 use crate::model::ModelConfig;
 use anyhow::{bail, Result};
@@ -16,6 +16,9 @@ pub struct CpuBackend {
     pub optim: OptimConfig,
     /// Seed of the dropout masks.
     pub seed: u64,
+    /// `--ema`: the decay, and the average once started.
+    ema_decay: Option<f64>,
+    ema: Option<Vec<f32>>,
 }
 
 impl CpuBackend {
@@ -32,6 +35,8 @@ impl CpuBackend {
             adam,
             optim: optim.clone(),
             seed,
+            ema_decay: None,
+            ema: None,
         }
     }
 
@@ -68,6 +73,9 @@ impl Backend for CpuBackend {
         }
         self.adam.lr = lr as f32;
         self.adam.step(&mut self.model.params, &self.model.grads);
+        if let (Some(d), Some(ema)) = (self.ema_decay, self.ema.as_mut()) {
+            ema_update(ema, &self.model.params, ema_decay(d, step));
+        }
         Ok(StepStats {
             loss: loss as f64,
             correct,
@@ -89,6 +97,7 @@ impl Backend for CpuBackend {
             adam_m: self.adam.m.clone(),
             adam_v: self.adam.v.clone(),
             adam_t: self.adam.t,
+            ema: self.ema.clone().unwrap_or_default(),
         })
     }
 
@@ -110,6 +119,32 @@ impl Backend for CpuBackend {
             self.adam.v.copy_from_slice(&s.adam_v);
             self.adam.t = s.adam_t;
         }
+        if !s.ema.is_empty() {
+            if s.ema.len() != s.params.len() {
+                bail!(
+                    "saved state has an EMA of {} values for {} parameters",
+                    s.ema.len(),
+                    s.params.len()
+                );
+            }
+            self.ema = Some(s.ema.clone());
+        }
+        Ok(())
+    }
+
+    fn enable_ema(&mut self, decay: f64) -> Result<()> {
+        self.ema_decay = Some(decay);
+        if self.ema.is_none() {
+            self.ema = Some(self.model.params.clone());
+        }
+        Ok(())
+    }
+
+    fn swap_ema(&mut self) -> Result<()> {
+        let Some(ema) = self.ema.as_mut() else {
+            bail!("no EMA of the weights is kept (--ema not given)");
+        };
+        std::mem::swap(ema, &mut self.model.params);
         Ok(())
     }
 }

@@ -290,6 +290,7 @@ pub fn small_config(batchnorm: bool) -> ModelConfig {
         classes: 3,
         dropout: 0.3,
         batchnorm,
+        input_norm: Default::default(),
     }
 }
 

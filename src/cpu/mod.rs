@@ -27,6 +27,7 @@ pub mod linear;
 pub mod loss;
 pub mod lstm;
 pub mod model;
+pub mod norm;
 pub mod pool;
 mod scratch;
 

@@ -14,14 +14,15 @@ use super::conv::{conv2d_backward, conv2d_forward, conv2d_forward_saving, ConvSh
 use super::dropout::{apply_mask, dropout_mask, SITE_FC, SITE_LSTM0, SITE_POOL1};
 use super::linear::{linear_backward, linear_forward};
 use super::lstm::{lstm_layer_backward, lstm_layer_forward, LstmCache, LstmShape};
+use super::norm::utterance_norm;
 use super::pool::{
     bn_relu_maxpool2_forward, maxpool2_backward, maxpool2_forward, relu_backward, relu_forward,
     relu_inplace,
 };
 use super::{Float, Input, Mode};
 use crate::model::{
-    init_buffers, init_params, lstm_names, BufferLayout, ModelConfig, ParamLayout, BN_EPS,
-    BN_MOMENTUM,
+    init_buffers, init_params, lstm_names, BufferLayout, InputNorm, ModelConfig, ParamLayout,
+    BN_EPS, BN_MOMENTUM, UTTERANCE_NORM_EPS,
 };
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -174,6 +175,9 @@ impl<T: Float> CpuModel<T> {
         let eps = T::cst(BN_EPS);
         // Conv stages.
         let mut cur = x.x.to_vec();
+        if cfg.input_norm == InputNorm::Utterance {
+            utterance_norm(&mut cur, cfg.n_mels, x.t_max, x.lengths, UTTERANCE_NORM_EPS);
+        }
         let mut stages = Vec::with_capacity(3);
         for (s, sh) in conv_shapes(&cfg, bsz, x.t_max).into_iter().enumerate() {
             let (c, m, t) = (sh.cout, sh.m, sh.t);

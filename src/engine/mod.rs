@@ -12,6 +12,8 @@ pub mod check;
 pub mod checks;
 pub mod cnn;
 pub mod cudnn;
+pub mod ema;
 pub mod frontend;
+pub mod norm;
 pub mod rnn;
 pub mod step;

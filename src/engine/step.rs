@@ -28,18 +28,22 @@ use std::ops::Range;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::backend::batch::Batch;
-use crate::backend::{Backend, OptimConfig, StepStats, TrainState};
+use crate::backend::{ema_decay, Backend, OptimConfig, StepStats, TrainState};
 use crate::cpu::Mode;
 use crate::device::{profile, Device, DeviceBuffer};
 use crate::engine::cnn::{
     cnn_backward, cnn_forward, cnn_ranges, BnRunning, CnnOptions, CnnParams, CnnWorkspace,
     ConvScratch,
 };
+use crate::engine::norm::utterance_norm;
 use crate::engine::rnn::{
     clip_grad_norm_with, rnn_backward, rnn_forward, ClipScratch, DeviceAdam, LossConfig, LossOut,
     RnnDims, RnnOffsets, RnnWorkspace,
 };
-use crate::model::{init_buffers, init_params, BufferLayout, ModelConfig, ParamLayout};
+use crate::model::{
+    init_buffers, init_params, BufferLayout, InputNorm, ModelConfig, ParamLayout,
+    UTTERANCE_NORM_EPS,
+};
 
 /// Most (batch, t_max) shapes whose workspaces are kept; batches are bucketed by length, so a
 /// run sees few shapes. Past this the cache is emptied (a bound on memory, not a cost per step).
@@ -248,6 +252,24 @@ impl DeviceModel {
         w: &mut ShapeWork,
     ) -> Result<LossOut> {
         let phase = profile::phase("cnn fwd");
+        if self.cfg.input_norm == InputNorm::Utterance {
+            // every forward starts from a freshly uploaded (or handed over) input, so the
+            // input is normalised exactly once; cnn_forward uploads the same lengths again
+            let lens: Vec<i32> = lengths
+                .iter()
+                .map(|&l| i32::try_from(l).context("clip length exceeds i32"))
+                .collect::<Result<_>>()?;
+            let ws = &mut w.cnn;
+            self.dev.copy_htod(&lens, &mut ws.lens_dev[0])?;
+            utterance_norm(
+                &self.dev,
+                &mut ws.stages[0].input,
+                &ws.lens_dev[0],
+                self.cfg.n_mels,
+                ws.t_max,
+                UTTERANCE_NORM_EPS as f32,
+            )?;
+        }
         cnn_forward(
             &self.dev,
             &self.cfg,
@@ -409,6 +431,7 @@ impl DeviceModel {
             adam_m: self.dev.dtoh(&self.adam.m)?,
             adam_v: self.dev.dtoh(&self.adam.v)?,
             adam_t: self.adam.t,
+            ema: Vec::new(),
         })
     }
 
@@ -448,6 +471,9 @@ pub struct DeviceBackend {
     loss: LossConfig,
     /// Seed of the dropout masks.
     pub seed: u64,
+    /// `--ema`: the decay, and the average (a second flat parameter buffer) once started.
+    ema_decay: Option<f64>,
+    ema: Option<DeviceBuffer<f32>>,
 }
 
 impl DeviceBackend {
@@ -473,6 +499,8 @@ impl DeviceBackend {
             },
             optim: optim.clone(),
             seed,
+            ema_decay: None,
+            ema: None,
         })
     }
 }
@@ -490,6 +518,15 @@ impl Backend for DeviceBackend {
             self.optim.clip_grad_norm as f32,
             &self.loss,
         )?;
+        if let (Some(d), Some(ema)) = (self.ema_decay, self.ema.as_mut()) {
+            let _phase = profile::phase("optim");
+            crate::engine::ema::ema_update(
+                &self.model.dev,
+                ema,
+                &self.model.params,
+                ema_decay(d, step),
+            )?;
+        }
         Ok(StepStats {
             loss: o.loss as f64,
             correct: o.correct,
@@ -506,13 +543,49 @@ impl Backend for DeviceBackend {
     }
 
     fn state(&self) -> Result<TrainState> {
-        self.model
+        let mut s = self
+            .model
             .state()
-            .context("reading the training state from the device")
+            .context("reading the training state from the device")?;
+        if let Some(ema) = &self.ema {
+            s.ema = self
+                .model
+                .dev
+                .dtoh(ema)
+                .context("reading the EMA from the device")?;
+        }
+        Ok(s)
     }
 
     fn set_state(&mut self, state: &TrainState) -> Result<()> {
-        self.model.set_state(state)
+        self.model.set_state(state)?;
+        if !state.ema.is_empty() {
+            ensure!(
+                state.ema.len() == state.params.len(),
+                "saved state has an EMA of {} values for {} parameters",
+                state.ema.len(),
+                state.params.len()
+            );
+            self.ema = Some(self.model.dev.htod(&state.ema)?);
+        }
+        Ok(())
+    }
+
+    fn enable_ema(&mut self, decay: f64) -> Result<()> {
+        self.ema_decay = Some(decay);
+        if self.ema.is_none() {
+            // once per run: a round trip through the host is simplest
+            self.ema = Some(self.model.dev.htod(&self.model.params_host()?)?);
+        }
+        Ok(())
+    }
+
+    fn swap_ema(&mut self) -> Result<()> {
+        let Some(ema) = self.ema.as_mut() else {
+            bail!("no EMA of the weights is kept (--ema not given)");
+        };
+        std::mem::swap(ema, &mut self.model.params);
+        Ok(())
     }
 
     fn device(&self) -> &'static str {

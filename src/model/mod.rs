@@ -40,7 +40,48 @@ pub struct ModelConfig {
     pub dropout: f32,
     /// Whether each conv is followed by BatchNorm2d.
     pub batchnorm: bool,
+    /// Normalisation of the input before the first convolution (`--norm`); configs written
+    /// before it existed have none.
+    #[serde(default, skip_serializing_if = "InputNorm::is_none")]
+    pub input_norm: InputNorm,
 }
+
+/// What the model does to its input `x` (model input scale, see `input_db_offset`) before the
+/// first convolution, per clip and mel band over the clip's valid frames `t < length`:
+/// `none` leaves it; `utterance` subtracts the mean and divides by `sqrt(var + ε)`, where
+/// `var` is the population variance (divided by the frame count, not count − 1) and
+/// ε = [`UTTERANCE_NORM_EPS`]. Frames past a clip's length stay as they are (the model
+/// ignores them). Being part of the model, it is applied alike in training, validation,
+/// `eval`, `predict`, and inside the ONNX graph.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum InputNorm {
+    #[default]
+    None,
+    Utterance,
+}
+
+impl InputNorm {
+    pub fn is_none(&self) -> bool {
+        *self == InputNorm::None
+    }
+}
+
+/// ε of the per-utterance normalisation, in model-input units (x = (dB + 40) / 40): 1/1600,
+/// i.e. 1 dB², so the result is (dB − mean_dB) / √(var_dB + 1 dB²). A band whose spread is
+/// well under 1 dB (silent, or at the −top_db floor) then stays near 0 instead of having its
+/// rounding noise blown up to unit variance.
+pub const UTTERANCE_NORM_EPS: f64 = 1.0 / 1600.0;
 
 impl Default for ModelConfig {
     fn default() -> Self {
@@ -54,6 +95,7 @@ impl Default for ModelConfig {
             classes: 5,
             dropout: 0.3,
             batchnorm: true,
+            input_norm: InputNorm::None,
         }
     }
 }
@@ -340,6 +382,27 @@ mod tests {
     use super::*;
 
     // Parameter counts per kernel size (paper Table 3): tests/model.rs.
+
+    #[test]
+    fn input_norm_is_optional_in_json_and_old_configs_load_without_it() {
+        let plain = serde_json::to_string(&ModelConfig::default()).unwrap();
+        // configs without normalisation are written as before the field existed
+        assert!(!plain.contains("input_norm"), "{plain}");
+        let old: ModelConfig = serde_json::from_str(&plain).unwrap();
+        assert_eq!(old.input_norm, InputNorm::None);
+        let cfg = ModelConfig {
+            input_norm: InputNorm::Utterance,
+            ..ModelConfig::default()
+        };
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains(r#""input_norm":"utterance""#), "{json}");
+        assert_eq!(serde_json::from_str::<ModelConfig>(&json).unwrap(), cfg);
+        let bad = json.replace("utterance", "global");
+        let e = serde_json::from_str::<ModelConfig>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global"), "{e}");
+    }
 
     #[test]
     fn validate_rejects_bad_configs() {

@@ -5,6 +5,7 @@
 //! ```text
 //! log_mel [batch, 1, n_mels, frames]  (dB, librosa power_to_db(ref=max) as training used)
 //!   → Add(offset) → Div(scale)                      model input scale
+//!   [→ ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div    per-utterance norm over frames, --norm]
 //!   → 3 × [Conv k×k pad k/2 → BatchNormalization → Relu → MaxPool 2×2]
 //!   → Transpose(3,0,1,2) → Reshape(0,0,-1)          [frames/8, batch, C3·n_mels/8]
 //!   → MatMul + Add → Relu                           per-frame FC
@@ -22,7 +23,9 @@
 //! Layer: model (below train, engine and cli). May use the shared modules (`rng`, `isa`,
 //! `cache`, `atomic_file`); nothing else of the crate.
 
-use super::{lstm_names, BufferLayout, ModelConfig, ParamLayout, BN_EPS};
+use super::{
+    lstm_names, BufferLayout, InputNorm, ModelConfig, ParamLayout, BN_EPS, UTTERANCE_NORM_EPS,
+};
 use anyhow::{bail, Result};
 
 /// ONNX IR version 8 goes with opset 17.
@@ -265,8 +268,21 @@ pub fn export_onnx(
     g.tensor_i64("time_axis", &[0]);
     g.node("Add", &["log_mel", "input_db_offset"], "x_shifted", &[]);
     g.node("Div", &["x_shifted", "input_db_scale"], "x", &[]);
-    let (k, pad) = (cfg.kernel, (cfg.kernel / 2) as i64);
     let mut cur = "x".to_string();
+    if cfg.input_norm == InputNorm::Utterance {
+        // per (clip, band) over the frames axis: (x − mean) / √(population var + ε)
+        g.tensor("input_norm_eps", &[], &[UTTERANCE_NORM_EPS as f32]);
+        let mean_over_frames = [("axes", Attr::Ints(&[3])), ("keepdims", Attr::Int(1))];
+        g.node("ReduceMean", &["x"], "x_mean", &mean_over_frames);
+        g.node("Sub", &["x", "x_mean"], "x_centred", &[]);
+        g.node("Mul", &["x_centred", "x_centred"], "x_sq", &[]);
+        g.node("ReduceMean", &["x_sq"], "x_var", &mean_over_frames);
+        g.node("Add", &["x_var", "input_norm_eps"], "x_var_eps", &[]);
+        g.node("Sqrt", &["x_var_eps"], "x_std", &[]);
+        g.node("Div", &["x_centred", "x_std"], "x_norm", &[]);
+        cur = "x_norm".to_string();
+    }
+    let (k, pad) = (cfg.kernel, (cfg.kernel / 2) as i64);
     for s in 1..=3 {
         let (ci, co) = (cfg.stage_in(s - 1), cfg.channels[s - 1]);
         let (w, bias) = (format!("conv{s}.weight"), format!("conv{s}.bias"));

@@ -36,6 +36,10 @@ pub struct FitConfig {
     #[serde(default)]
     pub max_seconds: Option<f64>,
     pub seed: u64,
+    /// `--ema DECAY`: validate, keep and save an exponential moving average of the weights
+    /// (older run folders: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 /// One line of metrics.jsonl.
@@ -259,6 +263,9 @@ pub fn fit(
     if val_idx.is_empty() {
         bail!("the validation set is empty (give --val-split > 0 or --val-data)");
     }
+    if let Some(d) = cfg.ema {
+        backend.enable_ema(d)?;
+    }
     let frames = data.model_frames();
     // The cosine schedule's horizon: every epoch has the same number of batches (the buckets
     // depend on the clips, not on the shuffle), so this counts each run's steps exactly.
@@ -325,11 +332,19 @@ pub fn fit(
             ));
         }
         bar.finish_and_clear();
+        // with --ema, validation (and so the choice of the best epoch) sees the average
+        if cfg.ema.is_some() {
+            backend.swap_ema()?;
+        }
+        let evaluated = evaluate(backend, data, val_idx, cfg.batch_size);
+        if cfg.ema.is_some() {
+            backend.swap_ema()?;
+        }
         let Evaluation {
             loss: val_loss,
             confusion,
             ..
-        } = evaluate(backend, data, val_idx, cfg.batch_size)?;
+        } = evaluated?;
         let scores: Scores = confusion.scores();
         let best = progress.early.observe(epoch, val_loss);
         let record = EpochRecord {

@@ -10,7 +10,7 @@ use crate::audio::corpus::CorpusOptions;
 use crate::backend::OptimConfig;
 use crate::features::augment::AugmentConfig;
 use crate::features::MelConfig;
-use crate::model::ModelConfig;
+use crate::model::{InputNorm, ModelConfig};
 use crate::train::fit::FitConfig;
 use crate::train::recipe::{self, Recipe, RecipeDefaults};
 use anyhow::{bail, Result};
@@ -149,6 +149,11 @@ pub struct TrainOpts {
     /// Leave out BatchNorm after each convolution.
     #[arg(long)]
     pub no_batchnorm: bool,
+    /// Input normalisation: `none`, or `utterance` (each Mel band of each clip to zero mean
+    /// and unit population variance over the clip's valid frames, ε = 1 dB²). Part of the
+    /// model: eval, predict and the ONNX export apply it too.
+    #[arg(long, value_enum, default_value_t = InputNorm::None)]
+    pub norm: InputNorm,
     /// Advanced (tests, experiments): channels of the three conv stages, e.g. 4,8,8
     /// [default: 32,64,128 as the paper].
     #[arg(long, hide = true, value_delimiter = ',')]
@@ -228,6 +233,11 @@ pub struct TrainOpts {
     pub time_masks: usize,
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub time_mask_frac: f32,
+    /// Keep an exponential moving average of the weights with this decay (> 0, < 1; e.g.
+    /// 0.999, at most (1+step)/(10+step) early on) and use it for validation, the best
+    /// checkpoint and the saved model [default: off].
+    #[arg(long, allow_negative_numbers = true)]
+    pub ema: Option<f64>,
 }
 
 impl TrainOpts {
@@ -347,6 +357,7 @@ impl TrainOpts {
                 Incl(0.0),
                 Incl(1.0),
             ),
+            ("ema", self.ema, Excl(0.0), Excl(1.0)),
         ];
         for &(name, value, lo, hi) in checks {
             if let Some(v) = value {
@@ -446,6 +457,7 @@ impl TrainOpts {
             classes,
             dropout: self.dropout,
             batchnorm: !self.no_batchnorm,
+            input_norm: self.norm,
             ..d
         };
         cfg.validate()?;
@@ -492,6 +504,7 @@ impl TrainOpts {
             augment: self.augment(),
             max_seconds: Some(self.max_seconds),
             seed,
+            ema: self.ema,
         }
     }
 

@@ -124,6 +124,11 @@ impl RunConfig {
                 );
             }
         }
+        if let Some(d) = self.fit.ema {
+            if !(d > 0.0 && d < 1.0) {
+                bail!("fit.ema: {d} is outside (0, 1)");
+            }
+        }
         for (name, v) in [
             ("fit.lr", self.fit.lr),
             ("optim.lr", self.optim.lr),
@@ -521,10 +526,16 @@ impl RunDir {
         let mut meta = BTreeMap::new();
         meta.insert("epoch".to_string(), epoch.to_string());
         meta.insert("labels".to_string(), serde_json::to_string(&cfg.labels)?);
+        // with --ema the saved model is the average (validation chose it on the average too)
+        let params = if state.ema.is_empty() {
+            &state.params
+        } else {
+            &state.ema
+        };
         save_checkpoint(
             &self.model_path(),
             &cfg.model,
-            &state.params,
+            params,
             &state.buffers,
             &meta,
         )
@@ -556,12 +567,15 @@ impl RunDir {
     /// progress (one file, one rename: a kill leaves either the old epoch or the new one,
     /// never one's state beside the other's progress).
     pub fn save_resume(&self, progress: &FitProgress, state: &TrainState) -> Result<()> {
-        let views: Vec<(&str, &[f32])> = vec![
+        let mut views: Vec<(&str, &[f32])> = vec![
             ("params", &state.params),
             ("buffers", &state.buffers),
             ("adam_m", &state.adam_m),
             ("adam_v", &state.adam_v),
         ];
+        if !state.ema.is_empty() {
+            views.push(("ema", &state.ema));
+        }
         let tensors: Vec<(String, TensorView)> = views
             .iter()
             .map(|(n, v)| {
@@ -651,6 +665,12 @@ impl RunDir {
             adam_m: get("adam_m")?,
             adam_v: get("adam_v")?,
             adam_t,
+            // only runs with --ema have one
+            ema: if st.names().contains(&"ema") {
+                get("ema")?
+            } else {
+                Vec::new()
+            },
         };
         check_resume(&progress, &state, model).with_context(|| {
             if progress_file == ps {
@@ -694,6 +714,12 @@ fn check_resume(p: &FitProgress, s: &TrainState, model: &ModelConfig) -> Result<
             model.classes
         );
     }
+    if !s.ema.is_empty() && s.ema.len() != np {
+        bail!(
+            "tensor 'ema' holds {} values for {np} parameters",
+            s.ema.len()
+        );
+    }
     if s.adam_m.len() != np || s.adam_v.len() != np {
         bail!(
             "Adam moments hold {} and {} values for {np} parameters",
@@ -706,6 +732,7 @@ fn check_resume(p: &FitProgress, s: &TrainState, model: &ModelConfig) -> Result<
         ("buffers", &s.buffers),
         ("adam_m", &s.adam_m),
         ("adam_v", &s.adam_v),
+        ("ema", &s.ema),
     ] {
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             bail!("tensor '{name}' holds a non-finite value ({}) at {i}", v[i]);
@@ -826,6 +853,7 @@ mod tests {
             adam_m: vec![0.1; np],
             adam_v: vec![0.2; np],
             adam_t: 5 * epochs as u64,
+            ema: Vec::new(),
         };
         (p, s)
     }

@@ -705,6 +705,7 @@ fn tiny_bn_cfg() -> ModelConfig {
         classes: 2,
         dropout: 0.0,
         batchnorm: true,
+        input_norm: Default::default(),
     }
 }
 

@@ -358,6 +358,7 @@ pub fn cudnn_composed_cnn_matches_our_kernels_on_gpu() {
         classes: 3,
         dropout: 0.3,
         batchnorm: true,
+        input_norm: Default::default(),
     };
     let (bsz, t_max) = (3usize, 61usize);
     let lens = [61usize, 40, 23];

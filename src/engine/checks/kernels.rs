@@ -456,3 +456,105 @@ pub fn gemm_on_views_matches_cpu() {
             .is_err());
     }
 }
+
+/// kernels/norm.cu (per-utterance normalisation) against `cpu::norm::utterance_norm` in f64:
+/// random batch, band and frame counts that are not multiples of the 128-thread block (and
+/// frame counts both below and several times above it), random lengths including 0 and t_max,
+/// rows centred far from zero (where E[x²] − mean² would cancel) and a constant row (variance
+/// 0: ε alone keeps it finite). Padding must come back bit for bit.
+///
+/// Tolerance 2e-5 absolute on outputs of size ~1-4: the kernel sums up to ~1000 f32 values of
+/// size ~3 (strided per thread, then a tree), an error of a few f32 ε (6e-8) × the
+/// accumulation depth relative to the sum, carried into (x − mean)/σ with σ ≥ 0.5, i.e. ≲ 1e-5.
+pub fn utterance_norm_matches_cpu() {
+    use crate::cpu::norm::utterance_norm as cpu_norm;
+    use crate::engine::norm::utterance_norm;
+    let dev = device();
+    let s = Stream::new(3, Purpose::Test, 9);
+    const PAD: f32 = -123.25;
+    let eps = crate::model::UTTERANCE_NORM_EPS;
+    for trial in 0..4u64 {
+        let batch = 1 + s.below(100 + trial, 5) as usize;
+        let n_mels = odd_size(&s, 200 + trial, 1, 40);
+        let t_max = odd_size(&s, 300 + trial, 1, if trial < 2 { 120 } else { 900 });
+        let mut lens: Vec<usize> = (0..batch)
+            .map(|b| s.below(400 + 10 * trial + b as u64, t_max as u32 + 1) as usize)
+            .collect();
+        lens[0] = t_max;
+        if batch > 2 {
+            lens[2] = 0;
+        }
+        let z = randn(500 + trial, batch * n_mels * t_max);
+        let mut x = vec![PAD; z.len()];
+        for (b, &l) in lens.iter().enumerate() {
+            for m in 0..n_mels {
+                let row = (b * n_mels + m) * t_max;
+                for t in 0..l {
+                    // per-row offset in [-3, 3] and spread in [0.5, 1.5]; row (0, 0) constant
+                    let off = 3.0 - 6.0 * ((b * 7 + m * 3) % 11) as f32 / 10.0;
+                    let sd = 0.5 + ((b + m) % 3) as f32 * 0.5;
+                    x[row + t] = if b == 0 && m == 0 {
+                        2.5
+                    } else {
+                        off + sd * z[row + t]
+                    };
+                }
+            }
+        }
+        let mut want = super::util::f64s(&x);
+        cpu_norm(&mut want, n_mels, t_max, &lens, eps);
+        let mut dx = dev.htod(&x).unwrap();
+        let lens_i: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+        let dl = dev.htod(&lens_i).unwrap();
+        utterance_norm(&dev, &mut dx, &dl, n_mels, t_max, eps as f32).unwrap();
+        let got = dev.dtoh(&dx).unwrap();
+        let mut worst = 0.0f64;
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            let (b, t) = (i / (n_mels * t_max), i % t_max);
+            if t >= lens[b] {
+                assert_eq!(g, PAD, "trial {trial}: padding at {i} changed");
+                continue;
+            }
+            let d = (g as f64 - w).abs();
+            assert!(d.is_finite(), "trial {trial}: {g} vs {w} at {i}");
+            worst = worst.max(d);
+        }
+        eprintln!(
+            "utterance_norm B {batch} mels {n_mels} T {t_max} lens {lens:?}: max abs error {worst:.2e}"
+        );
+        assert!(worst <= 2e-5, "trial {trial}: max abs error {worst:e}");
+    }
+    // a length past t_max is clamped by the kernel, not read past the row; an input of the
+    // wrong size is an error before any launch
+    let mut dx = dev.htod(&[1.0f32, 2.0, 3.0, 4.0]).unwrap();
+    let dl = dev.htod(&[9i32]).unwrap();
+    utterance_norm(&dev, &mut dx, &dl, 1, 4, 1e-4).unwrap();
+    let got = dev.dtoh(&dx).unwrap();
+    let sd = (1.25f32 + 1e-4).sqrt();
+    let want = [-1.5 / sd, -0.5 / sd, 0.5 / sd, 1.5 / sd];
+    assert!(max_abs_diff(&got, &want) <= 1e-6, "{got:?} vs {want:?}");
+    assert!(utterance_norm(&dev, &mut dx, &dl, 1, 5, 1e-4).is_err());
+}
+
+/// kernels/ema.cu against `backend::ema_update`: the same f32 fma on both sides, so the
+/// results must be bit-identical (tolerance 0), on a size that is not a multiple of the block.
+pub fn ema_update_matches_cpu_exactly() {
+    let dev = device();
+    let s = Stream::new(4, Purpose::Test, 2);
+    for trial in 0..3u64 {
+        let n = odd_size(&s, trial, 1, 3000);
+        let (e0, p) = (randn(600 + trial, n), randn(700 + trial, n));
+        let decay = [0.1f32, 0.9, 0.999][trial as usize];
+        let mut want = e0.clone();
+        crate::backend::ema_update(&mut want, &p, decay);
+        let mut de = dev.htod(&e0).unwrap();
+        let dp = dev.htod(&p).unwrap();
+        crate::engine::ema::ema_update(&dev, &mut de, &dp, decay).unwrap();
+        let got = dev.dtoh(&de).unwrap();
+        assert!(max_abs_diff(&got, &want) <= 0.0, "n {n} decay {decay}");
+        assert_ne!(got, e0, "the average did not move");
+    }
+    let mut short = dev.htod(&[0.0f32; 3]).unwrap();
+    let p = dev.htod(&[0.0f32; 4]).unwrap();
+    assert!(crate::engine::ema::ema_update(&dev, &mut short, &p, 0.5).is_err());
+}

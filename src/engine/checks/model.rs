@@ -487,3 +487,141 @@ pub fn workspace_cache_is_bounded_in_bytes() {
         }
     }
 }
+
+/// `--norm utterance` on the device (kernels/norm.cu as the model's first step) against the
+/// CPU model in f64: train and eval logits and every parameter gradient, on an input whose
+/// bands sit at different levels and spreads (as log-Mel bands do), so the normalisation
+/// changes the logits visibly (checked: the model without it gives other logits).
+/// Tolerances as in the checks above (1e-5 forward, 1e-4 gradients; the conv biases before
+/// BatchNorm, whose true gradient is 0, against the largest gradient's norm).
+pub fn utterance_norm_model_matches_cpu() {
+    let mut cfg = small_config(true);
+    cfg.input_norm = crate::model::InputNorm::Utterance;
+    let mut x = input(3, cfg.n_mels, T_MAX, &LENS);
+    for (i, v) in x.iter_mut().enumerate() {
+        let m = (i / T_MAX) % cfg.n_mels;
+        if i % T_MAX < LENS[i / (T_MAX * cfg.n_mels)] {
+            *v = 0.2 * (1 + m % 3) as f32 * *v - 0.9 + 0.1 * m as f32;
+        }
+    }
+    let xd = f64s(&x);
+    let inp = Input {
+        x: &xd,
+        batch: 3,
+        t_max: T_MAX,
+        lengths: &LENS,
+    };
+    let mut dm = DeviceModel::new(device(), &cfg, 7).unwrap();
+    let mut cpu = CpuModel::<f64>::new(cfg.clone(), 7);
+    let mode = Mode::Train { seed: 5, step: 3 };
+    let got = dm.forward(&x, &LENS, T_MAX, mode).unwrap();
+    check(
+        "norm: train-mode logits",
+        &got,
+        &cpu.forward(&inp, mode).logits,
+        1e-5,
+    );
+    let got = dm.forward(&x, &LENS, T_MAX, Mode::Eval).unwrap();
+    check(
+        "norm: eval logits",
+        &got,
+        &cpu.forward(&inp, Mode::Eval).logits,
+        1e-5,
+    );
+    let plain_cfg = ModelConfig {
+        input_norm: crate::model::InputNorm::None,
+        ..cfg.clone()
+    };
+    let mut plain =
+        CpuModel::<f64>::from_params(plain_cfg, cpu.params.clone(), cpu.buffers.clone()).unwrap();
+    let without = plain.forward(&inp, Mode::Eval).logits;
+    let moved = got
+        .iter()
+        .zip(&without)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        moved > 1e-3,
+        "the normalisation did not change the logits ({moved:e})"
+    );
+
+    let labels = [2usize, 0, 1];
+    let loss = LossConfig::default();
+    let mut dm = DeviceModel::new(device(), &cfg, 9).unwrap();
+    dm.compute_grads(&x, &LENS, T_MAX, &labels, 4, 1, &loss)
+        .unwrap();
+    let mut cpu = CpuModel::<f64>::new(cfg.clone(), 9);
+    let fwd = cpu.forward(&inp, Mode::Train { seed: 4, step: 1 });
+    let (_, dlogits, _) = cross_entropy(&fwd.logits, &labels, cfg.classes, None, 0.0);
+    cpu.backward(&fwd, &dlogits);
+    let g = dm.grads_host().unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let gmax = layout
+        .entries
+        .iter()
+        .map(|e| norm(&cpu.grads[e.offset..e.offset + e.len]))
+        .fold(0.0, f64::max);
+    for e in &layout.entries {
+        let r = e.offset..e.offset + e.len;
+        let (got, want) = (&g[r.clone()], &cpu.grads[r]);
+        if (e.name.starts_with("conv") && e.name.ends_with(".bias")) || e.name == "attention.bias" {
+            let d: Vec<f64> = got.iter().zip(want).map(|(a, b)| *a as f64 - b).collect();
+            let err = norm(&d) / gmax;
+            assert!(err <= 1e-5, "norm: {}: {err}", e.name);
+        } else {
+            check(&format!("norm: grad {}", e.name), got, want, 1e-4);
+        }
+    }
+}
+
+/// `--ema` through the `Backend` trait: three training steps on the device and on the CPU
+/// keep the same average (after enable_ema, which starts it from the current weights), the
+/// average follows ema_decay's warm-up (checked against an average recomputed from the
+/// CPU's parameters after each step), `swap_ema` exchanges weights and average both ways,
+/// and the average survives state()/set_state() (the resume state). Tolerance 1e-4 relative
+/// as in three_training_steps_match_cpu_backend (the averages mix parameters that agree to it).
+pub fn ema_matches_cpu_backend_and_round_trips() {
+    let cfg = small_config(true);
+    let optim = OptimConfig {
+        lr: 1e-2,
+        weight_decay: 1e-3,
+        decoupled_weight_decay: false,
+        clip_grad_norm: 0.0,
+        label_smoothing: 0.0,
+        class_weights: None,
+    };
+    let mut dev = DeviceBackend::new(device(), &cfg, &optim, 11).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &optim, 11);
+    assert!(dev.swap_ema().is_err() && cpu.swap_ema().is_err());
+    dev.enable_ema(0.95).unwrap();
+    cpu.enable_ema(0.95).unwrap();
+    let mut mirror = cpu.model.params.clone();
+    let batches = [
+        batch(&cfg, 30, &LENS, &[0, 1, 2]),
+        batch(&cfg, 31, &[24, 40, 16], &[2, 2, 1]),
+        batch(&cfg, 32, &LENS, &[1, 0, 0]),
+    ];
+    for (step, b) in batches.iter().enumerate() {
+        dev.train_step(b, step as u32, 1e-2).unwrap();
+        cpu.train_step(b, step as u32, 1e-2).unwrap();
+        // decays 0.1, 0.18.., 0.25 (warm-up), not 0.95
+        let d = crate::backend::ema_decay(0.95, step as u32);
+        assert!(d < 0.3, "{d}");
+        crate::backend::ema_update(&mut mirror, &cpu.model.params, d);
+    }
+    let (sd, sc) = (dev.state().unwrap(), cpu.state().unwrap());
+    assert_eq!(sc.ema, mirror);
+    check("EMA after 3 steps", &sd.ema, &f64s(&sc.ema), 1e-4);
+    assert_ne!(sc.ema, sc.params);
+    // swap: the weights become the average and back
+    dev.swap_ema().unwrap();
+    let swapped = dev.state().unwrap();
+    assert_eq!((&swapped.params, &swapped.ema), (&sd.ema, &sd.params));
+    dev.swap_ema().unwrap();
+    assert_eq!(dev.state().unwrap().params, sd.params);
+    // the resume state carries the average into a fresh backend
+    let mut dev2 = DeviceBackend::new(device(), &cfg, &optim, 11).unwrap();
+    dev2.set_state(&sd).unwrap();
+    dev2.enable_ema(0.95).unwrap(); // keeps the restored average
+    assert_eq!(dev2.state().unwrap().ema, sd.ema);
+}
