@@ -14,6 +14,7 @@
 //! - [`engine`]   the device training step, written once for cuda and sim
 //! - [`train`]    training loop, schedule, early stopping, metrics, cross-validation
 //! - [`infer`]    using a trained model: clips, long recordings in windows, live streams
+//! - [`serve`]    the web app and JSON API of `ser-engine serve`
 //! - [`cli`]      one file per subcommand
 
 pub mod atomic_file;
@@ -28,4 +29,5 @@ pub mod infer;
 pub mod isa;
 pub mod model;
 pub mod rng;
+pub mod serve;
 pub mod train;

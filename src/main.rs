@@ -35,6 +35,8 @@ enum Command {
     Gradcheck(cli::gradcheck::GradcheckArgs),
     /// Every device-vs-CPU check (kernels, forward, gradients, training steps, front end) on --device sim|cuda.
     Check(cli::check::CheckArgs),
+    /// Serve a local web app and JSON API: watch runs live, compare them, try a model.
+    Serve(cli::serve::ServeArgs),
     /// Throughput: training and inference samples/s and peak memory (front end: features --bench).
     Bench(cli::bench::BenchArgs),
 }
@@ -72,6 +74,7 @@ fn main() {
         Command::Predict(a) => cli::predict::run(a, &cli.global),
         Command::Export(a) => cli::export::run(a, &cli.global),
         Command::Bench(a) => cli::bench::run(a, &cli.global),
+        Command::Serve(a) => cli::serve::run(a, &cli.global),
         Command::Features(a) => cli::features::run(a, &cli.global),
         Command::Synth(a) => cli::synth::run(a, &cli.global),
         Command::Info(a) => cli::info::run(a, &cli.global),

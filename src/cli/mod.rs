@@ -9,6 +9,7 @@ pub mod features;
 pub mod gradcheck;
 pub mod info;
 pub mod predict;
+pub mod serve;
 pub mod sweep;
 pub mod synth;
 pub mod train;

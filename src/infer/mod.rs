@@ -9,6 +9,7 @@
 //!   [`WindowResult`] per window, handed out as soon as it is known.
 //! - [`timeline`]: the probabilities-over-time picture.
 
+pub mod file;
 pub mod source;
 pub mod timeline;
 pub mod window;
