@@ -41,7 +41,7 @@ pub fn stream(app: &App, req: Request, e: &Entry) {
             .and_then(|m| Some((m.modified().ok()?, m.len())));
         if stamp != seen {
             seen = stamp;
-            let hist = index::read_metrics(&e.path);
+            let hist = e.metrics();
             if hist.len() < sent {
                 // The run was replaced (train --force): start over.
                 out += "event: reset\ndata: {}\n\n";

@@ -38,6 +38,50 @@ pub struct Entry {
     pub id: String,
     pub kind: Kind,
     pub path: PathBuf,
+    /// `--runs`, canonical: every file read must resolve inside it.
+    pub root: PathBuf,
+}
+
+impl Entry {
+    /// The path of `name` inside this folder if the name is whitelisted and the file
+    /// resolves (symbolic links followed) to a regular file inside `--runs`.
+    pub fn file(&self, name: &str) -> Result<PathBuf, FileRefusal> {
+        if !SERVED_FILES.contains(&name) {
+            return Err(FileRefusal::NotServed);
+        }
+        let real = self
+            .path
+            .join(name)
+            .canonicalize()
+            .map_err(|_| FileRefusal::Missing)?;
+        if !real.starts_with(&self.root) {
+            return Err(FileRefusal::Outside);
+        }
+        if !real.is_file() {
+            return Err(FileRefusal::Missing);
+        }
+        Ok(real)
+    }
+
+    /// A whitelisted JSON file of this folder, parsed; None when missing, outside or bad.
+    pub fn json(&self, name: &str) -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(self.file(name).ok()?).ok()?).ok()
+    }
+
+    /// metrics.jsonl: every complete line that parses (the file is replaced whole by
+    /// rename, so a line is never half-written; an unreadable line is skipped, not fatal).
+    pub fn metrics(&self) -> Vec<EpochRecord> {
+        let Some(text) = self
+            .file("metrics.jsonl")
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
 }
 
 /// The files a client may download from a run or sweep folder, by name. Weights
@@ -108,6 +152,7 @@ impl Index {
                     id,
                     kind,
                     path: e.path().to_path_buf(),
+                    root: self.canonical_root.clone(),
                 },
             );
         }
@@ -116,27 +161,6 @@ impl Index {
 
     pub fn get(&self, id: &str) -> Option<&Entry> {
         self.entries.get(id)
-    }
-
-    /// The path of `name` inside `entry`'s folder if the name is whitelisted and the file
-    /// resolves (symbolic links followed) to a regular file inside `--runs`.
-    pub fn served_file(&self, entry: &Entry, name: &str) -> Result<PathBuf, FileRefusal> {
-        if !SERVED_FILES.contains(&name) {
-            return Err(FileRefusal::NotServed);
-        }
-        self.inside_root(&entry.path.join(name))
-    }
-
-    /// `p` resolved, if it is a regular file inside `--runs`.
-    pub fn inside_root(&self, p: &Path) -> Result<PathBuf, FileRefusal> {
-        let real = p.canonicalize().map_err(|_| FileRefusal::Missing)?;
-        if !real.starts_with(&self.canonical_root) {
-            return Err(FileRefusal::Outside);
-        }
-        if !real.is_file() {
-            return Err(FileRefusal::Missing);
-        }
-        Ok(real)
     }
 }
 
@@ -185,17 +209,6 @@ pub fn running_pid(dir: &Path) -> Option<u32> {
             .then_some(pid),
         Err(_) => Some(pid),
     }
-}
-
-/// Reads metrics.jsonl: every complete line that parses (the file is replaced whole by
-/// rename, so a line is never half-written; an unreadable line is skipped, not fatal).
-pub fn read_metrics(dir: &Path) -> Vec<EpochRecord> {
-    let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// The state of a run or sweep folder.

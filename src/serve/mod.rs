@@ -245,17 +245,13 @@ fn mtime(p: &Path) -> Option<f64> {
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
-fn read_json(p: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
-}
-
 /// One row of the runs table.
 fn summary(e: &Entry) -> serde_json::Value {
     let state = index::state_of(e);
     match e.kind {
         Kind::Run => {
-            let cfg = read_json(&e.path.join("config.json")).unwrap_or_default();
-            let hist = index::read_metrics(&e.path);
+            let cfg = e.json("config.json").unwrap_or_default();
+            let hist = e.metrics();
             let best = hist.iter().rev().find(|r| r.best);
             serde_json::json!({
                 "id": e.id, "kind": e.kind, "state": state,
@@ -269,13 +265,13 @@ fn summary(e: &Entry) -> serde_json::Value {
                 })),
                 "data": cfg["data"], "device": cfg["device"], "labels": cfg["labels"],
                 "lr": cfg["fit"]["lr"], "schedule": cfg["fit"]["schedule"],
-                "kernel_size": cfg["model"]["kernel_size"],
+                "kernel": cfg["model"]["kernel"],
                 "date": mtime(&e.path.join("config.json")),
                 "updated": mtime(&e.path.join("metrics.jsonl")),
             })
         }
         Kind::Sweep => {
-            let plan = read_json(&e.path.join("plan.json")).unwrap_or_default();
+            let plan = e.json("plan.json").unwrap_or_default();
             serde_json::json!({
                 "id": e.id, "kind": e.kind, "state": state,
                 "plan_kind": plan["kind"], "data": plan["data"], "labels": plan["labels"],
@@ -310,10 +306,7 @@ fn run_route(app: &App, req: Request, rest: &str) {
     }
     if let Some((id, name)) = rest.rsplit_once("/files/") {
         if let Some(e) = lookup(app, id) {
-            let r = with_index(app, Duration::from_secs(3600), |ix| {
-                ix.served_file(&e, name)
-            });
-            let resp = match r {
+            let resp = match e.file(name) {
                 Ok(p) => match std::fs::read(&p) {
                     Ok(bytes) => respond_bytes(200, content_type(name), bytes),
                     Err(_) => error(404, &format!("{name}: cannot be read")),
@@ -350,27 +343,14 @@ fn detail(app: &App, e: &Entry) -> serde_json::Value {
     let files: Vec<&str> = index::SERVED_FILES
         .iter()
         .copied()
-        .filter(|n| with_index(app, Duration::from_secs(3600), |ix| ix.served_file(e, n)).is_ok())
+        .filter(|n| e.file(n).is_ok())
         .collect();
     v["files"] = serde_json::json!(files);
-    // Read only through files that resolve inside --runs.
-    let safe_json = |name: &str| {
-        with_index(app, Duration::from_secs(3600), |ix| ix.served_file(e, name))
-            .ok()
-            .and_then(|p| read_json(&p))
-    };
+    let safe_json = |name: &str| e.json(name);
     match e.kind {
         Kind::Run => {
             v["config"] = safe_json("config.json").unwrap_or_default();
-            let metrics_ok = with_index(app, Duration::from_secs(3600), |ix| {
-                ix.served_file(e, "metrics.jsonl")
-            })
-            .is_ok();
-            v["metrics"] = if metrics_ok {
-                serde_json::to_value(index::read_metrics(&e.path)).unwrap_or_default()
-            } else {
-                serde_json::json!([])
-            };
+            v["metrics"] = serde_json::to_value(e.metrics()).unwrap_or_default();
             if let Some(r) = safe_json("result.json") {
                 v["result"] = r;
             }
@@ -399,7 +379,7 @@ pub fn metrics_csv(e: &Entry) -> String {
     let mut s = String::from(
         "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,val_unweighted_accuracy,val_micro_f1,val_macro_f1,best\n",
     );
-    for r in index::read_metrics(&e.path) {
+    for r in e.metrics() {
         s += &format!(
             "{},{},{},{},{},{},{},{},{},{}\n",
             r.epoch,
