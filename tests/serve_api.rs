@@ -5,6 +5,7 @@
 mod common;
 
 use common::cli::{run_ok, ser, tiny_corpus, write_wav_i16, TINY_MODEL};
+use common::http::{read_response, Resp};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -72,94 +73,19 @@ fn start(runs: &Path, extra: &[&str]) -> Server {
     }
 }
 
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Reads a response to the end (the request asked for `Connection: close`).
-fn read_response(s: &mut TcpStream) -> Resp {
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("Transfer-Encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
-            rest = &rest[nl + 4 + n..];
-        }
-        body = out;
-    }
-    Resp {
-        status: status.parse().unwrap(),
-        headers,
-        body,
-    }
-}
-
-/// One request; `headers` replace the defaults of the same name (Host, Authorization).
+/// One request; `headers` replace the defaults of the same name (Host, Authorization; an
+/// empty value drops the header).
 fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut h: Vec<(String, String)> = vec![
-        ("Host".into(), format!("127.0.0.1:{port}")),
-        ("Authorization".into(), format!("Bearer {TOKEN}")),
-    ];
+    let host = format!("127.0.0.1:{port}");
+    let auth = format!("Bearer {TOKEN}");
+    let mut h: Vec<(&str, &str)> = vec![("Host", &host), ("Authorization", &auth)];
     for (k, v) in headers {
         h.retain(|(hk, _)| !hk.eq_ignore_ascii_case(k));
         if !v.is_empty() {
-            h.push((k.to_string(), v.to_string()));
+            h.push((k, v));
         }
     }
-    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-    for (k, v) in &h {
-        req += &format!("{k}: {v}\r\n");
-    }
-    if method != "GET" {
-        req += &format!("Content-Length: {}\r\n", body.len());
-    }
-    req += "\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    read_response(&mut s)
+    common::http::exchange(port, method, path, &h, body)
 }
 
 fn get(port: u16, path: &str) -> Resp {

@@ -8,6 +8,7 @@
 //! The server only reads `--runs`: it never writes there and never takes a run's lock.
 //! Uploads go to temporary files in the system's temporary folder.
 
+pub mod bench;
 pub mod events;
 pub mod http;
 pub mod index;

@@ -401,7 +401,15 @@ async function viewTry(query) {
   }
   file.addEventListener('change', async () => { const f = file.files[0]; if (f) { const b = await f.arrayBuffer(); send(new Uint8Array(b), f.name, b); } });
   recBtn.addEventListener('click', async () => {
-    if (mic) { const m = mic; mic = null; m.stop(); recBtn.textContent = 'Record'; const wav = wavBytes(m.chunks, m.rate); send(wav, 'recording', wav.buffer.slice(0)); return; }
+    if (mic) {
+      const m = mic; mic = null; m.stop(); recBtn.textContent = 'Record';
+      const wav = wavBytes(m.chunks, m.rate);
+      await send(wav, 'recording', wav.buffer.slice(0));
+      const a = el('a', { id: 'recording-download', download: 'recording.wav', href: URL.createObjectURL(new Blob([wav], { type: 'audio/wav' })), text: 'download the recording (16-bit WAV)' });
+      a.wav = wav; // the bytes sent, for scripts that check the recording
+      out.append(el('p', {}, a));
+      return;
+    }
     try {
       const chunks = [];
       const m = await openMic(b => chunks.push(b));
