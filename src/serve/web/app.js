@@ -47,6 +47,16 @@ function ticks(lo, hi, target) {
   return { step, ticks: out };
 }
 
+// Log axis (values are log10): ticks at 1, 2 and 5 times powers of ten.
+function logTicks(lo, hi) {
+  const out = [];
+  for (let e = Math.floor(lo) - 1; e <= Math.ceil(hi); e++) {
+    for (const m of [1, 2, 5]) { const v = e + Math.log10(m); if (v >= lo - 1e-9 && v <= hi + 1e-9) out.push(v); }
+  }
+  if (!out.length) out.push(lo);
+  return { step: 1, ticks: out };
+}
+
 function tickLabel(v, step) {
   const d = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
   return Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(0) : v.toFixed(d);
@@ -65,13 +75,13 @@ function lineChart(id, series, opts) {
   let [y0, y1] = opts.yRange ? opts.yRange : [Math.min(...ys), Math.max(...ys)];
   if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
   const x0 = Math.min(1, ...xs), x1 = Math.max(x0 + 1, ...xs);
-  const yt = ticks(y0, y1, 5), xt = ticks(x0, x1, 8);
+  const yt = opts.yLog ? logTicks(y0, y1) : ticks(y0, y1, 5), xt = ticks(x0, x1, 8);
   y0 = Math.min(y0, yt.ticks[0]); y1 = Math.max(y1, yt.ticks[yt.ticks.length - 1]);
   const sx = v => L + (v - x0) / (x1 - x0) * (W - L - R);
   const sy = v => H - B - (v - y0) / (y1 - y0) * (H - T - B);
   for (const v of yt.ticks) {
     svg.append(el('line', { class: 'grid', x1: L, x2: W - R, y1: sy(v), y2: sy(v) }));
-    const lab = opts.yLog ? Number(Math.pow(10, v).toPrecision(2)).toString() : tickLabel(v, yt.step);
+    const lab = opts.yLog ? Math.pow(10, v).toExponential(0).replace('e-', 'e−') : tickLabel(v, yt.step);
     svg.append(el('text', { x: L - 4, y: sy(v) + 4, 'text-anchor': 'end', text: lab }));
   }
   for (const v of xt.ticks) {
@@ -84,7 +94,8 @@ function lineChart(id, series, opts) {
   svg.append(el('text', { x: (L + W - R) / 2, y: H - 6, 'text-anchor': 'middle', text: opts.xlabel || 'epoch' }));
   if (opts.best) {
     svg.append(el('line', { class: 'best', x1: sx(opts.best), x2: sx(opts.best), y1: T, y2: H - B }));
-    svg.append(el('text', { x: sx(opts.best) + 3, y: T + 10, text: 'best ' + opts.best }));
+    const right = sx(opts.best) > W - R - 50;
+    svg.append(el('text', { x: sx(opts.best) + (right ? -3 : 3), y: H - B - 6, 'text-anchor': right ? 'end' : 'start', text: 'best ' + opts.best }));
   }
   series.forEach((s, k) => {
     const pts = s.points.filter(p => Number.isFinite(p[1]));
