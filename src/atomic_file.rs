@@ -1,5 +1,7 @@
 //! Files replaced whole: written to a temporary file beside the destination and renamed into
 //! place, so a reader (or a crash) never sees a cut-short file.
+//!
+//! Shared module: may be used by every layer; uses nothing of the crate.
 
 use anyhow::{Context, Result};
 use std::io::Write;

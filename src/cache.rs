@@ -1,5 +1,7 @@
 //! The user's cache folder, shared by everything ser-engine keeps between runs (the demo
 //! corpus, the CPU convolution timings).
+//!
+//! Shared module: may be used by every layer; uses nothing of the crate.
 
 use std::path::PathBuf;
 

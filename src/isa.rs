@@ -6,6 +6,8 @@
 //! crate pick their microkernels from the CPU alone; its AVX-512 ones are compiled in by the
 //! default cargo feature `avx512`, so a faithful AVX2 measurement is a build with
 //! `--no-default-features` run with `SER_CPU_ISA=avx2` (`ser-engine info` says which).
+//!
+//! Shared module: may be used by every layer; uses nothing of the crate.
 
 /// Vector instruction sets, weakest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

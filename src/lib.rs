@@ -16,6 +16,13 @@
 //! - [`infer`]    using a trained model: clips, long recordings in windows, live streams
 //! - [`serve`]    the web app and JSON API of `ser-engine serve`
 //! - [`cli`]      one file per subcommand
+//! - [`atomic_file`] whole-file writes through a temporary file and a rename
+//!
+//! Layers run one way: `cli` → `train`, `infer`, `engine` → `cpu`, `features`, `model`,
+//! `audio` → `device`; `rng`, `isa`, `cache` and `atomic_file` are shared by every layer and
+//! use nothing of the crate. Each module's first lines say which layers it may use. The
+//! documents beside the code: README.md, docs/guide.md, docs/design.md, docs/results.md and
+//! docs/gpu.md.
 
 pub mod atomic_file;
 pub mod audio;

@@ -1,45 +1,9 @@
-use clap::{Parser, Subcommand};
-use ser_engine::cli::{self, Global};
+//! The `ser-engine` binary: parses the command line ([`ser_engine::cli::Cli`]), applies the
+//! global options (threads, precision) and dispatches to the subcommand's `run` in `cli`.
+//! May use `cli` and the process-wide CPU settings (`cpu::alloc`, `cpu::bf16`).
 
-/// Train and run ArabEmoNet speech-emotion models on CPU or GPU.
-#[derive(Parser)]
-#[command(name = "ser-engine", version, about, long_about = None)]
-struct Cli {
-    #[command(flatten)]
-    global: Global,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Train a model on a corpus (the built-in demo corpus without --data).
-    Train(cli::train::TrainArgs),
-    /// Stratified (or speaker-independent) k-fold cross-validation.
-    Cv(cli::cv::CvArgs),
-    /// A grid of training options x cross-validation folds (--table3: the paper's kernel sizes).
-    Sweep(cli::sweep::SweepArgs),
-    /// Metrics and confusion matrix of a trained model on a labelled corpus.
-    Eval(cli::eval::EvalArgs),
-    /// Emotion of each audio file, with class probabilities.
-    Predict(cli::predict::PredictArgs),
-    /// Write a trained model as an ONNX graph (opset 17) for onnxruntime and other runtimes.
-    Export(cli::export::ExportArgs),
-    /// Compute log-Mel spectrograms (librosa-exact) and write them as .npy (and .png).
-    Features(cli::features::FeaturesArgs),
-    /// Write the synthetic demo corpus of emotional prosody.
-    Synth(cli::synth::SynthArgs),
-    /// Show the build and devices, a corpus summary (--data), or the model summary.
-    Info(cli::info::InfoArgs),
-    /// Check every gradient of the CPU reference against finite differences (f64).
-    Gradcheck(cli::gradcheck::GradcheckArgs),
-    /// Every device-vs-CPU check (kernels, forward, gradients, training steps, front end) on --device sim|cuda.
-    Check(cli::check::CheckArgs),
-    /// Serve a local web app and JSON API: watch runs live, compare them, try a model.
-    Serve(cli::serve::ServeArgs),
-    /// Throughput: training and inference samples/s and peak memory (front end: features --bench).
-    Bench(cli::bench::BenchArgs),
-}
+use clap::Parser;
+use ser_engine::cli::{self, Cli, Command};
 
 fn main() {
     // Reuse freed activation memory across training steps instead of page-faulting it back

@@ -10,6 +10,8 @@
 //!
 //! Each counter gives four u32 words. A consumer that needs more than four numbers for one item
 //! spaces its indices (e.g. `index = item * words_per_item / 4 + k`).
+//!
+//! Shared module: may be used by every layer; uses nothing of the crate.
 
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;

@@ -3,7 +3,7 @@
 //! same report and the same weights as one unsharded run; `--devices` runs units concurrently
 //! with the same results; an interrupted unit resumes to the same result; cv's report has UA,
 //! WA and F1 mean ± std and the summed confusion; the shipped Slurm and Kubernetes examples
-//! match the README. Tiny corpus (5 classes x 6 clips) and tiny model, so each run takes
+//! match the guide (docs/guide.md). Tiny corpus (5 classes x 6 clips) and tiny model, so each run takes
 //! seconds.
 
 mod common;
@@ -645,13 +645,14 @@ fn bad_sweep_flags_are_clear_errors() {
     }
 }
 
-fn readme() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+/// The guide, where the Slurm and Kubernetes examples are shown.
+fn guide() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/guide.md")).unwrap()
 }
 
-/// The sbatch script's command line is the one the README shows.
+/// The sbatch script's command line is the one the guide shows.
 #[test]
-fn slurm_example_matches_readme() {
+fn slurm_example_matches_the_guide() {
     let script = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/sweep.sbatch"),
     )
@@ -663,8 +664,8 @@ fn slurm_example_matches_readme() {
         .collect();
     assert_eq!(cmds.len(), 1, "{cmds:?}");
     assert!(
-        readme().lines().any(|l| l.trim() == cmds[0]),
-        "README does not show `{}`",
+        guide().lines().any(|l| l.trim() == cmds[0]),
+        "docs/guide.md does not show `{}`",
         cmds[0]
     );
     let array = script
@@ -675,7 +676,7 @@ fn slurm_example_matches_readme() {
 }
 
 /// The Kubernetes manifest parses, is an Indexed Job whose shard count is its completions,
-/// runs the README's command and writes to a shared (ReadWriteMany) volume.
+/// runs the guide's command and writes to a shared (ReadWriteMany) volume.
 #[test]
 fn kubernetes_example_is_an_indexed_job() {
     use yaml_rust2::YamlLoader;
@@ -716,8 +717,8 @@ fn kubernetes_example_is_an_indexed_job() {
         .collect();
     let line = cmd.join(" ");
     assert!(
-        readme().lines().any(|l| l.trim() == line),
-        "README does not show `{line}`"
+        guide().lines().any(|l| l.trim() == line),
+        "docs/guide.md does not show `{line}`"
     );
     let out = cmd[cmd.iter().position(|&a| a == "--out").unwrap() + 1];
     let mount = c["volumeMounts"]

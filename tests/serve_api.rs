@@ -6,7 +6,7 @@ mod common;
 
 use common::cli::{run_ok, ser, tiny_corpus, write_wav_i16, TINY_MODEL};
 use common::http::{read_response, Resp};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

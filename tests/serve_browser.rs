@@ -50,7 +50,6 @@ struct Browser {
 
 impl Browser {
     fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        eprintln!("webdriver: {method} {path}");
         let url = format!("/session/{}{path}", self.session);
         let r = wd(self.port, method, &url, &body);
         assert_eq!(r.status, 200, "{method} {path}: {}", r.text());

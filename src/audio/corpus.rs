@@ -42,6 +42,9 @@
 //! e.g. macOS `._x.wav`) are skipped; symlinks are followed. Every file's header is probed (in
 //! parallel); files that cannot be probed, or whose name does not give a label, are listed in
 //! `unreadable` with the reason and left out of `clips`. Clips are sorted by path.
+//!
+//! Layer: audio (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use super::decode::probe_audio;
 use anyhow::{anyhow, bail, Context, Result};
@@ -118,7 +121,7 @@ pub enum CorpusFormat {
     Auto,
     /// one folder per class
     Folders,
-    /// a CSV manifest: path,label[,speaker]
+    /// a CSV manifest: `path,label[,speaker]`
     Csv,
     /// KSUEmotions (LDC layout, D05E0xPyyySzzTww)
     Ksu,

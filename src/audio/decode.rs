@@ -12,6 +12,9 @@
 //! Damaged files are errors, never silently shorter clips: a WAV whose data chunk claims more
 //! bytes than the file holds, or a FLAC/Vorbis stream that ends before the frame count its
 //! header announces, fails with "truncated". Every error names the file.
+//!
+//! Layer: audio (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;

@@ -1,5 +1,8 @@
 //! Audio input: decoding (`decode`), resampling (`resample`), corpora and their layouts
 //! (`corpus`) and the synthetic demo corpus (`synth`).
+//!
+//! Layer: audio (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 pub mod corpus;
 pub mod decode;

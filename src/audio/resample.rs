@@ -5,6 +5,9 @@
 //! (`output_delay()` frames) is dropped from the front and the input is zero-padded at the end
 //! until enough output exists, so sample k of the output is the band-limited signal at time
 //! k/to, in phase with the input. Computation is in f64 and rounded to f32 once.
+//!
+//! Layer: audio (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use anyhow::{bail, Result};
 use rubato::{FftFixedIn, Resampler};

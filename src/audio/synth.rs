@@ -23,6 +23,9 @@
 //!
 //! Randomness comes only from [`crate::rng`]: a clip is a pure function of (seed, class, index,
 //! sample rate), so the corpus is reproducible bit for bit.
+//!
+//! Layer: audio (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use crate::rng::{box_muller, philox_words, Purpose, Stream};
 use anyhow::{bail, Context, Result};

@@ -6,6 +6,8 @@
 //!   DRAM bytes of each kernel (`device::cost`), GFLOP/s, GB/s and FLOP/byte, and the
 //!   step's totals, so the fraction of a GPU's roofline can be read off. On sim the times are
 //!   the host emulation's, not GPU times; FLOP and bytes are the device's all the same.
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::Global;
 use crate::cpu::conv::conv_choice;

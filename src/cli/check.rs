@@ -4,6 +4,8 @@
 //! bodies `cargo test` runs on sim. One line per check as it finishes, then a summary and the
 //! kernels the run never launched; exit 1 when any check failed. This is what a new GPU
 //! machine runs first (tools/gpu-check.sh does).
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::{DeviceChoice, Global};
 use crate::engine::checks::{self, Target, Verdict};

@@ -3,6 +3,8 @@
 //! summed confusion matrix, cv.json and two PNGs in the output folder. Each fold is a unit of
 //! `train::sweep`, so folds can be sharded (`--shard`, Slurm, Kubernetes), spread over
 //! `--devices`, resumed and merged (`--merge`).
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::Global;
 use crate::train::options::TrainOpts;

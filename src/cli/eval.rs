@@ -1,4 +1,6 @@
 //! `ser-engine eval`: a trained model's metrics and confusion matrix on a labelled corpus.
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::Global;
 use crate::audio::corpus::CorpusOptions;

@@ -1,6 +1,8 @@
 //! `ser-engine export --onnx FILE --model RUN`: the trained model as a standard ONNX graph
 //! (`model::onnx`), with the run's labels and front-end settings as metadata, so onnxruntime
 //! users can deploy it without this project.
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::Global;
 use crate::model::onnx::{export_onnx, OPSET};

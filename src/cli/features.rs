@@ -7,6 +7,8 @@
 //! Each output is written to a temporary file in OUT and renamed, so a reader never sees a
 //! half-written .npy. A failing file does not stop the others; failures are listed at the end
 //! and the command then exits non-zero.
+//!
+//! Layer: cli, the top. May use every other module.
 
 use crate::audio::load_audio;
 use crate::device::DeviceChoice;

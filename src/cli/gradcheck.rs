@@ -2,6 +2,8 @@
 //! op and the whole model, printed as a table; fails if any check fails. With `--device
 //! sim|cuda`: the device's logits, loss and every parameter gradient against the CPU reference
 //! (`engine::check`).
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::{DeviceChoice, Global};
 use anyhow::{bail, Result};

@@ -1,6 +1,8 @@
 //! `ser-engine info`: the build (version, CPU threads, devices and why one is missing), with
 //! `--data` a corpus summary (layout, clips, durations, sample rates, classes, speakers,
 //! unreadable files), with `--model-summary` the parameter table of the model.
+//!
+//! Layer: cli, the top. May use every other module.
 
 use crate::audio::corpus::{load_corpus, Corpus, CorpusOptions};
 use clap::Args;

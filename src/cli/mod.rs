@@ -1,4 +1,7 @@
-//! One file per subcommand: its clap arguments and its `run`. `main.rs` only dispatches.
+//! One file per subcommand: its clap arguments and its `run`; the whole command line ([`Cli`]).
+//! `main.rs` only parses and dispatches.
+//!
+//! Layer: cli, the top. May use every other module.
 
 pub mod bench;
 pub mod check;
@@ -16,6 +19,50 @@ pub mod train;
 
 pub use crate::device::DeviceChoice;
 use clap::Args;
+
+/// Train and run ArabEmoNet speech-emotion models on CPU or GPU.
+///
+/// The whole command line: global options and one subcommand. `main.rs` parses it; the docs
+/// test (`tests/docs_cli.rs`) parses every command line shown in the documentation with it.
+#[derive(clap::Parser)]
+#[command(name = "ser-engine", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands, one file each in this module.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Train a model on a corpus (the built-in demo corpus without --data).
+    Train(train::TrainArgs),
+    /// Stratified (or speaker-independent) k-fold cross-validation.
+    Cv(cv::CvArgs),
+    /// A grid of training options x cross-validation folds (--table3: the paper's kernel sizes).
+    Sweep(sweep::SweepArgs),
+    /// Metrics and confusion matrix of a trained model on a labelled corpus.
+    Eval(eval::EvalArgs),
+    /// Emotion of each audio file, with class probabilities.
+    Predict(predict::PredictArgs),
+    /// Write a trained model as an ONNX graph (opset 17) for onnxruntime and other runtimes.
+    Export(export::ExportArgs),
+    /// Compute log-Mel spectrograms (librosa-exact) and write them as .npy (and .png).
+    Features(features::FeaturesArgs),
+    /// Write the synthetic demo corpus of emotional prosody.
+    Synth(synth::SynthArgs),
+    /// Show the build and devices, a corpus summary (--data), or the model summary.
+    Info(info::InfoArgs),
+    /// Check every gradient of the CPU reference against finite differences (f64).
+    Gradcheck(gradcheck::GradcheckArgs),
+    /// Every device-vs-CPU check (kernels, forward, gradients, training steps, front end) on --device sim|cuda.
+    Check(check::CheckArgs),
+    /// Serve a local web app and JSON API: watch runs live, compare them, try a model.
+    Serve(serve::ServeArgs),
+    /// Throughput: training and inference samples/s and peak memory (front end: features --bench).
+    Bench(bench::BenchArgs),
+}
 
 /// Options every subcommand takes.
 #[derive(Clone, Debug, Args)]

@@ -11,6 +11,8 @@
 //! With `--window S [--hop S]` every window gets its own row (start, end, label, all
 //! probabilities); windows quieter than `--silence-db` are reported silent and skipped.
 //! The streaming machinery lives in `crate::infer`.
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::Global;
 use crate::audio::{load_audio, probe_audio};

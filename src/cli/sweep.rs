@@ -1,6 +1,8 @@
 //! `ser-engine sweep`: a grid over training options times cross-validation folds, one run
 //! folder per (trial, fold), a results table (md, csv, json) and a chart; `--table3` is the
 //! paper's kernel-size sweep (Table 3). Shards, devices, resume and merge as in `cv`.
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::Global;
 use crate::train::options::TrainOpts;

@@ -1,5 +1,7 @@
 //! `ser-engine synth`: writes the synthetic demo corpus of emotional prosody (see
 //! [`crate::audio::synth`]) to a folder, by default the one `train` uses when given no `--data`.
+//!
+//! Layer: cli, the top. May use every other module.
 
 use crate::audio::synth::{demo_corpus_dir, write_corpus, SynthConfig, CLASSES};
 use clap::Args;
@@ -8,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct SynthArgs {
     /// Output folder (default: the demo corpus folder that `train` uses without --data;
-    /// $SER_ENGINE_DEMO_DIR or <cache>/ser-engine/demo-v1). An existing folder is replaced only
+    /// $SER_ENGINE_DEMO_DIR or ser-engine/demo-v1 in the user's cache folder). An existing folder is replaced only
     /// if it is empty or an earlier synthetic corpus.
     #[arg(long)]
     pub out: Option<PathBuf>,

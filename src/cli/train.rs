@@ -1,5 +1,7 @@
 //! `ser-engine train`: one training run on a corpus (the demo corpus when no --data), writing
 //! a run folder (see `train::run`).
+//!
+//! Layer: cli, the top. May use every other module.
 
 use super::{DeviceChoice, Global};
 use crate::train::backend::{make_backend, set_weights};
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub struct TrainArgs {
     #[command(flatten)]
     pub opts: TrainOpts,
-    /// Run folder to write (default: runs/<corpus name>). An existing run there is never
+    /// Run folder to write (default: runs/ and the corpus folder's name). An existing run there is never
     /// overwritten unless --force is given.
     #[arg(long)]
     pub out: Option<PathBuf>,

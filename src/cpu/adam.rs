@@ -1,6 +1,9 @@
 //! Adam exactly as torch.optim.Adam (L2 weight decay added to the gradient, bias corrections,
 //! eps added after sqrt(v̂)), or AdamW (decoupled decay) when `decoupled`; and
 //! torch.nn.utils.clip_grad_norm_.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::Float;
 

@@ -10,6 +10,9 @@
 //! live at the peak either way).
 //!
 //! Only glibc has `mallopt`; elsewhere [`keep_freed_memory`] does nothing.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 /// Asks the C allocator to keep freed blocks up to 32 MiB on its free lists (not `mmap` them)
 /// and never trim less than 1 GiB off the heap. Returns whether the allocator accepted both.

@@ -1,7 +1,10 @@
 //! Attention pooling over frames: e_t = tanh(w·h_t + b), α = softmax of e over the clip's
-//! valid frames t < lens[b] only, context c = Σ_t α_t h_t.
+//! valid frames `t < lens[b]` only, context c = Σ_t α_t h_t.
 //! Layouts: h `[B][T][D]`, w `[D]` (torch `[1][D]`), b `[1]`, α and e `[B][T]` (zero at
 //! padded frames), c `[B][D]`.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::{axpy, dot, Float};
 

@@ -1,7 +1,10 @@
 //! BatchNorm2d over `[B][C][M][T]` with per-clip valid lengths: statistics use only the frames
-//! t < lens[b] of each clip (all mel bins); outputs at t ≥ lens[b] are written as zero.
+//! `t < lens[b]` of each clip (all mel bins); outputs at `t ≥ lens[b]` are written as zero.
 //! Training normalises with the biased batch variance and updates the running variance with
 //! the unbiased one (n/(n−1)), exactly like torch; eval uses the running statistics.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::Float;
 use rayon::prelude::*;

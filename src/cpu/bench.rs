@@ -1,6 +1,9 @@
 //! CPU throughput measurement: training steps (forward + backward + Adam) and inference
 //! forwards on random inputs of a fixed shape, in samples per second. Runs on the current
 //! rayon pool (set its size with `--threads` / `RAYON_NUM_THREADS`).
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::{cross_entropy, Adam, CpuModel, Input, Mode};
 use crate::model::ModelConfig;

@@ -16,6 +16,9 @@
 //!
 //! The precision is process-wide, set once by the CLI from `--precision` before any work
 //! (like `--threads`); f64 computations never use bf16.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::Float;
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -2,6 +2,9 @@
 //! `step` is kept iff `Stream::new(seed, Purpose::Dropout, step).uniform((s << 40) + n) ≥ p`,
 //! and kept elements are scaled by 1/(1−p). n is the row-major index in the padded batch
 //! tensor, so every device draws the same mask.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::Float;
 use crate::rng::{philox_words, philox_words_lanes, uniform01, Purpose, PHILOX_LANES};

@@ -9,6 +9,9 @@
 //! that are zero or tiny (where f64 rounding of L, ≈ 1e-16·|L|/h ≈ 1e-11, dominates) do not
 //! count as failures. The row's error is the maximum over all elements; it passes at ≤ 1e-6.
 //! (Truncation error of the central difference is O(h²) ≈ 1e-10 relative here.)
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::attention::{attention_backward, attention_forward};
 use super::batchnorm::{bn_backward, bn_train_forward};

@@ -1,5 +1,8 @@
 //! Fully connected layer y = x·Wᵀ + b on row-major matrices: x `[N][in]`, W `[out][in]`
 //! (PyTorch), b `[out]`, y `[N][out]`. One GEMM each for forward, data- and weight-gradient.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::{gemm, Float};
 

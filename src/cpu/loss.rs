@@ -2,6 +2,9 @@
 //! (weighted mean Σ w_y ℓ / Σ w_y) and label smoothing ε:
 //! loss = (1−ε)·Σ_i w_{y_i}(−log p_{i,y_i}) / W + (ε/C)·Σ_i Σ_c w_c(−log p_{i,c}) / W,
 //! W = Σ_i w_{y_i} (= N without weights).
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::Float;
 

@@ -1,13 +1,16 @@
 //! One bidirectional LSTM layer (torch.nn.LSTM semantics, gate order i, f, g, o, both bias
 //! vectors) over a padded batch with packed-sequence behaviour: clip b runs over its own
-//! `lens[b]` frames in each direction (the reverse direction starts at frame lens[b]−1), and
-//! outputs at t ≥ lens[b] are zero.
+//! `lens[b]` frames in each direction (the reverse direction starts at frame `lens[b]−1`), and
+//! outputs at `t ≥ lens[b]` are zero.
 //!
 //! Layouts: x `[B][T][din]`, out `[B][T][2H]` = [forward H | reverse H] per frame. Parameters
 //! of the layer are one contiguous slice [forward | reverse], each direction
 //! `w_ih [4H][din] | w_hh [4H][H] | b_ih [4H] | b_hh [4H]` (the PyTorch state_dict order, so
 //! it is a plain sub-slice of the flat parameter buffer). The input projection of all frames
 //! is one GEMM per direction; the recurrence runs per clip in parallel.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::{axpy, dot, gemm, Float};
 use rayon::prelude::*;
@@ -144,7 +147,7 @@ pub fn lstm_layer_forward<T: Float>(
 }
 
 /// Backward of one layer: `dp` (same layout as p) ACCUMULATES; `dx` `[B][T][din]` is
-/// overwritten if given. dout at t ≥ lens[b] is ignored.
+/// overwritten if given. dout at `t ≥ lens[b]` is ignored.
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_layer_backward<T: Float>(
     x: &[T],

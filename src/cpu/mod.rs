@@ -8,6 +8,9 @@
 //! Every op takes the per-clip valid lengths and never reads or writes past a clip's end, so a
 //! clip's result does not depend on the padding or on its batch mates.
 //! Hot paths are GEMMs (the `gemm` crate, SIMD) parallelised over the batch with rayon.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 pub mod adam;
 pub mod alloc;
@@ -74,7 +77,7 @@ impl Float for f64 {
 /// A padded batch of log-Mel spectrograms.
 #[derive(Clone, Copy, Debug)]
 pub struct Input<'a, T> {
-    /// `[batch][n_mels][t_max]` row-major; frames at t ≥ lengths[b] are ignored.
+    /// `[batch][n_mels][t_max]` row-major; frames at `t ≥ lengths[b]` are ignored.
     pub x: &'a [T],
     pub batch: usize,
     pub t_max: usize,

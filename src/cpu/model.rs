@@ -3,6 +3,9 @@
 //! FC + ReLU + dropout → stacked BiLSTM (dropout between layers) → attention pooling →
 //! classifier. Parameters, gradients and buffers are flat vectors in `model::ParamLayout` /
 //! `BufferLayout` order.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::attention::{attention_backward, attention_forward, AttnCache};
 use super::batchnorm::{batch_stats, bn_backward, bn_update_running, running_stats, BnStats};
@@ -61,7 +64,7 @@ pub struct Forward<T: Float> {
     pub logits: Vec<T>,
     pub batch: usize,
     pub t_max: usize,
-    /// Valid lengths after 0..=3 poolings: lens[s][b].
+    /// Valid lengths after 0..=3 poolings: `lens[s][b]`.
     pub lens: [Vec<usize>; 4],
     pub train: bool,
     pub stages: Vec<StageCache<T>>,

@@ -1,5 +1,8 @@
 //! ReLU and 2×2 max pooling (stride 2, floor) over `[B][C][M][T]`, with the per-clip time mask
-//! applied to the pooled output: pooled frames t ≥ lens_out[b] are zero and get no gradient.
+//! applied to the pooled output: pooled frames `t ≥ lens_out[b]` are zero and get no gradient.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::batchnorm::BnStats;
 use super::Float;
@@ -39,7 +42,7 @@ pub fn relu_backward<T: Float>(y: &[T], dy: &[T], dx: &mut [T]) {
 
 /// Max pool 2×2: x `[B][C][M][T]` -> y `[B][C][M/2][T/2]`; `arg[i]` ∈ 0..4 is the winning
 /// window element (row-major: (0,0),(0,1),(1,0),(1,1); the first maximum wins, like torch).
-/// Outputs at pooled frame t ≥ lens_out[b] are zero (the mask).
+/// Outputs at pooled frame `t ≥ lens_out[b]` are zero (the mask).
 #[allow(clippy::too_many_arguments)]
 pub fn maxpool2_forward<T: Float>(
     x: &[T],
@@ -110,8 +113,8 @@ fn pool_row_pair<T: Float>(r0: &[T], r1: &[T], l: usize, yr: &mut [T], ar: &mut 
 }
 
 /// BatchNorm (statistics `st`) + ReLU + 2×2 max pool in one sweep over each (clip, channel)
-/// plane: `relu` (if given) gets relu(bn(x)) (`[B][C][M][T]`, zero at t ≥ lens[b]), `y`/`arg`
-/// its pooled values and winners (`[B][C][M/2][T/2]`, zero past lens_out[b]). Bit-for-bit the
+/// plane: `relu` (if given) gets relu(bn(x)) (`[B][C][M][T]`, zero at `t ≥ lens[b]`), `y`/`arg`
+/// its pooled values and winners (`[B][C][M/2][T/2]`, zero past `lens_out[b]`). Bit-for-bit the
 /// same as `bn_apply` → [`relu_inplace`] → [`maxpool2_forward`] (same per-element
 /// arithmetic), but each pair of BN/ReLU rows is pooled while still in L1 instead of in two
 /// more passes over the stage's largest activation. Without `relu` (inference: backward

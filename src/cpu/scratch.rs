@@ -1,5 +1,8 @@
 //! Per-thread scratch buffers kept between calls, so the hot ops (im2col, FFT convolution)
 //! neither page-fault fresh memory in nor zero-fill it on every call.
+//!
+//! Layer: cpu, the reference (below train, engine and cli). May use `model` and the shared
+//! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;

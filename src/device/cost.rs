@@ -20,6 +20,9 @@
 //!
 //! A new kernel the training step launches needs a formula in [`launch_cost`]: the profile
 //! test (tests/sim_profile.rs) fails for a launched kernel without one.
+//!
+//! Layer: device, the lowest (used by engine and above). May use the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`) only.
 
 use super::kernels::KernelSig;
 use super::{Dim3, KernelArg};

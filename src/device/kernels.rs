@@ -2,6 +2,9 @@
 //! kernel's name, parameter types and buffer extents (from its `// extent: NAME EXPR` comment
 //! lines), plus the nvcc fatbins when nvcc was available. The launcher checks every launch
 //! against it, on both devices, before any memory is touched.
+//!
+//! Layer: device, the lowest (used by engine and above). May use the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`) only.
 
 use anyhow::{bail, Context, Result};
 

@@ -6,6 +6,9 @@
 //! `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` before such a launch). Registers and static
 //! shared memory per kernel and architecture come from ptxas (build.rs,
 //! tools/launch-limits.txt); every architecture the fatbin targets is checked.
+//!
+//! Layer: device, the lowest (used by engine and above). May use the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`) only.
 
 use anyhow::{ensure, Result};
 

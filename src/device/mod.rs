@@ -28,6 +28,9 @@
 //! file that includes "common.cuh"; above it, comment lines giving the launch shape and one
 //! `// extent: PARAM EXPR` per pointer parameter; guard threads past the end with
 //! `ser_in_bounds`. build.rs registers it for both devices; call `device.launch("name", ...)`.
+//!
+//! Layer: device, the lowest (used by engine and above). May use the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`) only.
 
 pub mod cost;
 pub mod cuda;

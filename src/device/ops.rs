@@ -1,5 +1,8 @@
 //! Typed wrappers over the first kernels (elementwise, reductions): the launch shapes live here
 //! once, for every caller and both devices.
+//!
+//! Layer: device, the lowest (used by engine and above). May use the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`) only.
 
 use anyhow::{ensure, Result};
 

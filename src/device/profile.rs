@@ -16,6 +16,9 @@
 //! On cuda the times are host wall time around a synchronized launch: they include launch
 //! latency (a few µs), which is part of what the step pays for a small kernel. On sim they are
 //! the CPU time of the emulation, not GPU times; only the FLOP and byte columns carry over.
+//!
+//! Layer: device, the lowest (used by engine and above). May use the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`) only.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;

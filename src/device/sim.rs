@@ -1,6 +1,9 @@
 //! The `sim` device: kernels compiled for the host (build.rs, kernels/sim/shim.cpp) and run with
 //! every CUDA thread as a fiber and blocks spread over OS threads. Launches are synchronous;
 //! device memory is host memory. See kernels/sim/shim.h for the execution model.
+//!
+//! Layer: device, the lowest (used by engine and above). May use the shared modules (`rng`,
+//! `isa`, `cache`, `atomic_file`) only.
 
 use std::alloc::Layout;
 use std::ffi::{c_char, c_int, c_void, CStr};

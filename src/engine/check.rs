@@ -9,6 +9,10 @@
 //! BatchNorm (BN subtracts the mean over exactly the positions the bias was added to) and
 //! attention.bias (Σ_t g_t(1−e_t²) with Σ_t g_t = 0). For those the error is
 //! ‖device − cpu‖ / max over tensors of ‖cpu gradient‖, at 1e-5.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use anyhow::Result;
 

@@ -3,7 +3,7 @@
 //! [`crate::features::augment`] (identical Philox draws).
 //!
 //! Pipeline for a batch of B clips padded to `max_samples` (`pcm` is `[B][max_samples]`
-//! row-major, clip b valid for `lengths[b]` samples), T_max = max_b (1 + lengths[b] / hop):
+//! row-major, clip b valid for `lengths[b]` samples), `T_max = max_b (1 + lengths[b] / hop)`:
 //! 1. optional noise (`kernels/augment.cu`): `noise_std` (one block per clip: f64 signal power
 //!    and the SNR draw) then `add_noise` into a copy;
 //! 2. `stft_mel_power` (`kernels/stft.cu`): one block per frame, centre zero padding, Hann,
@@ -16,6 +16,10 @@
 //! So at most four launches per batch (two without noise); the power spectrum never leaves
 //! shared memory. The unfused stages (`stft_power` + `mel_power`) are also exposed for tests
 //! and for callers that want the linear spectrum.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use anyhow::{bail, ensure, Context, Result};
 

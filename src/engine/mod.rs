@@ -4,6 +4,10 @@
 //! through cuDNN on cuda, with our masking around them), `step`, which composes them into the
 //! training step and the `DeviceBackend` the training loop drives, and `check`, the
 //! device-vs-CPU table of `gradcheck --device sim|cuda`.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 pub mod check;
 pub mod checks;
 pub mod cnn;

@@ -15,6 +15,10 @@
 //! Parameters and gradients are the flat buffers of [`ParamLayout`] (PyTorch order);
 //! [`RnnOffsets`] says where each tensor lives. Hidden size is limited to
 //! [`MAX_HIDDEN`] (= 64, the paper's size) by the register-resident W_hh.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use anyhow::{bail, ensure, Result};
 

@@ -10,6 +10,9 @@
 //!   time masks), width = below(16c + 2m, max_width + 1) and start = below(16c + 2m + 1,
 //!   extent - width + 1). Masked cells get `fill` (the caller passes the value that means
 //!   silence in its feature scale: -top_db dB for raw log-Mel).
+//!
+//! Layer: features (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use crate::rng::{Purpose, Stream};
 use serde::{Deserialize, Serialize};
@@ -132,7 +135,7 @@ pub fn spec_augment_masks(
     (freq, time)
 }
 
-/// Applies clip `c`'s masks to its features `x` ([n_mels][stride] row-major, `frames` valid).
+/// Applies clip `c`'s masks to its features `x` (`[n_mels][stride]` row-major, `frames` valid).
 #[allow(clippy::too_many_arguments)]
 pub fn spec_augment(
     x: &mut [f32],

@@ -28,6 +28,9 @@
 //! inside a `#[target_feature]` function (see `Extractor::chunk`). No closures inside the
 //! kernels: a closure does not inherit the caller's target features and its intrinsics would
 //! become calls.
+//!
+//! Layer: features (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 /// Smallest FFT size the lane path handles; smaller sizes use the single-frame path.
 pub const MIN_N_FFT: usize = 16;

@@ -13,6 +13,9 @@
 //! of frame `t0 − P` (P frames cover half a window, so no frame we keep sees the slice's left
 //! edge) and `E` the end of frame `t1 − 1`'s window (or the end of the recording, where the
 //! zero padding is the whole clip's own).
+//!
+//! Layer: features (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use super::{db10, n_frames, Extractor, AMIN};
 use anyhow::Result;

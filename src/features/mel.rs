@@ -3,6 +3,9 @@
 //! weight rounded to f32, then the area normalisation multiplied in f64 and rounded to f32
 //! again (numpy's `weights *= enorm` on a float32 array). Only each band's non-zero span of
 //! FFT bins is kept, so applying the bank costs about two multiply-adds per bin, not `n_mels`.
+//!
+//! Layer: features (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 /// Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above
 /// (librosa `hz_to_mel(htk=False)`).

@@ -27,6 +27,9 @@
 //! Submodules: `stft` (framing and power spectrum), `lanefft` (the lane FFT), `mel`
 //! (filterbank), `long` (recordings of any length at bounded memory), `npy` (numpy files), `png` (spectrogram pictures), `augment` (training-time
 //! augmentation).
+//!
+//! Layer: features (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 pub mod augment;
 pub(crate) mod lanefft;

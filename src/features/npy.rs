@@ -2,6 +2,9 @@
 //! come in and `ser-engine features` writes, so Python can `np.load` our features directly.
 //! Writes format version 1.0 (header padded so the data starts on a 64-byte boundary, as numpy
 //! does); reads versions 1, 2 and 3.
+//!
+//! Layer: features (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};

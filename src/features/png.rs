@@ -1,6 +1,9 @@
 //! Spectrogram pictures: a `[rows][cols]` dB matrix (row 0 = lowest frequency) drawn with a
 //! viridis-like colour map, low frequencies at the bottom, one pixel per (band, frame),
 //! optionally enlarged by an integer factor. For looking at features, not for measuring them.
+//!
+//! Layer: features (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use anyhow::{bail, Context, Result};
 use std::io::Write;

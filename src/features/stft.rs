@@ -8,9 +8,12 @@
 //! 1e-3 dB the tests demand.
 //!
 //! Two paths compute the same values: [`Stft::frame_power_upto`] one frame at a time (any
-//! even size, zero-padded edge frames), and [`Stft::frames_power_lanes`] for runs of frames
+//! even size, zero-padded edge frames), and `Stft::frames_power_lanes` for runs of frames
 //! wholly inside the signal, several frames per SIMD vector (see `lanefft`; sizes that are
 //! powers of two ≥ 16). They differ only in the FFT's rounding.
+//!
+//! Layer: features (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use crate::features::lanefft::{Lane, LanePlan, MAX_LANES};
 use rustfft::num_complex::Complex;
@@ -121,13 +124,13 @@ impl Stft {
         }
     }
 
-    /// Whether [`Self::frames_power_lanes`] is available for this size.
+    /// Whether `Self::frames_power_lanes` is available for this size.
     pub fn has_lanes(&self) -> bool {
         self.lanes.is_some()
     }
 
     /// Whether frame `t` lies wholly inside a signal of `len` samples (no zero padding): the
-    /// frames [`Self::frames_power_lanes`] accepts.
+    /// frames `Self::frames_power_lanes` accepts.
     pub fn interior(&self, t: usize, len: usize) -> bool {
         let half = self.n_fft / 2;
         t * self.hop >= half && t * self.hop + half <= len

@@ -8,6 +8,10 @@
 //! - [`run_windows`]: stream → windows → (silence check, front end, model) → one
 //!   [`WindowResult`] per window, handed out as soon as it is known.
 //! - [`timeline`]: the probabilities-over-time picture.
+//!
+//! Layer: infer (using a trained model; below cli). May use `train` (run folders), `cpu`,
+//! `features`, `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `cli`.
 
 pub mod file;
 pub mod source;

@@ -5,6 +5,10 @@
 //!
 //! Scaling and channel mixing are `audio::decode`'s (librosa's): 16-bit `s/32768`, 24-bit
 //! `s/2^23`, 32-bit `s/2^31`, float as stored, channels averaged.
+//!
+//! Layer: infer (using a trained model; below cli). May use `train` (run folders), `cpu`,
+//! `features`, `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `cli`.
 
 use crate::audio::load_audio;
 use crate::audio::resample::StreamResampler;

@@ -3,6 +3,10 @@
 //!
 //! Memory: the waveform is kept as a min/max envelope of 10 ms blocks (8 bytes per 10 ms,
 //! 2.9 MB for an hour) and the windows' probabilities, so a long recording stays cheap.
+//!
+//! Layer: infer (using a trained model; below cli). May use `train` (run folders), `cpu`,
+//! `features`, `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `cli`.
 
 use super::WindowResult;
 use crate::train::plot::{Canvas, PALETTE};

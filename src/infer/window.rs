@@ -6,6 +6,10 @@
 //! When the stream ends, one last shorter window covers the tail that no full window reached
 //! (or the whole stream when it is shorter than one window). The buffer never holds more than
 //! one window plus one read block.
+//!
+//! Layer: infer (using a trained model; below cli). May use `train` (run folders), `cpu`,
+//! `features`, `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `cli`.
 
 /// One window's samples and position (in samples from the start of the stream).
 pub struct WindowRef<'a> {

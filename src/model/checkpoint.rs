@@ -3,6 +3,9 @@
 //! [`ModelConfig`] as JSON under the metadata key [`CONFIG_KEY`], plus caller metadata.
 //! Files are written to a temporary file in the target folder and renamed into place, so a
 //! crash never leaves a half-written checkpoint.
+//!
+//! Layer: model (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use super::{BufferLayout, ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};

@@ -5,6 +5,9 @@
 //! Everything that holds weights (CPU reference, device engine) stores them as ONE flat
 //! buffer in [`ParamLayout`] order, so checkpoints, optimizers and gradient comparisons work on
 //! plain slices.
+//!
+//! Layer: model (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 mod checkpoint;
 pub mod onnx;
@@ -110,7 +113,7 @@ impl ModelConfig {
         self.n_mels >> s
     }
 
-    /// Features per frame after the conv stack: channels[2] × n_mels/8.
+    /// Features per frame after the conv stack: `channels[2] × n_mels/8`.
     pub fn fc_in(&self) -> usize {
         self.channels[2] * (self.n_mels / 8)
     }

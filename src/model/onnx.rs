@@ -18,6 +18,9 @@
 //! (pad frames enter the convolutions, the LSTMs and the attention).
 //!
 //! PyTorch's LSTM gate order (i, f, g, o) is reordered to ONNX's (i, o, f, c).
+//!
+//! Layer: model (below train, engine and cli). May use the shared modules (`rng`, `isa`,
+//! `cache`, `atomic_file`); nothing else of the crate.
 
 use super::{lstm_names, BufferLayout, ModelConfig, ParamLayout, BN_EPS};
 use anyhow::{bail, Result};

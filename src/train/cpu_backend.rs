@@ -1,4 +1,8 @@
 //! The CPU reference as a training backend.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::cpu::{clip_grad_norm, cross_entropy, Adam, CpuModel, Input, Mode};
 use crate::model::ModelConfig;

@@ -1,5 +1,9 @@
 //! `--devices`: the devices a cv or sweep spreads its independent runs over, one run per
-//! device at a time (README, "Several GPUs in one machine").
+//! device at a time (docs/guide.md, "Several GPUs in one machine").
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::device::{CudaDevice, Device, DeviceChoice};
 use crate::model::ModelConfig;

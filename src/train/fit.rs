@@ -1,6 +1,10 @@
 //! The training loop, device-independent: batches, augmentation, the backend's step,
 //! validation, reduce-on-plateau, early stopping, and an event per epoch for the caller to
 //! record (metrics line, best checkpoint, resume state).
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::features::augment::{add_noise, spec_augment, AugmentConfig};
 use crate::features::log_mel;

@@ -1,6 +1,10 @@
 //! Classification metrics from a confusion matrix: accuracy (weighted accuracy, WA), micro-F1
 //! and macro-F1 as the paper reports them, and unweighted accuracy (UA, the mean of per-class
 //! recalls) as EmoBox and most SER papers report it.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,8 @@
 //! Training: loop, schedule, early stopping, metrics, splits and cross-validation.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 pub mod backend;
 pub mod cpu_backend;

@@ -1,6 +1,10 @@
 //! Corpus, features, model and training options shared by every command that trains
 //! (`train`, `cv`): the clap flags, their presets (the paper's recipe on a real corpus, a short
 //! one on the demo corpus) and the configs they turn into.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::audio::corpus::CorpusOptions;
 use crate::features::augment::AugmentConfig;
@@ -114,7 +118,7 @@ pub struct TrainOpts {
     pub dropout: f32,
     /// Defaults for the flags below that are not given: `paper` (the paper's recipe; the
     /// short preset on the demo corpus) or `strong` (cosine to zero from a 10× higher peak,
-    /// 40 epochs, no early stopping; README, "A stronger recipe").
+    /// 40 epochs, no early stopping; docs/guide.md, "A stronger recipe").
     #[arg(long, value_enum, default_value_t = Recipe::Paper)]
     pub recipe: Recipe,
     /// Maximum number of epochs [default: 100; 20 on the demo corpus]. With --resume, a
@@ -181,8 +185,8 @@ pub struct TrainOpts {
 }
 
 impl TrainOpts {
-    /// Checks every numeric option against its range (README, "Bad input"), before any work
-    /// starts. One row per option: a new option adds its row here.
+    /// Checks every numeric option against its range (docs/guide.md, "Options and their
+    /// ranges"), before any work starts. One row per option: a new option adds its row here.
     pub fn validate(&self) -> Result<()> {
         use Limit::{Excl, Incl};
         let n = |v: usize| v as f64;
@@ -365,7 +369,7 @@ impl TrainOpts {
 
     pub fn augment(&self) -> AugmentConfig {
         // The demo corpus already varies speakers and background noise; augmentation only
-        // slowed its 20-epoch run (README, "Quick start").
+        // slowed its 20-epoch run (docs/results.md, "Demo preset choice").
         if self.no_augment || (self.on_demo() && !self.augment) {
             return AugmentConfig::none();
         }
@@ -404,7 +408,7 @@ impl TrainOpts {
 
     /// The demo corpus (no --data) is small and synthetic: it trains with a larger step,
     /// smaller batches, a cosine schedule and no augmentation, so that the first run finishes
-    /// in minutes on two cores (each choice measured: README, "Quick start").
+    /// in minutes on two cores (each choice measured: docs/results.md, "Demo preset choice").
     fn on_demo(&self) -> bool {
         self.data.is_none()
     }

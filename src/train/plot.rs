@@ -1,5 +1,9 @@
 //! Small PNG charts without a plotting stack: a confusion-matrix heat map and learning curves,
 //! drawn into an RGB buffer with the public-domain 8x8 bitmap font (font8x8).
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use anyhow::{Context, Result};
 use std::path::Path;

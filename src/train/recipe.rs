@@ -2,12 +2,17 @@
 //!
 //! `paper` is the paper's recipe on a real corpus (Adam 1e-4, batch 32, reduce-on-plateau,
 //! up to 100 epochs with early stopping) and the short demo preset on the demo corpus.
-//! `strong` is a fixed-budget recipe for this model (README, "A stronger recipe"): a 10× higher
-//! peak learning rate, warmup over the first epoch then cosine decay to zero, 40 epochs
-//! without early stopping (the best checkpoint is still chosen on the validation part of the
-//! training data). No label smoothing: 0.1 was the a-priori choice, but nested searches inside
-//! 3 of EYASE's 5 outer folds chose 0. The paper's recipe stays the default, since the paper's
+//! `strong` is a fixed-budget recipe for this model (docs/guide.md, "A stronger recipe";
+//! measured in docs/results.md, "Recipes"): a 10× higher peak learning rate, warmup over
+//! the first epoch then cosine decay to zero, 40 epochs without early stopping (the best
+//! checkpoint is still chosen on the validation part of the training data). No label
+//! smoothing: 0.1 was the a-priori choice, but nested searches inside 3 of EYASE's 5 outer
+//! folds chose 0. The paper's recipe stays the default, since the paper's
 //! numbers are what `cv` is there to reproduce.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::train::schedule::Schedule;
 
@@ -32,7 +37,7 @@ pub struct RecipeDefaults {
 
 pub fn defaults(recipe: Recipe, on_demo: bool) -> RecipeDefaults {
     match (recipe, on_demo) {
-        // The demo preset (README, "Quick start").
+        // The demo preset (docs/results.md, "Demo preset choice").
         (Recipe::Paper, true) => RecipeDefaults {
             epochs: 20,
             batch_size: 16,

@@ -14,6 +14,10 @@
 //! holder's pid; it never writes into an existing run unless asked (`--force` swaps the new
 //! run in whole once its first epoch is saved; `--resume` continues it); and it removes temp
 //! files a killed writer left behind.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::features::MelConfig;
 use crate::model::{load_checkpoint, save_checkpoint, ModelConfig};

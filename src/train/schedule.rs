@@ -1,5 +1,9 @@
 //! Learning-rate schedules (reduce-on-plateau per epoch, or warmup + cosine per step) and
 //! early stopping on validation loss.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use serde::{Deserialize, Serialize};
 

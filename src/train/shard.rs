@@ -2,6 +2,10 @@
 //! environment (a Slurm job array, a Kubernetes Indexed Job). Work units are dealt
 //! round-robin (unit u belongs to shard u mod N), so every shard gets a mix of trials rather
 //! than all the slow ones.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;

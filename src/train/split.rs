@@ -1,5 +1,9 @@
 //! Train/validation splits and cross-validation folds: stratified by class (as the paper), or
 //! speaker-independent. All deterministic in the seed.
+//!
+//! Layer: train (beside engine, below cli). May use `cpu`, `features`, `model`, `audio`,
+//! `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`); never `cli`, and not
+//! `engine` (the device backend is chosen above it).
 
 use crate::rng::{Purpose, Stream};
 use anyhow::{bail, Result};

@@ -10,6 +10,10 @@
 //! intermediate roundings); gradients (longer sums, BN's cancelling terms) ≤ 1e-4. Pooling,
 //! reshapes and dropout involve no arithmetic beyond one f32 multiply done identically on both
 //! sides, so they are compared bit for bit against the f32 CPU op.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use super::util::{check_masked as check, dtoh, f64s, lengths, randn};
 use crate::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};

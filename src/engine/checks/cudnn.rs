@@ -18,6 +18,10 @@
 //! within those bounds of the oracle, so they are compared with the same bounds (their
 //! difference is bounded by the sum of both errors, and measured far below). Masked positions
 //! must be exactly 0 on every path.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use super::util::{check_masked as check, dtoh as dl, f64s, lengths, randn, rel_err};
 use crate::cpu::conv::{conv2d_backward, conv2d_forward, ConvShape};

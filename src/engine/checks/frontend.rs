@@ -3,6 +3,10 @@
 //! CPU reference in `features`: each kernel alone with sizes that are not multiples of the
 //! block or hop, the whole pipeline on random signals, short clips, silence and real speech,
 //! and augmentation with the same Philox numbers as the CPU.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use super::util::max_abs_diff;
 use crate::device::Device;

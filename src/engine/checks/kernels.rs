@@ -1,6 +1,10 @@
 //! The first kernels on the `sim` device (or the real GPU with SER_TEST_DEVICE=cuda) against
 //! CPU references. Sizes are drawn at random and are NOT multiples of the block size, so the
 //! bounds checks and partial tiles are exercised; the sim runs with shuffled thread order.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use crate::device::{ops, Device, Transpose};
 use crate::rng::{self, Purpose, Stream};

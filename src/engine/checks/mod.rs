@@ -15,6 +15,10 @@
 //! half), `model` (whole forward, every gradient, three training steps, padding invariance,
 //! workspace reuse), `frontend` (STFT, Mel, dB, pipeline, noise + SpecAugment), `cudnn`
 //! (masking around cuDNN, cuDNN against the CPU and our kernels on a GPU).
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 pub mod cnn;
 pub mod cudnn;

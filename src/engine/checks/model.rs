@@ -11,6 +11,10 @@
 //! `CpuBackend` (f32 on both sides, same update order): Adam divides by √v, which maps a
 //! relative gradient error to at most the same relative update error, so after 3 steps the
 //! parameters agree far inside 1e-4 (the update is lr·O(1) on parameters of size ~0.3).
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use super::util::{check, f64s};
 use crate::cpu::gradcheck::small_config;
@@ -285,7 +289,7 @@ pub fn bad_inputs_are_errors() {
 /// Launches, transfers and allocations of one training step of the default model (32/64/128
 /// channels, FC 128, BiLSTM 2×64) on sim, B = 2, with 16 mels instead of 128 to keep sim time
 /// down (the launch sequence does not depend on mels, batch or frames — the LSTM time loop
-/// runs inside its kernels — as the two frame counts here show): printed for the README, and
+/// runs inside its kernels — as the two frame counts here show): printed for docs/design.md, and
 /// checked for the
 /// properties the design promises: a repeated step of a seen shape performs the same work,
 /// allocates nothing on the device, reads back only a few scalars, sends only the input,
@@ -363,7 +367,7 @@ pub fn default_model_step_counts() {
         launches[0], launches[1],
         "launches do not depend on the frame count"
     );
-    // Breakdown for the README: training forward (with loss) and forward + backward.
+    // Breakdown for docs/design.md: training forward (with loss) and forward + backward.
     let (t_max, lens) = (32usize, [32usize, 20]);
     let x = input(3, cfg.n_mels, t_max, &lens);
     let a = thread_stats();

@@ -10,9 +10,13 @@
 //!   indexing or masking bug gives O(1).
 //! - gradients 1e-4: backpropagation through time compounds more roundings (and gradients
 //!   that are sums of cancelling terms have larger relative error), still far below O(1).
-//! - Adam after 3 steps 1e-6: the device does the same f32 operations as cpu::Adam<f32>
+//! - Adam after 3 steps 1e-6: the device does the same f32 operations as `cpu::Adam<f32>`
 //!   (differences only from FMA contraction, ~1 ulp per step).
 //! - dropout masks: bit-identical (same Philox words, same comparison, same f32 scale).
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 
 use super::util::{check, dtoh, f64s};
 use crate::cpu::attention::{attention_backward, attention_forward};

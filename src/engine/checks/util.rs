@@ -1,6 +1,10 @@
 //! Helpers of the device checks (moved from tests/common/mod.rs): random inputs and clip
 //! lengths, f32 → f64 conversion and the error checks. A failed check panics with its
 //! measured error; the runner (`super::run_checks`) turns that into a FAILED row.
+//!
+//! Layer: engine (beside train, below cli). May use `device`, `cpu` (the reference it is
+//! checked against), `features`, `model` and the shared modules (`rng`, `isa`, `cache`,
+//! `atomic_file`); never `train` or `cli`.
 #![allow(dead_code)]
 
 use crate::device::{Device, DeviceBuffer};
