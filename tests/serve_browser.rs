@@ -375,6 +375,7 @@ fn the_page_in_chromium() {
         );
         b.element("#try-file")
     };
+    b.js("document.getElementById('try-window').value = '0.5'; return null");
     b.call(
         "POST",
         &format!("/element/{input}/value"),
@@ -386,7 +387,21 @@ fn the_page_in_chromium() {
         "const e = document.getElementById('predict-label'); return e && e.textContent",
     );
     assert_eq!(label, json!(expected));
+    // A bar per class, and the 3.5 s clip's seven 0.5 s windows on the timeline.
+    assert_eq!(
+        b.js("return document.querySelectorAll('#predict-bars .bar').length"),
+        json!(5)
+    );
+    assert_eq!(
+        b.wait_for(
+            "the timeline",
+            10,
+            "const t = document.querySelectorAll('#timeline rect'); return t.length > 0 && t.length"
+        ),
+        json!(7)
+    );
     b.screenshot("try.png");
+    b.js("document.getElementById('try-window').value = ''; return null");
 
     // Record from the fake microphone (the clip, played once), then classify.
     b.click("#record");

@@ -14,7 +14,7 @@ function el(tag, attrs, ...kids) {
     else if (k === 'text') e.textContent = v;
     else if (v !== null && v !== undefined && v !== false) e.setAttribute(k, v);
   }
-  for (const k of kids.flat()) if (k !== null && k !== undefined) e.append(k);
+  for (const k of kids.flat(Infinity)) if (k !== null && k !== undefined) e.append(k);
   return e;
 }
 
