@@ -144,7 +144,7 @@ impl Guard {
         let host = req_header(req, "Host").ok_or((403, "no Host header".to_string()))?;
         let h = host_only(host).to_ascii_lowercase();
         let loopback = ["localhost", "127.0.0.1", "[::1]"];
-        if !loopback.contains(&h.as_str()) && !self.extra_hosts.iter().any(|e| *e == h) {
+        if !loopback.contains(&h.as_str()) && !self.extra_hosts.contains(&h) {
             return Err((
                 403,
                 format!(

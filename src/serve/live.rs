@@ -167,7 +167,7 @@ impl RewindRead for std::fs::File {
 
 /// 16-bit PCM bytes at `rate` → samples at `model_rate`.
 fn decode_chunk(bytes: Vec<u8>, rate: u32, model_rate: u32) -> Result<Vec<f32>, String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err("a chunk must hold whole 16-bit samples (an even number of bytes)".into());
     }
     let src = PcmStream::raw(
