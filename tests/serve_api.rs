@@ -313,6 +313,11 @@ fn token_host_and_origin_checks() {
     assert_eq!(open.status, 303);
     assert_eq!(open.header("Location"), Some("/"));
     let cookie = open.header("Set-Cookie").unwrap();
+    // Named after the port: another server on this host keeps its own.
+    assert!(
+        cookie.starts_with(&format!("ser_engine_token_{p}=")),
+        "{cookie}"
+    );
     assert!(
         cookie.contains(TOKEN) && cookie.contains("HttpOnly"),
         "{cookie}"

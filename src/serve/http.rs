@@ -4,8 +4,12 @@
 use std::io::Read;
 use tiny_http::{Header, Request, Response, StatusCode};
 
-/// The cookie that keeps the token after the page was opened with `?token=`.
-pub const TOKEN_COOKIE: &str = "ser_engine_token";
+/// The cookie that keeps the token after the page was opened with `?token=`, named after the
+/// port: browsers share cookies between the ports of a host, so two servers side by side
+/// would otherwise overwrite each other's token.
+pub fn token_cookie_name(port: u16) -> String {
+    format!("ser_engine_token_{port}")
+}
 
 /// Headers every response carries: no sniffing, nothing from other origins, not framed, no
 /// Referer (the URL may hold the token). No CORS headers are ever sent.
@@ -131,6 +135,8 @@ pub struct Guard {
     /// Host names accepted in the Host header besides the loopback ones (the bound address,
     /// when it is not loopback).
     pub extra_hosts: Vec<String>,
+    /// The bound port (names the token cookie).
+    pub port: u16,
 }
 
 /// A refused request: status and message.
@@ -176,7 +182,7 @@ impl Guard {
         let cookie = req_header(req, "Cookie").and_then(|c| {
             c.split(';').find_map(|kv| {
                 let (k, v) = kv.trim().split_once('=')?;
-                (k == TOKEN_COOKIE).then_some(v)
+                (k == token_cookie_name(self.port)).then_some(v)
             })
         });
         let given: Vec<&str> = [from_query, bearer.map(str::trim), cookie]
@@ -214,11 +220,14 @@ pub fn random_token() -> std::io::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// The cookie header that keeps `token` for this host (HttpOnly: scripts never see it).
-pub fn token_cookie(token: &str) -> Header {
+/// The cookie header that keeps `token` for this server (HttpOnly: scripts never see it).
+pub fn token_cookie(token: &str, port: u16) -> Header {
     header(
         "Set-Cookie",
-        &format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"),
+        &format!(
+            "{}={token}; Path=/; HttpOnly; SameSite=Strict",
+            token_cookie_name(port)
+        ),
     )
 }
 

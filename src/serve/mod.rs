@@ -117,6 +117,7 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         guard: Guard {
             token: cfg.token.clone(),
             extra_hosts,
+            port: bound.port(),
         },
         index: Mutex::new((index, Instant::now())),
         pool: pool::Pool::new(cfg.workers, cfg.queue, cfg.device),
@@ -174,7 +175,7 @@ fn handle(app: &App, req: Request) {
         let token = app.guard.token.as_deref().unwrap_or_default();
         let r = respond_bytes(303, "text/plain", b"see /".to_vec())
             .with_header(http::header("Location", "/"))
-            .with_header(http::token_cookie(token));
+            .with_header(http::token_cookie(token, app.guard.port));
         let _ = req.respond(r);
         return;
     }
