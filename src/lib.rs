@@ -16,6 +16,7 @@
 //! - [`engine`]   the device training step, written once for cuda and sim
 //! - [`train`]    training loop, schedule, early stopping, metrics, cross-validation
 //! - [`infer`]    using a trained model: clips, long recordings in windows, live streams
+//! - [`serve`]    the web app and JSON API of `ser-engine serve`
 //! - [`cli`]      one file per subcommand
 //! - [`atomic_file`] whole-file writes through a temporary file and a rename
 //!
@@ -39,4 +40,5 @@ pub mod infer;
 pub mod isa;
 pub mod model;
 pub mod rng;
+pub mod serve;
 pub mod train;

@@ -38,6 +38,7 @@ fn main() {
         Command::Predict(a) => cli::predict::run(a, &cli.global),
         Command::Export(a) => cli::export::run(a, &cli.global),
         Command::Bench(a) => cli::bench::run(a, &cli.global),
+        Command::Serve(a) => cli::serve::run(a, &cli.global),
         Command::Features(a) => cli::features::run(a, &cli.global),
         Command::Synth(a) => cli::synth::run(a, &cli.global),
         Command::Info(a) => cli::info::run(a, &cli.global),

@@ -59,6 +59,24 @@ pub enum BenchWhat {
         #[arg(long)]
         allow_fallback_gemm: bool,
     },
+    /// `serve`'s predict endpoint under load: requests/s, p50/p99 latency, peak memory.
+    Serve {
+        /// Run folder of the model to serve.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Concurrent clients on 127.0.0.1, 1 to 64.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// How long the clients send, 1 to 600 s.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The server's inference workers, 1 to 64.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Length of the clip each request sends, 0.5 to 30 s.
+        #[arg(long, default_value_t = 2.0)]
+        clip_seconds: f64,
+    },
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB, where /proc tells it.
@@ -91,6 +109,28 @@ pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {
             *profile || *cost_only,
             *cost_only,
         ),
+        BenchWhat::Serve {
+            model,
+            clients,
+            seconds,
+            workers,
+            clip_seconds,
+        } => {
+            use crate::train::options::{check_range, Limit::Incl};
+            check_range("clients", *clients as f64, Incl(1.0), Incl(64.0))?;
+            check_range("seconds", *seconds, Incl(1.0), Incl(600.0))?;
+            check_range("workers", *workers as f64, Incl(1.0), Incl(64.0))?;
+            check_range("clip-seconds", *clip_seconds, Incl(0.5), Incl(30.0))?;
+            crate::serve::bench::run(&crate::serve::bench::BenchServe {
+                model,
+                clients: *clients,
+                seconds: *seconds,
+                workers: *workers,
+                clip_seconds: *clip_seconds,
+                device: global.device,
+                threads: global.threads,
+            })
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod gradcheck;
 pub mod info;
 pub mod outputs;
 pub mod predict;
+pub mod serve;
 pub mod sweep;
 pub mod synth;
 pub mod train;
@@ -58,6 +59,8 @@ pub enum Command {
     Gradcheck(gradcheck::GradcheckArgs),
     /// Every device-vs-CPU check (kernels, forward, gradients, training steps, front end) on --device sim|cuda.
     Check(check::CheckArgs),
+    /// Serve a local web app and JSON API: watch runs live, compare them, try a model.
+    Serve(serve::ServeArgs),
     /// Throughput: training and inference samples/s and peak memory (front end: features --bench).
     Bench(bench::BenchArgs),
 }

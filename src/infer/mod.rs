@@ -13,6 +13,7 @@
 //! `cpu`, `features`, `model`, `audio`, `device` and the shared modules (`rng`, `isa`,
 //! `cache`, `atomic_file`); never `cli`.
 
+pub mod file;
 pub mod source;
 pub mod timeline;
 pub mod window;

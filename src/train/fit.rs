@@ -57,6 +57,10 @@ pub struct EpochRecord {
     #[serde(default)]
     pub val_unweighted_accuracy: f64,
     pub best: bool,
+    /// This epoch's validation confusion counts, `[true][predicted]` (for `serve`'s per-epoch
+    /// heat-map); runs written before it existed lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_confusion: Option<Vec<Vec<u64>>>,
 }
 
 impl EpochRecord {
@@ -358,6 +362,7 @@ pub fn fit(
             val_macro_f1: scores.macro_f1,
             val_unweighted_accuracy: scores.unweighted_accuracy,
             best,
+            val_confusion: Some(confusion.counts.clone()),
         };
         if cfg.schedule == Schedule::Plateau {
             progress.lr = progress.plateau.step(val_loss, progress.lr);

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod http;
 
 use ser_engine::device::{Device, SimDevice, SimOptions};
 // each test file uses only some of these

@@ -1,0 +1,94 @@
+//! One audio file classified the way `predict` does it, as one result: the whole clip (a
+//! clip longer than `max_clip_s` as the duration-weighted mean of windows that long) and,
+//! when asked, every window. Used by `serve`'s predict endpoint.
+
+use super::source::{at_rate, open_file};
+use super::{mean_probabilities, run_windows, Classifier, WindowConfig, WindowResult};
+use crate::audio::{load_audio, probe_audio};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// `predict`'s default silence threshold (dBFS) for windows.
+pub const SILENCE_DBFS: f64 = -50.0;
+/// `predict`'s default `--max-clip` (seconds).
+pub const MAX_CLIP_S: f64 = 30.0;
+
+/// The result for a whole file.
+#[derive(Clone, Debug)]
+pub struct FileResult {
+    pub duration_s: f64,
+    /// Windows the clip's probabilities are the mean of (1: the clip in one piece).
+    pub windows_averaged: usize,
+    /// None when every window was silent.
+    pub probabilities: Option<Vec<f64>>,
+    /// Per window, when a window length was asked for.
+    pub windows: Vec<WindowResult>,
+}
+
+/// Classifies `path`; with `window` = (window_s, hop_s) also every window (quiet windows
+/// reported silent, as `predict --window` does).
+pub fn classify_file(
+    clf: &mut Classifier,
+    path: &Path,
+    window: Option<(f64, f64)>,
+    max_clip_s: f64,
+) -> Result<FileResult> {
+    let rate = clf.cfg.sample_rate;
+    let info = probe_audio(path)?;
+    let mut windows = Vec::new();
+    if let Some((window_s, hop_s)) = window {
+        let wc = WindowConfig {
+            window_s,
+            hop_s,
+            silence_dbfs: Some(SILENCE_DBFS),
+            batch: 16,
+        };
+        let mut src = at_rate(open_file(path)?, rate)?;
+        run_windows(
+            clf,
+            src.as_mut(),
+            &wc,
+            |_| {},
+            |r| {
+                windows.push(r);
+                Ok(())
+            },
+        )?;
+    }
+    if info.duration_s <= max_clip_s {
+        let a = load_audio(path, Some(rate))?;
+        let lm = Classifier::features(&clf.cfg, &a.samples)
+            .with_context(|| path.display().to_string())?;
+        let p = clf.probabilities(&[&lm])?.remove(0);
+        return Ok(FileResult {
+            duration_s: a.samples.len() as f64 / rate as f64,
+            windows_averaged: 1,
+            probabilities: Some(p),
+            windows,
+        });
+    }
+    let wc = WindowConfig {
+        window_s: max_clip_s,
+        hop_s: max_clip_s,
+        silence_dbfs: None,
+        batch: 1,
+    };
+    let mut rows = Vec::new();
+    let mut src = at_rate(open_file(path)?, rate)?;
+    let duration_s = run_windows(
+        clf,
+        src.as_mut(),
+        &wc,
+        |_| {},
+        |r| {
+            rows.push(r);
+            Ok(())
+        },
+    )?;
+    Ok(FileResult {
+        duration_s,
+        windows_averaged: rows.len(),
+        probabilities: mean_probabilities(&rows),
+        windows,
+    })
+}

@@ -1,0 +1,479 @@
+// The page of `ser-engine serve`: runs, one run (live curves, confusion heat-map),
+// compare, try a model (upload, microphone, live). No libraries, no network but this server.
+'use strict';
+
+const COLORS = ['#1976d2', '#d32f2f', '#388e3c', '#f57c00', '#7b1fa2', '#0097a7', '#5d4037', '#c2185b'];
+const $app = document.getElementById('app');
+let cleanup = [];
+
+function el(tag, attrs, ...kids) {
+  const svg = ['svg', 'line', 'polyline', 'circle', 'text', 'rect', 'g', 'path'].includes(tag);
+  const e = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === 'on') for (const [ev, f] of Object.entries(v)) e.addEventListener(ev, f);
+    else if (k === 'text') e.textContent = v;
+    else if (v !== null && v !== undefined && v !== false) e.setAttribute(k, v);
+  }
+  for (const k of kids.flat(Infinity)) if (k !== null && k !== undefined) e.append(k);
+  return e;
+}
+
+async function api(path, opts) {
+  const r = await fetch(path, Object.assign({ credentials: 'same-origin' }, opts || {}));
+  let body;
+  try { body = await r.json(); } catch (_) { body = {}; }
+  if (!r.ok) throw new Error(body.error || (r.status + ' ' + r.statusText));
+  return body;
+}
+
+const pct = (v) => (v === null || v === undefined || Number.isNaN(v)) ? '' : (100 * v).toFixed(1) + '%';
+const enc = (id) => id.split('/').map(encodeURIComponent).join('/');
+const fmtDate = (s) => s ? new Date(s * 1000).toISOString().slice(0, 16).replace('T', ' ') : '';
+
+// ---- charts: SVG line charts, ticks on 1-2-5 steps --------------------------------------
+
+function niceStep(span, target) {
+  const raw = span / Math.max(1, target);
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
+  return 10 * p;
+}
+
+function ticks(lo, hi, target) {
+  if (!(hi > lo)) { hi = lo + 1; }
+  const step = niceStep(hi - lo, target);
+  const out = [];
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
+  return { step, ticks: out };
+}
+
+// Log axis (values are log10): ticks at 1, 2 and 5 times powers of ten.
+function logTicks(lo, hi) {
+  const out = [];
+  for (let e = Math.floor(lo) - 1; e <= Math.ceil(hi); e++) {
+    for (const m of [1, 2, 5]) { const v = e + Math.log10(m); if (v >= lo - 1e-9 && v <= hi + 1e-9) out.push(v); }
+  }
+  if (!out.length) out.push(lo);
+  return { step: 1, ticks: out };
+}
+
+function tickLabel(v, step) {
+  const d = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  return Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(0) : v.toFixed(d);
+}
+
+// series: [{name, color, points: [[x, y]]}]; opts: {title, ylabel, best, yLog, yRange}
+function lineChart(id, series, opts) {
+  const W = 420, H = 260, L = 52, R = 12, T = 26, B = 40;
+  const xs = series.flatMap(s => s.points.map(p => p[0]));
+  let ys = series.flatMap(s => s.points.map(p => p[1])).filter(v => Number.isFinite(v));
+  const svg = el('svg', { id, class: 'chart', width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+  svg.append(el('text', { x: L, y: 16, 'font-weight': 'bold', text: opts.title }));
+  if (!xs.length || !ys.length) { svg.append(el('text', { x: L, y: H / 2, text: 'no epochs yet' })); return svg; }
+  const tf = opts.yLog ? (v => Math.log10(Math.max(v, 1e-12))) : (v => v);
+  ys = ys.map(tf);
+  let [y0, y1] = opts.yRange ? opts.yRange : [Math.min(...ys), Math.max(...ys)];
+  if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
+  const x0 = Math.min(1, ...xs), x1 = Math.max(x0 + 1, ...xs);
+  const yt = opts.yLog ? logTicks(y0, y1) : ticks(y0, y1, 5), xt = ticks(x0, x1, 8);
+  y0 = Math.min(y0, yt.ticks[0]); y1 = Math.max(y1, yt.ticks[yt.ticks.length - 1]);
+  const sx = v => L + (v - x0) / (x1 - x0) * (W - L - R);
+  const sy = v => H - B - (v - y0) / (y1 - y0) * (H - T - B);
+  for (const v of yt.ticks) {
+    svg.append(el('line', { class: 'grid', x1: L, x2: W - R, y1: sy(v), y2: sy(v) }));
+    const lab = opts.yLog ? Math.pow(10, v).toExponential(0).replace('e-', 'e−') : tickLabel(v, yt.step);
+    svg.append(el('text', { x: L - 4, y: sy(v) + 4, 'text-anchor': 'end', text: lab }));
+  }
+  for (const v of xt.ticks) {
+    if (v < x0 || v > x1) continue;
+    svg.append(el('line', { class: 'axis', x1: sx(v), x2: sx(v), y1: H - B, y2: H - B + 4 }));
+    svg.append(el('text', { x: sx(v), y: H - B + 16, 'text-anchor': 'middle', text: tickLabel(v, xt.step) }));
+  }
+  svg.append(el('line', { class: 'axis', x1: L, x2: W - R, y1: H - B, y2: H - B }));
+  svg.append(el('line', { class: 'axis', x1: L, x2: L, y1: T, y2: H - B }));
+  svg.append(el('text', { x: (L + W - R) / 2, y: H - 6, 'text-anchor': 'middle', text: opts.xlabel || 'epoch' }));
+  if (opts.best) {
+    svg.append(el('line', { class: 'best', x1: sx(opts.best), x2: sx(opts.best), y1: T, y2: H - B }));
+    const right = sx(opts.best) > W - R - 50;
+    svg.append(el('text', { x: sx(opts.best) + (right ? -3 : 3), y: H - B - 6, 'text-anchor': right ? 'end' : 'start', text: 'best ' + opts.best }));
+  }
+  series.forEach((s, k) => {
+    const pts = s.points.filter(p => Number.isFinite(p[1]));
+    const c = s.color || COLORS[k % COLORS.length];
+    svg.append(el('polyline', { fill: 'none', stroke: c, 'stroke-width': 2, points: pts.map(p => `${sx(p[0])},${sy(tf(p[1]))}`).join(' ') }));
+    for (const p of pts) svg.append(el('circle', { class: 'pt', 'data-series': s.name, cx: sx(p[0]), cy: sy(tf(p[1])), r: 2.5, fill: c }));
+    const ly = T + 4 + 14 * k;
+    svg.append(el('line', { x1: W - R - 110, x2: W - R - 92, y1: ly, y2: ly, stroke: c, 'stroke-width': 2 }));
+    svg.append(el('text', { x: W - R - 88, y: ly + 4, text: s.name }));
+  });
+  return svg;
+}
+
+// ---- runs -------------------------------------------------------------------------------
+
+let sortKey = 'date', sortDir = -1;
+const COLS = [
+  ['id', 'run', r => r.id],
+  ['state', 'state', r => r.state],
+  ['epoch', 'epoch', r => r.epoch || 0],
+  ['wa', 'best WA', r => r.best ? r.best.val_accuracy : -1],
+  ['ua', 'UA', r => r.best ? r.best.val_unweighted_accuracy : -1],
+  ['f1', 'macro-F1', r => r.best ? r.best.val_macro_f1 : -1],
+  ['lr', 'lr / schedule', r => r.lr || 0],
+  ['data', 'corpus', r => r.data || ''],
+  ['device', 'device', r => r.device || ''],
+  ['date', 'date', r => r.date || 0],
+];
+
+async function viewRuns() {
+  const box = el('div', {}, el('h2', { text: 'Runs' }));
+  const sel = new Set();
+  const cmp = el('button', { id: 'compare-selected', on: { click: () => { location.hash = '#/compare?ids=' + [...sel].map(encodeURIComponent).join(','); } } }, 'Compare selected');
+  const tableBox = el('div');
+  box.append(el('div', { class: 'row' }, cmp), tableBox);
+  $app.replaceChildren(box);
+  async function refresh() {
+    let runs;
+    try { runs = (await api('/api/runs')).runs; } catch (e) { tableBox.replaceChildren(el('p', { class: 'err', text: e.message })); return; }
+    const col = COLS.find(c => c[0] === sortKey);
+    runs.sort((a, b) => { const x = col[2](a), y = col[2](b); return (x < y ? -1 : x > y ? 1 : 0) * sortDir; });
+    const head = el('tr', {}, el('th', { class: 'l' }, ''), COLS.map(([k, name]) => el('th', {
+      class: k === 'id' || k === 'data' ? 'l' : null, 'data-key': k,
+      on: { click: () => { if (sortKey === k) sortDir = -sortDir; else { sortKey = k; sortDir = 1; } refresh(); } },
+    }, name + (k === sortKey ? (sortDir > 0 ? ' ▲' : ' ▼') : ''))));
+    const rows = runs.map(r => {
+      const cb = el('input', { type: 'checkbox', on: { change: e => { if (e.target.checked) sel.add(r.id); else sel.delete(r.id); } } });
+      cb.checked = sel.has(r.id);
+      const ep = r.kind === 'sweep' ? `${r.plan_kind || 'sweep'}: ${r.trials || '?'} × ${r.folds || '?'}` : `${r.epoch || 0} of ${r.epochs || '?'}`;
+      return el('tr', { 'data-id': r.id },
+        el('td', { class: 'l' }, cb),
+        el('td', { class: 'l' }, el('a', { href: '#/run/' + enc(r.id), text: r.id })),
+        el('td', { class: 'state-' + r.state, text: r.state + (r.pid ? ` (pid ${r.pid})` : '') }),
+        el('td', { text: ep }),
+        el('td', { text: r.best ? pct(r.best.val_accuracy) : '' }),
+        el('td', { text: r.best ? pct(r.best.val_unweighted_accuracy) : '' }),
+        el('td', { text: r.best ? pct(r.best.val_macro_f1) : '' }),
+        el('td', { text: r.lr ? `${r.lr} / ${r.schedule || ''}` : '' }),
+        el('td', { class: 'l', text: r.data || '' }),
+        el('td', { text: r.device || '' }),
+        el('td', { text: fmtDate(r.date) }));
+    });
+    tableBox.replaceChildren(runs.length
+      ? el('table', { id: 'runs-table' }, head, rows)
+      : el('p', { id: 'runs-table', text: 'No runs yet under --runs. Train one: ser-engine train' }));
+  }
+  await refresh();
+  const t = setInterval(refresh, 3000);
+  cleanup.push(() => clearInterval(t));
+}
+
+// ---- one run ----------------------------------------------------------------------------
+
+function perClass(cm, labels) {
+  return labels.map((l, i) => {
+    const tp = cm[i][i];
+    const support = cm[i].reduce((a, b) => a + b, 0);
+    const predicted = cm.reduce((a, row) => a + row[i], 0);
+    const p = predicted ? tp / predicted : null, r = support ? tp / support : null;
+    const f1 = p !== null && r !== null && p + r > 0 ? 2 * p * r / (p + r) : null;
+    return { label: l, precision: p, recall: r, f1, support };
+  });
+}
+
+function heatmap(cm, labels) {
+  const max = Math.max(1, ...cm.flat());
+  return el('table', { class: 'heat', id: 'confusion' },
+    el('tr', {}, el('th', { class: 'l', text: 'true \\ predicted' }), labels.map(l => el('th', { text: l }))),
+    cm.map((row, i) => el('tr', {}, el('th', { class: 'l', text: labels[i] }), row.map((v) => {
+      const td = el('td', { text: String(v) });
+      const a = v / max;
+      td.style.background = `rgba(25, 118, 210, ${a.toFixed(3)})`;
+      td.style.color = a > 0.55 ? '#fff' : '#222';
+      return td;
+    }))));
+}
+
+async function viewRun(id) {
+  const d = await api('/api/runs/' + enc(id));
+  if (d.kind === 'sweep') return viewSweep(d);
+  const labels = d.config && d.config.labels || [];
+  const metrics = d.metrics || [];
+  const title = el('h2', { text: 'Run ' + d.id });
+  const stateEl = el('span', { id: 'run-state', class: 'state-' + d.state, text: d.state });
+  const chartsBox = el('div', { class: 'charts', id: 'charts' });
+  const cmBox = el('div');
+  const slider = el('input', { type: 'range', id: 'epoch-slider', min: 1, max: 1, value: 1 });
+  const sliderLab = el('span');
+  const csv = el('a', { href: '/api/runs/' + enc(d.id) + '/metrics.csv', download: 'metrics.csv', text: 'metrics.csv' });
+  $app.replaceChildren(el('div', {}, title,
+    el('div', { class: 'row' }, 'state: ', stateEl, ' · ', el('span', { id: 'epoch-count' }), ' · ', csv, ' · ', el('a', { href: '#/try?run=' + encodeURIComponent(d.id), text: 'try this model' })),
+    chartsBox,
+    el('h3', { text: 'Validation confusion matrix' }), el('div', { class: 'row' }, 'epoch ', slider, sliderLab), cmBox,
+    el('h3', { text: 'Configuration' }), el('pre', { id: 'config', text: JSON.stringify(d.config, null, 2) })));
+
+  function bestEpoch() { const b = metrics.filter(m => m.best); return b.length ? b[b.length - 1].epoch : null; }
+  function draw() {
+    const best = bestEpoch();
+    const s = (name, f) => ({ name, points: metrics.map(m => [m.epoch, f(m)]) });
+    chartsBox.replaceChildren(
+      lineChart('chart-loss', [s('train', m => m.train_loss), s('validation', m => m.val_loss)], { title: 'loss', best }),
+      lineChart('chart-acc', [s('train acc', m => m.train_accuracy), s('val WA', m => m.val_accuracy), s('val UA', m => m.val_unweighted_accuracy), s('val macro-F1', m => m.val_macro_f1)], { title: 'accuracy and F1', best }),
+      lineChart('chart-lr', [s('lr', m => m.lr)], { title: 'learning rate', best, yLog: true }));
+    document.getElementById('epoch-count').textContent = `${metrics.length} epoch${metrics.length === 1 ? '' : 's'}`;
+    const withCm = metrics.filter(m => m.val_confusion);
+    if (!withCm.length) { cmBox.replaceChildren(el('p', { text: 'This run records no per-epoch confusion counts (written by an older ser-engine).' })); slider.disabled = true; return; }
+    slider.disabled = false;
+    slider.min = withCm[0].epoch; slider.max = withCm[withCm.length - 1].epoch;
+    if (!slider.dataset.touched) slider.value = best || slider.max;
+    showCm();
+  }
+  function showCm() {
+    const m = metrics.find(m => m.epoch === +slider.value && m.val_confusion);
+    if (!m) return;
+    sliderLab.textContent = `${m.epoch}${m.epoch === bestEpoch() ? ' (best)' : ''} · WA ${pct(m.val_accuracy)} · UA ${pct(m.val_unweighted_accuracy)} · macro-F1 ${pct(m.val_macro_f1)}`;
+    const pc = perClass(m.val_confusion, labels);
+    cmBox.replaceChildren(heatmap(m.val_confusion, labels), el('h3', { text: 'Per class' }),
+      el('table', { id: 'per-class' }, el('tr', {}, ['class', 'precision', 'recall', 'F1', 'support'].map(h => el('th', { text: h }))),
+        pc.map(r => el('tr', {}, el('td', { class: 'l', text: r.label }), el('td', { text: pct(r.precision) }), el('td', { text: pct(r.recall) }), el('td', { text: pct(r.f1) }), el('td', { text: String(r.support) })))));
+  }
+  slider.addEventListener('input', () => { slider.dataset.touched = '1'; showCm(); });
+  draw();
+  const es = new EventSource('/api/runs/' + enc(d.id) + '/events?after=' + (metrics.length ? metrics[metrics.length - 1].epoch : 0));
+  es.addEventListener('epoch', ev => {
+    const r = JSON.parse(ev.data);
+    if (!metrics.some(m => m.epoch === r.epoch)) { metrics.push(r); draw(); }
+  });
+  es.addEventListener('reset', () => { metrics.length = 0; draw(); });
+  es.addEventListener('state', ev => { const s = JSON.parse(ev.data).state; stateEl.textContent = s; stateEl.className = 'state-' + s; });
+  cleanup.push(() => es.close());
+}
+
+function viewSweep(d) {
+  const box = el('div', {}, el('h2', { text: `${d.plan_kind || 'Sweep'} ${d.id}` }),
+    el('div', { class: 'row' }, 'state: ', el('span', { class: 'state-' + d.state, text: d.state }), ` · corpus ${d.data || ''} · ${d.folds || '?'} folds`));
+  const res = d.results || {};
+  const rows = res.trials || res.rows || null;
+  if (Array.isArray(rows) && rows.length) {
+    const keys = Object.keys(rows[0]).filter(k => typeof rows[0][k] !== 'object');
+    box.append(el('h3', { text: 'Results' }), el('table', { id: 'sweep-results' }, el('tr', {}, keys.map(k => el('th', { text: k }))),
+      rows.map(r => el('tr', {}, keys.map(k => el('td', { text: typeof r[k] === 'number' ? (+r[k].toPrecision(4)).toString() : String(r[k]) }))))));
+  }
+  if ((d.files || []).includes('results.png')) box.append(el('h3', { text: 'Chart' }), el('img', { src: '/api/runs/' + enc(d.id) + '/files/results.png', alt: 'results' }));
+  if ((d.files || []).includes('results.md')) {
+    const pre = el('pre', { id: 'results-md' });
+    fetch('/api/runs/' + enc(d.id) + '/files/results.md').then(r => r.text()).then(t => { pre.textContent = t; });
+    box.append(el('h3', { text: 'results.md' }), pre);
+  }
+  const units = d.units || [];
+  if (units.length) {
+    box.append(el('h3', { text: 'Units' }), el('div', { class: 'row' }, el('a', { href: '#/compare?ids=' + units.map(encodeURIComponent).join(','), text: 'compare all units' })),
+      el('ul', {}, units.map(u => el('li', {}, el('a', { href: '#/run/' + enc(u), text: u })))));
+  }
+  $app.replaceChildren(box);
+}
+
+// ---- compare ----------------------------------------------------------------------------
+
+function flatten(o, pre, out) {
+  for (const [k, v] of Object.entries(o || {})) {
+    const key = pre ? pre + '.' + k : k;
+    if (v && typeof v === 'object' && !Array.isArray(v)) flatten(v, key, out);
+    else out[key] = JSON.stringify(v);
+  }
+  return out;
+}
+
+async function viewCompare(query) {
+  const ids = (query.get('ids') || '').split(',').filter(Boolean);
+  if (!ids.length) {
+    $app.replaceChildren(el('div', {}, el('h2', { text: 'Compare' }), el('p', { text: 'Tick runs in the runs table and press "Compare selected", or open a sweep and "compare all units".' })));
+    return;
+  }
+  const runs = (await Promise.all(ids.map(id => api('/api/runs/' + enc(id)).catch(() => null)))).filter(r => r && r.kind === 'run');
+  const curves = (f) => runs.map((r, k) => ({ name: r.id, color: COLORS[k % COLORS.length], points: (r.metrics || []).map(m => [m.epoch, f(m)]) }));
+  const flat = runs.map(r => flatten(r.config, '', {}));
+  const keys = [...new Set(flat.flatMap(Object.keys))].filter(k => k !== 'ser_engine_version' && new Set(flat.map(f => f[k])).size > 1).sort();
+  const best = r => { const b = (r.metrics || []).filter(m => m.best); return b[b.length - 1]; };
+  $app.replaceChildren(el('div', {}, el('h2', { text: `Compare ${runs.length} runs` }),
+    el('div', { class: 'charts' },
+      lineChart('cmp-loss', curves(m => m.val_loss), { title: 'validation loss' }),
+      lineChart('cmp-wa', curves(m => m.val_accuracy), { title: 'validation WA' }),
+      lineChart('cmp-f1', curves(m => m.val_macro_f1), { title: 'validation macro-F1' })),
+    el('h3', { text: 'Options that differ, and the best epoch' }),
+    el('table', { id: 'compare-table' },
+      el('tr', {}, el('th', { class: 'l', text: 'run' }), keys.map(k => el('th', { text: k })), ['best epoch', 'WA', 'UA', 'macro-F1'].map(h => el('th', { text: h }))),
+      runs.map((r, i) => { const b = best(r) || {}; return el('tr', {}, el('td', { class: 'l' }, el('a', { href: '#/run/' + enc(r.id), text: r.id })), keys.map(k => el('td', { text: flat[i][k] ?? '' })),
+        el('td', { text: b.epoch ?? '' }), el('td', { text: pct(b.val_accuracy) }), el('td', { text: pct(b.val_unweighted_accuracy) }), el('td', { text: pct(b.val_macro_f1) })); }))));
+}
+
+// ---- try a model ------------------------------------------------------------------------
+
+function bars(probs, id) {
+  const entries = Object.entries(probs || {});
+  const top = entries.reduce((a, b) => (b[1] > a[1] ? b : a), ['', -1])[0];
+  return el('div', { class: 'bars', id }, entries.map(([l, p]) => {
+    const bar = el('div', { class: 'bar' + (l === top ? ' top' : '') });
+    bar.style.width = (100 * p).toFixed(1) + '%';
+    return [el('span', { text: l }), el('div', {}, bar), el('span', { text: pct(p) })];
+  }));
+}
+
+// Waveform (from the browser's own decoder, for display only) with the windows' labels.
+function timeline(samples, rate, windows, labels) {
+  const W = 800, H = 160, wave = 90;
+  const svg = el('svg', { id: 'timeline', class: 'chart', width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+  const dur = samples ? samples.length / rate : Math.max(...windows.map(w => w.end_s), 1);
+  if (samples) {
+    const per = Math.max(1, Math.floor(samples.length / W));
+    let d = '';
+    for (let x = 0; x < W; x++) {
+      let mx = 0;
+      for (let i = x * per; i < Math.min(samples.length, (x + 1) * per); i++) mx = Math.max(mx, Math.abs(samples[i]));
+      d += `M${x},${wave / 2 - mx * wave / 2}V${wave / 2 + mx * wave / 2}`;
+    }
+    svg.append(el('path', { d, stroke: '#78909c', 'stroke-width': 1 }));
+  }
+  windows.forEach((w, i) => {
+    const x = w.start_s / dur * W, x2 = w.end_s / dur * W;
+    const k = labels.indexOf(w.label);
+    const y = wave + 8 + (i % 2) * 22;
+    svg.append(el('rect', { x, y, width: Math.max(1, x2 - x - 1), height: 18, fill: w.silent ? '#e0e0e0' : COLORS[k % COLORS.length] }));
+    if (x2 - x > 40) svg.append(el('text', { x: x + 3, y: y + 13, fill: '#fff', text: w.silent ? 'silent' : w.label }));
+  });
+  svg.append(el('text', { x: 4, y: H - 4, text: `0 s … ${dur.toFixed(1)} s` }));
+  return svg;
+}
+
+function wavBytes(chunks, rate) {
+  const n = chunks.reduce((a, c) => a + c.length, 0);
+  const buf = new ArrayBuffer(44 + 2 * n), v = new DataView(buf);
+  const str = (o, s) => { for (let i = 0; i < s.length; i++) v.setUint8(o + i, s.charCodeAt(i)); };
+  str(0, 'RIFF'); v.setUint32(4, 36 + 2 * n, true); str(8, 'WAVE'); str(12, 'fmt ');
+  v.setUint32(16, 16, true); v.setUint16(20, 1, true); v.setUint16(22, 1, true); v.setUint32(24, rate, true);
+  v.setUint32(28, 2 * rate, true); v.setUint16(32, 2, true); v.setUint16(34, 16, true); str(36, 'data'); v.setUint32(40, 2 * n, true);
+  let o = 44;
+  for (const c of chunks) for (const s of c) { v.setInt16(o, Math.max(-1, Math.min(1, s)) * 32767, true); o += 2; }
+  return new Uint8Array(buf);
+}
+
+function pcm16(chunks) {
+  const n = chunks.reduce((a, c) => a + c.length, 0);
+  const out = new Int16Array(n);
+  let o = 0;
+  for (const c of chunks) for (const s of c) out[o++] = Math.max(-1, Math.min(1, s)) * 32767;
+  return new Uint8Array(out.buffer);
+}
+
+async function openMic(onBlock) {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+  const ctx = new AudioContext();
+  await ctx.audioWorklet.addModule('/pcm-worklet.js');
+  const src = ctx.createMediaStreamSource(stream);
+  const node = new AudioWorkletNode(ctx, 'pcm-tap');
+  node.port.onmessage = e => onBlock(e.data);
+  src.connect(node);
+  return { rate: ctx.sampleRate, stop: () => { node.port.onmessage = null; stream.getTracks().forEach(t => t.stop()); ctx.close(); } };
+}
+
+async function viewTry(query) {
+  const runs = (await api('/api/runs')).runs.filter(r => r.kind === 'run' && r.epoch);
+  const pick = el('select', { id: 'try-run' }, runs.map(r => el('option', { value: r.id, text: r.id })));
+  if (query.get('run')) pick.value = query.get('run');
+  const win = el('input', { id: 'try-window', type: 'number', min: 0.25, step: 0.25, placeholder: 'whole clip', size: 8 });
+  const hop = el('input', { id: 'try-hop', type: 'number', min: 0.05, step: 0.05, placeholder: '= window', size: 8 });
+  const file = el('input', { id: 'try-file', type: 'file', accept: 'audio/*,.wav,.flac,.mp3,.ogg' });
+  const out = el('div', { id: 'try-result' });
+  const recBtn = el('button', { id: 'record' }, 'Record');
+  const liveBtn = el('button', { id: 'live' }, 'Live');
+  const liveOut = el('div', { id: 'live-result' });
+  let mic = null, live = null;
+  const local = ['localhost', '127.0.0.1', '[::1]'].includes(location.hostname);
+  $app.replaceChildren(el('div', {}, el('h2', { text: 'Try a model' }),
+    el('div', { class: 'row' }, 'model ', pick, ' window (s) ', win, ' hop (s) ', hop),
+    el('div', { class: 'row' }, 'upload ', file, recBtn, liveBtn),
+    el('p', { class: 'note', text: 'Browsers give pages the microphone only over https or at localhost. ' + (local ? 'This page is at ' + location.host + ', so recording works.' : 'This page is not at localhost: recording will be refused.') + ' To use a server on another machine, forward its port and open the page at localhost: ssh -L 8000:127.0.0.1:8000 user@server, then open the URL it printed on this machine.' }),
+    out, liveOut));
+  async function send(bytes, name, display) {
+    const q = new URLSearchParams({ run: pick.value });
+    if (win.value) { q.set('window', win.value); if (hop.value) q.set('hop', hop.value); }
+    out.replaceChildren(el('p', { text: 'classifying ' + name + '…' }));
+    try {
+      const t0 = performance.now();
+      const r = await api('/api/predict?' + q, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: bytes });
+      const ms = performance.now() - t0;
+      const parts = [el('p', {}, name + ': ', el('span', { class: 'big', id: 'predict-label', text: r.label || '(silent)' }), ` · ${r.duration_s.toFixed(2)} s of audio · ${ms.toFixed(0)} ms`), bars(r.probabilities, 'predict-bars')];
+      if (r.windows) {
+        let samples = null, rate = 16000;
+        try { const ctx = new OfflineAudioContext(1, 1, 16000); const ab = await ctx.decodeAudioData(display.slice(0)); samples = ab.getChannelData(0); rate = ab.sampleRate; } catch (_) { /* the server decodes what the browser cannot */ }
+        parts.push(el('h3', { text: `${r.windows.length} windows` }), timeline(samples, rate, r.windows, r.labels));
+      }
+      out.replaceChildren(...parts);
+    } catch (e) { out.replaceChildren(el('p', { class: 'err', id: 'predict-error', text: e.message })); }
+  }
+  file.addEventListener('change', async () => { const f = file.files[0]; if (f) { const b = await f.arrayBuffer(); send(new Uint8Array(b), f.name, b); } });
+  recBtn.addEventListener('click', async () => {
+    if (mic) {
+      const m = mic; mic = null; m.stop(); recBtn.textContent = 'Record';
+      const wav = wavBytes(m.chunks, m.rate);
+      await send(wav, 'recording', wav.buffer.slice(0));
+      const a = el('a', { id: 'recording-download', download: 'recording.wav', href: URL.createObjectURL(new Blob([wav], { type: 'audio/wav' })), text: 'download the recording (16-bit WAV)' });
+      a.wav = wav; // the bytes sent, for scripts that check the recording
+      out.append(el('p', {}, a));
+      return;
+    }
+    try {
+      const chunks = [];
+      const m = await openMic(b => chunks.push(b));
+      mic = Object.assign(m, { chunks }); recBtn.textContent = 'Stop and classify';
+    } catch (e) { out.replaceChildren(el('p', { class: 'err', text: 'microphone: ' + e.message })); }
+  });
+  liveBtn.addEventListener('click', async () => {
+    if (live) { live.stop(); live = null; liveBtn.textContent = 'Live'; return; }
+    const session = Math.random().toString(36).slice(2) + Date.now().toString(36);
+    const history = [];
+    let pending = [], busy = false, labels = [];
+    try {
+      const m = await openMic(b => pending.push(b));
+      const tick = setInterval(async () => {
+        if (busy || !pending.length) return;
+        const chunk = pcm16(pending); pending = [];
+        busy = true;
+        const t0 = performance.now();
+        try {
+          const q = new URLSearchParams({ run: pick.value, session, rate: String(m.rate), window: win.value || '2' });
+          const r = await api('/api/live?' + q, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: chunk });
+          const ms = performance.now() - t0;
+          if (r.buffering) { liveOut.replaceChildren(el('p', { text: 'listening…' })); return; }
+          labels = Object.keys(r.probabilities || {});
+          history.push({ start_s: r.start_s, end_s: r.end_s, label: r.label, silent: r.silent });
+          liveOut.replaceChildren(el('p', {}, 'now: ', el('span', { class: 'big', id: 'live-label', text: r.silent ? '(silent)' : r.label }), ` · latency ${ms.toFixed(0)} ms (model ${r.latency_ms.toFixed(0)} ms)`),
+            r.probabilities ? bars(r.probabilities, 'live-bars') : '', timeline(null, 16000, history.slice(-40).map(h => Object.assign({}, h, { start_s: h.end_s - 0.3 })), labels));
+        } catch (e) { liveOut.replaceChildren(el('p', { class: 'err', text: e.message })); } finally { busy = false; }
+      }, 300);
+      live = { stop: () => { clearInterval(tick); m.stop(); fetch('/api/live?session=' + session, { method: 'DELETE', credentials: 'same-origin' }); } };
+      liveBtn.textContent = 'Stop live';
+    } catch (e) { liveOut.replaceChildren(el('p', { class: 'err', text: 'microphone: ' + e.message })); }
+  });
+  cleanup.push(() => { if (mic) mic.stop(); if (live) live.stop(); });
+}
+
+// ---- router -----------------------------------------------------------------------------
+
+async function route() {
+  cleanup.forEach(f => f()); cleanup = [];
+  const h = location.hash.slice(1) || '/';
+  const [path, qs] = h.split('?');
+  const query = new URLSearchParams(qs || '');
+  try {
+    if (path.startsWith('/run/')) await viewRun(path.slice(5).split('/').map(decodeURIComponent).join('/'));
+    else if (path === '/compare') await viewCompare(query);
+    else if (path === '/try') await viewTry(query);
+    else await viewRuns();
+    document.getElementById('status').textContent = '';
+  } catch (e) {
+    $app.replaceChildren(el('p', { class: 'err', text: e.message }));
+  }
+}
+
+window.addEventListener('hashchange', route);
+route();
