@@ -105,5 +105,9 @@ impl ServeArgs {
 }
 
 pub fn run(args: &ServeArgs, global: &Global) -> Result<()> {
-    serve(args.config(global)?)
+    let config = args.config(global)?;
+    // A long-lived server: each request's inference memory follows its audio, not the largest
+    // clip any worker ever saw (as in predict and eval).
+    crate::cpu::conv::bound_inference_memory();
+    serve(config)
 }

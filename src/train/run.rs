@@ -835,6 +835,7 @@ mod tests {
                 val_macro_f1: 0.3,
                 val_unweighted_accuracy: 0.35,
                 best: e == 1,
+                val_confusion: None,
             })
             .collect();
         let mut p = FitProgress {
