@@ -5,73 +5,14 @@
 mod common;
 
 use common::cli::{run_ok, ser, tiny_corpus, write_wav_i16, TINY_MODEL};
-use common::http::{read_response, Resp};
+use common::http::{read_response, start_serve as start, Resp};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
-
-/// A running server; killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    url_line: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(runs: &Path, extra: &[&str]) -> Server {
-    let dir = runs.parent().unwrap();
-    let port_file = dir.join(format!("port-{}", std::process::id()));
-    let _ = std::fs::remove_file(&port_file);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ser-engine"))
-        .args([
-            "-q",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "serve",
-            "--port",
-            "0",
-        ])
-        .arg("--runs")
-        .arg(runs)
-        .arg("--port-file")
-        .arg(&port_file)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url_line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut url_line)
-        .unwrap();
-    let t0 = Instant::now();
-    let port = loop {
-        if let Ok(s) = std::fs::read_to_string(&port_file) {
-            if let Ok(p) = s.trim().parse() {
-                break p;
-            }
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "no port file");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Server {
-        child,
-        port,
-        url_line,
-    }
-}
 
 /// One request; `headers` replace the defaults of the same name (Host, Authorization; an
 /// empty value drops the header).

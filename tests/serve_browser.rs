@@ -10,7 +10,6 @@ mod common;
 use common::cli::{run_ok, ser, tiny_corpus, write_wav_i16, TINY_MODEL};
 use common::http::{exchange, Resp};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -215,32 +214,8 @@ fn the_page_in_chromium() {
         .collect::<Vec<_>>();
     write_wav_i16(&clip, 16_000, a.iter().chain(a.iter()).copied());
 
-    let port_file = root.join("port");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ser-engine"))
-        .args([
-            "-q",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "serve",
-            "--port",
-            "0",
-        ])
-        .args(["--token", TOKEN, "--runs"])
-        .arg(&runs)
-        .arg("--port-file")
-        .arg(&port_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    let _server = Killed(server);
-    let url = url.trim().to_string();
+    let server = common::http::start_serve(&runs, &["--token", TOKEN]);
+    let url = server.url_line.trim().to_string();
     let base = url.split("/?").next().unwrap().to_string();
 
     let dport = free_port();

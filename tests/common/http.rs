@@ -1,9 +1,11 @@
 //! A small raw HTTP/1.1 client for the tests of `serve` (and the WebDriver calls of the
 //! browser tests): requests reach the server exactly as written.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct Resp {
     pub status: u16,
@@ -113,4 +115,66 @@ pub fn exchange(
     s.write_all(req.as_bytes()).unwrap();
     let _ = s.write_all(body);
     read_response(&mut s)
+}
+
+/// A running server; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    /// The first line the server printed: the URL to open, with the token.
+    pub url_line: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ser-engine serve --runs RUNS --port 0 EXTRA...` on one CPU thread and waits for its
+/// `--port-file` (written next to `runs`).
+pub fn start_serve(runs: &Path, extra: &[&str]) -> Server {
+    let dir = runs.parent().unwrap();
+    let port_file = dir.join(format!("port-{}", std::process::id()));
+    let _ = std::fs::remove_file(&port_file);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ser-engine"))
+        .args([
+            "-q",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "serve",
+            "--port",
+            "0",
+        ])
+        .arg("--runs")
+        .arg(runs)
+        .arg("--port-file")
+        .arg(&port_file)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url_line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut url_line)
+        .unwrap();
+    let t0 = Instant::now();
+    let port = loop {
+        if let Ok(s) = std::fs::read_to_string(&port_file) {
+            if let Ok(p) = s.trim().parse() {
+                break p;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no port file");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Server {
+        child,
+        port,
+        url_line,
+    }
 }
