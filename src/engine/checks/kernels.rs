@@ -460,7 +460,7 @@ pub fn gemm_on_views_matches_cpu() {
 /// kernels/norm.cu (per-utterance normalisation) against `cpu::norm::utterance_norm` in f64:
 /// random batch, band and frame counts that are not multiples of the 128-thread block (and
 /// frame counts both below and several times above it), random lengths including 0 and t_max,
-/// rows centred far from zero (where E[x²] − mean² would cancel) and a constant row (variance
+/// rows centred far from zero (where `E[x²] − mean²` would cancel) and a constant row (variance
 /// 0: ε alone keeps it finite). Padding must come back bit for bit.
 ///
 /// Tolerance 2e-5 absolute on outputs of size ~1-4: the kernel sums up to ~1000 f32 values of
