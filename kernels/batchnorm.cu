@@ -25,7 +25,7 @@ static __device__ __forceinline__ int bn_count(const int* lens, int batch, int m
 // uninitialised. Pass 2 (grid = ceil(c / (block/32)), block 256: one warp per channel) combines
 // a channel's partials in a fixed order (lane j takes chunks j, j+32, ... in turn, then a
 // shfl_down tree, lane 0's result), so the bits depend on neither the thread schedule nor the
-// GPU: only on the shapes, which fix `chunks` (src/engine/cnn.rs reduce_chunks: about 2 blocks
+// GPU: only on the shapes, which fix `chunks` (src/backend/memory.rs reduce_chunks: about 2 blocks
 // per SM of a 132-SM H100, at least 4096 elements per chunk).
 
 // Index range [lo, hi) of chunk k of `total` elements split into `chunks`.

@@ -1,6 +1,6 @@
 // 2-D convolution, square odd kernel k, stride 1, zero padding k/2 ("same"), as im2col + GEMM
 // (device.gemm: cuBLAS on cuda, sgemm.cu on sim) over a chunk of clips b0..b0+nb, and col2im
-// (gather form, no atomics) for the data gradient. Length-aware exactly as src/cpu/conv.rs: clip
+// (gather form, no atomics) for the data gradient. Length-aware exactly as src/cpu/conv/: clip
 // b reads inputs only at frames t < len = min(lens[b], T) and has outputs only at t < len (zero
 // elsewhere); dy at t >= len is ignored.
 // Layouts: x [B][cin][M][T], w [cout][cin][k][k], y [B][cout][M][T]; chunk matrices have column
@@ -110,7 +110,7 @@ extern "C" __global__ void cnn_col2im(float* dx, const float* dcol, const int* l
 // ceil(cols / chunks), into partial[r*chunks + k] (every one written, empty chunks as 0).
 // Pass 2 is reduce.cu's reduce_chunks_acc (fixed order, deterministic).
 // Launch shape: grid = (rows, chunks), block 256 (multiple of 32, <= 1024); chunks from
-// src/engine/cnn.rs reduce_chunks (about 2 blocks per SM of a 132-SM H100).
+// src/backend/memory.rs reduce_chunks (about 2 blocks per SM of a 132-SM H100).
 // extent: partial rows*chunks
 // extent: a rows*cols
 extern "C" __global__ void cnn_row_sum_partial(float* partial, const float* a, int rows, int cols, int chunks) {
@@ -124,7 +124,7 @@ extern "C" __global__ void cnn_row_sum_partial(float* partial, const float* a, i
     if (threadIdx.x == 0) partial[(long long)r * chunks + k] = acc;
 }
 
-// ---- Around cuDNN (src/engine/cudnn.rs): cuDNN convolves the whole padded [B][C][M][T] tensor,
+// ---- Around cuDNN (src/engine/cudnn/): cuDNN convolves the whole padded [B][C][M][T] tensor,
 // so the clip-length semantics above are restored by masking its inputs and outputs with these.
 
 // dst = src at frames t < min(lens[b], T), 0 elsewhere, over [B][C][M][T]. dst may be src (each
@@ -161,7 +161,7 @@ extern "C" __global__ void cnn_bias_mask(float* y, const float* bias, const int*
 // partial[co*chunks + k] (every one written, empty chunks as 0). Pass 2 is reduce.cu's
 // reduce_chunks_acc (fixed order, deterministic).
 // Launch shape: grid = (c, chunks), block 256 (multiple of 32, <= 1024); chunks from
-// src/engine/cnn.rs bias_grad_chunks.
+// src/backend/memory.rs bias_grad_chunks.
 // extent: partial c*chunks
 // extent: dy batch*c*m*t
 // extent: lens batch

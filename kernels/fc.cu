@@ -1,9 +1,9 @@
 // The stage-3 -> frames reshape and the per-frame fully connected layer's elementwise parts
-// (the products themselves are device.gemm calls in src/engine/cnn.rs), as src/cpu/model.rs.
+// (the products themselves are device.gemm calls in src/engine/cnn/fc.rs), as src/cpu/model.rs.
 // Layouts: stage-3 output x [B][C][M][T], frames h [B][T][C*M] with h[b][t][c*M+m] = x[b][c][m][t];
 // FC pre-activation / ReLU output r [rows = B*T][dout].
 // Launch shape: fc_bias_grad_partial: grid = (ceil(dout / 256), chunks), block 256 (chunks from
-// src/engine/cnn.rs reduce_chunks, >= 16 rows each); the others 1D, block 256, any grid
+// src/backend/memory.rs reduce_chunks, >= 16 rows each); the others 1D, block 256, any grid
 // (grid-stride loops over the array written).
 #include "common.cuh"
 #include "dropout.cuh"
