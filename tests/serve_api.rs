@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cli::{run_ok, ser, tiny_corpus, write_wav_i16, TINY_MODEL};
+use common::cli::{run_ok, ser, tiny_corpus, train_tiny, write_wav_i16};
 use common::http::{read_response, start_serve as start, Resp};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -43,19 +43,6 @@ fn post_audio(port: u16, path: &str, body: &[u8]) -> Resp {
     )
 }
 
-/// Trains the tiny model for `epochs` epochs into `out` (2 threads, under a second).
-fn train(corpus: &Path, out: &Path, epochs: usize) {
-    run_ok(
-        ser()
-            .args(["train", "--data"])
-            .arg(corpus)
-            .arg("--out")
-            .arg(out)
-            .args(["--epochs", &epochs.to_string()])
-            .args(TINY_MODEL),
-    );
-}
-
 struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -88,8 +75,8 @@ fn metrics_lines(run: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn runs_at_any_depth_with_details_csv_and_only_whitelisted_files() {
     let f = fixture();
-    train(&f.corpus, &f.runs.join("demo"), 3);
-    train(&f.corpus, &f.runs.join("sweep1/k7/fold-1"), 2);
+    train_tiny(&f.corpus, &f.runs.join("demo"), 3);
+    train_tiny(&f.corpus, &f.runs.join("sweep1/k7/fold-1"), 2);
     let s = start(&f.runs, &["--token", TOKEN]);
     assert_eq!(
         s.url_line.trim(),
@@ -222,7 +209,7 @@ fn walk(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
 #[test]
 fn token_host_and_origin_checks() {
     let f = fixture();
-    train(&f.corpus, &f.runs.join("demo"), 1);
+    train_tiny(&f.corpus, &f.runs.join("demo"), 1);
     let s = start(&f.runs, &["--token", TOKEN]);
     let p = s.port;
 
@@ -375,9 +362,9 @@ fn options_are_checked_before_starting() {
 #[test]
 fn links_that_leave_runs_are_refused() {
     let f = fixture();
-    train(&f.corpus, &f.runs.join("demo"), 1);
+    train_tiny(&f.corpus, &f.runs.join("demo"), 1);
     let outside = f.root.join("outside");
-    train(&f.corpus, &outside, 1);
+    train_tiny(&f.corpus, &outside, 1);
     std::os::unix::fs::symlink(&outside, f.runs.join("linked")).unwrap();
     // A folder inside --runs whose files point outside.
     let esc = f.runs.join("esc");
@@ -436,7 +423,7 @@ fn tone_wav(path: &Path, secs: f64) {
 fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
     let f = fixture();
     let run = f.runs.join("demo");
-    train(&f.corpus, &run, 2);
+    train_tiny(&f.corpus, &run, 2);
     let wav = f.root.join("clip.wav");
     tone_wav(&wav, 2.0);
     let cli = run_ok(
@@ -584,7 +571,7 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
 #[test]
 fn live_chunks_give_the_latest_window() {
     let f = fixture();
-    train(&f.corpus, &f.runs.join("demo"), 1);
+    train_tiny(&f.corpus, &f.runs.join("demo"), 1);
     let s = start(&f.runs, &["--token", TOKEN]);
     let pcm: Vec<u8> = (0..8000)
         .flat_map(|i| {
@@ -656,7 +643,7 @@ fn new_runs_appear_and_training_streams_its_epochs() {
 
     // A run made while the server runs.
     let run = f.runs.join("live");
-    train(&f.corpus, &run, 2);
+    train_tiny(&f.corpus, &run, 2);
     let ids = get(s.port, "/api/runs").json()["runs"][0]["id"].clone();
     assert_eq!(ids, "live");
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::cli::{run_ok, ser, tiny_corpus, write_wav_i16, TINY_MODEL};
+use common::cli::{run_ok, ser, tiny_corpus, train_tiny, write_wav_i16};
 use common::http::{exchange, Resp};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -162,18 +162,6 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-fn train(corpus: &Path, out: &Path, epochs: usize) {
-    run_ok(
-        ser()
-            .args(["train", "--data"])
-            .arg(corpus)
-            .arg("--out")
-            .arg(out)
-            .args(["--epochs", &epochs.to_string()])
-            .args(TINY_MODEL),
-    );
-}
-
 fn predict_label(run: &Path, wav: &Path) -> String {
     let out = run_ok(
         ser()
@@ -197,8 +185,8 @@ fn the_page_in_chromium() {
     let root = dir.path();
     let corpus = tiny_corpus(root);
     let runs = root.join("runs");
-    train(&corpus, &runs.join("demo"), 20);
-    train(&corpus, &runs.join("live"), 2);
+    train_tiny(&corpus, &runs.join("demo"), 20);
+    train_tiny(&corpus, &runs.join("live"), 2);
     // The clip the page uploads and the fake microphone plays: 2 s of one class's voice.
     let clip = root.join("clip.wav");
     let first = std::fs::read_dir(corpus.join("anger"))

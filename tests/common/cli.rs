@@ -73,3 +73,16 @@ pub fn tiny_corpus(dir: &Path) -> PathBuf {
     ser_engine::audio::synth::write_corpus(&root, &cfg, false).unwrap();
     root
 }
+
+/// Trains the tiny model ([`TINY_MODEL`]) on `corpus` for `epochs` epochs into `out`.
+pub fn train_tiny(corpus: &Path, out: &Path, epochs: usize) {
+    run_ok(
+        ser()
+            .args(["train", "--data"])
+            .arg(corpus)
+            .arg("--out")
+            .arg(out)
+            .args(["--epochs", &epochs.to_string()])
+            .args(TINY_MODEL),
+    );
+}
