@@ -110,6 +110,10 @@ pub trait Backend {
     /// Exchanges the parameters with their average (call again to swap back): validation
     /// and the best checkpoint use the average. An error when no average is kept.
     fn swap_ema(&mut self) -> Result<()>;
+    /// Upper bound of the memory one training step of `batch` clips padded to `t_max` frames
+    /// takes beyond what is already allocated (the host's on cpu and sim, the GPU's on cuda):
+    /// what `train` checks against the available memory before it starts.
+    fn step_memory_bytes(&self, batch: usize, t_max: usize) -> u64;
 }
 
 /// Puts `params` and BatchNorm `buffers` (e.g. a run's best weights) into `backend`, keeping

@@ -81,10 +81,7 @@ pub enum BenchWhat {
 
 /// Peak resident memory of this process (VmHWM), in MiB, where /proc tells it.
 pub fn peak_memory_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    crate::cpu::alloc::peak_resident_bytes().map(|b| b as f64 / (1u64 << 20) as f64)
 }
 
 pub fn run(args: &BenchArgs, global: &Global) -> Result<()> {

@@ -102,7 +102,7 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
     data.labels = cfg.labels.clone();
     let idx: Vec<usize> = (0..data.clips.len()).collect();
     crate::train::data::check_batch_memory(
-        &cfg.model,
+        &|batch, t_max| backend.step_memory_bytes(batch, t_max),
         &data,
         idx.len(),
         args.batch_size,

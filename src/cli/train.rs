@@ -211,14 +211,21 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         .as_ref()
         .map(run_device)
         .unwrap_or(global.device);
-    check_batch_memory(
-        &model_cfg,
+    let mut backend = make_backend(device, &model_cfg, &optim, seed)?;
+    let step_bound = check_batch_memory(
+        &|batch, t_max| backend.step_memory_bytes(batch, t_max),
         &data,
         train_idx.len(),
         fit_cfg.batch_size,
         available_memory(),
     )?;
-    let mut backend = make_backend(device, &model_cfg, &optim, seed)?;
+    if global.verbose > 0 {
+        eprintln!(
+            "memory: one training step takes at most {} MiB beyond the {} MiB resident now",
+            step_bound >> 20,
+            crate::cpu::alloc::resident_bytes().unwrap_or(0) >> 20
+        );
+    }
     let run_cfg = RunConfig {
         ser_engine_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: data.labels.clone(),

@@ -58,6 +58,24 @@ pub fn return_freed_memory() {
     }
 }
 
+/// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`), where /proc tells it.
+fn status_bytes(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Memory this process has resident now (`VmRSS`), bytes.
+pub fn resident_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// The most memory this process has had resident (`VmHWM`), bytes.
+pub fn peak_resident_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

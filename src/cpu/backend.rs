@@ -140,6 +140,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn step_memory_bytes(&self, batch: usize, t_max: usize) -> u64 {
+        let threads = rayon::current_num_threads();
+        crate::cpu::memory::train_step_bytes(&self.model.cfg, batch, t_max, threads)
+    }
+
     fn swap_ema(&mut self) -> Result<()> {
         let Some(ema) = self.ema.as_mut() else {
             bail!("no EMA of the weights is kept (--ema not given)");

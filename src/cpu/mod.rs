@@ -26,6 +26,7 @@ pub mod gradcheck;
 pub mod linear;
 pub mod loss;
 pub mod lstm;
+pub mod memory;
 pub mod model;
 pub mod norm;
 pub mod pool;

@@ -580,6 +580,10 @@ impl Backend for DeviceBackend {
         Ok(())
     }
 
+    fn step_memory_bytes(&self, batch: usize, t_max: usize) -> u64 {
+        crate::backend::memory::workspace_bytes(&self.model.cfg, batch, t_max) as u64
+    }
+
     fn swap_ema(&mut self) -> Result<()> {
         let Some(ema) = self.ema.as_mut() else {
             bail!("no EMA of the weights is kept (--ema not given)");

@@ -213,35 +213,36 @@ pub fn available_memory() -> Option<u64> {
     }
 }
 
-/// Checks, before anything is allocated, that the largest training batch fits in
-/// `available` bytes: `batch_size` clips (at most the training set) of the longest clip's
-/// frames (at most `max_frames`), with the activations and gradients one step keeps
-/// ([`crate::backend::memory::workspace_bytes`]). The error says what to lower.
+/// Checks, before the first step, that the largest training batch fits in `available`
+/// bytes: `batch_size` clips (at most the training set) of the longest clip's frames (at
+/// most `max_frames`), with what one step takes on the backend (`step_bytes(batch, t_max)`:
+/// [`crate::backend::Backend::step_memory_bytes`]). Returns the bound; the error says what to
+/// lower.
 pub fn check_batch_memory(
-    model: &crate::model::ModelConfig,
+    step_bytes: &dyn Fn(usize, usize) -> u64,
     data: &Dataset,
     train_clips: usize,
     batch_size: usize,
     available: Option<u64>,
-) -> Result<()> {
-    let Some(available) = available else {
-        return Ok(());
-    };
+) -> Result<u64> {
     let batch = batch_size.min(train_clips).max(1);
     let t_max = data.model_frames().into_iter().max().unwrap_or(MIN_FRAMES);
-    let need = crate::backend::memory::workspace_bytes(model, batch, t_max) as u64;
+    let need = step_bytes(batch, t_max);
+    let Some(available) = available else {
+        return Ok(need);
+    };
     if need > available {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         bail!(
-            "a training batch of {batch} clip(s) x {t_max} frames ({:.1} s) needs about {:.1} GiB \
-             for activations, more than the {:.1} GiB available; lower --batch-size or \
-             --max-seconds (or --n-mels / --channels)",
+            "a training batch of {batch} clip(s) x {t_max} frames ({:.1} s) needs up to {:.1} GiB \
+             for one step, more than the {:.1} GiB available; lower --batch-size or \
+             --max-seconds (or --n-mels / --channels / --threads)",
             (t_max - 1) as f64 * data.mel.hop as f64 / data.sample_rate as f64,
             gib(need),
             gib(available)
         );
     }
-    Ok(())
+    Ok(need)
 }
 
 /// Loads the corpus named by the options (the demo corpus when none), checks it can be

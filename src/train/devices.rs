@@ -108,6 +108,32 @@ pub fn make_backend_on(
     }
 }
 
+/// Upper bound of the host memory one training step takes on the host workers of `devices`
+/// (before their backends exist): the CPU's memory model where a worker may run on the CPU
+/// (`cpu`, or `auto`, which falls back to it), the device workspace on `sim`, nothing on a
+/// GPU. Each worker checks its own share of the host's memory.
+pub fn host_step_bytes(
+    devices: &[DeviceSlot],
+    model: &ModelConfig,
+    batch: usize,
+    t_max: usize,
+) -> u64 {
+    let cpu_threads = rayon::current_num_threads();
+    devices
+        .iter()
+        .map(|d| match d {
+            DeviceSlot::Choice(DeviceChoice::Cpu | DeviceChoice::Auto) => {
+                crate::cpu::memory::train_step_bytes(model, batch, t_max, cpu_threads)
+            }
+            DeviceSlot::Choice(DeviceChoice::Sim) => {
+                crate::backend::memory::workspace_bytes(model, batch, t_max) as u64
+            }
+            DeviceSlot::Choice(DeviceChoice::Cuda) | DeviceSlot::Cuda(_) => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

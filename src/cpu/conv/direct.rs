@@ -19,7 +19,7 @@ const CHUNK_BYTES: usize = 1 << 21;
 const MIN_CHUNK_PX: usize = 256;
 
 /// Output mel rows per im2col chunk for a clip of `l` valid frames.
-fn chunk_rows<T>(s: &ConvShape, l: usize) -> usize {
+pub(crate) fn chunk_rows<T>(s: &ConvShape, l: usize) -> usize {
     let row_bytes = (s.kk() * l * std::mem::size_of::<T>()).max(1);
     let rows = (CHUNK_BYTES / row_bytes).max(MIN_CHUNK_PX.div_ceil(l.max(1)));
     rows.clamp(1, s.m.max(1))

@@ -198,7 +198,9 @@ pub fn run_plan(
     for (t, _) in &trials {
         let train_clips = folds.iter().map(|f| f.train.len()).max().unwrap_or(0);
         crate::train::data::check_batch_memory(
-            &t.model,
+            &|batch, t_max| {
+                crate::train::devices::host_step_bytes(&devices, &t.model, batch, t_max)
+            },
             &data,
             train_clips,
             t.fit.batch_size,
