@@ -24,7 +24,19 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    if let Some(n) = cli.global.threads {
+    // Inference commands run on at most 32 threads, so their memory does not grow with the
+    // machine's cores (cpu::conv::inference_threads).
+    let threads = match &cli.command {
+        Command::Predict(_) | Command::Eval(_) | Command::Serve(_) => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Some(ser_engine::cpu::conv::inference_threads(
+                cli.global.threads,
+                cores,
+            ))
+        }
+        _ => cli.global.threads,
+    };
+    if let Some(n) = threads {
         // Only fails if a pool was already built, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))

@@ -561,9 +561,11 @@ fn features_of_a_long_recording_streamed_in_two_passes_equal_the_whole_clip() {
 /// Issue 26: `predict` with the paper-size model stays within 512 MiB at many threads, for
 /// the default rule (30 s windows averaged) and for batched short windows: the peak grew with
 /// the thread count before the inference scratch and the allocator arenas were released after
-/// each model call (627 MiB at 32 threads for `--window 4`, guide "Bad input").
+/// each model call (627 MiB at 32 threads for `--window 4`, guide "Bad input"). Asked for
+/// 1024 threads, predict runs on 32 (`cpu::conv::INFERENCE_MAX_THREADS`), so this holds on a
+/// machine with any number of cores.
 #[test]
-fn paper_size_predict_stays_within_512_mib_at_32_threads() {
+fn paper_size_predict_stays_within_512_mib_at_any_thread_count() {
     let (corpus, _) = tiny_run();
     let d = tempfile::tempdir().unwrap();
     let run = d.path().join("paper");
@@ -586,7 +588,7 @@ fn paper_size_predict_stays_within_512_mib_at_32_threads() {
             "--device",
             "cpu",
             "--threads",
-            "32",
+            "1024",
             "predict",
             "--model",
         ])

@@ -74,7 +74,8 @@ pub struct Global {
     /// Seed for every random choice (init, shuffling, dropout, augmentation, synthesis).
     #[arg(long, global = true, default_value_t = 42)]
     pub seed: u64,
-    /// Worker threads for CPU work, 1 to 1024 (default: all cores).
+    /// Worker threads for CPU work, 1 to 1024 (default: all cores; predict, eval and serve
+    /// use at most 32, which bounds their memory).
     #[arg(long, global = true, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
     pub threads: Option<usize>,
     /// Arithmetic of the CPU device's large GEMMs: fp32, or bf16 operands with fp32

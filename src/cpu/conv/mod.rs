@@ -63,6 +63,19 @@ pub fn bound_inference_memory() {
     INFERENCE_BOUNDED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Most worker threads an inference command (`predict`, `eval`, `serve`) runs on: each thread
+/// keeps GEMM packing buffers and an allocator arena, so without a cap the peak grows with the
+/// thread count (measured 141 MiB at 2 threads, 424 MiB at 128, for 4-s windows); capped, a
+/// machine with any number of cores stays at what the 32-thread test measures. A model call
+/// holds at most 64 s of audio, so 32 threads already have work of at most 2 s each.
+pub const INFERENCE_MAX_THREADS: usize = 32;
+
+/// Threads of an inference command's pool: the requested `--threads` (else every core),
+/// at most [`INFERENCE_MAX_THREADS`].
+pub fn inference_threads(requested: Option<usize>, cores: usize) -> usize {
+    requested.unwrap_or(cores).clamp(1, INFERENCE_MAX_THREADS)
+}
+
 /// Frees the threads' kept scratch after an inference call once memory is bounded (each
 /// thread would otherwise keep buffers for the largest clip it ever handled); a no-op
 /// otherwise.
@@ -110,5 +123,19 @@ pub fn conv2d_backward<T: Float>(
     match conv_algo::<T>(s) {
         ConvAlgo::Direct => conv2d_backward_direct(x, w, dy, lens, s, dx, dw, db),
         ConvAlgo::Fft => fft::conv2d_backward_fft(saved, x, w, dy, lens, s, dx, dw, db),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_threads_are_capped_whatever_is_asked_or_present() {
+        assert_eq!(inference_threads(Some(4), 256), 4);
+        assert_eq!(inference_threads(None, 2), 2);
+        assert_eq!(inference_threads(None, 256), INFERENCE_MAX_THREADS);
+        assert_eq!(inference_threads(Some(1024), 2), INFERENCE_MAX_THREADS);
+        assert_eq!(inference_threads(Some(0), 8), 1);
     }
 }
