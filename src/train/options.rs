@@ -238,6 +238,31 @@ pub struct TrainOpts {
     /// checkpoint and the saved model [default: off].
     #[arg(long, allow_negative_numbers = true)]
     pub ema: Option<f64>,
+    /// Start from the weights of this run folder (its model.safetensors) instead of a random
+    /// initialisation. The architecture, input normalisation, sample rate and Mel settings
+    /// are the run's (a differing flag is refused); the classifier head is kept when the
+    /// labels are the same, reordered when they come in another order, and drawn afresh from
+    /// --seed otherwise (docs/guide.md, "Fine-tuning and several corpora").
+    #[arg(long, value_name = "RUN")]
+    pub init: Option<PathBuf>,
+    /// Parameters that training leaves as they are: `none`, or `cnn` (the three conv stages
+    /// with their BatchNorm: weights, biases and running statistics). Needs --init.
+    #[arg(long, value_enum, default_value_t = Freeze::None)]
+    pub freeze: Freeze,
+    /// Learning rate of every parameter but the classifier head, as a multiple of --lr
+    /// (> 0, at most 1) [default: 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub backbone_lr_scale: f64,
+}
+
+/// `--freeze`: which parameters training leaves as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Freeze {
+    #[default]
+    None,
+    /// The conv stages and their BatchNorm (affine parameters and running statistics).
+    Cnn,
 }
 
 impl TrainOpts {
@@ -358,6 +383,12 @@ impl TrainOpts {
                 Incl(1.0),
             ),
             ("ema", self.ema, Excl(0.0), Excl(1.0)),
+            (
+                "backbone-lr-scale",
+                Some(self.backbone_lr_scale),
+                Excl(0.0),
+                Incl(1.0),
+            ),
         ];
         for &(name, value, lo, hi) in checks {
             if let Some(v) = value {
@@ -383,6 +414,9 @@ impl TrainOpts {
             for &v in c {
                 check_range("channels", n(v), Incl(1.0), Incl(1024.0))?;
             }
+        }
+        if self.freeze == Freeze::Cnn && self.init.is_none() {
+            bail!("--freeze cnn needs --init RUN: a frozen CNN keeps its random initialisation");
         }
         if self.snr_min > self.snr_max {
             bail!(
@@ -534,6 +568,8 @@ impl TrainOpts {
             clip_grad_norm: self.clip_grad,
             label_smoothing: self.label_smoothing,
             class_weights,
+            freeze_cnn: self.freeze == Freeze::Cnn,
+            backbone_lr_scale: self.backbone_lr_scale,
         }
     }
 }

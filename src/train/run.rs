@@ -52,6 +52,9 @@ pub struct RunConfig {
     pub val_split: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_data: Option<String>,
+    /// `--init`: the run this one started from (none: a random initialisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<crate::train::init::InitRecord>,
 }
 
 impl RunConfig {

@@ -156,6 +156,21 @@ pub fn run_plan(
     opts.validate()?;
     args.validate()?;
     check_grid(opts, grid, env.seed)?;
+    // `--init`: the run's architecture, sample rate and Mel settings for every unit
+    let mut adopted = opts.clone();
+    let init = match &opts.init {
+        Some(run) => {
+            let src = crate::train::init::InitSource::open(run)?;
+            src.adopt(&mut adopted)?;
+            Some(std::sync::Arc::new(src))
+        }
+        None => None,
+    };
+    let opts = &adopted;
+    let mel = match &init {
+        Some(i) => i.cfg.mel.clone(),
+        None => opts.mel(),
+    };
     let shard = crate::train::shard::shard_from(args.shard.as_deref(), args.shard_count, &|k| {
         std::env::var(k).ok()
     })?;
@@ -168,7 +183,7 @@ pub fn run_plan(
         opts.data.as_deref(),
         &opts.corpus,
         opts.sample_rate,
-        &opts.mel(),
+        &mel,
         opts.max_seconds,
         env.quiet,
     )?;
@@ -187,6 +202,18 @@ pub fn run_plan(
         data.labels.len(),
         kind == PlanKind::Cv,
     )?;
+    if let Some(i) = &init {
+        for (t, _) in &trials {
+            if t.model != i.model(t.model.classes, t.model.dropout) {
+                bail!(
+                    "trial {}: its model differs from the --init run's ({}); a grid over \
+                     architecture settings cannot start from one run",
+                    t.name,
+                    i.dir.display()
+                );
+            }
+        }
+    }
     // Each worker on the host holds one batch at a time: the memory a batch may use is shared
     // among them.
     let host_workers = devices
@@ -245,6 +272,7 @@ pub fn run_plan(
         devices,
         quiet: env.quiet,
         verbose: env.verbose,
+        init,
     };
     if !env.quiet {
         eprintln!(
