@@ -215,3 +215,136 @@ fn differing_architecture_and_bad_values_are_refused() {
         .failure()
         .stderr(contains("model.safetensors"));
 }
+
+/// Writes `name.csv` in `dir` listing the clips of `corpus` (the tiny corpus: class folders,
+/// files `label_sK_NNN.wav`), with the speaker `sK` from the name and the class folder
+/// `rename.0` listed as `rename.1`.
+fn manifest(dir: &Path, name: &str, corpus: &Path, rename: (&str, &str)) -> PathBuf {
+    let mut rows = vec!["path,label,speaker".to_string()];
+    let mut classes: Vec<_> = std::fs::read_dir(corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    classes.sort();
+    for class in classes {
+        let label = class.file_name().unwrap().to_string_lossy().to_string();
+        let label = if label == rename.0 {
+            rename.1.to_string()
+        } else {
+            label
+        };
+        let mut files: Vec<_> = std::fs::read_dir(&class)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let stem = f.file_stem().unwrap().to_string_lossy().to_string();
+            let speaker = stem.split('_').nth(1).unwrap().to_string();
+            rows.push(format!("{},{label},{speaker}", f.display()));
+        }
+    }
+    let path = dir.join(format!("{name}.csv"));
+    std::fs::write(&path, rows.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn several_corpora_merge_by_name_or_by_a_label_map_and_keep_speakers_apart() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(d.path());
+    let a = manifest(d.path(), "a", &data, ("", ""));
+    let b = manifest(d.path(), "b", &data, ("anger", "angry"));
+    let info = |extra: &[&str]| {
+        let out = run_ok(
+            ser()
+                .args(["info", "--data"])
+                .arg(&a)
+                .arg("--data")
+                .arg(&b)
+                .args(extra),
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // by name: `angry` is a sixth class; six speakers per corpus make twelve
+    let (merged, _) = info(&[]);
+    assert!(merged.contains("clips: 60"), "{merged}");
+    assert!(merged.contains("classes: 6"), "{merged}");
+    assert!(merged.contains("  angry: 6 clips"), "{merged}");
+    assert!(
+        merged.contains("speakers: 12 (a.csv/s1, a.csv/s2, "),
+        "{merged}"
+    );
+    assert!(merged.contains(", a.csv/s6, b.csv/s1, "), "{merged}");
+    // through a map: one anger class; `-` leaves b's surprise out with a warning
+    let map = d.path().join("labels.txt");
+    std::fs::write(
+        &map,
+        "# common labels\nanger -> anger\nangry -> anger\nhappiness -> happiness\n\
+         neutral -> neutral\nsadness -> sadness\nsurprise -> surprise\nb.csv: surprise -> -\n",
+    )
+    .unwrap();
+    let map_arg = map.to_str().unwrap();
+    let (mapped, warned) = info(&["--label-map", map_arg]);
+    assert!(mapped.contains("classes: 5"), "{mapped}");
+    assert!(mapped.contains("  anger: 12 clips"), "{mapped}");
+    assert!(mapped.contains("  surprise: 6 clips"), "{mapped}");
+    assert!(
+        warned.contains("leaving out 6 clip(s) labelled 'surprise' in corpus b.csv"),
+        "{warned}"
+    );
+    // training on both: config.json lists the corpora and the map
+    let run = d.path().join("both");
+    run_ok(
+        ser()
+            .args(["train", "--epochs", "1", "--data"])
+            .arg(&a)
+            .arg("--data")
+            .arg(&b)
+            .args(["--label-map", map_arg, "--out"])
+            .arg(&run)
+            .args(SMALL),
+    );
+    let c = config(&run);
+    assert_eq!(c["data"][1], b.display().to_string());
+    assert_eq!(c["label_map"], map_arg);
+    assert_eq!(c["labels"].as_array().unwrap().len(), 5);
+    // a label without an entry is named with the file and the corpus
+    std::fs::write(&map, "angry -> anger\n").unwrap();
+    ser()
+        .args(["train", "--epochs", "1", "--data"])
+        .arg(&a)
+        .arg("--data")
+        .arg(&b)
+        .args(["--label-map", map_arg])
+        .assert()
+        .failure()
+        .stderr(contains(format!(
+            "--label-map {map_arg}: no entry for label 'anger' of corpus a.csv"
+        )));
+    std::fs::write(&map, "angry anger\n").unwrap();
+    ser()
+        .args(["info", "--data"])
+        .arg(&a)
+        .args(["--label-map", map_arg])
+        .assert()
+        .failure()
+        .stderr(contains(format!("{map_arg}:1: 'angry anger' is not")));
+    ser()
+        .args(["train", "--epochs", "1", "--data"])
+        .arg(&a)
+        .arg("--data")
+        .arg(&a)
+        .assert()
+        .failure()
+        .stderr(contains("given twice"));
+    ser()
+        .args(["train", "--epochs", "1", "--label-map", map_arg])
+        .assert()
+        .failure()
+        .stderr(contains("--label-map needs --data"));
+}

@@ -6,7 +6,7 @@
 use super::{DeviceChoice, Global};
 use crate::backend::batch::{DB_OFFSET, DB_SCALE};
 use crate::backend::set_weights;
-use crate::train::data::{available_memory, check_batch_memory, load_dataset};
+use crate::train::data::{available_memory, check_batch_memory, load_datasets};
 use crate::train::devices::make_backend;
 use crate::train::fit::{evaluate, fit, Evaluation, FitProgress};
 use crate::train::init::InitSource;
@@ -98,7 +98,12 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             let cfg = writer.dir().config()?;
             check_resume_flags(args, dir, &cfg, global)?;
             let mut o = args.opts.clone();
-            o.data = (cfg.data != "demo").then(|| PathBuf::from(&cfg.data));
+            o.data = if cfg.data == ["demo"] {
+                Vec::new()
+            } else {
+                cfg.data.iter().map(PathBuf::from).collect()
+            };
+            o.label_map = cfg.label_map.as_ref().map(PathBuf::from);
             (o, writer, Some(cfg), None)
         }
         None => {
@@ -153,8 +158,9 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         .as_ref()
         .map(|c| c.sample_rate)
         .or(opts.sample_rate);
-    let (_corpus, data) = load_dataset(
-        opts.data.as_deref(),
+    let (_corpus, data) = load_datasets(
+        &opts.data,
+        opts.label_map.as_deref(),
         &opts.corpus,
         rate,
         &mel,
@@ -167,7 +173,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
                 "--resume {}: labels differ: the run was trained on [{}] but {} now has [{}]",
                 out.display(),
                 c.labels.join(", "),
-                c.data,
+                c.data_line(),
                 data.labels.join(", ")
             );
         }
@@ -176,8 +182,9 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     let labels = data.labels_of(&all);
     let (data, train_idx, val_idx) = match &val_data {
         Some(vd) => {
-            let (_, vdata) = load_dataset(
-                Some(vd),
+            let (_, vdata) = load_datasets(
+                std::slice::from_ref(vd),
+                opts.label_map.as_deref(),
                 &opts.corpus,
                 Some(data.sample_rate),
                 &mel,
@@ -247,11 +254,8 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         optim: optim.clone(),
         input_db_offset: DB_OFFSET,
         input_db_scale: DB_SCALE,
-        data: opts
-            .data
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "demo".to_string()),
+        data: opts.data_names(),
+        label_map: opts.label_map.as_ref().map(|p| p.display().to_string()),
         device: backend.device().to_string(),
         val_split: val_data.is_none().then_some(val_split),
         val_data: val_data.as_ref().map(|p| p.display().to_string()),
@@ -388,7 +392,7 @@ fn default_out(args: &TrainArgs) -> PathBuf {
             let name = args
                 .opts
                 .data
-                .as_ref()
+                .first()
                 .and_then(|d| d.file_stem())
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_else(|| "demo".to_string());

@@ -127,9 +127,17 @@ pub const MAX_SECONDS: f64 = 600.0;
 /// (rather than being refused by the parser as unknown flags).
 #[derive(Debug, Args, Clone, PartialEq, Serialize)]
 pub struct TrainOpts {
-    /// Corpus folder (or CSV manifest). Without it: the built-in demo corpus.
+    /// Corpus folder (or CSV manifest). Repeat it to train on several corpora as one: their
+    /// labels are merged by name, or mapped by --label-map, and speakers are told apart by
+    /// corpus. Without it: the built-in demo corpus.
     #[arg(long)]
-    pub data: Option<PathBuf>,
+    pub data: Vec<PathBuf>,
+    /// A text file mapping the corpora's labels onto common ones, one `label -> common` a
+    /// line (`corpus: label -> common` for one corpus only; `label -> -` leaves its clips
+    /// out, with a warning). Every label needs an entry (docs/guide.md, "Fine-tuning and
+    /// several corpora").
+    #[arg(long, value_name = "FILE")]
+    pub label_map: Option<PathBuf>,
     #[command(flatten)]
     #[serde(flatten)]
     pub corpus: CorpusOptions,
@@ -415,6 +423,14 @@ impl TrainOpts {
                 check_range("channels", n(v), Incl(1.0), Incl(1024.0))?;
             }
         }
+        if self.label_map.is_some() && self.data.is_empty() {
+            bail!("--label-map needs --data: the demo corpus has its own labels");
+        }
+        for (i, d) in self.data.iter().enumerate() {
+            if self.data[..i].contains(d) {
+                bail!("--data {}: given twice", d.display());
+            }
+        }
         if self.freeze == Freeze::Cnn && self.init.is_none() {
             bail!("--freeze cnn needs --init RUN: a frozen CNN keeps its random initialisation");
         }
@@ -449,6 +465,15 @@ impl TrainOpts {
             .map(|(k, _)| format!("--{}", k.replace('_', "-")))
             .filter(|f| !allowed.contains(&f.as_str()))
             .collect()
+    }
+
+    /// The corpora as config.json names them: the paths as given, or `demo`.
+    pub fn data_names(&self) -> Vec<String> {
+        if self.data.is_empty() {
+            vec!["demo".to_string()]
+        } else {
+            self.data.iter().map(|p| p.display().to_string()).collect()
+        }
     }
 
     pub fn mel(&self) -> MelConfig {
@@ -502,7 +527,7 @@ impl TrainOpts {
     /// smaller batches, a cosine schedule and no augmentation, so that the first run finishes
     /// in minutes on two cores (each choice measured: docs/results.md, "Demo preset choice").
     fn on_demo(&self) -> bool {
-        self.data.is_none()
+        self.data.is_empty()
     }
 
     /// The recipe's defaults for this corpus (`train::recipe`).

@@ -179,8 +179,9 @@ pub fn run_plan(
         None => vec![DeviceSlot::Choice(env.device)],
     };
     let within = args.within_fold.as_deref().map(parse_within).transpose()?;
-    let (_corpus, data) = crate::train::data::load_dataset(
-        opts.data.as_deref(),
+    let (_corpus, data) = crate::train::data::load_datasets(
+        &opts.data,
+        opts.label_map.as_deref(),
         &opts.corpus,
         opts.sample_rate,
         &mel,
@@ -233,15 +234,11 @@ pub fn run_plan(
         )
         .with_context(|| format!("trial {}", t.name))?;
     }
-    let data_name = opts
-        .data
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "demo".to_string());
+    let data_name = opts.data_names().join(" + ");
     let out = args.out.clone().unwrap_or_else(|| {
         let stem = opts
             .data
-            .as_ref()
+            .first()
             .and_then(|d| d.file_stem())
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| "demo".into());

@@ -177,7 +177,11 @@ pub(super) fn run_unit(
         optim,
         input_db_offset: DB_OFFSET,
         input_db_scale: DB_SCALE,
-        data: plan.data.clone(),
+        data: trial_opts[t].data_names(),
+        label_map: trial_opts[t]
+            .label_map
+            .as_ref()
+            .map(|p| p.display().to_string()),
         device: backend.device().to_string(),
         val_split: Some(plan.val_split),
         val_data: None,
