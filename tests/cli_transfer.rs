@@ -313,6 +313,10 @@ fn several_corpora_merge_by_name_or_by_a_label_map_and_keep_speakers_apart() {
     assert_eq!(c["data"][1], b.display().to_string());
     assert_eq!(c["label_map"], map_arg);
     assert_eq!(c["labels"].as_array().unwrap().len(), 5);
+    // --resume reads both corpora through the recorded map again
+    run_ok(ser().args(["train", "--epochs", "2", "--resume"]).arg(&run));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
     // a label without an entry is named with the file and the corpus
     std::fs::write(&map, "angry -> anger\n").unwrap();
     ser()
