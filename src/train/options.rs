@@ -258,7 +258,7 @@ pub struct TrainOpts {
     #[arg(long, value_enum, default_value_t = Freeze::None)]
     pub freeze: Freeze,
     /// Learning rate of every parameter but the classifier head, as a multiple of --lr
-    /// (> 0, at most 1) [default: 1].
+    /// (> 0, at most 1).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub backbone_lr_scale: f64,
 }
@@ -267,6 +267,7 @@ pub struct TrainOpts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Freeze {
+    /// Every parameter trains.
     #[default]
     None,
     /// The conv stages and their BatchNorm (affine parameters and running statistics).

@@ -208,7 +208,11 @@ pub(super) fn run_unit(
     let progress = if resuming {
         let rd = writer.dir();
         let old = rd.config()?;
-        if old.model != run_cfg.model || old.fit != run_cfg.fit || old.optim != run_cfg.optim {
+        if old.model != run_cfg.model
+            || old.fit != run_cfg.fit
+            || old.optim != run_cfg.optim
+            || old.init != run_cfg.init
+        {
             bail!(
                 "{}: holds a run with other settings; delete the folder to rerun it",
                 dir.display()
