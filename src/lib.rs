@@ -19,11 +19,12 @@
 //! - [`serve`]    the web app and JSON API of `ser-engine serve`
 //! - [`cli`]      one file per subcommand
 //! - [`atomic_file`] whole-file writes through a temporary file and a rename
+//! - [`sha256`]   SHA-256 of a file's bytes (which run a fine-tuned run started from)
 //!
 //! Layers run one way: `cli` → `infer` → `train` → `engine` → `cpu` → `backend` → `model`,
 //! `features`, `audio` → `device` (each may use those after it); `train` names `engine` only
 //! where the device is chosen (`train::devices`) and otherwise drives a `dyn Backend`; `rng`,
-//! `isa`, `cache` and `atomic_file` are shared by every layer and use nothing of the crate. Each module's first lines say which layers it may use. The
+//! `isa`, `cache`, `atomic_file` and `sha256` are shared by every layer and use nothing of the crate. Each module's first lines say which layers it may use. The
 //! documents beside the code: README.md, docs/guide.md, docs/design.md, docs/results.md and
 //! docs/gpu.md.
 
@@ -41,4 +42,5 @@ pub mod isa;
 pub mod model;
 pub mod rng;
 pub mod serve;
+pub mod sha256;
 pub mod train;

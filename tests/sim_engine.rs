@@ -131,6 +131,11 @@ fn utterance_norm_model_matches_cpu() {
 }
 
 #[test]
+fn freeze_and_backbone_lr_scale_match_cpu_backend() {
+    run("freeze_and_backbone_lr_scale_match_cpu_backend");
+}
+
+#[test]
 fn ema_matches_cpu_backend_and_round_trips() {
     run("ema_matches_cpu_backend_and_round_trips");
 }

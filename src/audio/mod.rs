@@ -6,6 +6,7 @@
 
 pub mod corpus;
 pub mod decode;
+pub mod merge;
 pub mod resample;
 pub mod synth;
 

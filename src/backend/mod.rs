@@ -79,6 +79,65 @@ pub struct OptimConfig {
     pub label_smoothing: f64,
     /// Per-class loss weights (inverse class frequency), or None for plain mean.
     pub class_weights: Option<Vec<f32>>,
+    /// `--freeze cnn`: the conv stages and their BatchNorm (weights, biases, running
+    /// statistics) stay as they are ([`OptimConfig::lr_groups`]). Configs written before it
+    /// existed train everything.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub freeze_cnn: bool,
+    /// `--backbone-lr-scale`: every parameter but the classifier head trains at lr × this
+    /// (0 < S ≤ 1; 1 = one learning rate for all).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub backbone_lr_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
+/// One learning-rate group of the flat parameters: `range` trains at lr × `scale`. Scale 0
+/// is frozen: its gradients are multiplied by 0 before clipping (so they do not count in the
+/// clip norm, as parameters without gradients in torch) and Adam leaves the parameters and
+/// their moments m, v as they are (the step count t still counts the step, as torch's
+/// per-optimizer step).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LrGroup {
+    pub range: std::ops::Range<usize>,
+    pub scale: f32,
+}
+
+impl OptimConfig {
+    /// The learning-rate groups of `cfg`'s flat parameters in `ParamLayout` order: the conv
+    /// stages with their BatchNorm affine parameters (`conv*`, `bn*`: scale 0 under
+    /// `freeze_cnn`, else `backbone_lr_scale`), the rest of the backbone (`fc`, `lstm`,
+    /// `attention`: `backbone_lr_scale`) and the classifier head (`classifier.*`: 1). Empty
+    /// when every parameter trains at lr (the plain one-group step).
+    pub fn lr_groups(&self, cfg: &crate::model::ModelConfig) -> Vec<LrGroup> {
+        if !self.freeze_cnn && self.backbone_lr_scale == 1.0 {
+            return Vec::new();
+        }
+        let layout = crate::model::ParamLayout::new(cfg);
+        let fc = layout.range("fc.weight").start;
+        let head = layout.range("classifier.weight").start;
+        let s = self.backbone_lr_scale as f32;
+        vec![
+            LrGroup {
+                range: 0..fc,
+                scale: if self.freeze_cnn { 0.0 } else { s },
+            },
+            LrGroup {
+                range: fc..head,
+                scale: s,
+            },
+            LrGroup {
+                range: head..layout.total(),
+                scale: 1.0,
+            },
+        ]
+    }
 }
 
 pub trait Backend {
@@ -170,6 +229,48 @@ mod tests {
         assert!((loss - expected).abs() < 1e-7, "{loss} vs {expected}");
         assert_eq!(pred, vec![1, 0]);
         assert_eq!(argmax(&[f32::NAN, 1.0]), 1);
+    }
+
+    #[test]
+    fn lr_groups_split_the_layout_at_fc_and_the_head() {
+        let cfg = crate::model::ModelConfig {
+            channels: [2, 3, 4],
+            fc: 5,
+            hidden: 3,
+            n_mels: 16,
+            kernel: 3,
+            ..Default::default()
+        };
+        let mut o = OptimConfig {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            decoupled_weight_decay: false,
+            clip_grad_norm: 0.0,
+            label_smoothing: 0.0,
+            class_weights: None,
+            freeze_cnn: false,
+            backbone_lr_scale: 1.0,
+        };
+        assert!(o.lr_groups(&cfg).is_empty());
+        o.freeze_cnn = true;
+        o.backbone_lr_scale = 0.5;
+        let l = crate::model::ParamLayout::new(&cfg);
+        let g = o.lr_groups(&cfg);
+        // conv1 starts the layout, bn3.bias ends the CNN, classifier.bias ends it all
+        assert_eq!(g[0].range, 0..l.range("bn3.bias").end);
+        assert_eq!(g[0].scale, 0.0);
+        assert_eq!(g[1].range.start, l.range("fc.weight").start);
+        assert_eq!(g[1].range.end, l.range("attention.bias").end);
+        assert_eq!(g[1].scale, 0.5);
+        assert_eq!(g[2].range, l.range("classifier.weight").start..l.total());
+        assert_eq!(g[2].scale, 1.0);
+        // old config.json files (no such fields) load with everything trained at lr
+        let old: OptimConfig = serde_json::from_str(
+            r#"{"lr":0.001,"weight_decay":0.0,"decoupled_weight_decay":false,"clip_grad_norm":0.0,"label_smoothing":0.0,"class_weights":null}"#,
+        )
+        .unwrap();
+        assert!(!old.freeze_cnn);
+        assert_eq!(old.backbone_lr_scale, 1.0);
     }
 
     #[test]

@@ -165,6 +165,8 @@ fn bench_train(
         clip_grad_norm: 0.0,
         label_smoothing: 0.0,
         class_weights: None,
+        freeze_cnn: false,
+        backbone_lr_scale: 1.0,
     };
     let mut backend = make_backend(global.device, &model, &optim, global.seed)?;
     if let Some(why) = backend.gemm_fallback().filter(|_| !cost_only) {

@@ -77,7 +77,7 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
         .or(cfg.fit.max_seconds)
         .unwrap_or(DEFAULT_MAX_SECONDS);
     let (_, mut data) = load_dataset(
-        Some(&args.data),
+        std::slice::from_ref(&args.data),
         &args.corpus,
         Some(cfg.sample_rate),
         &cfg.mel,

@@ -11,9 +11,13 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Corpus folder (or CSV manifest) to summarise.
+    /// Corpus folder (or CSV manifest) to summarise; repeat it for several corpora, shown as
+    /// the one corpus `train --data a --data b` trains on.
     #[arg(long)]
-    pub data: Option<PathBuf>,
+    pub data: Vec<PathBuf>,
+    /// Label map of several corpora (as `train --label-map`).
+    #[arg(long, value_name = "FILE")]
+    pub label_map: Option<PathBuf>,
     #[command(flatten)]
     pub corpus: CorpusOptions,
     /// Print the model's parameters layer by layer (PyTorch state_dict names) and the total.
@@ -48,8 +52,11 @@ pub fn run(args: &InfoArgs, _global: &super::Global) -> anyhow::Result<()> {
         print!("{}", crate::model::summary(&cfg));
         return Ok(());
     }
-    match &args.data {
-        None => {
+    match args.data.as_slice() {
+        [] => {
+            if args.label_map.is_some() {
+                anyhow::bail!("--label-map needs --data");
+            }
             println!("{}", build_summary());
             println!("{}", crate::isa::report());
             for line in crate::device::device_report() {
@@ -57,8 +64,25 @@ pub fn run(args: &InfoArgs, _global: &super::Global) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(data) => {
+        [data] if args.label_map.is_none() => {
             let corpus = load_corpus(data, &args.corpus)?;
+            print!("{}", corpus_summary(&corpus));
+            Ok(())
+        }
+        several => {
+            let map = args
+                .label_map
+                .as_deref()
+                .map(crate::audio::merge::LabelMap::load)
+                .transpose()?;
+            let corpora = several
+                .iter()
+                .map(|d| load_corpus(d, &args.corpus))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (corpus, warnings) = crate::audio::merge::merge_corpora(corpora, map.as_ref())?;
+            for w in warnings {
+                eprintln!("{w}");
+            }
             print!("{}", corpus_summary(&corpus));
             Ok(())
         }

@@ -6,9 +6,10 @@
 use super::{DeviceChoice, Global};
 use crate::backend::batch::{DB_OFFSET, DB_SCALE};
 use crate::backend::set_weights;
-use crate::train::data::{available_memory, check_batch_memory, load_dataset};
+use crate::train::data::{available_memory, check_batch_memory, load_datasets};
 use crate::train::devices::make_backend;
 use crate::train::fit::{evaluate, fit, Evaluation, FitProgress};
+use crate::train::init::InitSource;
 use crate::train::options::{check_range, Limit, TrainOpts};
 use crate::train::run::{RunConfig, RunWriter};
 use crate::train::split::stratified_split;
@@ -90,15 +91,20 @@ fn run_device(cfg: &RunConfig) -> DeviceChoice {
 pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     let t0 = std::time::Instant::now();
     // Every check before any work: options, then the run folder (locked from here on).
-    let (opts, mut writer, resume_from) = match &args.resume {
+    let (opts, mut writer, resume_from, init) = match &args.resume {
         Some(dir) => {
             // Resuming: the options come from the run itself.
             let writer = RunWriter::resume(dir)?;
             let cfg = writer.dir().config()?;
             check_resume_flags(args, dir, &cfg, global)?;
             let mut o = args.opts.clone();
-            o.data = (cfg.data != "demo").then(|| PathBuf::from(&cfg.data));
-            (o, writer, Some(cfg))
+            o.data = if cfg.data == ["demo"] {
+                Vec::new()
+            } else {
+                cfg.data.iter().map(PathBuf::from).collect()
+            };
+            o.label_map = cfg.label_map.as_ref().map(PathBuf::from);
+            (o, writer, Some(cfg), None)
         }
         None => {
             args.opts.validate()?;
@@ -110,8 +116,17 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
                     Limit::Excl(1.0),
                 )?;
             }
+            let mut o = args.opts.clone();
+            let init = match &o.init {
+                Some(run) => {
+                    let src = InitSource::open(run)?;
+                    src.adopt(&mut o)?;
+                    Some(src)
+                }
+                None => None,
+            };
             let writer = RunWriter::create(&default_out(args), args.force)?;
-            (args.opts.clone(), writer, None)
+            (o, writer, None, init)
         }
     };
     let out = match &args.resume {
@@ -134,16 +149,18 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     };
     // A resumed run keeps its own seed (split, initialisation, dropout, augmentation).
     let seed = resume_from.as_ref().map_or(global.seed, |c| c.fit.seed);
-    let mel = match &resume_from {
-        Some(c) => c.mel.clone(),
-        None => opts.mel(),
+    let mel = match (&resume_from, &init) {
+        (Some(c), _) => c.mel.clone(),
+        (None, Some(i)) => i.cfg.mel.clone(),
+        (None, None) => opts.mel(),
     };
     let rate = resume_from
         .as_ref()
         .map(|c| c.sample_rate)
         .or(opts.sample_rate);
-    let (_corpus, data) = load_dataset(
-        opts.data.as_deref(),
+    let (_corpus, data) = load_datasets(
+        &opts.data,
+        opts.label_map.as_deref(),
         &opts.corpus,
         rate,
         &mel,
@@ -156,7 +173,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
                 "--resume {}: labels differ: the run was trained on [{}] but {} now has [{}]",
                 out.display(),
                 c.labels.join(", "),
-                c.data,
+                c.data_line(),
                 data.labels.join(", ")
             );
         }
@@ -165,8 +182,9 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
     let labels = data.labels_of(&all);
     let (data, train_idx, val_idx) = match &val_data {
         Some(vd) => {
-            let (_, vdata) = load_dataset(
-                Some(vd),
+            let (_, vdata) = load_datasets(
+                std::slice::from_ref(vd),
+                opts.label_map.as_deref(),
                 &opts.corpus,
                 Some(data.sample_rate),
                 &mel,
@@ -202,7 +220,10 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             (c.model.clone(), fit_cfg, c.optim.clone())
         }
         None => (
-            opts.model(classes)?,
+            match &init {
+                Some(i) => i.model(classes, opts.dropout),
+                None => opts.model(classes)?,
+            },
             opts.fit(seed),
             opts.optim(&data.labels_of(&train_idx), classes),
         ),
@@ -226,6 +247,10 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             crate::cpu::alloc::resident_bytes().unwrap_or(0) >> 20
         );
     }
+    let init_weights = match &init {
+        Some(i) => Some(i.weights(&model_cfg, &data.labels, seed)?),
+        None => None,
+    };
     let run_cfg = RunConfig {
         ser_engine_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: data.labels.clone(),
@@ -236,14 +261,15 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         optim: optim.clone(),
         input_db_offset: DB_OFFSET,
         input_db_scale: DB_SCALE,
-        data: opts
-            .data
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "demo".to_string()),
+        data: opts.data_names(),
+        label_map: opts.label_map.as_ref().map(|p| p.display().to_string()),
         device: backend.device().to_string(),
         val_split: val_data.is_none().then_some(val_split),
         val_data: val_data.as_ref().map(|p| p.display().to_string()),
+        init: match (&resume_from, &init_weights) {
+            (Some(c), _) => c.init.clone(),
+            (None, w) => w.as_ref().map(|(_, _, r)| r.clone()),
+        },
     };
     run_cfg.validate()?;
     let progress = match &resume_from {
@@ -255,7 +281,15 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             }
             p
         }
-        None => FitProgress::new(&fit_cfg),
+        None => {
+            if let (Some(i), Some((params, buffers, record))) = (&init, init_weights) {
+                set_weights(backend.as_mut(), params, buffers)?;
+                if !global.quiet {
+                    eprintln!("{}", i.describe(&record, &data.labels, seed));
+                }
+            }
+            FitProgress::new(&fit_cfg)
+        }
     };
     if !global.quiet {
         eprintln!(
@@ -365,7 +399,7 @@ fn default_out(args: &TrainArgs) -> PathBuf {
             let name = args
                 .opts
                 .data
-                .as_ref()
+                .first()
                 .and_then(|d| d.file_stem())
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_else(|| "demo".to_string());

@@ -6,6 +6,7 @@
 //! modules (`rng`, `isa`, `cache`, `atomic_file`).
 
 use super::Float;
+use std::ops::Range;
 
 #[derive(Clone, Debug)]
 pub struct Adam<T> {
@@ -41,11 +42,30 @@ impl<T: Float> Adam<T> {
         assert_eq!(params.len(), self.m.len());
         assert_eq!(grads.len(), self.m.len());
         self.t += 1;
-        let (b1, b2, lr, wd) = (self.beta1, self.beta2, self.lr, self.weight_decay);
+        self.update(params, grads, 0..params.len(), self.lr);
+    }
+
+    /// One step in learning-rate groups (`backend::LrGroup`): each `(range, scale)` at
+    /// lr × scale; a group of scale 0 keeps its parameters and moments as they are. `t`
+    /// counts the step once for all groups.
+    pub fn step_groups(&mut self, params: &mut [T], grads: &[T], groups: &[(Range<usize>, T)]) {
+        assert_eq!(params.len(), self.m.len());
+        assert_eq!(grads.len(), self.m.len());
+        self.t += 1;
+        for (r, scale) in groups {
+            if *scale != T::zero() {
+                self.update(params, grads, r.clone(), self.lr * *scale);
+            }
+        }
+    }
+
+    /// The update of elements `r` at learning rate `lr` (step `self.t`).
+    fn update(&mut self, params: &mut [T], grads: &[T], r: Range<usize>, lr: T) {
+        let (b1, b2, wd) = (self.beta1, self.beta2, self.weight_decay);
         let bc1 = T::one() - b1.powi(self.t as i32);
         let bc2_sqrt = (T::one() - b2.powi(self.t as i32)).sqrt();
         let step_size = lr / bc1;
-        for i in 0..params.len() {
+        for i in r {
             let mut g = grads[i];
             if self.decoupled {
                 params[i] = params[i] * (T::one() - lr * wd);
@@ -108,6 +128,29 @@ mod tests {
         let mut p = [2.0];
         a.step(&mut p, &[1.0]);
         assert!((p[0] - (2.0 * (1.0 - 0.05) - 0.1 / (1.0 + 1e-8))).abs() < 1e-15);
+    }
+
+    #[test]
+    fn groups_step_at_their_scale_and_scale_zero_is_frozen() {
+        let g = [0.5f64, -3.0, 0.25, 1.0];
+        let p0 = [1.0f64, -2.0, 0.5, 0.0];
+        // the whole step at lr 0.1, and the same at lr 0.1 × 0.5 = 0.05, element by element
+        let (mut full, mut half) = (
+            Adam::<f64>::new(4, 0.1, 0.01),
+            Adam::<f64>::new(4, 0.05, 0.01),
+        );
+        let (mut pf, mut ph) = (p0, p0);
+        full.step(&mut pf, &g);
+        half.step(&mut ph, &g);
+        let mut a = Adam::<f64>::new(4, 0.1, 0.01);
+        let mut p = p0;
+        a.step_groups(&mut p, &g, &[(0..1, 0.0), (1..3, 0.5), (3..4, 1.0)]);
+        assert_eq!(a.t, 1);
+        assert_eq!(p[0], p0[0]);
+        assert_eq!((a.m[0], a.v[0]), (0.0, 0.0));
+        assert_eq!(&p[1..3], &ph[1..3]);
+        assert_eq!(p[3], pf[3]);
+        assert_ne!(p[3], p0[3]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `cli`.
 
 use crate::backend::batch::Batch;
-use crate::backend::{ema_decay, ema_update, Backend, OptimConfig, StepStats, TrainState};
+use crate::backend::{ema_decay, ema_update, Backend, LrGroup, OptimConfig, StepStats, TrainState};
 use crate::cpu::{clip_grad_norm, cross_entropy, Adam, CpuModel, Input, Mode};
 use crate::model::ModelConfig;
 use anyhow::{bail, Result};
@@ -19,6 +19,8 @@ pub struct CpuBackend {
     /// `--ema`: the decay, and the average once started.
     ema_decay: Option<f64>,
     ema: Option<Vec<f32>>,
+    /// `--freeze`, `--backbone-lr-scale` ([`OptimConfig::lr_groups`]; empty: one group).
+    lr_groups: Vec<LrGroup>,
 }
 
 impl CpuBackend {
@@ -30,6 +32,7 @@ impl CpuBackend {
             optim.weight_decay as f32,
         );
         adam.decoupled = optim.decoupled_weight_decay;
+        let lr_groups = optim.lr_groups(cfg);
         Self {
             model,
             adam,
@@ -37,6 +40,7 @@ impl CpuBackend {
             seed,
             ema_decay: None,
             ema: None,
+            lr_groups,
         }
     }
 
@@ -53,6 +57,8 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     fn train_step(&mut self, batch: &Batch, step: u32, lr: f64) -> Result<StepStats> {
         self.model.zero_grads();
+        // `--freeze cnn`: the running statistics the step's forward updates are put back
+        let frozen_stats = self.optim.freeze_cnn.then(|| self.model.buffers.clone());
         let fwd = self.model.forward(
             &Self::input(batch),
             Mode::Train {
@@ -68,11 +74,30 @@ impl Backend for CpuBackend {
             self.optim.label_smoothing as f32,
         );
         self.model.backward(&fwd, &dlogits);
+        if let Some(b) = frozen_stats {
+            self.model.buffers = b;
+        }
+        for g in self.lr_groups.iter().filter(|g| g.scale == 0.0) {
+            // × 0 as the device's `scale` kernel: frozen gradients leave the clip norm
+            for v in &mut self.model.grads[g.range.clone()] {
+                *v *= 0.0;
+            }
+        }
         if self.optim.clip_grad_norm > 0.0 {
             clip_grad_norm(&mut self.model.grads, self.optim.clip_grad_norm as f32);
         }
         self.adam.lr = lr as f32;
-        self.adam.step(&mut self.model.params, &self.model.grads);
+        if self.lr_groups.is_empty() {
+            self.adam.step(&mut self.model.params, &self.model.grads);
+        } else {
+            let groups: Vec<_> = self
+                .lr_groups
+                .iter()
+                .map(|g| (g.range.clone(), g.scale))
+                .collect();
+            self.adam
+                .step_groups(&mut self.model.params, &self.model.grads, &groups);
+        }
         if let (Some(d), Some(ema)) = (self.ema_decay, self.ema.as_mut()) {
             ema_update(ema, &self.model.params, ema_decay(d, step));
         }

@@ -22,6 +22,7 @@
 
 use anyhow::{bail, ensure, Result};
 
+use crate::backend::LrGroup;
 use crate::cpu::dropout::SITE_LSTM0;
 use crate::device::{blocks_for, Device, DeviceBuffer, KernelArg, Transpose};
 use crate::model::{lstm_names, ModelConfig, ParamLayout};
@@ -687,6 +688,28 @@ impl DeviceAdam {
         grads: &DeviceBuffer<f32>,
     ) -> Result<()> {
         let n = params.len();
+        self.step_groups(
+            dev,
+            params,
+            grads,
+            &[LrGroup {
+                range: 0..n,
+                scale: 1.0,
+            }],
+        )
+    }
+
+    /// One step in learning-rate groups (`backend::LrGroup`, as `cpu::Adam::step_groups`):
+    /// one launch per group on its range, at lr × scale; a group of scale 0 is not launched
+    /// (parameters and moments stay as they are). `t` counts the step once.
+    pub fn step_groups(
+        &mut self,
+        dev: &Device,
+        params: &mut DeviceBuffer<f32>,
+        grads: &DeviceBuffer<f32>,
+        groups: &[LrGroup],
+    ) -> Result<()> {
+        let n = params.len();
         ensure!(
             grads.len() == n && self.m.len() == n,
             "adam: {n} parameters, {} gradients, state for {}",
@@ -695,31 +718,37 @@ impl DeviceAdam {
         );
         self.t += 1;
         let ti = i32::try_from(self.t).unwrap_or(i32::MAX);
-        // Same f32 expressions as cpu::Adam::step.
+        // Same f32 expressions as cpu::Adam::update.
         let bc1 = 1.0f32 - self.beta1.powi(ti);
         let bc2_sqrt = (1.0f32 - self.beta2.powi(ti)).sqrt();
-        let step_size = self.lr / bc1;
         let p: &DeviceBuffer<f32> = params;
-        launch_1d(
-            dev,
-            "adam_step",
-            n,
-            &[
-                p.into(),
-                (&self.m).into(),
-                (&self.v).into(),
-                grads.into(),
-                i32_of(n, "parameters")?.into(),
-                self.lr.into(),
-                self.beta1.into(),
-                self.beta2.into(),
-                self.eps.into(),
-                self.weight_decay.into(),
-                (self.decoupled as i32).into(),
-                step_size.into(),
-                bc2_sqrt.into(),
-            ],
-        )
+        for g in groups.iter().filter(|g| g.scale != 0.0) {
+            // × 1.0 is exact: the one-group step is the plain step
+            let lr = self.lr * g.scale;
+            let step_size = lr / bc1;
+            let r = g.range.clone();
+            launch_1d(
+                dev,
+                "adam_step",
+                r.len(),
+                &[
+                    p.slice(r.clone())?.into(),
+                    self.m.slice(r.clone())?.into(),
+                    self.v.slice(r.clone())?.into(),
+                    grads.slice(r.clone())?.into(),
+                    i32_of(r.len(), "parameters")?.into(),
+                    lr.into(),
+                    self.beta1.into(),
+                    self.beta2.into(),
+                    self.eps.into(),
+                    self.weight_decay.into(),
+                    (self.decoupled as i32).into(),
+                    step_size.into(),
+                    bc2_sqrt.into(),
+                ],
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ use std::ops::Range;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::backend::batch::Batch;
-use crate::backend::{ema_decay, Backend, OptimConfig, StepStats, TrainState};
+use crate::backend::{ema_decay, Backend, LrGroup, OptimConfig, StepStats, TrainState};
 use crate::cpu::Mode;
 use crate::device::{profile, Device, DeviceBuffer};
 use crate::engine::cnn::{
@@ -95,6 +95,8 @@ pub struct DeviceModel {
     conv_scratch: ConvScratch,
     /// Scratch of gradient clipping (the flat gradient's length is fixed).
     clip_scratch: ClipScratch,
+    /// Learning-rate groups of Adam (`OptimConfig::lr_groups`; empty: one group at lr).
+    pub lr_groups: Vec<LrGroup>,
 }
 
 impl DeviceModel {
@@ -144,6 +146,7 @@ impl DeviceModel {
             cfg: cfg.clone(),
             layout,
             dev,
+            lr_groups: Vec::new(),
         })
     }
 
@@ -387,6 +390,21 @@ impl DeviceModel {
     ) -> Result<StepOut> {
         let out = self.compute_grads(x, lengths, t_max, labels, seed, step, loss)?;
         let _phase = profile::phase("optim");
+        for g in self.lr_groups.iter().filter(|g| g.scale == 0.0) {
+            // frozen: × 0 (the CPU's twin), so these gradients leave the clip norm
+            let n = g.range.len();
+            self.dev.launch(
+                "scale",
+                crate::device::blocks_for(n, 256),
+                256u32,
+                0,
+                &[
+                    self.grads.slice(g.range.clone())?.into(),
+                    0.0f32.into(),
+                    i32::try_from(n)?.into(),
+                ],
+            )?;
+        }
         let grad_norm = if clip > 0.0 {
             Some(clip_grad_norm_with(
                 &self.dev,
@@ -398,7 +416,12 @@ impl DeviceModel {
             None
         };
         self.adam.lr = lr;
-        self.adam.step(&self.dev, &mut self.params, &self.grads)?;
+        if self.lr_groups.is_empty() {
+            self.adam.step(&self.dev, &mut self.params, &self.grads)?;
+        } else {
+            self.adam
+                .step_groups(&self.dev, &mut self.params, &self.grads, &self.lr_groups)?;
+        }
         Ok(StepOut {
             loss: out.loss,
             correct: out.correct,
@@ -458,6 +481,32 @@ impl DeviceModel {
         Ok(())
     }
 
+    /// Puts BatchNorm running statistics (`BufferLayout` order) into the existing device
+    /// buffers.
+    pub fn set_buffers(&mut self, buffers: &[f32]) -> Result<()> {
+        let bl = BufferLayout::new(&self.cfg);
+        ensure!(
+            buffers.len() == bl.total(),
+            "{} buffer values for a model with {}",
+            buffers.len(),
+            bl.total()
+        );
+        for s in 0..self.running.mean.len() {
+            let n = s + 1;
+            self.dev.copy_htod(
+                &buffers[bl.range(&format!("bn{n}.running_mean"))],
+                &mut self.running.mean[s],
+            )?;
+            self.dev.copy_htod(
+                &buffers[bl.range(&format!("bn{n}.running_var"))],
+                &mut self.running.var[s],
+            )?;
+            self.running.batches_tracked[s] =
+                buffers[bl.range(&format!("bn{n}.num_batches_tracked")).start];
+        }
+        Ok(())
+    }
+
     /// Number of (batch, t_max) shapes with a cached workspace.
     pub fn cached_shapes(&self) -> usize {
         self.work.len()
@@ -474,6 +523,9 @@ pub struct DeviceBackend {
     /// `--ema`: the decay, and the average (a second flat parameter buffer) once started.
     ema_decay: Option<f64>,
     ema: Option<DeviceBuffer<f32>>,
+    /// `--freeze cnn`: the BatchNorm running statistics put back after every step, read
+    /// once from the device at the first step after a state was set.
+    frozen_stats: Option<Vec<f32>>,
 }
 
 impl DeviceBackend {
@@ -483,6 +535,7 @@ impl DeviceBackend {
         model.adam.lr = optim.lr as f32;
         model.adam.weight_decay = optim.weight_decay as f32;
         model.adam.decoupled = optim.decoupled_weight_decay;
+        model.lr_groups = optim.lr_groups(cfg);
         if let Some(w) = &optim.class_weights {
             ensure!(
                 w.len() == cfg.classes,
@@ -501,12 +554,16 @@ impl DeviceBackend {
             seed,
             ema_decay: None,
             ema: None,
+            frozen_stats: None,
         })
     }
 }
 
 impl Backend for DeviceBackend {
     fn train_step(&mut self, batch: &Batch, step: u32, lr: f64) -> Result<StepStats> {
+        if self.optim.freeze_cnn && self.frozen_stats.is_none() {
+            self.frozen_stats = Some(self.model.buffers_host()?);
+        }
         let o = self.model.train_step(
             &batch.x,
             &batch.lengths,
@@ -518,6 +575,9 @@ impl Backend for DeviceBackend {
             self.optim.clip_grad_norm as f32,
             &self.loss,
         )?;
+        if let Some(b) = &self.frozen_stats {
+            self.model.set_buffers(b)?;
+        }
         if let (Some(d), Some(ema)) = (self.ema_decay, self.ema.as_mut()) {
             let _phase = profile::phase("optim");
             crate::engine::ema::ema_update(
@@ -559,6 +619,7 @@ impl Backend for DeviceBackend {
 
     fn set_state(&mut self, state: &TrainState) -> Result<()> {
         self.model.set_state(state)?;
+        self.frozen_stats = None;
         if !state.ema.is_empty() {
             ensure!(
                 state.ema.len() == state.params.len(),

@@ -248,27 +248,75 @@ pub fn check_batch_memory(
 /// Loads the corpus named by the options (the demo corpus when none), checks it can be
 /// trained on, and decodes it into features; warns about and lists files it skips.
 pub fn load_dataset(
-    data: Option<&Path>,
+    data: &[PathBuf],
     corpus_options: &CorpusOptions,
     sample_rate: Option<u32>,
     mel: &MelConfig,
     max_seconds: f64,
     quiet: bool,
 ) -> Result<(Corpus, Dataset)> {
-    let root = match data {
-        Some(d) => d.to_path_buf(),
-        None => {
-            let dir = crate::audio::synth::ensure_demo_corpus(!quiet)?;
-            if !quiet {
-                eprintln!(
-                    "no --data given: using the demo corpus in {}",
-                    dir.display()
-                );
-            }
-            dir
+    load_datasets(
+        data,
+        None,
+        corpus_options,
+        sample_rate,
+        mel,
+        max_seconds,
+        quiet,
+    )
+}
+
+/// [`load_dataset`] of several corpora (`--data` repeated) as one, labels mapped by
+/// `label_map` or merged by name (`audio::merge`).
+pub fn load_datasets(
+    data: &[PathBuf],
+    label_map: Option<&Path>,
+    corpus_options: &CorpusOptions,
+    sample_rate: Option<u32>,
+    mel: &MelConfig,
+    max_seconds: f64,
+    quiet: bool,
+) -> Result<(Corpus, Dataset)> {
+    let map = label_map
+        .map(crate::audio::merge::LabelMap::load)
+        .transpose()?;
+    let roots = if data.is_empty() {
+        let dir = crate::audio::synth::ensure_demo_corpus(!quiet)?;
+        if !quiet {
+            eprintln!(
+                "no --data given: using the demo corpus in {}",
+                dir.display()
+            );
         }
+        vec![dir]
+    } else {
+        data.to_vec()
     };
-    let corpus = load_corpus(&root, corpus_options)?;
+    let mut corpora = Vec::with_capacity(roots.len());
+    for root in &roots {
+        let c = load_corpus(root, corpus_options)?;
+        if roots.len() > 1 && !quiet {
+            eprintln!(
+                "corpus {}: {} clips, {} classes ({}), format {:?}",
+                root.display(),
+                c.clips.len(),
+                c.labels.len(),
+                c.labels.join(", "),
+                c.format
+            );
+        }
+        corpora.push(c);
+    }
+    let corpus = if roots.len() == 1 && map.is_none() {
+        corpora.pop().context("one corpus")?
+    } else {
+        let (merged, warnings) = crate::audio::merge::merge_corpora(corpora, map.as_ref())?;
+        for w in warnings {
+            eprintln!("{w}");
+        }
+        merged
+    };
+    let root = corpus.root.clone();
     if !quiet {
         eprintln!(
             "corpus {}: {} clips, {} classes, format {:?}",

@@ -7,6 +7,7 @@
 pub mod data;
 pub mod devices;
 pub mod fit;
+pub mod init;
 pub mod metrics;
 pub mod options;
 pub mod plot;

@@ -127,9 +127,17 @@ pub const MAX_SECONDS: f64 = 600.0;
 /// (rather than being refused by the parser as unknown flags).
 #[derive(Debug, Args, Clone, PartialEq, Serialize)]
 pub struct TrainOpts {
-    /// Corpus folder (or CSV manifest). Without it: the built-in demo corpus.
+    /// Corpus folder (or CSV manifest). Repeat it to train on several corpora as one: their
+    /// labels are merged by name, or mapped by --label-map, and speakers are told apart by
+    /// corpus. Without it: the built-in demo corpus.
     #[arg(long)]
-    pub data: Option<PathBuf>,
+    pub data: Vec<PathBuf>,
+    /// A text file mapping the corpora's labels onto common ones, one `label -> common` a
+    /// line (`corpus: label -> common` for one corpus only; `label -> -` leaves its clips
+    /// out, with a warning). Every label needs an entry (docs/guide.md, "Fine-tuning and
+    /// several corpora").
+    #[arg(long, value_name = "FILE")]
+    pub label_map: Option<PathBuf>,
     #[command(flatten)]
     #[serde(flatten)]
     pub corpus: CorpusOptions,
@@ -238,6 +246,32 @@ pub struct TrainOpts {
     /// checkpoint and the saved model [default: off].
     #[arg(long, allow_negative_numbers = true)]
     pub ema: Option<f64>,
+    /// Start from the weights of this run folder (its model.safetensors) instead of a random
+    /// initialisation. The architecture, input normalisation, sample rate and Mel settings
+    /// are the run's (a differing flag is refused); the classifier head is kept when the
+    /// labels are the same, reordered when they come in another order, and drawn afresh from
+    /// --seed otherwise (docs/guide.md, "Fine-tuning and several corpora").
+    #[arg(long, value_name = "RUN")]
+    pub init: Option<PathBuf>,
+    /// Parameters that training leaves as they are: `none`, or `cnn` (the three conv stages
+    /// with their BatchNorm: weights, biases and running statistics). Needs --init.
+    #[arg(long, value_enum, default_value_t = Freeze::None)]
+    pub freeze: Freeze,
+    /// Learning rate of every parameter but the classifier head, as a multiple of --lr
+    /// (> 0, at most 1).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub backbone_lr_scale: f64,
+}
+
+/// `--freeze`: which parameters training leaves as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Freeze {
+    /// Every parameter trains.
+    #[default]
+    None,
+    /// The conv stages and their BatchNorm (affine parameters and running statistics).
+    Cnn,
 }
 
 impl TrainOpts {
@@ -358,6 +392,12 @@ impl TrainOpts {
                 Incl(1.0),
             ),
             ("ema", self.ema, Excl(0.0), Excl(1.0)),
+            (
+                "backbone-lr-scale",
+                Some(self.backbone_lr_scale),
+                Excl(0.0),
+                Incl(1.0),
+            ),
         ];
         for &(name, value, lo, hi) in checks {
             if let Some(v) = value {
@@ -383,6 +423,17 @@ impl TrainOpts {
             for &v in c {
                 check_range("channels", n(v), Incl(1.0), Incl(1024.0))?;
             }
+        }
+        if self.label_map.is_some() && self.data.is_empty() {
+            bail!("--label-map needs --data: the demo corpus has its own labels");
+        }
+        for (i, d) in self.data.iter().enumerate() {
+            if self.data[..i].contains(d) {
+                bail!("--data {}: given twice", d.display());
+            }
+        }
+        if self.freeze == Freeze::Cnn && self.init.is_none() {
+            bail!("--freeze cnn needs --init RUN: a frozen CNN keeps its random initialisation");
         }
         if self.snr_min > self.snr_max {
             bail!(
@@ -415,6 +466,15 @@ impl TrainOpts {
             .map(|(k, _)| format!("--{}", k.replace('_', "-")))
             .filter(|f| !allowed.contains(&f.as_str()))
             .collect()
+    }
+
+    /// The corpora as config.json names them: the paths as given, or `demo`.
+    pub fn data_names(&self) -> Vec<String> {
+        if self.data.is_empty() {
+            vec!["demo".to_string()]
+        } else {
+            self.data.iter().map(|p| p.display().to_string()).collect()
+        }
     }
 
     pub fn mel(&self) -> MelConfig {
@@ -468,7 +528,7 @@ impl TrainOpts {
     /// smaller batches, a cosine schedule and no augmentation, so that the first run finishes
     /// in minutes on two cores (each choice measured: docs/results.md, "Demo preset choice").
     fn on_demo(&self) -> bool {
-        self.data.is_none()
+        self.data.is_empty()
     }
 
     /// The recipe's defaults for this corpus (`train::recipe`).
@@ -534,6 +594,8 @@ impl TrainOpts {
             clip_grad_norm: self.clip_grad,
             label_smoothing: self.label_smoothing,
             class_weights,
+            freeze_cnn: self.freeze == Freeze::Cnn,
+            backbone_lr_scale: self.backbone_lr_scale,
         }
     }
 }

@@ -44,7 +44,13 @@ pub struct RunConfig {
     /// Model input = (dB + offset) / scale.
     pub input_db_offset: f32,
     pub input_db_scale: f32,
-    pub data: String,
+    /// The corpora trained on (`demo` for the demo corpus): one is written as a string, as
+    /// before several could be given, more as a list.
+    #[serde(with = "one_or_many")]
+    pub data: Vec<String>,
+    /// `--label-map`: the file that mapped the corpora's labels onto `labels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_map: Option<String>,
     pub device: String,
     /// How the validation set was chosen (older run folders: not recorded, `--resume` then
     /// uses the 0.2 default).
@@ -52,9 +58,42 @@ pub struct RunConfig {
     pub val_split: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_data: Option<String>,
+    /// `--init`: the run this one started from (none: a random initialisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<crate::train::init::InitRecord>,
+}
+
+/// A list written as a plain string when it has one element; read from either form.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            [one] => one.serialize(s),
+            _ => v.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::One(s) => vec![s],
+            Form::Many(v) => v,
+        })
+    }
 }
 
 impl RunConfig {
+    /// The corpora as one line (`a + b`).
+    pub fn data_line(&self) -> String {
+        self.data.join(" + ")
+    }
+
     /// Checks the settings against each other and against sane ranges, so a hand-edited or
     /// foreign config.json is refused with the field at fault instead of crashing later.
     /// Errors are "FIELD: problem"; the caller adds the file.

@@ -147,6 +147,7 @@ pub static CHECKS: &[Check] = checks![
     model::bad_inputs_are_errors Any true,
     model::utterance_norm_model_matches_cpu Any true,
     model::ema_matches_cpu_backend_and_round_trips Any true,
+    model::freeze_and_backbone_lr_scale_match_cpu_backend Any true,
     model::default_model_step_counts Any false,
     model::reused_workspace_gives_bit_identical_results Any true,
     model::workspace_cache_is_bounded_in_bytes Any true,

@@ -156,6 +156,21 @@ pub fn run_plan(
     opts.validate()?;
     args.validate()?;
     check_grid(opts, grid, env.seed)?;
+    // `--init`: the run's architecture, sample rate and Mel settings for every unit
+    let mut adopted = opts.clone();
+    let init = match &opts.init {
+        Some(run) => {
+            let src = crate::train::init::InitSource::open(run)?;
+            src.adopt(&mut adopted)?;
+            Some(std::sync::Arc::new(src))
+        }
+        None => None,
+    };
+    let opts = &adopted;
+    let mel = match &init {
+        Some(i) => i.cfg.mel.clone(),
+        None => opts.mel(),
+    };
     let shard = crate::train::shard::shard_from(args.shard.as_deref(), args.shard_count, &|k| {
         std::env::var(k).ok()
     })?;
@@ -164,11 +179,12 @@ pub fn run_plan(
         None => vec![DeviceSlot::Choice(env.device)],
     };
     let within = args.within_fold.as_deref().map(parse_within).transpose()?;
-    let (_corpus, data) = crate::train::data::load_dataset(
-        opts.data.as_deref(),
+    let (_corpus, data) = crate::train::data::load_datasets(
+        &opts.data,
+        opts.label_map.as_deref(),
         &opts.corpus,
         opts.sample_rate,
-        &opts.mel(),
+        &mel,
         opts.max_seconds,
         env.quiet,
     )?;
@@ -187,6 +203,18 @@ pub fn run_plan(
         data.labels.len(),
         kind == PlanKind::Cv,
     )?;
+    if let Some(i) = &init {
+        for (t, _) in &trials {
+            if t.model != i.model(t.model.classes, t.model.dropout) {
+                bail!(
+                    "trial {}: its model differs from the --init run's ({}); a grid over \
+                     architecture settings cannot start from one run",
+                    t.name,
+                    i.dir.display()
+                );
+            }
+        }
+    }
     // Each worker on the host holds one batch at a time: the memory a batch may use is shared
     // among them.
     let host_workers = devices
@@ -208,15 +236,11 @@ pub fn run_plan(
         )
         .with_context(|| format!("trial {}", t.name))?;
     }
-    let data_name = opts
-        .data
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "demo".to_string());
+    let data_name = opts.data_names().join(" + ");
     let out = args.out.clone().unwrap_or_else(|| {
         let stem = opts
             .data
-            .as_ref()
+            .first()
             .and_then(|d| d.file_stem())
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| "demo".into());
@@ -247,6 +271,7 @@ pub fn run_plan(
         devices,
         quiet: env.quiet,
         verbose: env.verbose,
+        init,
     };
     if !env.quiet {
         eprintln!(

@@ -9,6 +9,7 @@ use crate::device::DeviceChoice;
 use crate::train::data::Dataset;
 use crate::train::devices::{make_backend_on, DeviceSlot};
 use crate::train::fit::{evaluate, fit, EpochRecord, FitProgress};
+use crate::train::init::InitSource;
 use crate::train::metrics::{Confusion, Scores};
 use crate::train::options::TrainOpts;
 use crate::train::run::{atomic_write, RunConfig, RunWriter};
@@ -46,6 +47,8 @@ pub struct Runner {
     pub devices: Vec<DeviceSlot>,
     pub quiet: bool,
     pub verbose: bool,
+    /// `--init RUN`: every unit starts from this run's weights.
+    pub init: Option<std::sync::Arc<InitSource>>,
 }
 
 impl Runner {
@@ -55,6 +58,7 @@ impl Runner {
             devices: vec![DeviceSlot::Choice(device)],
             quiet,
             verbose,
+            init: None,
         }
     }
 }
@@ -159,6 +163,10 @@ pub(super) fn run_unit(
     let optim = trial_opts[t].optim(&data.labels_of(&split.train), classes);
     let mut backend = make_backend_on(slot, &trial.model, &optim, trial.seed + k as u64)
         .with_context(|| format!("{label}: device {slot}"))?;
+    let init = match &runner.init {
+        Some(i) => Some(i.weights(&trial.model, &data.labels, trial.seed + k as u64)?),
+        None => None,
+    };
     let run_cfg = RunConfig {
         ser_engine_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: data.labels.clone(),
@@ -169,10 +177,15 @@ pub(super) fn run_unit(
         optim,
         input_db_offset: DB_OFFSET,
         input_db_scale: DB_SCALE,
-        data: plan.data.clone(),
+        data: trial_opts[t].data_names(),
+        label_map: trial_opts[t]
+            .label_map
+            .as_ref()
+            .map(|p| p.display().to_string()),
         device: backend.device().to_string(),
         val_split: Some(plan.val_split),
         val_data: None,
+        init: init.as_ref().map(|(_, _, r)| r.clone()),
     };
     run_cfg
         .validate()
@@ -195,7 +208,11 @@ pub(super) fn run_unit(
     let progress = if resuming {
         let rd = writer.dir();
         let old = rd.config()?;
-        if old.model != run_cfg.model || old.fit != run_cfg.fit || old.optim != run_cfg.optim {
+        if old.model != run_cfg.model
+            || old.fit != run_cfg.fit
+            || old.optim != run_cfg.optim
+            || old.init != run_cfg.init
+        {
             bail!(
                 "{}: holds a run with other settings; delete the folder to rerun it",
                 dir.display()
@@ -208,6 +225,14 @@ pub(super) fn run_unit(
         }
         p
     } else {
+        if let Some((params, buffers, record)) = init {
+            crate::backend::set_weights(backend.as_mut(), params, buffers)?;
+            if !runner.quiet && k == 0 {
+                if let Some(i) = &runner.init {
+                    eprintln!("{}", i.describe(&record, &data.labels, trial.seed));
+                }
+            }
+        }
         FitProgress::new(&trial.fit)
     };
     if !runner.quiet {
