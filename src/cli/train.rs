@@ -216,6 +216,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         &data,
         train_idx.len(),
         fit_cfg.batch_size,
+        fit_cfg.speed.as_deref(),
         available_memory(),
     )?;
     let mut backend = make_backend(device, &model_cfg, &optim, seed)?;

@@ -28,6 +28,7 @@ use std::ops::Range;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::backend::batch::Batch;
+use crate::backend::mixup::SoftTargets;
 use crate::backend::{ema_decay, Backend, OptimConfig, StepStats, TrainState};
 use crate::cpu::Mode;
 use crate::device::{profile, Device, DeviceBuffer};
@@ -496,6 +497,7 @@ impl DeviceBackend {
             loss: LossConfig {
                 class_weights: optim.class_weights.clone(),
                 label_smoothing: optim.label_smoothing as f32,
+                soft: None,
             },
             optim: optim.clone(),
             seed,
@@ -507,6 +509,24 @@ impl DeviceBackend {
 
 impl Backend for DeviceBackend {
     fn train_step(&mut self, batch: &Batch, step: u32, lr: f64) -> Result<StepStats> {
+        // a mixed batch (--mixup) trains on its soft targets, built on the host as the CPU does
+        let mixed;
+        let loss = match &batch.mix {
+            None => &self.loss,
+            Some(mix) => {
+                mixed = LossConfig {
+                    soft: Some(SoftTargets::new(
+                        &batch.labels,
+                        mix,
+                        self.model.cfg.classes,
+                        self.optim.label_smoothing,
+                        self.optim.class_weights.as_deref(),
+                    )),
+                    ..self.loss.clone()
+                };
+                &mixed
+            }
+        };
         let o = self.model.train_step(
             &batch.x,
             &batch.lengths,
@@ -516,7 +536,7 @@ impl Backend for DeviceBackend {
             step,
             lr as f32,
             self.optim.clip_grad_norm as f32,
-            &self.loss,
+            loss,
         )?;
         if let (Some(d), Some(ema)) = (self.ema_decay, self.ema.as_mut()) {
             let _phase = profile::phase("optim");

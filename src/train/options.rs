@@ -238,6 +238,26 @@ pub struct TrainOpts {
     /// checkpoint and the saved model [default: off].
     #[arg(long, allow_negative_numbers = true)]
     pub ema: Option<f64>,
+    /// Mixup: mix each training batch with a permutation of itself, log-Mel inputs and
+    /// (label-smoothed) targets alike, with one λ ~ Beta(ALPHA, ALPHA) per batch; 0 is off,
+    /// otherwise > 0 and at most 10 (e.g. 0.2 to 0.4). Validation and eval never mix.
+    #[arg(
+        long,
+        value_name = "ALPHA",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub mixup: f64,
+    /// Speed perturbation: resample each training clip by one of these factors (tempo and
+    /// pitch move together), drawn per clip and epoch; 1 to 8 factors, each 0.5 to 2, e.g.
+    /// 0.9,1.0,1.1 [default: off, i.e. 1.0]. Validation and eval see the clips as they are.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub speed: Option<Vec<f64>>,
 }
 
 impl TrainOpts {
@@ -358,6 +378,12 @@ impl TrainOpts {
                 Incl(1.0),
             ),
             ("ema", self.ema, Excl(0.0), Excl(1.0)),
+            (
+                "mixup",
+                Some(self.mixup),
+                Incl(0.0),
+                Incl(crate::train::mixup::MAX_ALPHA),
+            ),
         ];
         for &(name, value, lo, hi) in checks {
             if let Some(v) = value {
@@ -382,6 +408,19 @@ impl TrainOpts {
             }
             for &v in c {
                 check_range("channels", n(v), Incl(1.0), Incl(1024.0))?;
+            }
+        }
+        if let Some(f) = &self.speed {
+            let (lo, hi) = crate::train::speed::FACTOR_RANGE;
+            if f.is_empty() || f.len() > crate::train::speed::MAX_FACTORS {
+                bail!(
+                    "--speed takes 1 to {} factors, got {}",
+                    crate::train::speed::MAX_FACTORS,
+                    f.len()
+                );
+            }
+            for &v in f {
+                check_range("speed", v, Incl(lo), Incl(hi))?;
             }
         }
         if self.snr_min > self.snr_max {
@@ -505,6 +544,8 @@ impl TrainOpts {
             max_seconds: Some(self.max_seconds),
             seed,
             ema: self.ema,
+            mixup: (self.mixup > 0.0).then_some(self.mixup),
+            speed: self.speed.clone(),
         }
     }
 
