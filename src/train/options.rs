@@ -661,6 +661,38 @@ mod tests {
     }
 
     #[test]
+    fn mixup_and_speed_reach_the_fit_config_and_old_configs_load_with_them_off() {
+        let on = opts(&["--mixup", "0.4", "--speed", "0.9,1.1"]);
+        on.validate().unwrap();
+        let fit = on.fit(3);
+        assert_eq!(
+            (fit.mixup, fit.speed.clone()),
+            (Some(0.4), Some(vec![0.9, 1.1]))
+        );
+        // 0 is off; off writes no field, and a config.json without the fields loads as off
+        let off = opts(&["--mixup", "0"]).fit(3);
+        assert_eq!((off.mixup, off.speed.clone()), (None, None));
+        let json = serde_json::to_value(&off).unwrap();
+        assert!(json.get("mixup").is_none() && json.get("speed").is_none());
+        let mut old = serde_json::to_value(&fit).unwrap();
+        let obj = old.as_object_mut().unwrap();
+        obj.remove("mixup");
+        obj.remove("speed");
+        let loaded: FitConfig = serde_json::from_value(old).unwrap();
+        assert_eq!((loaded.mixup, loaded.speed), (None, None));
+        // the clap parser splits the list; validate counts and bounds it
+        let e = |args: &[&str]| format!("{:#}", opts(args).validate().unwrap_err());
+        assert_eq!(
+            e(&["--speed", "0.9,2.5"]),
+            "--speed 2.5: must be ≤ 2 (range: ≥ 0.5 and ≤ 2)"
+        );
+        assert_eq!(
+            e(&["--mixup", "-1"]),
+            "--mixup -1: must be ≥ 0 (range: ≥ 0 and ≤ 10)"
+        );
+    }
+
+    #[test]
     fn given_flags_lists_what_differs_from_the_defaults() {
         let o = opts(&["--lr", "0.5", "--epochs", "3", "--no-augment"]);
         assert_eq!(o.given_flags(&["--epochs"]), vec!["--lr", "--no-augment"]);
