@@ -30,6 +30,10 @@ pub enum Purpose {
     Split = 6,
     Synth = 7,
     Crop = 8,
+    /// `--mixup`: λ and the permutation of each training batch (host only).
+    Mixup = 9,
+    /// `--speed`: each training clip's speed factor per epoch (host only).
+    Speed = 10,
     Test = 99,
 }
 

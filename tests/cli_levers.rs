@@ -143,3 +143,106 @@ fn ema_outside_its_range_is_refused() {
             .stderr(contains("> 0 and < 1"));
     }
 }
+
+/// Trains `run` for one epoch on `data` with the small model and `extra` flags.
+fn train_small(data: &Path, run: &Path, extra: &[&str]) {
+    run_ok(
+        ser()
+            .args(["train", "--epochs", "1", "--data"])
+            .arg(data)
+            .arg("--out")
+            .arg(run)
+            .args(SMALL)
+            .args(extra),
+    );
+}
+
+#[test]
+fn mixup_is_recorded_and_changes_training_only() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(d.path());
+    let (plain, mixed) = (d.path().join("plain"), d.path().join("mixed"));
+    train_small(&data, &plain, &[]);
+    train_small(&data, &mixed, &["--mixup", "0.4"]);
+    // config.json without --mixup is as before the option existed (no field: loads as off)
+    assert!(config(&plain)["fit"].get("mixup").is_none());
+    assert_eq!(config(&mixed)["fit"]["mixup"], 0.4);
+    let line = |run: &Path| -> serde_json::Value {
+        let m = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        serde_json::from_str(m.lines().next().unwrap()).unwrap()
+    };
+    let (p, m) = (line(&plain), line(&mixed));
+    let (lp, lm) = (
+        p["train_loss"].as_f64().unwrap(),
+        m["train_loss"].as_f64().unwrap(),
+    );
+    assert!(lm.is_finite() && lm > 0.0, "{lm}");
+    assert_ne!(lp, lm, "mixup left the training batches as they were");
+    // an explicit 0 is off: the run is the plain one
+    let zero = d.path().join("zero");
+    train_small(&data, &zero, &["--mixup", "0"]);
+    assert_eq!(
+        std::fs::read(zero.join("model.safetensors")).unwrap(),
+        std::fs::read(plain.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn mixup_outside_its_range_is_refused() {
+    for v in ["-0.1", "10.5", "nan"] {
+        ser()
+            .args(["train", "--epochs", "1", "--mixup", v])
+            .assert()
+            .failure()
+            .stderr(contains("--mixup"))
+            .stderr(contains("≥ 0 and ≤ 10"));
+    }
+}
+
+#[test]
+fn speed_one_is_no_speed_and_other_factors_are_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_corpus(d.path());
+    let (plain, one, varied) = (
+        d.path().join("plain"),
+        d.path().join("one"),
+        d.path().join("varied"),
+    );
+    train_small(&data, &plain, &[]);
+    train_small(&data, &one, &["--speed", "1.0"]);
+    train_small(&data, &varied, &["--speed", "0.8,1.0,1.25"]);
+    assert!(config(&plain)["fit"].get("speed").is_none());
+    assert_eq!(config(&one)["fit"]["speed"], serde_json::json!([1.0]));
+    assert_eq!(
+        config(&varied)["fit"]["speed"],
+        serde_json::json!([0.8, 1.0, 1.25])
+    );
+    // factor 1 leaves every clip as loaded: the same weights and metrics, byte for byte
+    for f in ["model.safetensors", "metrics.jsonl"] {
+        assert_eq!(
+            std::fs::read(one.join(f)).unwrap(),
+            std::fs::read(plain.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_ne!(
+        std::fs::read(varied.join("model.safetensors")).unwrap(),
+        std::fs::read(plain.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn speed_outside_its_range_is_refused() {
+    for v in ["0.4", "1.0,2.5", "nan", "0.9,1,1,1,1,1,1,1,1.1"] {
+        let a = ser()
+            .args(["train", "--epochs", "1", "--speed", v])
+            .assert()
+            .failure()
+            .stderr(contains("--speed"));
+        if v.len() < 10 {
+            a.stderr(contains("≥ 0.5 and ≤ 2"));
+        } else {
+            a.stderr(contains("1 to 8 factors, got 9"));
+        }
+    }
+}

@@ -6,7 +6,7 @@ use ser_engine::cpu::gradcheck::{format_table, run_all};
 fn all_gradients_match_finite_differences() {
     let rows = run_all();
     println!("{}", format_table(&rows));
-    assert_eq!(rows.len(), 13);
+    assert_eq!(rows.len(), 14);
     for r in &rows {
         assert!(r.checked > 0, "{} checked nothing", r.op);
         // `<=` fails on NaN.

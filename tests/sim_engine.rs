@@ -62,58 +62,66 @@ fn workspace_cache_is_bounded_in_bytes() {
 
 // ---- not device-vs-cpu checks of the library: CLI runs and data on disk
 
-/// `ser-engine --device sim train` end to end through the CLI (hidden --channels/--fc-size/
-/// --hidden-size options give a tiny model; the full 32/64/128 model also works on sim but
-/// takes ~40 s here), against the same run on `--device cpu`: every epoch's train and
-/// validation loss agree to 1e-4 relative (f32 on both sides; the losses are batch means of
-/// values that agree to ~1e-7, and two epochs of Adam steps keep the parameters within ~1e-6).
-#[test]
-fn cli_train_on_sim_matches_cpu() {
+/// The metrics of `ser-engine --device DEVICE train` for 2 epochs on a small synthetic corpus
+/// in `dir`, with a tiny model (hidden --channels/--fc-size/--hidden-size options; the full
+/// 32/64/128 model also works on sim but takes ~40 s here) and `extra` flags.
+fn train_metrics(dir: &std::path::Path, device: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     use ser_engine::audio::synth::{write_corpus, SynthConfig};
+    let data = dir.join("corpus");
+    if !data.is_dir() {
+        let sc = SynthConfig {
+            per_class: 6,
+            sample_rate: 16000,
+            seed: 7,
+        };
+        write_corpus(&data, &sc, false).unwrap();
+    }
+    let out = dir.join(device);
+    assert_cmd::Command::cargo_bin("ser-engine")
+        .unwrap()
+        .args([
+            "-q",
+            "--threads",
+            "2",
+            "--device",
+            device,
+            "train",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args(["--epochs", "2", "--batch-size", "8", "--lr", "1e-2"])
+        .args([
+            "--n-mels",
+            "16",
+            "--kernel-size",
+            "3",
+            "--channels",
+            "4,8,8",
+        ])
+        .args(["--fc-size", "8", "--hidden-size", "6", "--clip-grad", "1"])
+        .args(extra)
+        .assert()
+        .success();
+    assert!(out.join("model.safetensors").is_file());
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every epoch's train and validation loss of a sim run against the same run on cpu agree
+/// to 1e-4 relative (f32 on both sides; the losses are batch means of values that agree to
+/// ~1e-7, and two epochs of Adam steps keep the parameters within ~1e-6), and so do the
+/// train accuracies' counts.
+fn assert_sim_matches_cpu(extra: &[&str]) {
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("corpus");
-    let sc = SynthConfig {
-        per_class: 6,
-        sample_rate: 16000,
-        seed: 7,
-    };
-    write_corpus(&data, &sc, false).unwrap();
-    let run = |device: &str| -> Vec<serde_json::Value> {
-        let out = d.path().join(device);
-        assert_cmd::Command::cargo_bin("ser-engine")
-            .unwrap()
-            .args([
-                "-q",
-                "--threads",
-                "2",
-                "--device",
-                device,
-                "train",
-                "--data",
-            ])
-            .arg(&data)
-            .arg("--out")
-            .arg(&out)
-            .args(["--epochs", "2", "--batch-size", "8", "--lr", "1e-2"])
-            .args([
-                "--n-mels",
-                "16",
-                "--kernel-size",
-                "3",
-                "--channels",
-                "4,8,8",
-            ])
-            .args(["--fc-size", "8", "--hidden-size", "6", "--clip-grad", "1"])
-            .assert()
-            .success();
-        assert!(out.join("model.safetensors").is_file());
-        std::fs::read_to_string(out.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let (sim, cpu) = (run("sim"), run("cpu"));
+    let (sim, cpu) = (
+        train_metrics(d.path(), "sim", extra),
+        train_metrics(d.path(), "cpu", extra),
+    );
     assert_eq!(sim.len(), 2);
     assert_eq!(cpu.len(), 2);
     for (s, c) in sim.iter().zip(&cpu) {
@@ -122,7 +130,22 @@ fn cli_train_on_sim_matches_cpu() {
             eprintln!("epoch {}: {key} sim {a} cpu {b}", s["epoch"]);
             assert!(((a - b) / b).abs() <= 1e-4, "{key}: sim {a} vs cpu {b}");
         }
+        assert_eq!(s["train_accuracy"], c["train_accuracy"]);
     }
+}
+
+/// `ser-engine --device sim train` end to end through the CLI against `--device cpu`.
+#[test]
+fn cli_train_on_sim_matches_cpu() {
+    assert_sim_matches_cpu(&[]);
+}
+
+/// With mixup and speed perturbation: both are drawn on the host from the seed, so the sim
+/// and the CPU train on the same mixed, resampled clips (a different draw would move the
+/// losses by far more than 1e-4).
+#[test]
+fn cli_train_with_mixup_and_speed_on_sim_matches_cpu() {
+    assert_sim_matches_cpu(&["--mixup", "0.4", "--speed", "0.8,1.0,1.25"]);
 }
 
 #[test]
@@ -138,4 +161,9 @@ fn freeze_and_backbone_lr_scale_match_cpu_backend() {
 #[test]
 fn ema_matches_cpu_backend_and_round_trips() {
     run("ema_matches_cpu_backend_and_round_trips");
+}
+
+#[test]
+fn mixup_steps_match_cpu_backend() {
+    run("mixup_steps_match_cpu_backend");
 }

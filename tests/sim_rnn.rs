@@ -48,6 +48,11 @@ fn cross_entropy_matches_cpu() {
 }
 
 #[test]
+fn soft_cross_entropy_matches_cpu() {
+    run("soft_cross_entropy_matches_cpu");
+}
+
+#[test]
 fn adam_and_clipping_match_cpu() {
     run("adam_and_clipping_match_cpu");
 }

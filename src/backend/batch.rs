@@ -1,6 +1,7 @@
 //! The batch a [`super::Backend`] is fed: clips' log-Mel in the model's input scale, laid out
 //! `(batch, n_mels, t_max)` with each clip's valid length. Uses [`crate::model`] only.
 
+use super::mixup::Mix;
 use crate::model::MIN_FRAMES;
 
 /// Model input scale: x = (dB + DB_OFFSET) / DB_SCALE maps librosa's [-80, 0] dB to [-1, 1].
@@ -19,6 +20,9 @@ pub struct Batch {
     pub labels: Vec<usize>,
     /// Dataset indices of the clips, in batch order.
     pub indices: Vec<usize>,
+    /// `--mixup`: how `x` was mixed (the loss then takes soft targets,
+    /// [`super::mixup::SoftTargets`]); None for a plain batch.
+    pub mix: Option<Mix>,
 }
 
 /// Converts dB log-Mel to the model's input scale.
@@ -62,6 +66,7 @@ impl Batch {
             lengths,
             labels: labels.to_vec(),
             indices: indices.to_vec(),
+            mix: None,
         }
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub mod memory;
+pub mod mixup;
 
 use anyhow::Result;
 use batch::Batch;

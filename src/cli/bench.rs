@@ -188,6 +188,7 @@ fn bench_train(
         lengths: vec![t; b],
         labels: (0..b).map(|i| i % classes).collect(),
         indices: (0..b).collect(),
+        mix: None,
     };
     let threads = rayon::current_num_threads();
     if cost_only {

@@ -106,6 +106,7 @@ pub fn run(args: &EvalArgs, global: &Global) -> Result<()> {
         &data,
         idx.len(),
         args.batch_size,
+        None,
         crate::train::data::available_memory(),
     )?;
     let crate::train::fit::Evaluation {

@@ -238,6 +238,7 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
         &data,
         train_idx.len(),
         fit_cfg.batch_size,
+        fit_cfg.speed.as_deref(),
         available_memory(),
     )?;
     if global.verbose > 0 {

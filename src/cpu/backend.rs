@@ -5,8 +5,9 @@
 //! `cli`.
 
 use crate::backend::batch::Batch;
+use crate::backend::mixup::SoftTargets;
 use crate::backend::{ema_decay, ema_update, Backend, LrGroup, OptimConfig, StepStats, TrainState};
-use crate::cpu::{clip_grad_norm, cross_entropy, Adam, CpuModel, Input, Mode};
+use crate::cpu::{clip_grad_norm, cross_entropy, cross_entropy_soft, Adam, CpuModel, Input, Mode};
 use crate::model::ModelConfig;
 use anyhow::{bail, Result};
 
@@ -66,13 +67,28 @@ impl Backend for CpuBackend {
                 step,
             },
         );
-        let (loss, dlogits, correct) = cross_entropy(
-            &fwd.logits,
-            &batch.labels,
-            self.model.cfg.classes,
-            self.optim.class_weights.as_deref(),
-            self.optim.label_smoothing as f32,
-        );
+        let classes = self.model.cfg.classes;
+        let weights = self.optim.class_weights.as_deref();
+        let (loss, dlogits, correct) = match &batch.mix {
+            None => cross_entropy(
+                &fwd.logits,
+                &batch.labels,
+                classes,
+                weights,
+                self.optim.label_smoothing as f32,
+            ),
+            // --mixup: soft targets (backend::mixup)
+            Some(mix) => {
+                let targets = SoftTargets::new(
+                    &batch.labels,
+                    mix,
+                    classes,
+                    self.optim.label_smoothing,
+                    weights,
+                );
+                cross_entropy_soft(&fwd.logits, &targets, classes, weights)
+            }
+        };
         self.model.backward(&fwd, &dlogits);
         if let Some(b) = frozen_stats {
             self.model.buffers = b;

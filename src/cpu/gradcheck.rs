@@ -278,6 +278,24 @@ fn ce_row() -> GradcheckRow {
     )
 }
 
+fn soft_ce_row() -> GradcheckRow {
+    use crate::backend::mixup::{Mix, SoftTargets};
+    let z = rand(5 * 3, 25);
+    let mix = Mix {
+        lambda: 0.35,
+        partner: vec![3, 2, 0, 1, 4],
+    };
+    let w = [0.5f32, 2.0, 1.25];
+    let t = SoftTargets::new(&[0, 2, 1, 2, 1], &mix, 3, 0.1, Some(&w));
+    let (_, g, _) = super::cross_entropy_soft(&z, &t, 3, Some(&w));
+    check(
+        "mixup soft-target cross-entropy (λ 0.35, w, ε)",
+        vec![z],
+        &[g],
+        |v| super::cross_entropy_soft(&v[0], &t, 3, Some(&w)).0,
+    )
+}
+
 /// The small model of the whole-model check.
 pub fn small_config(batchnorm: bool) -> ModelConfig {
     ModelConfig {
@@ -338,6 +356,7 @@ pub fn run_all() -> Vec<GradcheckRow> {
         lstm_row(),
         attention_row(),
         ce_row(),
+        soft_ce_row(),
         model_row(true, train, "model train (BN, dropout, lengths 32,27,18)"),
         model_row(false, train, "model train (no BN, dropout)"),
         model_row(true, Mode::Eval, "model eval (BN running stats)"),

@@ -33,7 +33,7 @@ pub mod pool;
 mod scratch;
 
 pub use adam::{clip_grad_norm, Adam};
-pub use loss::cross_entropy;
+pub use loss::{cross_entropy, cross_entropy_soft};
 pub use model::{CpuModel, Forward};
 
 use std::fmt::Debug;

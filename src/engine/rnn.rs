@@ -23,6 +23,7 @@
 use anyhow::{bail, ensure, Result};
 
 use crate::backend::LrGroup;
+use crate::backend::mixup::SoftTargets;
 use crate::cpu::dropout::SITE_LSTM0;
 use crate::device::{blocks_for, Device, DeviceBuffer, KernelArg, Transpose};
 use crate::model::{lstm_names, ModelConfig, ParamLayout};
@@ -582,6 +583,9 @@ pub struct LossConfig {
     /// One weight per class, or None.
     pub class_weights: Option<Vec<f32>>,
     pub label_smoothing: f32,
+    /// A mixed batch's soft targets (`--mixup`): the loss is then [`cross_entropy_soft`]
+    /// (which ignores `label_smoothing`: the targets are smoothed already).
+    pub soft: Option<SoftTargets>,
 }
 
 /// Loss value and accuracy count of a batch.
@@ -640,6 +644,73 @@ pub fn cross_entropy(
             i32_of(batch, "batch")?.into(),
             i32_of(classes, "classes")?.into(),
             label_smoothing.into(),
+        ],
+    )?;
+    let v = dev.dtoh(out)?;
+    Ok(LossOut {
+        loss: v[0],
+        correct: v[1] as usize,
+    })
+}
+
+/// Soft-target cross-entropy of logits `[B][C]` (`--mixup`, [`crate::backend::mixup`]):
+/// `targets` `[B][C]` and `row_w` `[B]` from [`SoftTargets`], `labels` the λ-dominant labels
+/// (device i32 `[B]`, in 0..C) for the correct count; writes dlogits and returns loss and
+/// correct count. `weights` (device `[C]`) when weighted.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_soft(
+    dev: &Device,
+    logits: &DeviceBuffer<f32>,
+    targets: &DeviceBuffer<f32>,
+    row_w: &DeviceBuffer<f32>,
+    labels: &DeviceBuffer<i32>,
+    weights: Option<&DeviceBuffer<f32>>,
+    classes: usize,
+    dlogits: &mut DeviceBuffer<f32>,
+    out: &mut DeviceBuffer<f32>,
+) -> Result<LossOut> {
+    let batch = labels.len();
+    ensure!(
+        logits.len() == batch * classes
+            && dlogits.len() == batch * classes
+            && targets.len() == batch * classes
+            && row_w.len() == batch
+            && out.len() >= 2,
+        "cross_entropy_soft: logits {} / dlogits {} / targets {} / row weights {} values for \
+         {batch}×{classes}",
+        logits.len(),
+        dlogits.len(),
+        targets.len(),
+        row_w.len()
+    );
+    let (w, has_w) = match weights {
+        Some(w) => {
+            ensure!(
+                w.len() == classes,
+                "{} class weights for {classes} classes",
+                w.len()
+            );
+            (w, 1i32)
+        }
+        None => (logits, 0i32),
+    };
+    let (dl, o): (&DeviceBuffer<f32>, &DeviceBuffer<f32>) = (dlogits, out);
+    dev.launch(
+        "loss_softmax_xent_soft",
+        1u32,
+        LOSS_BLOCK,
+        0,
+        &[
+            o.into(),
+            dl.into(),
+            logits.into(),
+            targets.into(),
+            row_w.into(),
+            labels.into(),
+            w.into(),
+            has_w.into(),
+            i32_of(batch, "batch")?.into(),
+            i32_of(classes, "classes")?.into(),
         ],
     )?;
     let v = dev.dtoh(out)?;
@@ -913,6 +984,9 @@ pub struct RnnWorkspace {
     pub dlogits: DeviceBuffer<f32>,
     /// [loss, correct]
     pub loss_out: DeviceBuffer<f32>,
+    /// `--mixup`: soft targets `[B][C]` and row weights `[B]`, allocated by the first mixed
+    /// batch of this shape.
+    pub soft: Option<(DeviceBuffer<f32>, DeviceBuffer<f32>)>,
     /// The dropout stream of the last forward (None: eval or p = 0).
     pub train: Option<(u64, u32)>,
     // backward scratch
@@ -953,6 +1027,7 @@ impl RnnWorkspace {
             logits: dev.alloc_uninit(b * dims.classes)?,
             dlogits: dev.alloc_uninit(b * dims.classes)?,
             loss_out: dev.alloc_uninit(2)?,
+            soft: None,
             train: None,
             lgrad,
             agrad: AttnGradWs::new(dev, b, dims.t, d)?,
@@ -1015,6 +1090,16 @@ pub fn rnn_forward(
     );
     let lens_i: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
     dev.copy_htod(&lens_i, &mut ws.lens)?;
+    // a mixed batch counts its λ-dominant labels as correct
+    let labels = loss.soft.as_ref().map_or(labels, |t| &t.dominant[..]);
+    ensure!(
+        labels.len() == b,
+        "{} soft-target labels for a batch of {b}",
+        labels.len()
+    );
+    if let Some((i, &y)) = labels.iter().enumerate().find(|(_, &y)| y >= c) {
+        bail!("clip {i}: label {y} is not a class index 0..{c}");
+    }
     let labels_i: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
     dev.copy_htod(&labels_i, &mut ws.labels)?;
     let weighted = match &loss.class_weights {
@@ -1078,6 +1163,31 @@ pub fn rnn_forward(
     } else {
         None
     };
+    if let Some(t) = &loss.soft {
+        ensure!(
+            t.q.len() == b * c && t.row_weight.len() == b,
+            "soft targets of {} values and {} row weights for {b}×{c}",
+            t.q.len(),
+            t.row_weight.len()
+        );
+        if ws.soft.is_none() {
+            ws.soft = Some((dev.alloc_uninit(b * c)?, dev.alloc_uninit(b)?));
+        }
+        let (q, r) = ws.soft.as_mut().expect("allocated above");
+        dev.copy_htod(&t.q, q)?;
+        dev.copy_htod(&t.row_weight, r)?;
+        return cross_entropy_soft(
+            dev,
+            &ws.logits,
+            q,
+            r,
+            &ws.labels,
+            w,
+            c,
+            &mut ws.dlogits,
+            &mut ws.loss_out,
+        );
+    }
     cross_entropy(
         dev,
         &ws.logits,

@@ -28,6 +28,7 @@ use std::ops::Range;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::backend::batch::Batch;
+use crate::backend::mixup::SoftTargets;
 use crate::backend::{ema_decay, Backend, LrGroup, OptimConfig, StepStats, TrainState};
 use crate::cpu::Mode;
 use crate::device::{profile, Device, DeviceBuffer};
@@ -549,6 +550,7 @@ impl DeviceBackend {
             loss: LossConfig {
                 class_weights: optim.class_weights.clone(),
                 label_smoothing: optim.label_smoothing as f32,
+                soft: None,
             },
             optim: optim.clone(),
             seed,
@@ -564,6 +566,24 @@ impl Backend for DeviceBackend {
         if self.optim.freeze_cnn && self.frozen_stats.is_none() {
             self.frozen_stats = Some(self.model.buffers_host()?);
         }
+        // a mixed batch (--mixup) trains on its soft targets, built on the host as the CPU does
+        let mixed;
+        let loss = match &batch.mix {
+            None => &self.loss,
+            Some(mix) => {
+                mixed = LossConfig {
+                    soft: Some(SoftTargets::new(
+                        &batch.labels,
+                        mix,
+                        self.model.cfg.classes,
+                        self.optim.label_smoothing,
+                        self.optim.class_weights.as_deref(),
+                    )),
+                    ..self.loss.clone()
+                };
+                &mixed
+            }
+        };
         let o = self.model.train_step(
             &batch.x,
             &batch.lengths,
@@ -573,7 +593,7 @@ impl Backend for DeviceBackend {
             step,
             lr as f32,
             self.optim.clip_grad_norm as f32,
-            &self.loss,
+            loss,
         )?;
         if let Some(b) = &self.frozen_stats {
             self.model.set_buffers(b)?;

@@ -142,28 +142,61 @@ impl Dataset {
             .collect()
     }
 
-    /// First frame of the window of clip `i` the model sees: 0 for a clip within
-    /// `max_frames`; for a longer one, uniform over the clip given `random` in [0, 1)
-    /// (training), or its middle given None (validation, evaluation).
+    /// Each clip's length as training may see it with speed factors `speed` (the slowest
+    /// factor's, `train::speed`), cropped to `max_frames`: what training batches are bucketed
+    /// by and the memory check sizes (the model's frames without `speed`).
+    pub fn train_frames(&self, speed: Option<&[f64]>) -> Vec<usize> {
+        let Some(factors) = speed else {
+            return self.model_frames();
+        };
+        self.clips
+            .iter()
+            .map(|c| {
+                crate::train::speed::longest_frames(c.pcm.len(), factors, self.mel.hop)
+                    .min(self.max_frames)
+            })
+            .collect()
+    }
+
+    /// First frame of the window of clip `i` the model sees: [`crop_start`] of its frames.
     pub fn crop_start(&self, i: usize, random: Option<f32>) -> usize {
-        let spare = self.clips[i].frames.saturating_sub(self.max_frames);
-        match random {
-            _ if spare == 0 => 0,
-            Some(u) => ((u as f64 * (spare + 1) as f64) as usize).min(spare),
-            None => spare / 2,
-        }
+        crop_start(self.clips[i].frames, self.max_frames, random)
     }
 
     /// Log-Mel of clip `i` from frame `start`, at most `max_frames` long: (`[n_mels][w]`, w).
     pub fn cropped_mel(&self, i: usize, start: usize) -> (Vec<f32>, usize) {
         let c = &self.clips[i];
-        let w = c.frames.saturating_sub(start).min(self.max_frames);
-        let mut out = Vec::with_capacity(self.mel.n_mels * w);
-        for m in 0..self.mel.n_mels {
-            out.extend_from_slice(&c.mel[m * c.frames + start..][..w]);
-        }
-        (out, w)
+        crop_mel(&c.mel, c.frames, self.mel.n_mels, start, self.max_frames)
     }
+}
+
+/// First frame of the window the model sees of a clip of `frames` frames: 0 for a clip within
+/// `max_frames`; for a longer one, uniform over the clip given `random` in [0, 1) (training),
+/// or its middle given None (validation, evaluation).
+pub fn crop_start(frames: usize, max_frames: usize, random: Option<f32>) -> usize {
+    let spare = frames.saturating_sub(max_frames);
+    match random {
+        _ if spare == 0 => 0,
+        Some(u) => ((u as f64 * (spare + 1) as f64) as usize).min(spare),
+        None => spare / 2,
+    }
+}
+
+/// Log-Mel `mel` (`[n_mels][frames]`) from frame `start`, at most `max_frames` long:
+/// (`[n_mels][w]`, w).
+pub fn crop_mel(
+    mel: &[f32],
+    frames: usize,
+    n_mels: usize,
+    start: usize,
+    max_frames: usize,
+) -> (Vec<f32>, usize) {
+    let w = frames.saturating_sub(start).min(max_frames);
+    let mut out = Vec::with_capacity(n_mels * w);
+    for m in 0..n_mels {
+        out.extend_from_slice(&mel[m * frames + start..][..w]);
+    }
+    (out, w)
 }
 
 /// Length-bucketed batches: clips sorted by length (with a seeded shuffle among equal
@@ -214,19 +247,24 @@ pub fn available_memory() -> Option<u64> {
 }
 
 /// Checks, before the first step, that the largest training batch fits in `available`
-/// bytes: `batch_size` clips (at most the training set) of the longest clip's frames (at
-/// most `max_frames`), with what one step takes on the backend (`step_bytes(batch, t_max)`:
-/// [`crate::backend::Backend::step_memory_bytes`]). Returns the bound; the error says what to
-/// lower.
+/// bytes: `batch_size` clips (at most the training set) of the longest clip's frames (at the
+/// slowest `--speed` factor, at most `max_frames`), with what one step takes on the backend
+/// (`step_bytes(batch, t_max)`: [`crate::backend::Backend::step_memory_bytes`]). Returns the
+/// bound; the error says what to lower.
 pub fn check_batch_memory(
     step_bytes: &dyn Fn(usize, usize) -> u64,
     data: &Dataset,
     train_clips: usize,
     batch_size: usize,
+    speed: Option<&[f64]>,
     available: Option<u64>,
 ) -> Result<u64> {
     let batch = batch_size.min(train_clips).max(1);
-    let t_max = data.model_frames().into_iter().max().unwrap_or(MIN_FRAMES);
+    let t_max = data
+        .train_frames(speed)
+        .into_iter()
+        .max()
+        .unwrap_or(MIN_FRAMES);
     let need = step_bytes(batch, t_max);
     let Some(available) = available else {
         return Ok(need);

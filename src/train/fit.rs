@@ -11,9 +11,11 @@ use crate::backend::{eval_loss, Backend, TrainState};
 use crate::features::augment::{add_noise, spec_augment, AugmentConfig};
 use crate::features::log_mel;
 use crate::rng::{Purpose, Stream};
-use crate::train::data::{bucketed_batches, Dataset};
+use crate::train::data::{bucketed_batches, crop_mel, crop_start, Dataset};
 use crate::train::metrics::{Confusion, Scores};
+use crate::train::mixup::mix_batch;
 use crate::train::schedule::{cosine_lr, EarlyStopping, ReduceOnPlateau, Schedule};
+use crate::train::speed;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -40,6 +42,13 @@ pub struct FitConfig {
     /// (older run folders: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
+    /// `--mixup ALPHA`: mix each training batch (`train::mixup`); older run folders: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixup: Option<f64>,
+    /// `--speed`: the speed factors a training clip is resampled by, one drawn per clip and
+    /// epoch (`train::speed`); older run folders: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<Vec<f64>>,
 }
 
 /// One line of metrics.jsonl.
@@ -185,45 +194,67 @@ pub fn plain_batch(data: &Dataset, idx: &[usize]) -> Batch {
     )
 }
 
-/// A training batch: a random window of each clip longer than `max_frames`, waveform noise
-/// (features recomputed for the clips that draw it) and SpecAugment, keyed by (seed, step,
-/// position in batch).
+/// A training batch for `epoch` and `step`: each clip at its speed factor (`--speed`:
+/// resampled and its features recomputed), a random window of each clip longer than
+/// `max_frames`, waveform noise (features recomputed for the clips that draw it) and
+/// SpecAugment, keyed by (seed, step, position in batch); then mixup (`--mixup`) of the whole
+/// batch.
 pub fn augmented_batch(
     data: &Dataset,
     idx: &[usize],
-    aug: &AugmentConfig,
-    seed: u64,
+    cfg: &FitConfig,
+    epoch: u32,
     step: u32,
-) -> Batch {
+) -> Result<Batch> {
+    let (aug, seed) = (&cfg.augment, cfg.seed);
     let n_mels = data.mel.n_mels;
     let silence = -data.mel.top_db;
     let feats: Vec<(Vec<f32>, usize)> = idx
         .par_iter()
         .enumerate()
-        .map(|(c, &i)| {
+        .map(|(c, &i)| -> Result<(Vec<f32>, usize)> {
             let clip = &data.clips[i];
-            let (start, frames) = if clip.frames > data.max_frames {
-                let u = Stream::new(seed, Purpose::Crop, step).uniform(c as u64);
-                (data.crop_start(i, Some(u)), data.max_frames)
+            // the clip as this epoch plays it: at its speed factor, or as loaded
+            let factor = cfg
+                .speed
+                .as_deref()
+                .map_or(1.0, |f| speed::draw(f, seed, epoch, i));
+            let perturbed = if factor != 1.0 {
+                let pcm = speed::perturb(&clip.pcm, factor)?;
+                let lm = log_mel(&pcm, data.sample_rate, &data.mel);
+                Some((pcm, lm.data, lm.frames))
             } else {
-                (0, clip.frames)
+                None
+            };
+            let (clip_pcm, clip_mel, clip_frames) = match &perturbed {
+                Some((p, m, f)) => (p.as_slice(), m.as_slice(), *f),
+                None => (clip.pcm.as_slice(), clip.mel.as_slice(), clip.frames),
+            };
+            let (start, frames) = if clip_frames > data.max_frames {
+                let u = Stream::new(seed, Purpose::Crop, step).uniform(c as u64);
+                (
+                    crop_start(clip_frames, data.max_frames, Some(u)),
+                    data.max_frames,
+                )
+            } else {
+                (0, clip_frames)
             };
             let cached = || {
-                if frames == clip.frames {
-                    clip.mel.clone()
+                if frames == clip_frames {
+                    clip_mel.to_vec()
                 } else {
-                    data.cropped_mel(i, start).0
+                    crop_mel(clip_mel, clip_frames, n_mels, start, data.max_frames).0
                 }
             };
             let mut mel = if aug.noise_prob > 0.0 {
                 // The samples behind the window's frames (frame t is centred on t * hop).
                 let hop = data.mel.hop;
-                let s0 = (start * hop).min(clip.pcm.len());
-                let s1 = ((start + frames - 1) * hop).min(clip.pcm.len()).max(s0);
-                let mut pcm = if frames == clip.frames {
-                    clip.pcm.clone()
+                let s0 = (start * hop).min(clip_pcm.len());
+                let s1 = ((start + frames - 1) * hop).min(clip_pcm.len()).max(s0);
+                let mut pcm = if frames == clip_frames {
+                    clip_pcm.to_vec()
                 } else {
-                    clip.pcm[s0..s1].to_vec()
+                    clip_pcm[s0..s1].to_vec()
                 };
                 match add_noise(&mut pcm, aug, seed, step, c) {
                     Some(_) => {
@@ -243,11 +274,15 @@ pub fn augmented_batch(
             spec_augment(
                 &mut mel, n_mels, frames, frames, silence, aug, seed, step, c,
             );
-            (mel, frames)
+            Ok((mel, frames))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let views: Vec<(&[f32], usize)> = feats.iter().map(|(m, f)| (m.as_slice(), *f)).collect();
-    Batch::from_features(&views, &data.labels_of(idx), idx, n_mels, silence)
+    let mut batch = Batch::from_features(&views, &data.labels_of(idx), idx, n_mels, silence);
+    if let Some(alpha) = cfg.mixup {
+        mix_batch(&mut batch, alpha, seed, step);
+    }
+    Ok(batch)
 }
 
 /// Trains on `train_idx`, validating on `val_idx` after every epoch, from `progress` (fresh or
@@ -270,7 +305,8 @@ pub fn fit(
     if let Some(d) = cfg.ema {
         backend.enable_ema(d)?;
     }
-    let frames = data.model_frames();
+    // bucketed by the longest each clip can be (its slowest --speed factor)
+    let frames = data.train_frames(cfg.speed.as_deref());
     // The cosine schedule's horizon: every epoch has the same number of batches (the buckets
     // depend on the clips, not on the shuffle), so this counts each run's steps exactly.
     let steps_per_epoch = bucketed_batches(&frames, train_idx, cfg.batch_size, None).len();
@@ -309,7 +345,7 @@ pub fn fit(
         };
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for b in &batches {
-            let batch = augmented_batch(data, b, &cfg.augment, cfg.seed, progress.step);
+            let batch = augmented_batch(data, b, cfg, epoch as u32, progress.step)?;
             if cfg.schedule == Schedule::Cosine {
                 progress.lr =
                     cosine_lr(cfg.lr, progress.step as usize, steps_per_epoch, total_steps);

@@ -246,6 +246,26 @@ pub struct TrainOpts {
     /// checkpoint and the saved model [default: off].
     #[arg(long, allow_negative_numbers = true)]
     pub ema: Option<f64>,
+    /// Mixup: mix each training batch with a permutation of itself, log-Mel inputs and
+    /// (label-smoothed) targets alike, with one λ ~ Beta(ALPHA, ALPHA) per batch; 0 is off,
+    /// otherwise > 0 and at most 10 (e.g. 0.2 to 0.4). Validation and eval never mix.
+    #[arg(
+        long,
+        value_name = "ALPHA",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub mixup: f64,
+    /// Speed perturbation: resample each training clip by one of these factors (tempo and
+    /// pitch move together), drawn per clip and epoch; 1 to 8 factors, each 0.5 to 2, e.g.
+    /// 0.9,1.0,1.1 [default: off, i.e. 1.0]. Validation and eval see the clips as they are.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub speed: Option<Vec<f64>>,
     /// Start from the weights of this run folder (its model.safetensors) instead of a random
     /// initialisation. The architecture, input normalisation, sample rate and Mel settings
     /// are the run's (a differing flag is refused); the classifier head is kept when the
@@ -398,6 +418,12 @@ impl TrainOpts {
                 Excl(0.0),
                 Incl(1.0),
             ),
+            (
+                "mixup",
+                Some(self.mixup),
+                Incl(0.0),
+                Incl(crate::train::mixup::MAX_ALPHA),
+            ),
         ];
         for &(name, value, lo, hi) in checks {
             if let Some(v) = value {
@@ -434,6 +460,19 @@ impl TrainOpts {
         }
         if self.freeze == Freeze::Cnn && self.init.is_none() {
             bail!("--freeze cnn needs --init RUN: a frozen CNN keeps its random initialisation");
+        }
+        if let Some(f) = &self.speed {
+            let (lo, hi) = crate::train::speed::FACTOR_RANGE;
+            if f.is_empty() || f.len() > crate::train::speed::MAX_FACTORS {
+                bail!(
+                    "--speed takes 1 to {} factors, got {}",
+                    crate::train::speed::MAX_FACTORS,
+                    f.len()
+                );
+            }
+            for &v in f {
+                check_range("speed", v, Incl(lo), Incl(hi))?;
+            }
         }
         if self.snr_min > self.snr_max {
             bail!(
@@ -565,6 +604,8 @@ impl TrainOpts {
             max_seconds: Some(self.max_seconds),
             seed,
             ema: self.ema,
+            mixup: (self.mixup > 0.0).then_some(self.mixup),
+            speed: self.speed.clone(),
         }
     }
 
@@ -679,6 +720,38 @@ mod tests {
             .validate()
             .unwrap();
         assert!(opts(&["--plateau-factor", "0"]).validate().is_err());
+    }
+
+    #[test]
+    fn mixup_and_speed_reach_the_fit_config_and_old_configs_load_with_them_off() {
+        let on = opts(&["--mixup", "0.4", "--speed", "0.9,1.1"]);
+        on.validate().unwrap();
+        let fit = on.fit(3);
+        assert_eq!(
+            (fit.mixup, fit.speed.clone()),
+            (Some(0.4), Some(vec![0.9, 1.1]))
+        );
+        // 0 is off; off writes no field, and a config.json without the fields loads as off
+        let off = opts(&["--mixup", "0"]).fit(3);
+        assert_eq!((off.mixup, off.speed.clone()), (None, None));
+        let json = serde_json::to_value(&off).unwrap();
+        assert!(json.get("mixup").is_none() && json.get("speed").is_none());
+        let mut old = serde_json::to_value(&fit).unwrap();
+        let obj = old.as_object_mut().unwrap();
+        obj.remove("mixup");
+        obj.remove("speed");
+        let loaded: FitConfig = serde_json::from_value(old).unwrap();
+        assert_eq!((loaded.mixup, loaded.speed), (None, None));
+        // the clap parser splits the list; validate counts and bounds it
+        let e = |args: &[&str]| format!("{:#}", opts(args).validate().unwrap_err());
+        assert_eq!(
+            e(&["--speed", "0.9,2.5"]),
+            "--speed 2.5: must be ≤ 2 (range: ≥ 0.5 and ≤ 2)"
+        );
+        assert_eq!(
+            e(&["--mixup", "-1"]),
+            "--mixup -1: must be ≥ 0 (range: ≥ 0 and ≤ 10)"
+        );
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub fn every_parameter_gradient_matches_cpu() {
             LossConfig {
                 class_weights: Some(vec![0.5, 1.0, 2.0]),
                 label_smoothing: 0.1,
+                soft: None,
             },
         ),
     ] {
@@ -169,6 +170,7 @@ fn batch(cfg: &ModelConfig, seed: u64, lengths: &[usize], labels: &[usize]) -> B
         lengths: lengths.to_vec(),
         labels: labels.to_vec(),
         indices: (0..lengths.len()).collect(),
+        mix: None,
     }
 }
 
@@ -739,4 +741,83 @@ pub fn freeze_and_backbone_lr_scale_match_cpu_backend() {
     );
     // Adam's first step is lr·sign(g) per element: exactly a quarter, up to rounding
     assert!((mq / mf - 0.25).abs() < 1e-3, "{mq} vs {mf}");
+}
+
+/// Three training steps on mixed batches (`--mixup`: inputs blended, lengths the union, soft
+/// targets with class weights and smoothing) through the `Backend` trait, device against
+/// `CpuBackend`: losses to 1e-5 and parameters to 1e-4 relative, as the plain steps
+/// (`three_training_steps_match_cpu_backend`), and the same correct counts.
+pub fn mixup_steps_match_cpu_backend() {
+    use crate::backend::mixup::Mix;
+    let cfg = small_config(true);
+    let optim = OptimConfig {
+        lr: 1e-2,
+        weight_decay: 1e-3,
+        decoupled_weight_decay: false,
+        clip_grad_norm: 0.5,
+        label_smoothing: 0.1,
+        class_weights: Some(vec![0.5, 1.0, 2.0]),
+        freeze_cnn: false,
+        backbone_lr_scale: 1.0,
+    };
+    let mut dev = DeviceBackend::new(device(), &cfg, &optim, 11).unwrap();
+    let mut cpu = CpuBackend::new(&cfg, &optim, 11);
+    let mixed = |mut b: Batch, lambda: f32, partner: Vec<usize>| {
+        // as train::mixup does: blend with the partner, union of the lengths
+        let row = b.n_mels * b.t_max;
+        let x0 = b.x.clone();
+        for (i, &j) in partner.iter().enumerate() {
+            for k in 0..row {
+                b.x[i * row + k] = lambda * x0[i * row + k] + (1.0 - lambda) * x0[j * row + k];
+            }
+        }
+        let l0 = b.lengths.clone();
+        for (i, &j) in partner.iter().enumerate() {
+            b.lengths[i] = l0[i].max(l0[j]);
+        }
+        b.mix = Some(Mix { lambda, partner });
+        b
+    };
+    let batches = [
+        mixed(batch(&cfg, 40, &LENS, &[0, 1, 2]), 0.3, vec![2, 0, 1]),
+        mixed(
+            batch(&cfg, 41, &[24, 40, 16], &[2, 2, 1]),
+            0.7,
+            vec![1, 0, 2],
+        ),
+        mixed(batch(&cfg, 42, &LENS, &[1, 0, 0]), 0.5, vec![0, 2, 1]),
+    ];
+    for (step, b) in batches.iter().enumerate() {
+        let sd = dev.train_step(b, step as u32, 1e-2).unwrap();
+        let sc = cpu.train_step(b, step as u32, 1e-2).unwrap();
+        eprintln!("mixup step {step}: loss {} vs {}", sd.loss, sc.loss);
+        assert!(
+            ((sd.loss - sc.loss) / sc.loss).abs() <= 1e-5,
+            "{} vs {}",
+            sd.loss,
+            sc.loss
+        );
+        assert_eq!(sd.correct, sc.correct);
+    }
+    let (sd, sc) = (dev.state().unwrap(), cpu.state().unwrap());
+    let layout = ParamLayout::new(&cfg);
+    for e in &layout.entries {
+        let r = e.offset..e.offset + e.len;
+        check(
+            &format!("mixup after 3 steps: {}", e.name),
+            &sd.params[r.clone()],
+            &f64s(&sc.params[r]),
+            1e-4,
+        );
+    }
+    // the soft loss is not the hard one: the same batch unmixed trains to other weights
+    let mut plain = CpuBackend::new(&cfg, &optim, 11);
+    for (step, b) in batches.iter().enumerate() {
+        let unmixed = Batch {
+            mix: None,
+            ..b.clone()
+        };
+        plain.train_step(&unmixed, step as u32, 1e-2).unwrap();
+    }
+    assert_ne!(plain.state().unwrap().params, sc.params);
 }

@@ -330,6 +330,71 @@ pub fn cross_entropy_matches_cpu() {
     }
 }
 
+/// The soft-target loss of a mixed batch (`--mixup`) against `cpu::cross_entropy_soft` in f64:
+/// batch sizes that are not multiples of the 128-thread block (37 below it, 150 above it),
+/// 5 and 7 classes, with and without class weights and smoothing.
+pub fn soft_cross_entropy_matches_cpu() {
+    use crate::backend::mixup::{Mix, SoftTargets};
+    use crate::cpu::cross_entropy_soft;
+    let dev = device();
+    for (trial, (b, c)) in [(37usize, 5usize), (150, 7)].into_iter().enumerate() {
+        let logits = rand(20 + trial as u32, b * c, 3.0);
+        let s = Stream::new(4, Purpose::Test, trial as u32);
+        let labels: Vec<usize> = (0..b as u64)
+            .map(|i| s.below(i, c as u32) as usize)
+            .collect();
+        // a permutation (reversed halves) and λ on either side of 0.5
+        let partner: Vec<usize> = (0..b).map(|i| (b - 1 - i + b / 2) % b).collect();
+        let weights: Vec<f32> = (0..c).map(|k| 0.25 + 0.5 * k as f32).collect();
+        for (cw, eps, lambda) in [
+            (None, 0.0, 0.3f32),
+            (Some(&weights), 0.1, 0.8),
+            (None, 0.2, 0.55),
+        ] {
+            let mix = Mix {
+                lambda,
+                partner: partner.clone(),
+            };
+            let t = SoftTargets::new(&labels, &mix, c, eps, cw.map(|w| &w[..]));
+            let (l_ref, g_ref, correct_ref) =
+                cross_entropy_soft(&f64s(&logits), &t, c, cw.map(|w| &w[..]));
+            let dlog = dev.htod(&logits).unwrap();
+            let dq = dev.htod(&t.q).unwrap();
+            let dr = dev.htod(&t.row_weight).unwrap();
+            let dlab = dev
+                .htod(&t.dominant.iter().map(|&y| y as i32).collect::<Vec<_>>())
+                .unwrap();
+            let dw = cw.map(|w| dev.htod(w).unwrap());
+            let mut dgrad = dev.alloc_zeros::<f32>(b * c).unwrap();
+            let mut out = dev.alloc_zeros::<f32>(2).unwrap();
+            let r = rnn::cross_entropy_soft(
+                &dev,
+                &dlog,
+                &dq,
+                &dr,
+                &dlab,
+                dw.as_ref(),
+                c,
+                &mut dgrad,
+                &mut out,
+            )
+            .unwrap();
+            let what = format!(
+                "soft xent {b}x{c} weights={} eps={eps} λ={lambda}",
+                cw.is_some()
+            );
+            check(&format!("{what} loss"), &[r.loss], &[l_ref], 1e-5);
+            check(
+                &format!("{what} dlogits"),
+                &dtoh(&dev, &dgrad),
+                &g_ref,
+                1e-5,
+            );
+            assert_eq!(r.correct, correct_ref, "{what}");
+        }
+    }
+}
+
 pub fn adam_and_clipping_match_cpu() {
     let dev = device();
     let n = 1000 + 37;
@@ -545,6 +610,7 @@ pub fn composed_sequence_half_matches_cpu() {
             LossConfig {
                 class_weights: Some(vec![1.0, 2.0, 0.5]),
                 label_smoothing: 0.1,
+                soft: None,
             },
             None,
         ),

@@ -232,6 +232,7 @@ pub fn run_plan(
             &data,
             train_clips,
             t.fit.batch_size,
+            t.fit.speed.as_deref(),
             memory,
         )
         .with_context(|| format!("trial {}", t.name))?;
