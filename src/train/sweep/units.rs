@@ -173,6 +173,7 @@ pub(super) fn run_unit(
         device: backend.device().to_string(),
         val_split: Some(plan.val_split),
         val_data: None,
+        recipe: Some(trial_opts[t].recipe),
     };
     run_cfg
         .validate()
