@@ -34,9 +34,13 @@ const fmtDate = (s) => s ? new Date(s * 1000).toISOString().slice(0, 16).replace
 // ---- charts: SVG drawn by the server (src/chart/), the same code that draws the PNGs ------
 
 // Fetches an SVG chart and puts it, as elements, into `box` (the page's tests look inside it).
-// Returns false when the server has none (404).
+// Returns false when there is none to show (404, an error, no server).
 async function loadChart(box, url) {
-  const r = await fetch(url, { credentials: 'same-origin' });
+  let r;
+  try { r = await fetch(url, { credentials: 'same-origin' }); } catch (e) {
+    box.replaceChildren(el('p', { class: 'err', text: 'chart: ' + e.message }));
+    return false;
+  }
   if (!r.ok) {
     let msg = r.status + ' ' + r.statusText;
     try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
