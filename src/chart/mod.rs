@@ -5,7 +5,7 @@
 //! - Ticks on 1-2-5 steps ([`nice_ticks`], [`axis`]); log axes at 1, 2 and 5 × 10^k.
 //! - [`figure`]: line-chart panels side by side (optional ± bars, the best epoch marked).
 //! - [`confusion`]: a confusion-matrix heat map.
-//! - [`png`]: resvg rasterises the SVG with DejaVu Sans compiled in (DejaVuSans-LICENSE.txt),
+//! - [`png()`]: resvg rasterises the SVG with DejaVu Sans compiled in (DejaVuSans-LICENSE.txt),
 //!   so the PNG looks the same on every machine, fonts installed or not.
 //!
 //! Layer: shared, like `rng` and `atomic_file`: it uses only `atomic_file`, so every layer
