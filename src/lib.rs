@@ -20,11 +20,13 @@
 //! - [`cli`]      one file per subcommand
 //! - [`atomic_file`] whole-file writes through a temporary file and a rename
 //! - [`sha256`]   SHA-256 of a file's bytes (which run a fine-tuned run started from)
+//! - [`chart`]    charts as SVG (the page of `serve`) and the same SVG as PNG (every command)
 //!
 //! Layers run one way: `cli` → `infer` → `train` → `engine` → `cpu` → `backend` → `model`,
 //! `features`, `audio` → `device` (each may use those after it); `train` names `engine` only
 //! where the device is chosen (`train::devices`) and otherwise drives a `dyn Backend`; `rng`,
-//! `isa`, `cache`, `atomic_file` and `sha256` are shared by every layer and use nothing of the crate. Each module's first lines say which layers it may use. The
+//! `isa`, `cache`, `atomic_file`, `sha256` and `chart` are shared by every layer and use nothing of the
+//! crate but `atomic_file`. Each module's first lines say which layers it may use. The
 //! documents beside the code: README.md, docs/guide.md, docs/design.md, docs/results.md and
 //! docs/gpu.md.
 
@@ -32,6 +34,7 @@ pub mod atomic_file;
 pub mod audio;
 pub mod backend;
 pub mod cache;
+pub mod chart;
 pub mod cli;
 pub mod cpu;
 pub mod device;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cli::{run_ok, ser, tiny_corpus, train_tiny, write_wav_i16};
+use common::cli::{run_ok, ser, tiny_corpus, train_tiny, write_wav_i16, TINY_MODEL};
 use common::http::{read_response, start_serve as start, Resp};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -190,6 +190,162 @@ fn runs_at_any_depth_with_details_csv_and_only_whitelisted_files() {
     let before: Vec<_> = walk(&f.runs);
     drop(s);
     assert_eq!(walk(&f.runs), before);
+}
+
+/// The text of each `<text class="CLASS">` of an SVG chart (src/chart/ writes one per line).
+fn svg_texts(svg: &str, class: &str) -> Vec<String> {
+    let key = format!("class=\"{class}\"");
+    svg.lines()
+        .filter(|l| l.starts_with("<text") && l.contains(&key))
+        .filter_map(|l| Some(l[l.find('>')? + 1..l.find("</text>")?].to_string()))
+        .collect()
+}
+
+/// The part of a figure's SVG that draws panel `id`.
+fn svg_panel<'a>(svg: &'a str, id: &str) -> &'a str {
+    let start = svg.find(&format!("<g id=\"{id}\"")).expect(id);
+    &svg[start..start + svg[start..].find("</g>").unwrap()]
+}
+
+/// Tick labels that are numbers k × s for consecutive k, with s of 1, 2 or 5 × 10^n.
+fn assert_1_2_5(labels: &[String], what: &str) {
+    let v: Vec<f64> = labels
+        .iter()
+        .map(|l| l.parse().unwrap_or_else(|_| panic!("{what}: tick '{l}'")))
+        .collect();
+    assert!(v.len() >= 2, "{what}: {labels:?}");
+    let step = v[1] - v[0];
+    let mant = step / 10f64.powf(step.log10().floor());
+    assert!(
+        [1.0, 2.0, 5.0].iter().any(|m| (mant - m).abs() < 1e-6),
+        "{what}: step {step} in {labels:?}"
+    );
+    for w in v.windows(2) {
+        assert!(
+            (w[1] - w[0] - step).abs() < 1e-6 * step,
+            "{what}: {labels:?}"
+        );
+    }
+    for x in &v {
+        assert!(
+            (x / step - (x / step).round()).abs() < 1e-6,
+            "{what}: {labels:?}"
+        );
+    }
+}
+
+/// The page's charts are the PNGs the commands wrote: the server's SVG of a run, a cv and a
+/// `sweep --table3`, rasterised by the library, is byte for byte the PNG in the folder; its
+/// ticks are on 1-2-5 steps; the table3 chart has the kernel sizes and mean ± std bars. The
+/// runs table has each run's recipe.
+#[test]
+fn charts_are_the_pngs_the_commands_wrote_and_runs_have_their_recipe() {
+    let f = fixture();
+    train_tiny(&f.corpus, &f.runs.join("demo"), 3);
+    let folds = ["--folds", "2", "--epochs", "1"];
+    for (cmd, out) in [(&["cv"][..], "cv1"), (&["sweep", "--table3"][..], "t3")] {
+        run_ok(
+            ser()
+                .args(cmd)
+                .arg("--data")
+                .arg(&f.corpus)
+                .arg("--out")
+                .arg(f.runs.join(out))
+                .args(folds)
+                .args(TINY_MODEL),
+        );
+    }
+    // A run written before config.json had the recipe.
+    let old = f.runs.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.runs.join("demo/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["recipe"], "paper");
+    cfg.as_object_mut().unwrap().remove("recipe");
+    std::fs::write(old.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(f.runs.join("demo/metrics.jsonl"), old.join("metrics.jsonl")).unwrap();
+
+    let s = start(&f.runs, &["--token", TOKEN]);
+    let chart = |id: &str, png: &str| {
+        let r = get(s.port, &format!("/api/runs/{id}/chart.svg"));
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+        assert!(r
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("image/svg+xml"));
+        let svg = r.text();
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{id}");
+        let drawn = ser_engine::chart::png(&svg).unwrap();
+        let written = std::fs::read(f.runs.join(id).join(png)).unwrap();
+        assert!(drawn == written, "{id}: the page's chart is not {png}");
+        svg
+    };
+
+    let run = chart("demo", "learning_curve.png");
+    let best = metrics_lines(&f.runs.join("demo"))
+        .iter()
+        .rev()
+        .find(|m| m["best"] == true)
+        .unwrap()["epoch"]
+        .clone();
+    for id in ["chart-loss", "chart-acc", "chart-lr"] {
+        let p = svg_panel(&run, id);
+        assert_eq!(svg_texts(p, "tick-x"), ["1", "2", "3"], "{id}");
+        assert_eq!(svg_texts(p, "best-label"), [format!("best {best}")], "{id}");
+        if id != "chart-lr" {
+            assert_1_2_5(&svg_texts(p, "tick-y"), id);
+        }
+    }
+    assert_eq!(
+        svg_texts(svg_panel(&run, "chart-loss"), "legend"),
+        ["train", "validation"]
+    );
+    assert_eq!(
+        svg_texts(svg_panel(&run, "chart-acc"), "legend"),
+        ["train acc", "val WA", "val UA", "val macro-F1"]
+    );
+    assert_eq!(run.matches(r#"data-series="val WA""#).count(), 3);
+
+    let cv = chart("cv1", "learning_curve.png");
+    assert_eq!(
+        svg_texts(svg_panel(&cv, "cmp-wa"), "legend"),
+        ["fold 1", "fold 2"]
+    );
+
+    let t3 = chart("t3", "results.png");
+    assert_eq!(svg_texts(&t3, "tick-x"), ["3", "5", "7", "9", "11"]);
+    assert_eq!(svg_texts(&t3, "legend"), ["UA", "WA", "macro-F1"]);
+    // Mean ± std: a bar per kernel size and score.
+    assert_eq!(t3.matches(r#"class="err""#).count(), 15);
+    assert_1_2_5(&svg_texts(&t3, "tick-y"), "t3");
+
+    // Compare: runs overlaid; errors for what is not a run.
+    let c = get(s.port, "/api/compare.svg?ids=demo,cv1/fold-2");
+    assert_eq!(c.status, 200, "{}", c.text());
+    let c = c.text();
+    assert_eq!(c.matches(r#"data-series="demo""#).count(), 9);
+    assert_eq!(c.matches(r#"data-series="cv1/fold-2""#).count(), 3);
+    for (q, status) in [("ids=", 400), ("ids=demo,nope", 404), ("ids=t3", 400)] {
+        let r = get(s.port, &format!("/api/compare.svg?{q}"));
+        assert_eq!(r.status, status, "{q}: {}", r.text());
+        assert!(r.json()["error"].is_string());
+    }
+
+    // Recipes: each run's, a sweep's from its units, none for the old run.
+    let runs = get(s.port, "/api/runs").json()["runs"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let recipe = |id: &str| {
+        runs.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id}"))["recipe"]
+            .clone()
+    };
+    for id in ["demo", "cv1", "cv1/fold-1", "t3"] {
+        assert_eq!(recipe(id), "paper", "{id}");
+    }
+    assert!(recipe("old").is_null());
 }
 
 /// Every path under `dir` with its length and modification time.

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::cli::{run_ok, ser, tiny_corpus, train_tiny, write_wav_i16};
+use common::cli::{run_ok, ser, tiny_corpus, train_tiny, write_wav_i16, TINY_MODEL};
 use common::http::{exchange, Resp};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -103,10 +103,14 @@ impl Browser {
     }
 
     fn screenshot(&self, name: &str) {
-        let b64 = self.call("GET", "/screenshot", json!(null));
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve-browser");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), base64_decode(b64.as_str().unwrap())).unwrap();
+        self.screenshot_to(&dir.join(name));
+    }
+
+    fn screenshot_to(&self, path: &Path) {
+        let b64 = self.call("GET", "/screenshot", json!(null));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, base64_decode(b64.as_str().unwrap())).unwrap();
     }
 }
 
@@ -173,42 +177,18 @@ fn predict_label(run: &Path, wav: &Path) -> String {
     v["label"].as_str().unwrap().to_string()
 }
 
-#[test]
-fn the_page_in_chromium() {
-    let (Some(chromium), Some(driver)) = (which("chromium"), which("chromedriver")) else {
-        eprintln!(
-            "skipped: chromium and chromedriver not installed (bash tools/install-chromium.sh)"
-        );
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let corpus = tiny_corpus(root);
-    let runs = root.join("runs");
-    train_tiny(&corpus, &runs.join("demo"), 20);
-    train_tiny(&corpus, &runs.join("live"), 2);
-    // The clip the page uploads and the fake microphone plays: 2 s of one class's voice.
-    let clip = root.join("clip.wav");
-    let first = std::fs::read_dir(corpus.join("anger"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .min()
-        .unwrap();
-    let a = hound::WavReader::open(&first)
-        .unwrap()
-        .into_samples::<i16>()
-        .map(|s| s.unwrap())
-        .collect::<Vec<_>>();
-    write_wav_i16(&clip, 16_000, a.iter().chain(a.iter()).copied());
-
-    let server = common::http::start_serve(&runs, &["--token", TOKEN]);
-    let url = server.url_line.trim().to_string();
-    let base = url.split("/?").next().unwrap().to_string();
-
+/// chromedriver on a free port and a headless chromium session with a fake microphone that
+/// plays `clip` once.
+fn open_chromium(
+    chromium: &Path,
+    driver: &Path,
+    profile: &Path,
+    clip: &Path,
+    window: (u32, u32),
+) -> (Killed, Browser) {
     let dport = free_port();
-    let _driver = Killed(
-        Command::new(&driver)
+    let driver_proc = Killed(
+        Command::new(driver)
             .arg(format!("--port={dport}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -223,7 +203,6 @@ fn the_page_in_chromium() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let profile = root.join("profile");
     let args = vec![
         "--headless".to_string(),
         "--no-sandbox".into(),
@@ -233,7 +212,7 @@ fn the_page_in_chromium() {
         "--disable-background-networking".into(),
         "--disable-component-update".into(),
         "--disable-sync".into(),
-        "--window-size=1100,800".into(),
+        format!("--window-size={},{}", window.0, window.1),
         format!("--user-data-dir={}", profile.display()),
         "--use-fake-device-for-media-stream".into(),
         "--use-fake-ui-for-media-stream".into(),
@@ -257,6 +236,59 @@ fn the_page_in_chromium() {
         port: dport,
         session: r.json()["value"]["sessionId"].as_str().unwrap().to_string(),
     };
+    (driver_proc, b)
+}
+
+#[test]
+fn the_page_in_chromium() {
+    let (Some(chromium), Some(driver)) = (which("chromium"), which("chromedriver")) else {
+        eprintln!(
+            "skipped: chromium and chromedriver not installed (bash tools/install-chromium.sh)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = tiny_corpus(root);
+    let runs = root.join("runs");
+    train_tiny(&corpus, &runs.join("demo"), 20);
+    train_tiny(&corpus, &runs.join("live"), 2);
+    // The paper's Table 3 on two folds, one epoch each: the kernel-size chart.
+    run_ok(
+        ser()
+            .args(["sweep", "--table3", "--data"])
+            .arg(&corpus)
+            .arg("--out")
+            .arg(runs.join("table3"))
+            .args(["--folds", "2", "--epochs", "1"])
+            .args(TINY_MODEL),
+    );
+    // The clip the page uploads and the fake microphone plays: 2 s of one class's voice.
+    let clip = root.join("clip.wav");
+    let first = std::fs::read_dir(corpus.join("anger"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .min()
+        .unwrap();
+    let a = hound::WavReader::open(&first)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect::<Vec<_>>();
+    write_wav_i16(&clip, 16_000, a.iter().chain(a.iter()).copied());
+
+    let server = common::http::start_serve(&runs, &["--token", TOKEN]);
+    let url = server.url_line.trim().to_string();
+    let base = url.split("/?").next().unwrap().to_string();
+
+    let (_driver, b) = open_chromium(
+        &chromium,
+        &driver,
+        &root.join("profile"),
+        &clip,
+        (1100, 800),
+    );
 
     // Runs: opened with the printed URL (token → cookie), both runs listed.
     b.goto(&url);
@@ -267,6 +299,10 @@ fn the_page_in_chromium() {
          && document.querySelector('#runs-table tr[data-id=\"live\"]') !== null",
     );
     assert_eq!(b.js("return location.search"), json!(""));
+    assert_eq!(
+        b.js("return document.querySelector('#runs-table tr[data-id=\"demo\"] td.recipe').textContent"),
+        json!("paper")
+    );
     b.screenshot("runs.png");
 
     // One run: 20 epochs on the curves, the best epoch marked, a confusion matrix.
@@ -317,6 +353,19 @@ fn the_page_in_chromium() {
         "return document.querySelectorAll('#chart-acc circle[data-series=\"val WA\"]').length === 3",
     );
     assert_eq!(b.js("return window.stillTheSamePage === true"), json!(true));
+
+    // A sweep --table3 folder: the kernel-size chart, mean ± std (a bar per size and score).
+    b.goto(&format!("{base}/#/run/table3"));
+    b.wait_for(
+        "the kernel-size chart",
+        20,
+        "return document.querySelectorAll('#sweep-chart .err').length === 15",
+    );
+    assert_eq!(
+        b.js("return [...document.querySelectorAll('#sweep-chart .tick-x')].map(t => t.textContent).join(' ')"),
+        json!("3 5 7 9 11")
+    );
+    b.screenshot("sweep.png");
 
     // Compare.
     b.goto(&format!("{base}/#/compare?ids=demo,live"));
@@ -395,4 +444,141 @@ fn the_page_in_chromium() {
         .unwrap();
     assert!(peak > 1000, "the recording is silent (peak {peak})");
     assert_eq!(rec_label, json!(predict_label(&runs.join("demo"), &rec)));
+
+    // Live: the fake microphone in 0.3 s chunks; the latest window's emotion and the latency.
+    b.click("#live");
+    let live = b.wait_for(
+        "a live label",
+        20,
+        "const e = document.getElementById('live-label'); \
+         return e && e.textContent !== '(silent)' && document.getElementById('live-result').innerText",
+    );
+    let live = live.as_str().unwrap().to_string();
+    let labels = ser_engine::audio::synth::CLASSES;
+    let label = b.js("return document.getElementById('live-label').textContent");
+    assert!(
+        labels.iter().any(|l| json!(l) == label),
+        "live label {label} (page: {live})"
+    );
+    let ms: f64 = live
+        .split("latency ")
+        .nth(1)
+        .and_then(|t| t.split(" ms").next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no latency in '{live}'"));
+    assert!(ms > 0.0 && ms.is_finite(), "{live}");
+    assert_eq!(
+        b.js("return document.querySelectorAll('#live-bars .bar').length"),
+        json!(5)
+    );
+    b.screenshot("live.png");
+    b.click("#live");
+    assert_eq!(
+        b.js("return document.getElementById('live').textContent"),
+        json!("Live")
+    );
+}
+
+/// The screenshots of docs/guide.md, of real runs: `tools/serve-screenshots.sh` trains them
+/// into `SER_SCREENSHOT_RUNS` (`demo`, `demo-lr3e-3`, `table3`) and runs this test, which
+/// writes `serve-*.png` into `SER_SCREENSHOT_OUT` (default docs/). Not part of `cargo test`.
+#[test]
+#[ignore = "writes docs/serve-*.png from real runs: bash tools/serve-screenshots.sh"]
+fn docs_screenshots() {
+    let runs = PathBuf::from(std::env::var_os("SER_SCREENSHOT_RUNS").expect("SER_SCREENSHOT_RUNS"));
+    let out = std::env::var_os("SER_SCREENSHOT_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"));
+    let chromium = which("chromium").expect("chromium (bash tools/install-chromium.sh)");
+    let driver = which("chromedriver").expect("chromedriver");
+    let dir = tempfile::tempdir().unwrap();
+    // The clip for the try and live views: one synthetic clip each of anger, sadness and
+    // happiness, one after another.
+    let corpus = tiny_corpus(dir.path());
+    let mut samples = Vec::new();
+    for class in ["anger", "sadness", "happiness"] {
+        let first = std::fs::read_dir(corpus.join(class))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .min()
+            .unwrap();
+        samples.extend(
+            hound::WavReader::open(&first)
+                .unwrap()
+                .into_samples::<i16>()
+                .map(|s| s.unwrap()),
+        );
+    }
+    let clip = dir.path().join("three.wav");
+    write_wav_i16(&clip, 16_000, samples);
+
+    let server = common::http::start_serve(&runs, &["--token", TOKEN]);
+    let url = server.url_line.trim().to_string();
+    let base = url.split("/?").next().unwrap().to_string();
+    let (_driver, b) = open_chromium(
+        &chromium,
+        &driver,
+        &dir.path().join("profile"),
+        &clip,
+        (1300, 900),
+    );
+    b.goto(&url);
+    b.wait_for(
+        "the runs table",
+        20,
+        "return document.querySelector('#runs-table tr[data-id=\"demo\"]') !== null",
+    );
+    b.screenshot_to(&out.join("serve-runs.png"));
+    b.goto(&format!("{base}/#/run/demo"));
+    b.wait_for(
+        "the curves",
+        20,
+        "return document.querySelectorAll('#chart-acc circle').length > 0 \
+         && document.querySelector('#confusion') !== null",
+    );
+    b.screenshot_to(&out.join("serve-run.png"));
+    b.goto(&format!("{base}/#/run/table3"));
+    b.wait_for(
+        "the kernel-size chart",
+        20,
+        "return document.querySelectorAll('#sweep-chart .err').length > 0",
+    );
+    b.screenshot_to(&out.join("serve-sweep.png"));
+    b.goto(&format!("{base}/#/compare?ids=demo,demo-lr3e-3"));
+    b.wait_for(
+        "the compare charts",
+        20,
+        "return document.querySelectorAll('#cmp-wa circle').length > 0",
+    );
+    b.screenshot_to(&out.join("serve-compare.png"));
+    b.goto(&format!("{base}/#/try?run=demo"));
+    b.wait_for(
+        "the upload field",
+        20,
+        "return document.getElementById('try-file') !== null",
+    );
+    let input = b.element("#try-file");
+    b.js("document.getElementById('try-window').value = '1'; return null");
+    b.call(
+        "POST",
+        &format!("/element/{input}/value"),
+        json!({ "text": clip.to_str().unwrap() }),
+    );
+    b.wait_for(
+        "the timeline",
+        30,
+        "return document.querySelectorAll('#timeline rect').length > 0",
+    );
+    b.screenshot_to(&out.join("serve-try.png"));
+    b.js("document.getElementById('try-window').value = ''; return null");
+    b.click("#live");
+    b.wait_for(
+        "a live label",
+        20,
+        "const e = document.getElementById('live-label'); return e && e.textContent !== '(silent)' \
+         && document.querySelectorAll('#live-result svg rect').length >= 4",
+    );
+    b.screenshot_to(&out.join("serve-live.png"));
+    b.click("#live");
 }

@@ -271,6 +271,11 @@ pub fn run(args: &TrainArgs, global: &Global) -> Result<()> {
             (Some(c), _) => c.init.clone(),
             (None, w) => w.as_ref().map(|(_, _, r)| r.clone()),
         },
+        // A resumed run keeps the recipe it was started with (none: an older run).
+        recipe: match &resume_from {
+            Some(c) => c.recipe,
+            None => Some(opts.recipe),
+        },
     };
     run_cfg.validate()?;
     let progress = match &resume_from {
@@ -366,31 +371,14 @@ fn write_charts(
     confusion: &crate::train::metrics::Confusion,
     labels: &[String],
 ) -> Result<()> {
-    use crate::train::plot::{confusion_png, line_chart_png, Series, PALETTE};
+    use crate::train::plot::{confusion_png, learning_curve_png};
     confusion_png(
         &out.join("confusion.png"),
         &confusion.counts,
         labels,
         "validation confusion (best epoch)",
     )?;
-    let curve = |name: &str, k: usize, f: fn(&crate::train::fit::EpochRecord) -> f64| Series {
-        name: name.to_string(),
-        points: progress
-            .history
-            .iter()
-            .map(|r| (r.epoch as f64, f(r)))
-            .collect(),
-        color: PALETTE[k % PALETTE.len()],
-    };
-    line_chart_png(
-        &out.join("learning_curve.png"),
-        "accuracy per epoch",
-        ("epoch", "accuracy"),
-        &[
-            curve("train", 0, |r| r.train_accuracy),
-            curve("validation", 1, |r| r.val_accuracy),
-        ],
-    )
+    learning_curve_png(&out.join("learning_curve.png"), &progress.history)
 }
 
 fn default_out(args: &TrainArgs) -> PathBuf {

@@ -201,7 +201,11 @@ fn handle(app: &App, req: Request) {
             "text/css; charset=utf-8",
             STYLE_CSS.as_bytes().to_vec(),
         ),
+        ("GET" | "HEAD", "/DejaVuSans.ttf") => {
+            respond_bytes(200, "font/ttf", crate::chart::FONT_TTF.to_vec())
+        }
         ("GET" | "HEAD", "/api/runs") => json(200, &runs_json(app)),
+        ("GET" | "HEAD", "/api/compare.svg") => compare_svg(app, &q),
         ("POST", "/api/predict") => return predict(app, req, &q),
         ("POST", "/api/live") => return live::chunk(app, req, &q),
         ("DELETE", "/api/live") => live::end(app, &q),
@@ -238,7 +242,25 @@ fn runs_json(app: &App) -> serde_json::Value {
     let entries: Vec<Entry> = with_index(app, Duration::ZERO, |ix| {
         ix.entries.values().cloned().collect()
     });
-    serde_json::json!({ "runs": entries.iter().map(summary).collect::<Vec<_>>() })
+    let mut rows: Vec<serde_json::Value> = entries.iter().map(summary).collect();
+    // A sweep's recipe: those of its units (a grid may try several).
+    for i in 0..rows.len() {
+        if rows[i]["kind"] != "sweep" {
+            continue;
+        }
+        let prefix = format!("{}/", rows[i]["id"].as_str().unwrap_or_default());
+        let mut recipes: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["id"].as_str().is_some_and(|id| id.starts_with(&prefix)))
+            .filter_map(|r| r["recipe"].as_str())
+            .collect();
+        recipes.sort_unstable();
+        recipes.dedup();
+        if !recipes.is_empty() {
+            rows[i]["recipe"] = recipes.join(", ").into();
+        }
+    }
+    serde_json::json!({ "runs": rows })
 }
 
 /// Modification time of a file, in seconds since 1970.
@@ -267,6 +289,7 @@ fn summary(e: &Entry) -> serde_json::Value {
                 })),
                 "data": cfg["data"], "device": cfg["device"], "labels": cfg["labels"],
                 "lr": cfg["fit"]["lr"], "schedule": cfg["fit"]["schedule"],
+                "recipe": cfg["recipe"],
                 "kernel": cfg["model"]["kernel"],
                 "date": mtime(&e.path.join("config.json")),
                 "updated": mtime(&e.path.join("metrics.jsonl")),
@@ -302,6 +325,14 @@ fn run_route(app: &App, req: Request, rest: &str) {
         ));
         return;
     }
+    if let Some(e) = split("/chart.svg") {
+        let r = match chart_svg(&e) {
+            Some(svg) => svg_response(svg),
+            None => error(404, &format!("'{}' has no results to chart yet", e.id)),
+        };
+        let _ = req.respond(r);
+        return;
+    }
     if let Some(e) = split("/events") {
         events::stream(app, req, &e);
         return;
@@ -326,6 +357,66 @@ fn run_route(app: &App, req: Request, rest: &str) {
         }
     }
     let _ = req.respond(error(404, &format!("no run with id '{rest}'")));
+}
+
+fn svg_response(svg: String) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    respond_bytes(200, "image/svg+xml; charset=utf-8", svg.into_bytes())
+}
+
+/// The chart the folder's command drew as PNG, as SVG from the same code: a run's
+/// learning_curve.png, a sweep's results.png, a cv's learning_curve.png (its folds). None
+/// when a cv/sweep has no results yet.
+pub fn chart_svg(e: &Entry) -> Option<String> {
+    match e.kind {
+        Kind::Run => Some(crate::train::plot::learning_curve_svg(&e.metrics())),
+        Kind::Sweep => {
+            if let Some(r) = e.json("results.json") {
+                let report: crate::train::sweep::Report = serde_json::from_value(r).ok()?;
+                Some(crate::train::sweep::results_svg(&report))
+            } else {
+                #[derive(serde::Deserialize)]
+                struct Cv {
+                    folds: Vec<crate::train::sweep::UnitResult>,
+                }
+                let cv: Cv = serde_json::from_value(e.json("cv.json")?).ok()?;
+                Some(crate::train::sweep::folds_svg(&cv.folds))
+            }
+        }
+    }
+}
+
+/// Most runs one compare chart overlays (more would not be told apart).
+const MAX_COMPARE: usize = 32;
+
+/// `GET /api/compare.svg?ids=A,B,...`: validation loss, WA and macro-F1 of runs overlaid.
+fn compare_svg(app: &App, q: &[(String, String)]) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let ids: Vec<&str> = query(q, "ids")
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if ids.is_empty() || ids.len() > MAX_COMPARE {
+        return error(
+            400,
+            &format!(
+                "ids=A,B,... must name 1 to {MAX_COMPARE} runs (got {})",
+                ids.len()
+            ),
+        );
+    }
+    let mut runs = Vec::new();
+    for id in ids {
+        match lookup(app, id) {
+            Some(e) if e.kind == Kind::Run => runs.push((e.id.clone(), e.metrics())),
+            Some(_) => return error(400, &format!("'{id}' is a cv/sweep folder, not a run")),
+            None => return error(404, &format!("no run with id '{id}'")),
+        }
+    }
+    let refs: Vec<(String, &[crate::train::fit::EpochRecord])> = runs
+        .iter()
+        .map(|(id, h)| (id.clone(), h.as_slice()))
+        .collect();
+    svg_response(crate::train::plot::compare_svg(&refs))
 }
 
 fn content_type(name: &str) -> &'static str {

@@ -1,270 +1,193 @@
-//! Small PNG charts without a plotting stack: a confusion-matrix heat map and learning curves,
-//! drawn into an RGB buffer with the public-domain 8x8 bitmap font (font8x8).
+//! The charts of runs, drawn with [`crate::chart`]: a run's learning curve (loss, accuracy and
+//! learning-rate panels), several runs or folds overlaid, a confusion matrix. `train` and `cv`
+//! write them as PNG; `serve` sends the same SVG to its page.
 //!
 //! Layer: train (below cli, above engine and cpu). May use `backend`, `cpu`, `features`,
-//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`);
-//! never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
+//! `model`, `audio`, `device` and the shared modules (`rng`, `isa`, `cache`, `atomic_file`,
+//! `chart`); never `cli`, and `engine` only in `devices.rs` (the one place a backend is chosen).
 
-use anyhow::{Context, Result};
+use crate::chart::{self, Panel, Series};
+use crate::train::fit::EpochRecord;
+use anyhow::Result;
 use std::path::Path;
 
-type Rgb = [u8; 3];
-const WHITE: Rgb = [255, 255, 255];
-const BLACK: Rgb = [0, 0, 0];
-const GREY: Rgb = [200, 200, 200];
-/// Line colours for successive series (colour-blind-friendly Okabe–Ito palette).
-pub const PALETTE: [Rgb; 8] = [
-    [0, 114, 178],
-    [213, 94, 0],
-    [0, 158, 115],
-    [204, 121, 167],
-    [230, 159, 0],
-    [86, 180, 233],
-    [240, 228, 66],
-    [0, 0, 0],
-];
+/// The size of one panel, in SVG units (= PNG pixels).
+pub const PANEL_W: f64 = 420.0;
+pub const PANEL_H: f64 = 320.0;
 
-/// An RGB canvas, row-major, origin at the top left.
-pub struct Canvas {
-    pub width: usize,
-    pub height: usize,
-    pub pixels: Vec<Rgb>,
+/// The last epoch marked best (the weights kept), if any.
+pub fn best_epoch(history: &[EpochRecord]) -> Option<usize> {
+    history.iter().rev().find(|r| r.best).map(|r| r.epoch)
 }
 
-impl Canvas {
-    pub fn new(width: usize, height: usize) -> Self {
-        Self {
-            width,
-            height,
-            pixels: vec![WHITE; width * height],
-        }
-    }
-
-    pub fn set(&mut self, x: i64, y: i64, c: Rgb) {
-        if x >= 0 && y >= 0 && (x as usize) < self.width && (y as usize) < self.height {
-            self.pixels[y as usize * self.width + x as usize] = c;
-        }
-    }
-
-    pub fn rect(&mut self, x0: i64, y0: i64, w: i64, h: i64, c: Rgb) {
-        for y in y0..y0 + h {
-            for x in x0..x0 + w {
-                self.set(x, y, c);
-            }
-        }
-    }
-
-    /// Bresenham line, `thick` pixels wide.
-    pub fn line(&mut self, (mut x0, mut y0): (i64, i64), (x1, y1): (i64, i64), c: Rgb, thick: i64) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let mut err = dx + dy;
-        loop {
-            self.rect(x0 - thick / 2, y0 - thick / 2, thick, thick, c);
-            if x0 == x1 && y0 == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x0 += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y0 += sy;
-            }
-        }
-    }
-
-    /// Text in the 8x8 font scaled by `scale`; returns the width drawn.
-    pub fn text(&mut self, x: i64, y: i64, s: &str, c: Rgb, scale: i64) -> i64 {
-        let mut cx = x;
-        for ch in s.chars() {
-            let glyph = font8x8::legacy::BASIC_LEGACY[(ch as usize).min(127)];
-            for (row, bits) in glyph.iter().enumerate() {
-                for col in 0..8 {
-                    if bits & (1 << col) != 0 {
-                        self.rect(cx + col * scale, y + row as i64 * scale, scale, scale, c);
-                    }
-                }
-            }
-            cx += 8 * scale;
-        }
-        cx - x
-    }
-
-    /// Writes the canvas as an 8-bit RGB PNG, atomically (encoded in memory, then
-    /// `atomic_write`, so a full disk is an error naming `path`, never a cut-short file).
-    pub fn save_png(&self, path: &Path) -> Result<()> {
-        let mut bytes = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut bytes, self.width as u32, self.height as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut w = enc
-                .write_header()
-                .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
-            w.write_image_data(self.pixels.as_flattened())
-                .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
-            w.finish()
-                .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
-        }
-        crate::atomic_file::write_output(path, &bytes)
-    }
+fn pct(v: f64) -> f64 {
+    100.0 * v
 }
 
-/// Confusion matrix heat map: rows are true classes, columns predictions; each cell shows
-/// its count and is shaded by the row-normalised fraction.
+/// A run's learning curve: loss (train, validation), accuracy (train, validation WA, UA,
+/// macro-F1, in %) and learning rate (log axis) per epoch, the best epoch marked. Panel ids:
+/// `chart-loss`, `chart-acc`, `chart-lr`.
+pub fn learning_curve_svg(history: &[EpochRecord]) -> String {
+    let best = best_epoch(history).map(|e| e as f64);
+    let s = |name: &str, k: usize, f: fn(&EpochRecord) -> f64| {
+        Series::new(
+            name,
+            k,
+            history.iter().map(|r| (r.epoch as f64, f(r))).collect(),
+        )
+    };
+    let panel = |id: &str, title: &str, y: &str, series: Vec<Series>| Panel {
+        id: id.into(),
+        title: title.into(),
+        x_label: "epoch".into(),
+        y_label: y.into(),
+        series,
+        best_x: best,
+        x_whole: true,
+        ..Default::default()
+    };
+    let mut lr = panel("chart-lr", "learning rate", "", vec![s("lr", 0, |r| r.lr)]);
+    lr.y_log = true;
+    chart::figure(
+        &[
+            panel(
+                "chart-loss",
+                "loss",
+                "cross-entropy",
+                vec![
+                    s("train", 0, |r| r.train_loss),
+                    s("validation", 1, |r| r.val_loss),
+                ],
+            ),
+            panel(
+                "chart-acc",
+                "accuracy and F1",
+                "%",
+                vec![
+                    s("train acc", 0, |r| pct(r.train_accuracy)),
+                    s("val WA", 1, |r| pct(r.val_accuracy)),
+                    s("val UA", 2, |r| pct(r.val_unweighted_accuracy)),
+                    s("val macro-F1", 3, |r| pct(r.val_macro_f1)),
+                ],
+            ),
+            lr,
+        ],
+        PANEL_W,
+        PANEL_H,
+    )
+}
+
+/// Several runs (or a cv's folds) overlaid: validation loss, WA and macro-F1 per epoch.
+/// Panel ids: `cmp-loss`, `cmp-wa`, `cmp-f1`.
+pub fn compare_svg(runs: &[(String, &[EpochRecord])]) -> String {
+    let panel = |id: &str, title: &str, y: &str, f: fn(&EpochRecord) -> f64| Panel {
+        id: id.into(),
+        title: title.into(),
+        x_label: "epoch".into(),
+        y_label: y.into(),
+        series: runs
+            .iter()
+            .enumerate()
+            .map(|(k, (name, h))| {
+                Series::new(name, k, h.iter().map(|r| (r.epoch as f64, f(r))).collect())
+            })
+            .collect(),
+        x_whole: true,
+        ..Default::default()
+    };
+    chart::figure(
+        &[
+            panel("cmp-loss", "validation loss", "cross-entropy", |r| {
+                r.val_loss
+            }),
+            panel("cmp-wa", "validation WA", "%", |r| pct(r.val_accuracy)),
+            panel(
+                "cmp-f1",
+                "validation macro-F1",
+                "%",
+                |r| pct(r.val_macro_f1),
+            ),
+        ],
+        PANEL_W,
+        PANEL_H,
+    )
+}
+
+/// RUN_DIR/learning_curve.png: [`learning_curve_svg`] as PNG.
+pub fn learning_curve_png(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    chart::save_png(path, &learning_curve_svg(history))
+}
+
+/// A confusion-matrix heat map as PNG (`-`: standard output).
 pub fn confusion_png(
     path: &Path,
     counts: &[Vec<u64>],
     labels: &[String],
     title: &str,
 ) -> Result<()> {
-    let n = labels.len();
-    let cell = 64i64;
-    let label_w = 8 * 2 * labels.iter().map(|l| l.len()).max().unwrap_or(4).min(14) as i64 + 16;
-    let top = 70i64;
-    let (w, h) = (label_w + cell * n as i64 + 20, top + cell * n as i64 + 40);
-    let mut cv = Canvas::new(w as usize, h as usize);
-    cv.text(10, 10, title, BLACK, 2);
-    cv.text(label_w, 40, "predicted ->", BLACK, 2);
-    for (i, row) in counts.iter().enumerate() {
-        let total: u64 = row.iter().sum::<u64>().max(1);
-        for (j, &c) in row.iter().enumerate() {
-            let f = c as f64 / total as f64;
-            let shade = |base: u8| (255.0 - f * (255.0 - base as f64)) as u8;
-            let col = [shade(0), shade(90), shade(180)];
-            let (x, y) = (label_w + j as i64 * cell, top + i as i64 * cell);
-            cv.rect(x, y, cell - 2, cell - 2, col);
-            let s = c.to_string();
-            let ink = if f > 0.5 { WHITE } else { BLACK };
-            cv.text(
-                x + (cell - 16 * s.len() as i64) / 2,
-                y + cell / 2 - 8,
-                &s,
-                ink,
-                2,
-            );
-        }
-        let l: String = labels[i].chars().take(14).collect();
-        cv.text(8, top + i as i64 * cell + cell / 2 - 8, &l, BLACK, 2);
-    }
-    for (j, l) in labels.iter().enumerate() {
-        let l: String = l.chars().take(7).collect();
-        cv.text(
-            label_w + j as i64 * cell + 2,
-            top + n as i64 * cell + 8,
-            &l,
-            BLACK,
-            1,
-        );
-    }
-    cv.save_png(path)
-}
-
-/// One named series of (x, y) points.
-pub struct Series {
-    pub name: String,
-    pub points: Vec<(f64, f64)>,
-    pub color: Rgb,
-}
-
-/// A line chart with axes, tick labels and a legend.
-pub fn line_chart_png(
-    path: &Path,
-    title: &str,
-    (x_label, y_label): (&str, &str),
-    series: &[Series],
-) -> Result<()> {
-    let (w, h) = (800i64, 480i64);
-    let (left, right, top, bottom) = (80i64, 200i64, 50i64, 50i64);
-    let mut cv = Canvas::new(w as usize, h as usize);
-    cv.text(left, 15, title, BLACK, 2);
-    let pts = series
-        .iter()
-        .flat_map(|s| s.points.iter())
-        .filter(|p| p.1.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
-    }
-    if y1 - y0 < 1e-12 {
-        y1 = y0 + 1.0;
-    }
-    let (pw, ph) = ((w - left - right) as f64, (h - top - bottom) as f64);
-    let px = |x: f64| left + ((x - x0) / (x1 - x0) * pw) as i64;
-    let py = |y: f64| top + ((y1 - y) / (y1 - y0) * ph) as i64;
-    for k in 0..=4 {
-        let y = y0 + (y1 - y0) * k as f64 / 4.0;
-        cv.line((left, py(y)), (w - right, py(y)), GREY, 1);
-        cv.text(5, py(y) - 4, &format!("{y:.3}"), BLACK, 1);
-        let x = x0 + (x1 - x0) * k as f64 / 4.0;
-        cv.text(px(x) - 8, h - bottom + 10, &format!("{x:.0}"), BLACK, 1);
-    }
-    cv.line((left, top), (left, h - bottom), BLACK, 1);
-    cv.line((left, h - bottom), (w - right, h - bottom), BLACK, 1);
-    cv.text(left, h - 20, x_label, BLACK, 1);
-    cv.text(5, top - 15, y_label, BLACK, 1);
-    for (k, s) in series.iter().enumerate() {
-        let finite: Vec<&(f64, f64)> = s.points.iter().filter(|p| p.1.is_finite()).collect();
-        for p in finite.windows(2) {
-            cv.line(
-                (px(p[0].0), py(p[0].1)),
-                (px(p[1].0), py(p[1].1)),
-                s.color,
-                2,
-            );
-        }
-        let ly = top + 16 * k as i64;
-        cv.rect(w - right + 10, ly, 14, 8, s.color);
-        let name: String = s.name.chars().take(20).collect();
-        cv.text(w - right + 30, ly, &name, BLACK, 1);
-    }
-    cv.save_png(path)
+    chart::save_png(path, &chart::confusion(counts, labels, title))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn charts_write_decodable_pngs() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("cm.png");
-        confusion_png(
-            &p,
-            &[vec![5, 1], vec![0, 7]],
-            &["anger".into(), "sad".into()],
-            "t",
-        )
-        .unwrap();
-        let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
-        let info = dec.read_info().unwrap().info().clone();
-        assert!(info.width > 100 && info.height > 100);
-        let q = dir.path().join("lc.png");
-        let s = Series {
-            name: "val".into(),
-            points: vec![(1.0, 0.5), (2.0, f64::NAN), (3.0, 0.9)],
-            color: PALETTE[0],
-        };
-        line_chart_png(&q, "curve", ("epoch", "acc"), &[s]).unwrap();
-        assert!(std::fs::metadata(&q).unwrap().len() > 1000);
+    fn rec(epoch: usize, val_accuracy: f64, best: bool) -> EpochRecord {
+        EpochRecord {
+            epoch,
+            lr: 1e-3 / epoch as f64,
+            train_loss: 1.6 - 0.1 * epoch as f64,
+            train_accuracy: 0.2 + 0.05 * epoch as f64,
+            val_loss: 1.5 - 0.05 * epoch as f64,
+            val_accuracy,
+            val_micro_f1: val_accuracy,
+            val_macro_f1: val_accuracy - 0.05,
+            val_unweighted_accuracy: val_accuracy - 0.02,
+            best,
+            val_confusion: None,
+        }
     }
 
     #[test]
-    fn text_draws_ink() {
-        let mut c = Canvas::new(40, 10);
-        c.text(0, 0, "A", BLACK, 1);
-        assert!(c.pixels.contains(&BLACK));
+    fn the_learning_curve_has_three_panels_and_the_best_epoch() {
+        let h: Vec<EpochRecord> = (1..=10)
+            .map(|e| rec(e, 0.3 + 0.05 * e as f64, e == 7))
+            .collect();
+        let svg = learning_curve_svg(&h);
+        for id in ["chart-loss", "chart-acc", "chart-lr"] {
+            assert!(svg.contains(&format!(r#"<g id="{id}""#)), "{id}");
+        }
+        assert_eq!(svg.matches(r#"data-series="val WA""#).count(), 10);
+        assert_eq!(svg.matches(r#"data-series="validation""#).count(), 10);
+        // The best epoch on each panel.
+        assert_eq!(svg.matches(">best 7</text>").count(), 3);
+        // Accuracy in %: WA 35..80, UA 33..78, F1 30..75, train 25..70 → an axis 20..80.
+        assert!(svg.contains(r#"class="tick-y">20</text>"#), "{svg}");
+        assert!(svg.contains(r#"class="tick-y">80</text>"#));
+        // The lr falls from 1e-3 to 1e-4.
+        assert!(svg.contains(r#"class="tick-y">1e-4</text>"#));
+        assert!(svg.contains(r#"class="tick-y">0.001</text>"#));
+        assert!(!svg.contains("NaN"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lc.png");
+        learning_curve_png(&p, &h).unwrap();
+        let dec = ::png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
+        let info = dec.read_info().unwrap().info().clone();
+        assert_eq!(
+            (info.width, info.height),
+            (3 * PANEL_W as u32, PANEL_H as u32)
+        );
+    }
+
+    #[test]
+    fn compare_overlays_every_run() {
+        let a: Vec<EpochRecord> = (1..=3).map(|e| rec(e, 0.5, false)).collect();
+        let b: Vec<EpochRecord> = (1..=5).map(|e| rec(e, 0.6, e == 5)).collect();
+        let svg = compare_svg(&[("fold 1".into(), &a), ("fold 2".into(), &b)]);
+        assert_eq!(svg.matches(r#"data-series="fold 1""#).count(), 9);
+        assert_eq!(svg.matches(r#"data-series="fold 2""#).count(), 15);
+        for id in ["cmp-loss", "cmp-wa", "cmp-f1"] {
+            assert!(svg.contains(&format!(r#"<g id="{id}""#)), "{id}");
+        }
     }
 }

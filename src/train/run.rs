@@ -58,6 +58,9 @@ pub struct RunConfig {
     pub val_split: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_data: Option<String>,
+    /// The `--recipe` the defaults came from (older run folders: not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<crate::train::recipe::Recipe>,
     /// `--init`: the run this one started from (none: a random initialisation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<crate::train::init::InitRecord>,

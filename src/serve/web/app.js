@@ -2,7 +2,8 @@
 // compare, try a model (upload, microphone, live). No libraries, no network but this server.
 'use strict';
 
-const COLORS = ['#1976d2', '#d32f2f', '#388e3c', '#f57c00', '#7b1fa2', '#0097a7', '#5d4037', '#c2185b'];
+// The charts' palette (src/chart/: Okabe–Ito without its yellow).
+const COLORS = ['#0072b2', '#d55e00', '#009e73', '#cc79a7', '#e69f00', '#56b4e9', '#000000'];
 const $app = document.getElementById('app');
 let cleanup = [];
 
@@ -30,83 +31,36 @@ const pct = (v) => (v === null || v === undefined || Number.isNaN(v)) ? '' : (10
 const enc = (id) => id.split('/').map(encodeURIComponent).join('/');
 const fmtDate = (s) => s ? new Date(s * 1000).toISOString().slice(0, 16).replace('T', ' ') : '';
 
-// ---- charts: SVG line charts, ticks on 1-2-5 steps --------------------------------------
+// ---- charts: SVG drawn by the server (src/chart/), the same code that draws the PNGs ------
 
-function niceStep(span, target) {
-  const raw = span / Math.max(1, target);
-  const p = Math.pow(10, Math.floor(Math.log10(raw)));
-  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
-  return 10 * p;
+// Fetches an SVG chart and puts it, as elements, into `box` (the page's tests look inside it).
+// Returns false when there is none to show (404, an error, no server).
+async function loadChart(box, url) {
+  let r;
+  try { r = await fetch(url, { credentials: 'same-origin' }); } catch (e) {
+    box.replaceChildren(el('p', { class: 'err', text: 'chart: ' + e.message }));
+    return false;
+  }
+  if (!r.ok) {
+    let msg = r.status + ' ' + r.statusText;
+    try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
+    box.replaceChildren(el('p', { class: r.status === 404 ? 'note' : 'err', text: msg }));
+    return false;
+  }
+  const doc = new DOMParser().parseFromString(await r.text(), 'image/svg+xml');
+  box.replaceChildren(document.importNode(doc.documentElement, true));
+  return true;
 }
 
-function ticks(lo, hi, target) {
-  if (!(hi > lo)) { hi = lo + 1; }
-  const step = niceStep(hi - lo, target);
-  const out = [];
-  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
-  return { step, ticks: out };
-}
-
-// Log axis (values are log10): ticks at 1, 2 and 5 times powers of ten.
-function logTicks(lo, hi) {
-  const out = [];
-  for (let e = Math.floor(lo) - 1; e <= Math.ceil(hi); e++) {
-    for (const m of [1, 2, 5]) { const v = e + Math.log10(m); if (v >= lo - 1e-9 && v <= hi + 1e-9) out.push(v); }
-  }
-  if (!out.length) out.push(lo);
-  return { step: 1, ticks: out };
-}
-
-function tickLabel(v, step) {
-  const d = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
-  return Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(0) : v.toFixed(d);
-}
-
-// series: [{name, color, points: [[x, y]]}]; opts: {title, ylabel, best, yLog, yRange}
-function lineChart(id, series, opts) {
-  const W = 420, H = 260, L = 52, R = 12, T = 26, B = 40;
-  const xs = series.flatMap(s => s.points.map(p => p[0]));
-  let ys = series.flatMap(s => s.points.map(p => p[1])).filter(v => Number.isFinite(v));
-  const svg = el('svg', { id, class: 'chart', width: W, height: H, viewBox: `0 0 ${W} ${H}` });
-  svg.append(el('text', { x: L, y: 16, 'font-weight': 'bold', text: opts.title }));
-  if (!xs.length || !ys.length) { svg.append(el('text', { x: L, y: H / 2, text: 'no epochs yet' })); return svg; }
-  const tf = opts.yLog ? (v => Math.log10(Math.max(v, 1e-12))) : (v => v);
-  ys = ys.map(tf);
-  let [y0, y1] = opts.yRange ? opts.yRange : [Math.min(...ys), Math.max(...ys)];
-  if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
-  const x0 = Math.min(1, ...xs), x1 = Math.max(x0 + 1, ...xs);
-  const yt = opts.yLog ? logTicks(y0, y1) : ticks(y0, y1, 5), xt = ticks(x0, x1, 8);
-  y0 = Math.min(y0, yt.ticks[0]); y1 = Math.max(y1, yt.ticks[yt.ticks.length - 1]);
-  const sx = v => L + (v - x0) / (x1 - x0) * (W - L - R);
-  const sy = v => H - B - (v - y0) / (y1 - y0) * (H - T - B);
-  for (const v of yt.ticks) {
-    svg.append(el('line', { class: 'grid', x1: L, x2: W - R, y1: sy(v), y2: sy(v) }));
-    const lab = opts.yLog ? Math.pow(10, v).toExponential(0).replace('e-', 'e−') : tickLabel(v, yt.step);
-    svg.append(el('text', { x: L - 4, y: sy(v) + 4, 'text-anchor': 'end', text: lab }));
-  }
-  for (const v of xt.ticks) {
-    if (v < x0 || v > x1) continue;
-    svg.append(el('line', { class: 'axis', x1: sx(v), x2: sx(v), y1: H - B, y2: H - B + 4 }));
-    svg.append(el('text', { x: sx(v), y: H - B + 16, 'text-anchor': 'middle', text: tickLabel(v, xt.step) }));
-  }
-  svg.append(el('line', { class: 'axis', x1: L, x2: W - R, y1: H - B, y2: H - B }));
-  svg.append(el('line', { class: 'axis', x1: L, x2: L, y1: T, y2: H - B }));
-  svg.append(el('text', { x: (L + W - R) / 2, y: H - 6, 'text-anchor': 'middle', text: opts.xlabel || 'epoch' }));
-  if (opts.best) {
-    svg.append(el('line', { class: 'best', x1: sx(opts.best), x2: sx(opts.best), y1: T, y2: H - B }));
-    const right = sx(opts.best) > W - R - 50;
-    svg.append(el('text', { x: sx(opts.best) + (right ? -3 : 3), y: H - B - 6, 'text-anchor': right ? 'end' : 'start', text: 'best ' + opts.best }));
-  }
-  series.forEach((s, k) => {
-    const pts = s.points.filter(p => Number.isFinite(p[1]));
-    const c = s.color || COLORS[k % COLORS.length];
-    svg.append(el('polyline', { fill: 'none', stroke: c, 'stroke-width': 2, points: pts.map(p => `${sx(p[0])},${sy(tf(p[1]))}`).join(' ') }));
-    for (const p of pts) svg.append(el('circle', { class: 'pt', 'data-series': s.name, cx: sx(p[0]), cy: sy(tf(p[1])), r: 2.5, fill: c }));
-    const ly = T + 4 + 14 * k;
-    svg.append(el('line', { x1: W - R - 110, x2: W - R - 92, y1: ly, y2: ly, stroke: c, 'stroke-width': 2 }));
-    svg.append(el('text', { x: W - R - 88, y: ly + 4, text: s.name }));
-  });
-  return svg;
+// Redraws a chart at most once at a time; a request during a fetch redraws once more after.
+function chartUpdater(box, url) {
+  let busy = false, again = false;
+  return async function update() {
+    if (busy) { again = true; return; }
+    busy = true;
+    try { await loadChart(box, url); } finally { busy = false; }
+    if (again) { again = false; update(); }
+  };
 }
 
 // ---- runs -------------------------------------------------------------------------------
@@ -120,6 +74,7 @@ const COLS = [
   ['ua', 'UA', r => r.best ? r.best.val_unweighted_accuracy : -1],
   ['f1', 'macro-F1', r => r.best ? r.best.val_macro_f1 : -1],
   ['lr', 'lr / schedule', r => r.lr || 0],
+  ['recipe', 'recipe', r => r.recipe || ''],
   ['data', 'corpus', r => r.data || ''],
   ['device', 'device', r => r.device || ''],
   ['date', 'date', r => r.date || 0],
@@ -154,6 +109,7 @@ async function viewRuns() {
         el('td', { text: r.best ? pct(r.best.val_unweighted_accuracy) : '' }),
         el('td', { text: r.best ? pct(r.best.val_macro_f1) : '' }),
         el('td', { text: r.lr ? `${r.lr} / ${r.schedule || ''}` : '' }),
+        el('td', { class: 'recipe', text: r.recipe || '—' }),
         el('td', { class: 'l', text: r.data || '' }),
         el('td', { text: r.device || '' }),
         el('td', { text: fmtDate(r.date) }));
@@ -212,13 +168,10 @@ async function viewRun(id) {
     el('h3', { text: 'Configuration' }), el('pre', { id: 'config', text: JSON.stringify(d.config, null, 2) })));
 
   function bestEpoch() { const b = metrics.filter(m => m.best); return b.length ? b[b.length - 1].epoch : null; }
+  const redrawChart = chartUpdater(chartsBox, '/api/runs/' + enc(d.id) + '/chart.svg');
   function draw() {
     const best = bestEpoch();
-    const s = (name, f) => ({ name, points: metrics.map(m => [m.epoch, f(m)]) });
-    chartsBox.replaceChildren(
-      lineChart('chart-loss', [s('train', m => m.train_loss), s('validation', m => m.val_loss)], { title: 'loss', best }),
-      lineChart('chart-acc', [s('train acc', m => m.train_accuracy), s('val WA', m => m.val_accuracy), s('val UA', m => m.val_unweighted_accuracy), s('val macro-F1', m => m.val_macro_f1)], { title: 'accuracy and F1', best }),
-      lineChart('chart-lr', [s('lr', m => m.lr)], { title: 'learning rate', best, yLog: true }));
+    redrawChart();
     document.getElementById('epoch-count').textContent = `${metrics.length} epoch${metrics.length === 1 ? '' : 's'}`;
     const withCm = metrics.filter(m => m.val_confusion);
     if (!withCm.length) { cmBox.replaceChildren(el('p', { text: 'This run records no per-epoch confusion counts (written by an older ser-engine).' })); slider.disabled = true; return; }
@@ -258,7 +211,9 @@ function viewSweep(d) {
     box.append(el('h3', { text: 'Results' }), el('table', { id: 'sweep-results' }, el('tr', {}, keys.map(k => el('th', { text: k }))),
       rows.map(r => el('tr', {}, keys.map(k => el('td', { text: typeof r[k] === 'number' ? (+r[k].toPrecision(4)).toString() : String(r[k]) }))))));
   }
-  if ((d.files || []).includes('results.png')) box.append(el('h3', { text: 'Chart' }), el('img', { src: '/api/runs/' + enc(d.id) + '/files/results.png', alt: 'results' }));
+  const chartBox = el('div', { class: 'charts', id: 'sweep-charts' });
+  box.append(el('h3', { text: 'Chart' }), chartBox);
+  loadChart(chartBox, '/api/runs/' + enc(d.id) + '/chart.svg');
   if ((d.files || []).includes('results.md')) {
     const pre = el('pre', { id: 'results-md' });
     fetch('/api/runs/' + enc(d.id) + '/files/results.md').then(r => r.text()).then(t => { pre.textContent = t; });
@@ -290,15 +245,13 @@ async function viewCompare(query) {
     return;
   }
   const runs = (await Promise.all(ids.map(id => api('/api/runs/' + enc(id)).catch(() => null)))).filter(r => r && r.kind === 'run');
-  const curves = (f) => runs.map((r, k) => ({ name: r.id, color: COLORS[k % COLORS.length], points: (r.metrics || []).map(m => [m.epoch, f(m)]) }));
   const flat = runs.map(r => flatten(r.config, '', {}));
   const keys = [...new Set(flat.flatMap(Object.keys))].filter(k => k !== 'ser_engine_version' && new Set(flat.map(f => f[k])).size > 1).sort();
   const best = r => { const b = (r.metrics || []).filter(m => m.best); return b[b.length - 1]; };
+  const chartsBox = el('div', { class: 'charts', id: 'compare-charts' });
+  if (runs.length) loadChart(chartsBox, '/api/compare.svg?ids=' + runs.map(r => encodeURIComponent(r.id)).join(','));
   $app.replaceChildren(el('div', {}, el('h2', { text: `Compare ${runs.length} runs` }),
-    el('div', { class: 'charts' },
-      lineChart('cmp-loss', curves(m => m.val_loss), { title: 'validation loss' }),
-      lineChart('cmp-wa', curves(m => m.val_accuracy), { title: 'validation WA' }),
-      lineChart('cmp-f1', curves(m => m.val_macro_f1), { title: 'validation macro-F1' })),
+    chartsBox,
     el('h3', { text: 'Options that differ, and the best epoch' }),
     el('table', { id: 'compare-table' },
       el('tr', {}, el('th', { class: 'l', text: 'run' }), keys.map(k => el('th', { text: k })), ['best epoch', 'WA', 'UA', 'macro-F1'].map(h => el('th', { text: h }))),

@@ -26,8 +26,8 @@ mod units;
 pub use grid::{check_grid, make_trials, parse_axis, Axis, Trial, GRID_FLAGS, MAX_TRIALS};
 pub use plan::{plan_folds, read_plan, write_or_check_plan, FoldSplit, Plan, PlanKind, PLAN_LOCK};
 pub use report::{
-    collect, results_csv, results_markdown, table3_markdown, write_report, MeanStd, Report,
-    TrialSummary,
+    collect, folds_svg, results_csv, results_markdown, results_svg, table3_markdown, write_report,
+    MeanStd, Report, TrialSummary,
 };
 pub use units::{run_units, Runner, UnitResult};
 

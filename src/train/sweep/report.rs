@@ -4,8 +4,9 @@
 
 use super::plan::{read_plan, PlanKind};
 use super::units::{read_result, UnitResult};
+use crate::chart::{self, Panel, Series};
 use crate::train::metrics::{mean_std, Confusion, Scores};
-use crate::train::plot::{confusion_png, line_chart_png, Series, PALETTE};
+use crate::train::plot::{compare_svg, confusion_png};
 use crate::train::run::atomic_write;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -177,26 +178,7 @@ pub(super) fn write_cv_report(out: &Path, report: &Report) -> Result<()> {
         &report.labels,
         "cross-validation: summed confusion",
     )?;
-    let series: Vec<Series> = t
-        .folds
-        .iter()
-        .enumerate()
-        .map(|(k, r)| Series {
-            name: format!("fold {} val acc", r.fold),
-            points: r
-                .history
-                .iter()
-                .map(|e| (e.epoch as f64, e.val_accuracy))
-                .collect(),
-            color: PALETTE[k % PALETTE.len()],
-        })
-        .collect();
-    line_chart_png(
-        &out.join("learning_curve.png"),
-        "validation accuracy per fold",
-        ("epoch", "accuracy"),
-        &series,
-    )?;
+    chart::save_png(&out.join("learning_curve.png"), &folds_svg(&t.folds))?;
     let json = CvJson {
         data: &report.data,
         labels: &report.labels,
@@ -224,6 +206,72 @@ pub(super) fn write_cv_report(out: &Path, report: &Report) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// A cv's folds overlaid (cv's learning_curve.png; `serve` shows the same SVG).
+pub fn folds_svg(folds: &[UnitResult]) -> String {
+    let runs: Vec<(String, &[crate::train::fit::EpochRecord])> = folds
+        .iter()
+        .map(|r| (format!("fold {}", r.fold), r.history.as_slice()))
+        .collect();
+    compare_svg(&runs)
+}
+
+/// A sweep's scores, mean ± std over folds, per trial (results.png; `serve` shows the same
+/// SVG): for Table 3 against the kernel size, with the kernel sizes as ticks.
+pub fn results_svg(report: &Report) -> String {
+    let table3 = report.kind == PlanKind::Table3;
+    let x = |i: usize, t: &TrialSummary| {
+        if table3 {
+            t.kernel_size as f64
+        } else {
+            (i + 1) as f64
+        }
+    };
+    let series = |name: &str, k: usize, f: fn(&TrialSummary) -> MeanStd| {
+        let mut s = Series::new(
+            name,
+            k,
+            report
+                .trials
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (x(i, t), 100.0 * f(t).mean))
+                .collect(),
+        );
+        s.err = Some(report.trials.iter().map(|t| 100.0 * f(t).std).collect());
+        s
+    };
+    let mut xs: Vec<f64> = report
+        .trials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| x(i, t))
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    let panel = Panel {
+        id: "sweep-chart".into(),
+        title: if table3 {
+            format!(
+                "Table 3: mean ± std over {} folds by kernel size",
+                report.folds
+            )
+        } else {
+            format!("mean ± std over {} folds by trial", report.folds)
+        },
+        x_label: if table3 { "kernel size" } else { "trial" }.into(),
+        y_label: "%".into(),
+        series: vec![
+            series("UA", 0, |t| t.ua),
+            series("WA", 1, |t| t.wa),
+            series("macro-F1", 2, |t| t.macro_f1),
+        ],
+        x_ticks: (xs.len() <= 12).then_some(xs),
+        x_whole: true,
+        ..Default::default()
+    };
+    chart::figure(&[panel], 640.0, 380.0)
 }
 
 /// results.md: one row per trial.
@@ -311,39 +359,7 @@ pub(super) fn write_sweep_report(out: &Path, report: &Report) -> Result<()> {
         &out.join("results.json"),
         serde_json::to_string_pretty(report)?.as_bytes(),
     )?;
-    // x: the kernel size for Table 3, else the trial number.
-    let x = |i: usize, t: &TrialSummary| {
-        if report.kind == PlanKind::Table3 {
-            t.kernel_size as f64
-        } else {
-            i as f64
-        }
-    };
-    let series = |name: &str, k: usize, f: fn(&TrialSummary) -> f64| Series {
-        name: name.to_string(),
-        points: report
-            .trials
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (x(i, t), f(t)))
-            .collect(),
-        color: PALETTE[k % PALETTE.len()],
-    };
-    let (title, x_label) = if report.kind == PlanKind::Table3 {
-        ("mean over folds vs kernel size", "kernel size")
-    } else {
-        ("mean over folds vs trial", "trial")
-    };
-    line_chart_png(
-        &out.join("results.png"),
-        title,
-        (x_label, "score"),
-        &[
-            series("UA", 0, |t| t.ua.mean),
-            series("WA", 1, |t| t.wa.mean),
-            series("macro-F1", 2, |t| t.macro_f1.mean),
-        ],
-    )?;
+    chart::save_png(&out.join("results.png"), &results_svg(report))?;
     let mut wrote = "results.md, results.csv, results.json, results.png".to_string();
     if report.kind == PlanKind::Table3 {
         let t3 = table3_markdown(report);

@@ -186,6 +186,7 @@ pub(super) fn run_unit(
         val_split: Some(plan.val_split),
         val_data: None,
         init: init.as_ref().map(|(_, _, r)| r.clone()),
+        recipe: Some(trial_opts[t].recipe),
     };
     run_cfg
         .validate()
