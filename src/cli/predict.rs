@@ -22,7 +22,7 @@ use crate::infer::ensemble::member_dirs;
 use crate::infer::file::{classify_long, decode_clip};
 use crate::infer::source::{at_rate, open_file, PcmFormat, PcmStream, SampleSource};
 use crate::infer::timeline::Timeline;
-use crate::infer::{run_windows, Classifier, Views, WindowConfig, WindowResult};
+use crate::infer::{run_windows, Classifier, WindowConfig, WindowResult};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -447,9 +447,8 @@ pub const MAX_WINDOW_S: f64 = 60.0;
 pub const MAX_BATCH: usize = 64;
 /// Audio per model call, seconds: `--batch-size` is lowered to fit (16 windows of 4 s, 2 of
 /// 30 s, 1 of 60 s).
-pub const MAX_BATCH_AUDIO_S: f64 = 64.0;
-/// Most `--tta` crops per clip (eval and predict).
-pub const MAX_TTA: usize = 16;
+pub const MAX_BATCH_AUDIO_S: f64 = crate::infer::MAX_CALL_AUDIO_S;
+pub use crate::infer::MAX_TTA;
 /// Most `--channels` of `--raw` input.
 pub const MAX_CHANNELS: u16 = 64;
 
@@ -525,16 +524,7 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
     let runs: Vec<&Path> = members.iter().map(|m| m.as_path()).collect();
     super::outputs::check_outputs(&outs, &read, &runs)?;
     let mut clf = Classifier::load_ensemble(&members, global.device)?;
-    if args.tta > 1 {
-        clf.views = Views::Crops {
-            n: args.tta,
-            crop: None,
-        };
-        // at most MAX_BATCH_AUDIO_S of crops per model call
-        let crop_s =
-            (clf.longest_training_crop() * clf.cfg.mel.hop) as f64 / clf.cfg.sample_rate as f64;
-        clf.crops_per_call = ((MAX_BATCH_AUDIO_S / crop_s.max(1e-9)) as usize).max(1);
-    }
+    clf.set_tta(args.tta);
     // The shortest window the model takes depends on the run's hop and rate.
     let min_s = (crate::model::MIN_FRAMES * clf.cfg.mel.hop) as f64 / clf.cfg.sample_rate as f64;
     for (name, v) in [

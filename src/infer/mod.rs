@@ -30,6 +30,12 @@ use source::SampleSource;
 use std::path::Path;
 use window::{rms_dbfs, Windower};
 
+/// Most `--tta` crops per clip (eval, predict, serve's `tta=`).
+pub const MAX_TTA: usize = 16;
+/// Most audio per model call, seconds, where the caller does not bound it: `predict` lowers
+/// its windows per call to fit, and `--tta` crops go this many seconds at a time.
+pub const MAX_CALL_AUDIO_S: f64 = 64.0;
+
 /// How a clip is shown to the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Views {
@@ -107,6 +113,19 @@ impl Classifier {
             views: Views::Whole,
             crops_per_call: 16,
         })
+    }
+
+    /// `predict`'s `--tta n`: 1 classifies every clip whole; n > 1 as n crops of each run's
+    /// training length (see [`Views::Crops`]), at most [`MAX_CALL_AUDIO_S`] of them per call.
+    pub fn set_tta(&mut self, n: usize) {
+        if n <= 1 {
+            self.views = Views::Whole;
+            return;
+        }
+        self.views = Views::Crops { n, crop: None };
+        let crop_s =
+            (self.longest_training_crop() * self.cfg.mel.hop) as f64 / self.cfg.sample_rate as f64;
+        self.crops_per_call = ((MAX_CALL_AUDIO_S / crop_s.max(1e-9)) as usize).max(1);
     }
 
     /// Runs in the classifier.
