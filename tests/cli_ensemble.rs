@@ -526,3 +526,52 @@ fn a_cv_folder_is_its_fold_runs_and_a_sweep_folder_is_refused() {
         "{err}"
     );
 }
+
+/// The ONNX export of an ensemble, run by onnxruntime (tests/fixtures/onnx_ensemble_cli/: two
+/// tiny runs, a clip, and onnxruntime's probabilities of the exported graph on the clip's
+/// `ser-engine features`, from tools/onnx_fixtures.py --clip), gives `predict --model a
+/// --model b`'s probabilities to 1e-4, the ONNX parity tests' tolerance (tests/onnx_export.rs).
+/// The export must still be the graph the fixture came from (same bytes), or the fixture is
+/// stale and says how to regenerate it.
+#[test]
+fn the_onnx_ensemble_gives_what_predict_gives() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx_ensemble_cli");
+    let exported = run_ok(
+        ser()
+            .current_dir(&dir)
+            .args(["export", "--model", "a", "--model", "b", "--onnx", "-"]),
+    )
+    .stdout;
+    assert!(
+        exported == std::fs::read(dir.join("model.onnx")).unwrap(),
+        "the ensemble export changed: regenerate tests/fixtures/onnx_ensemble_cli (steps in \
+         tools/onnx_fixtures.py)"
+    );
+    let want = ser_engine::features::npy::read_npy(&dir.join("probabilities.npy")).unwrap();
+    let predict = |models: &[&str]| {
+        let mut c = ser();
+        c.current_dir(&dir).args(["predict", "--json"]);
+        for m in models {
+            c.args(["--model", m]);
+        }
+        probs(&json_lines(&stdout(c.arg("clip.wav")))[0])
+    };
+    let both = predict(&["a", "b"]);
+    // labels in the graph's (metadata) order: the runs' alphabetical class folders
+    assert_eq!(both.len(), want.data.len());
+    let mut worst = 0.0f64;
+    for ((label, p), &w) in both.iter().zip(&want.data) {
+        assert!(w.is_finite(), "{label}: {w}");
+        worst = worst.max((p - w as f64).abs());
+    }
+    assert!(worst <= 1e-4, "max |predict - onnxruntime| = {worst:e}");
+    // the runs disagree, so a graph that dropped one would not pass
+    let (pa, pb) = (predict(&["a"]), predict(&["b"]));
+    let gap = pa
+        .iter()
+        .zip(&pb)
+        .map(|((_, x), (_, y))| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(gap > 1e-3, "the runs agree ({gap:e})");
+    eprintln!("max |predict - onnxruntime| = {worst:e}");
+}

@@ -6,6 +6,10 @@ Steps (run from the repository root):
   python tools/onnx_fixtures.py                                       # writes the rest
   python tools/onnx_fixtures.py tests/fixtures/onnx_norm              # the --norm utterance model
   python tools/onnx_fixtures.py tests/fixtures/onnx_ensemble --probabilities   # an ensemble
+  # an ensemble of two runs, against `predict --model a --model b` (tests/cli_ensemble.rs):
+  cd tests/fixtures/onnx_ensemble_cli && ser-engine export --model a --model b --onnx model.onnx
+  ser-engine features --n-mels 32 --out . clip.wav; cd -
+  python tools/onnx_fixtures.py tests/fixtures/onnx_ensemble_cli --clip
   cargo test --release --test onnx_export                             # compares
 
 Needs: pip install onnxruntime numpy onnx (a venv outside the repository, e.g. /work/venv-onnx).
@@ -28,7 +32,24 @@ if ARGS:
 LENGTHS = [8, 37, 100, 251]  # the shortest input, odd sizes (floor pooling), a few seconds
 
 
+def clip_fixture():
+    """--clip: DIR/clip.npy (ser-engine features of DIR/clip.wav, [n_mels, frames]) through
+    DIR/model.onnx; writes DIR/probabilities.npy (float32 [1, classes])."""
+    path = os.path.join(DIR, "model.onnx")
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = np.load(os.path.join(DIR, "clip.npy")).astype(np.float32)[None, None]
+    logits, probs = sess.run(None, {"log_mel": x})
+    assert np.all(np.isfinite(probs)), "non-finite probabilities"
+    np.save(os.path.join(DIR, "probabilities.npy"), probs.astype(np.float32))
+    print(f"{path}: onnxruntime {ort.__version__}, probabilities {probs.round(6).tolist()}")
+    return 0
+
+
 def main():
+    if "--clip" in sys.argv:
+        return clip_fixture()
     path = os.path.join(DIR, "model.onnx")
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
