@@ -1,4 +1,6 @@
-//! `ser-engine eval`: a trained model's metrics and confusion matrix on a labelled corpus.
+//! `ser-engine eval`: a trained model's metrics and confusion matrix on a labelled corpus; with
+//! `--tta N` a long clip's probabilities are the mean over N crops, and several `--model`s (or
+//! a cv folder) are scored as one ensemble (the mean of their probabilities) and one by one.
 //!
 //! Layer: cli, the top. May use every other module.
 
@@ -38,8 +40,8 @@ pub struct EvalArgs {
     /// inside a run folder; the folder must exist.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Longest stretch of a clip scored, seconds (its middle; > 0, at most 600) [default: the
-    /// run's --max-seconds].
+    /// Longest stretch of a clip scored, seconds (its middle; > 0, at most 600) [default: each
+    /// run's own --max-seconds].
     #[arg(long, allow_negative_numbers = true)]
     pub max_seconds: Option<f64>,
     /// Test-time averaging: a clip longer than --max-seconds is scored as N crops of that
