@@ -82,31 +82,31 @@ impl Classifier {
         dirs: &[std::path::PathBuf],
         device: crate::device::DeviceChoice,
     ) -> Result<Self> {
-        let mut loaded = Vec::with_capacity(dirs.len());
+        // every config is checked against the first before any weights are loaded
+        let mut cfgs = Vec::with_capacity(dirs.len());
         for d in dirs {
-            loaded.push(load_run(d, device)?);
+            let folder = match d.parent() {
+                Some(p) if d.is_file() && p.join("config.json").is_file() => p,
+                _ => d.as_path(),
+            };
+            cfgs.push(crate::train::run::RunDir::open(folder)?.config()?);
         }
-        let perms = {
-            let with_dirs: Vec<(&Path, &RunConfig)> = dirs
-                .iter()
-                .zip(&loaded)
-                .map(|(d, (c, _))| (d.as_path(), c))
-                .collect();
-            ensemble::compatible(&with_dirs)?
-        };
-        let cfg = loaded
-            .first()
-            .map(|(c, _)| c.clone())
-            .ok_or_else(|| anyhow::anyhow!("--model: give at least one run folder"))?;
-        let members = loaded
-            .into_iter()
-            .zip(perms)
-            .map(|((c, backend), perm)| Member {
+        let with_dirs: Vec<(&Path, &RunConfig)> =
+            dirs.iter().map(|d| d.as_path()).zip(&cfgs).collect();
+        let perms = ensemble::compatible(&with_dirs)?;
+        let mut members = Vec::with_capacity(dirs.len());
+        for (d, perm) in dirs.iter().zip(perms) {
+            let (c, backend) = load_run(d, device)?;
+            members.push(Member {
                 backend,
                 perm,
                 crop: training_crop(&c),
-            })
-            .collect();
+            });
+        }
+        let cfg = cfgs
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("--model: give at least one run folder"))?;
         Ok(Self {
             cfg,
             members,
