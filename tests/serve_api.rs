@@ -589,6 +589,27 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
             .arg(&wav),
     );
     let cli: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    // a run trained on 0.5-s crops, so tta= has crops of the 2-s clip to average
+    let short = f.runs.join("short");
+    run_ok(
+        ser()
+            .args(["train", "--epochs", "1", "--max-seconds", "0.5", "--data"])
+            .arg(&f.corpus)
+            .arg("--out")
+            .arg(&short)
+            .args(TINY_MODEL),
+    );
+    let cli_tta = |n: &str| -> serde_json::Value {
+        let o = run_ok(
+            ser()
+                .args(["predict", "--json", "--tta", n, "--model"])
+                .arg(&short)
+                .arg(&wav),
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (cli_tta1, cli_tta4) = (cli_tta("1"), cli_tta("4"));
+    assert_ne!(cli_tta1["probabilities"], cli_tta4["probabilities"]);
     let cli_win = run_ok(
         ser()
             .args([
@@ -625,6 +646,16 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
     // The same model on the same samples: equal to the last bit the JSON keeps.
     assert_eq!(v["probabilities"], cli["probabilities"]);
     assert!(v.get("windows").is_none());
+    // tta=N as `predict --tta N`; the worker's model goes back to whole clips after it
+    for (q, want) in [
+        ("&tta=4", &cli_tta4),
+        ("", &cli_tta1),
+        ("&tta=1", &cli_tta1),
+    ] {
+        let r = post_audio(p, &format!("/api/predict?run=short{q}"), &bytes);
+        assert_eq!(r.status, 200, "{q}: {}", r.text());
+        assert_eq!(r.json()["probabilities"], want["probabilities"], "{q}");
+    }
 
     let r = post_audio(p, "/api/predict?run=demo&window=0.5&hop=0.25", &bytes);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -651,6 +682,9 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
         ("/api/predict?run=demo&window=-1", 400),
         ("/api/predict?run=demo&window=abc", 400),
         ("/api/predict?run=demo&hop=0.5", 400),
+        ("/api/predict?run=demo&tta=0", 400),
+        ("/api/predict?run=demo&tta=17", 400),
+        ("/api/predict?run=demo&tta=abc", 400),
     ] {
         let r = post_audio(p, path, &bytes);
         assert_eq!(r.status, status, "{path}: {}", r.text());

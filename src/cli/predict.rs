@@ -10,16 +10,19 @@
 //! probabilities are the duration-weighted mean over the windows, so memory stays bounded.
 //! With `--window S [--hop S]` every window gets its own row (start, end, label, all
 //! probabilities); windows quieter than `--silence-db` are reported silent and skipped.
-//! The streaming machinery lives in `crate::infer`.
+//! `--tta N` averages each clip's (or window's) probabilities over N crops of the model's
+//! training length; several `--model`s (or a cv folder) average their runs' probabilities.
+//! The streaming machinery, the crops and the ensembles live in `crate::infer`.
 //!
 //! Layer: cli, the top. May use every other module.
 
 use super::Global;
-use crate::audio::{load_audio, probe_audio};
 use crate::backend::argmax;
+use crate::infer::ensemble::member_dirs;
+use crate::infer::file::{classify_long, decode_clip};
 use crate::infer::source::{at_rate, open_file, PcmFormat, PcmStream, SampleSource};
 use crate::infer::timeline::Timeline;
-use crate::infer::{mean_probabilities, run_windows, Classifier, WindowConfig, WindowResult};
+use crate::infer::{run_windows, Classifier, WindowConfig, WindowResult};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,9 +35,16 @@ const AUDIO_EXTS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Run folder written by `ser-engine train`.
-    #[arg(long)]
-    pub model: PathBuf,
+    /// Run folder written by `ser-engine train`; repeat for an ensemble (probabilities
+    /// averaged; 1 to 32 runs sharing sample rate, front end and classes); a cv folder stands
+    /// for its fold runs.
+    #[arg(long, required = true)]
+    pub model: Vec<PathBuf>,
+    /// Test-time averaging: a clip (or window) longer than the model's training crop
+    /// (--max-seconds of its run) is classified as N crops of that length evenly spaced from
+    /// start to end and the probabilities averaged; 1 to 16 (1: the whole clip in one piece).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = crate::train::options::Whole::<usize>::new())]
+    pub tta: usize,
     /// Audio files, folders (recursive), @LIST files of paths, or - for standard input.
     pub inputs: Vec<String>,
     /// A text file with one audio path per line (# starts a comment); may be repeated.
@@ -437,7 +447,8 @@ pub const MAX_WINDOW_S: f64 = 60.0;
 pub const MAX_BATCH: usize = 64;
 /// Audio per model call, seconds: `--batch-size` is lowered to fit (16 windows of 4 s, 2 of
 /// 30 s, 1 of 60 s).
-pub const MAX_BATCH_AUDIO_S: f64 = 64.0;
+pub const MAX_BATCH_AUDIO_S: f64 = crate::infer::MAX_CALL_AUDIO_S;
+pub use crate::infer::MAX_TTA;
 /// Most `--channels` of `--raw` input.
 pub const MAX_CHANNELS: u16 = 64;
 
@@ -468,6 +479,7 @@ fn validate(args: &PredictArgs) -> Result<()> {
         Incl(1.0),
         Incl(MAX_BATCH as f64),
     )?;
+    check_range("tta", args.tta as f64, Incl(1.0), Incl(MAX_TTA as f64))?;
     let to_stdout = |p: &Option<PathBuf>| p.as_deref().is_some_and(super::outputs::is_stdout);
     if args.json && (to_stdout(&args.csv) || to_stdout(&args.timeline_png)) {
         bail!(
@@ -508,8 +520,11 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
         .into_iter()
         .filter_map(|(o, p)| p.as_deref().map(|p| (o, p)))
         .collect();
-    super::outputs::check_outputs(&outs, &read, &[&args.model])?;
-    let mut clf = Classifier::load(&args.model, global.device)?;
+    let members = member_dirs(&args.model)?;
+    let runs: Vec<&Path> = members.iter().map(|m| m.as_path()).collect();
+    super::outputs::check_outputs(&outs, &read, &runs)?;
+    let mut clf = Classifier::load_ensemble(&members, global.device)?;
+    clf.set_tta(args.tta);
     // The shortest window the model takes depends on the run's hop and rate.
     let min_s = (crate::model::MIN_FRAMES * clf.cfg.mel.hop) as f64 / clf.cfg.sample_rate as f64;
     for (name, v) in [
@@ -611,16 +626,7 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
                     .par_iter()
                     .map(|input| match input {
                         Input::Stdin => Ok(None),
-                        Input::File(p) => {
-                            let info = probe_audio(p)?;
-                            if info.duration_s > args.max_clip {
-                                return Ok(None);
-                            }
-                            let a = load_audio(p, Some(cfg.sample_rate))?;
-                            let lm = Classifier::features(cfg, &a.samples)
-                                .with_context(|| p.display().to_string())?;
-                            Ok(Some((a.samples.len() as f64 / cfg.sample_rate as f64, lm)))
-                        }
+                        Input::File(p) => decode_clip(cfg, p, args.max_clip),
                     })
                     .collect();
                 for (input, d) in chunk.iter().zip(decoded) {
@@ -633,26 +639,9 @@ pub fn run(args: &PredictArgs, global: &Global) -> Result<()> {
                         }
                         // Long (or unknown-length) input: windows of --max-clip, averaged.
                         None => {
-                            let wc = WindowConfig {
-                                window_s: args.max_clip,
-                                hop_s: args.max_clip,
-                                silence_dbfs: None,
-                                batch: 1,
-                            };
-                            let mut rows = Vec::new();
                             let mut src = open_input(input, args, clf.cfg.sample_rate)?;
-                            let dur = run_windows(
-                                &mut clf,
-                                src.as_mut(),
-                                &wc,
-                                |_| {},
-                                |r| {
-                                    rows.push(r);
-                                    Ok(())
-                                },
-                            )?;
-                            let p = mean_probabilities(&rows);
-                            out.file_row(&name, dur, rows.len(), p.as_deref())?;
+                            let (dur, n, p) = classify_long(&mut clf, src.as_mut(), args.max_clip)?;
+                            out.file_row(&name, dur, n, p.as_deref())?;
                             Ok(dur)
                         }
                     });

@@ -22,8 +22,8 @@
 
 use anyhow::{bail, ensure, Result};
 
-use crate::backend::LrGroup;
 use crate::backend::mixup::SoftTargets;
+use crate::backend::LrGroup;
 use crate::cpu::dropout::SITE_LSTM0;
 use crate::device::{blocks_for, Device, DeviceBuffer, KernelArg, Transpose};
 use crate::model::{lstm_names, ModelConfig, ParamLayout};

@@ -1,10 +1,13 @@
 //! One audio file classified the way `predict` does it, as one result: the whole clip (a
 //! clip longer than `max_clip_s` as the duration-weighted mean of windows that long) and,
-//! when asked, every window. Used by `serve`'s predict endpoint.
+//! when asked, every window. Used by `predict` (its pieces: [`decode_clip`], [`classify_long`])
+//! and `serve`'s predict endpoint.
 
-use super::source::{at_rate, open_file};
+use super::source::{at_rate, open_file, SampleSource};
 use super::{mean_probabilities, run_windows, Classifier, WindowConfig, WindowResult};
 use crate::audio::{load_audio, probe_audio};
+use crate::features::LogMel;
+use crate::train::run::RunConfig;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -25,6 +28,47 @@ pub struct FileResult {
     pub windows: Vec<WindowResult>,
 }
 
+/// A whole file's log-Mel at the model's rate and its duration (s), or None when it is longer
+/// than `max_clip_s` (then [`classify_long`] takes it window by window). Thread-safe: `predict`
+/// decodes files in parallel with it.
+pub fn decode_clip(cfg: &RunConfig, path: &Path, max_clip_s: f64) -> Result<Option<(f64, LogMel)>> {
+    let info = probe_audio(path)?;
+    if info.duration_s > max_clip_s {
+        return Ok(None);
+    }
+    let a = load_audio(path, Some(cfg.sample_rate))?;
+    let lm = Classifier::features(cfg, &a.samples).with_context(|| path.display().to_string())?;
+    Ok(Some((a.samples.len() as f64 / cfg.sample_rate as f64, lm)))
+}
+
+/// A recording too long to classify in one piece (or of unknown length): windows of
+/// `max_clip_s`, their probabilities averaged weighted by length. Returns (duration in s,
+/// windows averaged, probabilities; None when there was no window).
+pub fn classify_long(
+    clf: &mut Classifier,
+    src: &mut dyn SampleSource,
+    max_clip_s: f64,
+) -> Result<(f64, usize, Option<Vec<f64>>)> {
+    let wc = WindowConfig {
+        window_s: max_clip_s,
+        hop_s: max_clip_s,
+        silence_dbfs: None,
+        batch: 1,
+    };
+    let mut rows = Vec::new();
+    let duration_s = run_windows(
+        clf,
+        src,
+        &wc,
+        |_| {},
+        |r| {
+            rows.push(r);
+            Ok(())
+        },
+    )?;
+    Ok((duration_s, rows.len(), mean_probabilities(&rows)))
+}
+
 /// Classifies `path`; with `window` = (window_s, hop_s) also every window (quiet windows
 /// reported silent, as `predict --window` does).
 pub fn classify_file(
@@ -34,7 +78,6 @@ pub fn classify_file(
     max_clip_s: f64,
 ) -> Result<FileResult> {
     let rate = clf.cfg.sample_rate;
-    let info = probe_audio(path)?;
     let mut windows = Vec::new();
     if let Some((window_s, hop_s)) = window {
         let wc = WindowConfig {
@@ -55,40 +98,22 @@ pub fn classify_file(
             },
         )?;
     }
-    if info.duration_s <= max_clip_s {
-        let a = load_audio(path, Some(rate))?;
-        let lm = Classifier::features(&clf.cfg, &a.samples)
-            .with_context(|| path.display().to_string())?;
+    if let Some((duration_s, lm)) = decode_clip(&clf.cfg, path, max_clip_s)? {
         let p = clf.probabilities(&[&lm])?.remove(0);
         return Ok(FileResult {
-            duration_s: a.samples.len() as f64 / rate as f64,
+            duration_s,
             windows_averaged: 1,
             probabilities: Some(p),
             windows,
         });
     }
-    let wc = WindowConfig {
-        window_s: max_clip_s,
-        hop_s: max_clip_s,
-        silence_dbfs: None,
-        batch: 1,
-    };
-    let mut rows = Vec::new();
     let mut src = at_rate(open_file(path)?, rate)?;
-    let duration_s = run_windows(
-        clf,
-        src.as_mut(),
-        &wc,
-        |_| {},
-        |r| {
-            rows.push(r);
-            Ok(())
-        },
-    )?;
+    let (duration_s, windows_averaged, probabilities) =
+        classify_long(clf, src.as_mut(), max_clip_s)?;
     Ok(FileResult {
         duration_s,
-        windows_averaged: rows.len(),
-        probabilities: mean_probabilities(&rows),
+        windows_averaged,
+        probabilities,
         windows,
     })
 }

@@ -13,6 +13,10 @@
 //!   → MatMul + Add → Tanh → Softmax(axis 0) → Mul → ReduceSum(axis 0)   attention pooling
 //!   → Gemm(transB) → logits [batch, classes]; Softmax(axis 1) → probabilities
 //! ```
+//! An ensemble ([`export_onnx_ensemble`]) is one graph: each member's subgraph above, names
+//! prefixed `m0.`, `m1.`, ..., on the shared input; their probabilities (Gather-permuted into
+//! one class order where needed) → Mean → probabilities; Log → logits.
+//!
 //! `batch` and `frames` are dynamic (frames ≥ 8). The graph has no length masks: every clip
 //! in a batch is taken as `frames` long, so a batch of equal-length clips equals this
 //! project's results, while a clip padded to a longer batch is classified with its padding
@@ -138,19 +142,33 @@ enum Dim<'a> {
     Named(&'a str),
 }
 
+/// The graph's input, shared by every member of an ensemble.
+const INPUT: &str = "log_mel";
+
 #[derive(Default)]
 struct Graph {
     nodes: Vec<Pb>,
     inits: Vec<Pb>,
+    /// Put before every value and initializer name but the input's (an ensemble member's
+    /// `m0.`, ...; empty for one model).
+    prefix: String,
 }
 
 impl Graph {
+    fn name(&self, n: &str) -> String {
+        if n == INPUT {
+            n.to_string()
+        } else {
+            format!("{}{n}", self.prefix)
+        }
+    }
+
     fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: &[(&str, Attr)]) {
         let mut n = Pb::default();
         for i in inputs {
-            n.str(f::NODE_INPUT, i);
+            n.str(f::NODE_INPUT, &self.name(i));
         }
-        n.str(f::NODE_OUTPUT, output);
+        n.str(f::NODE_OUTPUT, &self.name(output));
         n.str(f::NODE_NAME, &format!("{op}_{}", self.nodes.len()));
         n.str(f::NODE_OP, op);
         for (name, a) in attrs {
@@ -178,7 +196,8 @@ impl Graph {
         for &d in dims {
             t.int(f::TENSOR_DIMS, d as i64);
         }
-        t.int(f::TENSOR_TYPE, FLOAT).str(f::TENSOR_NAME, name);
+        t.int(f::TENSOR_TYPE, FLOAT)
+            .str(f::TENSOR_NAME, &self.name(name));
         t.bytes(f::TENSOR_RAW, bytemuck::cast_slice(data));
         self.inits.push(t);
     }
@@ -187,7 +206,7 @@ impl Graph {
         let mut t = Pb::default();
         t.int(f::TENSOR_DIMS, data.len() as i64)
             .int(f::TENSOR_TYPE, INT64)
-            .str(f::TENSOR_NAME, name);
+            .str(f::TENSOR_NAME, &self.name(name));
         let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         t.bytes(f::TENSOR_RAW, &raw);
         self.inits.push(t);
@@ -244,6 +263,110 @@ pub fn export_onnx(
     db_scale: f32,
     metadata: &[(String, String)],
 ) -> Result<Vec<u8>> {
+    let mut g = Graph::default();
+    add_model(&mut g, cfg, params, buffers, db_offset, db_scale)?;
+    Ok(model_proto(
+        &g,
+        cfg.n_mels,
+        cfg.classes,
+        "ArabEmoNet speech emotion recognition. Input log_mel: [batch, 1, n_mels, frames] \
+         log-Mel dB (librosa power_to_db of melspectrogram with ref=np.max; settings in \
+         metadata_props), frames >= 8. Outputs: logits and probabilities [batch, classes] \
+         in the order of metadata 'labels'. No length masks: batch clips of equal length.",
+        metadata,
+    ))
+}
+
+/// One run of an ensemble: its model, weights and input scaling, and for each class of the
+/// ensemble (the first member's label order) its own output index.
+pub struct OnnxMember<'a> {
+    pub cfg: &'a ModelConfig,
+    pub params: &'a [f32],
+    pub buffers: &'a [f32],
+    pub db_offset: f32,
+    pub db_scale: f32,
+    pub perm: Vec<usize>,
+}
+
+/// Serialises an ensemble as ONE graph: the shared input `log_mel` feeds each member's
+/// subgraph (every name prefixed `m0.`, `m1.`, ...); each member's probabilities, permuted
+/// into the first member's class order (Gather) where they differ, are averaged (Mean) into
+/// `probabilities`, and `logits` = Log(probabilities), so softmax(logits) and argmax agree
+/// with them. All members must share n_mels and the classes (the caller checks the front end).
+pub fn export_onnx_ensemble(
+    members: &[OnnxMember],
+    metadata: &[(String, String)],
+) -> Result<Vec<u8>> {
+    let Some(first) = members.first() else {
+        bail!("an ensemble needs at least one model");
+    };
+    let mut g = Graph::default();
+    let mut outs = Vec::with_capacity(members.len());
+    for (i, m) in members.iter().enumerate() {
+        if m.cfg.n_mels != first.cfg.n_mels || m.cfg.classes != first.cfg.classes {
+            bail!(
+                "ensemble member {i}: {} mels and {} classes where member 0 has {} and {}",
+                m.cfg.n_mels,
+                m.cfg.classes,
+                first.cfg.n_mels,
+                first.cfg.classes
+            );
+        }
+        let mut sorted = m.perm.clone();
+        sorted.sort_unstable();
+        if sorted != (0..m.cfg.classes).collect::<Vec<_>>() {
+            bail!(
+                "ensemble member {i}: {:?} is not a permutation of its classes",
+                m.perm
+            );
+        }
+        g.prefix = format!("m{i}.");
+        add_model(&mut g, m.cfg, m.params, m.buffers, m.db_offset, m.db_scale)?;
+        let mut out = "probabilities".to_string();
+        if m.perm.iter().enumerate().any(|(c, &k)| c != k) {
+            let idx: Vec<i64> = m.perm.iter().map(|&k| k as i64).collect();
+            g.tensor_i64("class_order", &idx);
+            g.node(
+                "Gather",
+                &["probabilities", "class_order"],
+                "probabilities_ordered",
+                &[("axis", Attr::Int(1))],
+            );
+            out = "probabilities_ordered".to_string();
+        }
+        outs.push(g.name(&out));
+    }
+    g.prefix.clear();
+    let ins: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+    g.node("Mean", &ins, "probabilities", &[]);
+    g.node("Log", &["probabilities"], "logits", &[]);
+    Ok(model_proto(
+        &g,
+        first.cfg.n_mels,
+        first.cfg.classes,
+        &format!(
+            "Ensemble of {} ArabEmoNet speech emotion models (mean of their probabilities). \
+             Input log_mel: [batch, 1, n_mels, frames] log-Mel dB (librosa power_to_db of \
+             melspectrogram with ref=np.max; settings in metadata_props), frames >= 8. \
+             Outputs: probabilities [batch, classes] (the members' mean) and logits = \
+             ln(probabilities), in the order of metadata 'labels'. No length masks: batch \
+             clips of equal length.",
+            members.len()
+        ),
+        metadata,
+    ))
+}
+
+/// Adds one model's nodes and weights (names under `g.prefix`) from the input `log_mel` to
+/// `logits` and `probabilities`.
+fn add_model(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    params: &[f32],
+    buffers: &[f32],
+    db_offset: f32,
+    db_scale: f32,
+) -> Result<()> {
     cfg.validate()?;
     let pl = ParamLayout::new(cfg);
     let bl = BufferLayout::new(cfg);
@@ -261,7 +384,6 @@ pub fn export_onnx(
     }
     let p = |n: &str| &params[pl.range(n)];
     let b = |n: &str| &buffers[bl.range(n)];
-    let mut g = Graph::default();
     g.tensor("input_db_offset", &[], &[db_offset]);
     g.tensor("input_db_scale", &[], &[db_scale]);
     g.tensor_i64("flatten_last_two", &[0, 0, -1]);
@@ -432,7 +554,18 @@ pub fn export_onnx(
         "probabilities",
         &[("axis", Attr::Int(1))],
     );
+    Ok(())
+}
 
+/// The ModelProto of a finished graph with input `log_mel` [batch, 1, n_mels, frames] and
+/// outputs `logits` and `probabilities` [batch, classes].
+fn model_proto(
+    g: &Graph,
+    n_mels: usize,
+    classes: usize,
+    doc: &str,
+    metadata: &[(String, String)],
+) -> Vec<u8> {
     let mut graph = Pb::default();
     for n in &g.nodes {
         graph.msg(f::GRAPH_NODE, n);
@@ -448,7 +581,7 @@ pub fn export_onnx(
             &[
                 Dim::Named("batch"),
                 Dim::Fixed(1),
-                Dim::Fixed(cfg.n_mels),
+                Dim::Fixed(n_mels),
                 Dim::Named("frames"),
             ],
         ),
@@ -456,7 +589,7 @@ pub fn export_onnx(
     for out in ["logits", "probabilities"] {
         graph.msg(
             f::GRAPH_OUTPUT,
-            &value_info(out, &[Dim::Named("batch"), Dim::Fixed(cfg.classes)]),
+            &value_info(out, &[Dim::Named("batch"), Dim::Fixed(classes)]),
         );
     }
     let mut opset = Pb::default();
@@ -465,13 +598,7 @@ pub fn export_onnx(
     m.int(f::MODEL_IR_VERSION, IR_VERSION)
         .str(f::MODEL_PRODUCER_NAME, "ser-engine")
         .str(f::MODEL_PRODUCER_VERSION, env!("CARGO_PKG_VERSION"))
-        .str(
-            f::MODEL_DOC,
-            "ArabEmoNet speech emotion recognition. Input log_mel: [batch, 1, n_mels, frames] \
-             log-Mel dB (librosa power_to_db of melspectrogram with ref=np.max; settings in \
-             metadata_props), frames >= 8. Outputs: logits and probabilities [batch, classes] \
-             in the order of metadata 'labels'. No length masks: batch clips of equal length.",
-        )
+        .str(f::MODEL_DOC, doc)
         .msg(f::MODEL_GRAPH, &graph)
         .msg(f::MODEL_OPSET, &opset);
     for (k, v) in metadata {
@@ -479,7 +606,7 @@ pub fn export_onnx(
         kv.str(f::KV_KEY, k).str(f::KV_VALUE, v);
         m.msg(f::MODEL_METADATA, &kv);
     }
-    Ok(m.0)
+    m.0
 }
 
 #[cfg(test)]

@@ -571,7 +571,7 @@ fn run_param(app: &App, q: &[(String, String)]) -> std::result::Result<Entry, (u
     Ok(e)
 }
 
-/// `POST /api/predict?run=ID[&window=S&hop=S]`, body: the audio file's bytes.
+/// `POST /api/predict?run=ID[&window=S&hop=S][&tta=N]`, body: the audio file's bytes.
 fn predict(app: &App, mut req: Request, q: &[(String, String)]) {
     let res = (|| {
         audio_content_type(&req)?;
@@ -581,6 +581,21 @@ fn predict(app: &App, mut req: Request, q: &[(String, String)]) {
         if hop.is_some() && window.is_none() {
             return Err((400, "hop needs window".to_string()));
         }
+        let tta = match query(q, "tta") {
+            None | Some("") => 1,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=crate::infer::MAX_TTA).contains(&n) => n,
+                _ => {
+                    return Err((
+                        400,
+                        format!(
+                            "tta must be a whole number from 1 to {} (got '{v}')",
+                            crate::infer::MAX_TTA
+                        ),
+                    ))
+                }
+            },
+        };
         let permit = app.pool.try_admit().ok_or((
             503,
             "the inference queue is full; try again in a moment".to_string(),
@@ -592,6 +607,7 @@ fn predict(app: &App, mut req: Request, q: &[(String, String)]) {
             pool::Work::File {
                 path: tmp.path().to_path_buf(),
                 window: window.map(|w| (w, hop.unwrap_or(w))),
+                tta,
             },
         )
     })();

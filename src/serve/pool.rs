@@ -21,6 +21,8 @@ pub enum Work {
     File {
         path: PathBuf,
         window: Option<(f64, f64)>,
+        /// `predict --tta` (1: off).
+        tta: usize,
     },
     /// Samples at the model's rate, in one piece (the live mode's latest window).
     Samples(Vec<f32>),
@@ -157,7 +159,8 @@ fn serve_job(loaded: &mut Option<Loaded>, job: &Job, device: DeviceChoice) -> An
     let labels = clf.cfg.labels.clone();
     let t0 = Instant::now();
     match &job.work {
-        Work::File { path, window } => {
+        Work::File { path, window, tta } => {
+            clf.set_tta(*tta);
             let r = classify_file(clf, path, *window, MAX_CLIP_S).map_err(|e| {
                 // The CLI's message, with the temporary file's name replaced.
                 let msg = format!("{e:#}").replace(&path.display().to_string(), "upload");
@@ -166,6 +169,7 @@ fn serve_job(loaded: &mut Option<Loaded>, job: &Job, device: DeviceChoice) -> An
             Ok(file_json(&labels, &r, window.is_some(), t0))
         }
         Work::Samples(samples) => {
+            clf.set_tta(1); // the live window whole, whatever the last upload asked
             let rate = clf.cfg.sample_rate;
             let rms = crate::infer::window::rms_dbfs(samples);
             let silent = rms < crate::infer::file::SILENCE_DBFS;
