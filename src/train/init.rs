@@ -298,6 +298,7 @@ mod tests {
                 device: "cpu".into(),
                 val_split: None,
                 val_data: None,
+                recipe: None,
                 init: None,
             },
             // distinct values, so every copied element can be traced to its source
