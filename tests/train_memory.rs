@@ -124,6 +124,8 @@ fn training_peak_memory_stays_within_the_pre_checked_bound_at_the_range_corners(
             "--ema",
             "0.9",
         ],
+        // the slowest speed factor doubles every clip's frames
+        &["--speed", "0.5", "--mixup", "0.4", "--batch-size", "4"],
     ];
     // Options that size no convolution buffer run with one algorithm only.
     let conv_free = |extra: &[&str]| {
