@@ -323,8 +323,18 @@ fn charts_are_the_pngs_the_commands_wrote_and_runs_have_their_recipe() {
     let c = get(s.port, "/api/compare.svg?ids=demo,cv1/fold-2");
     assert_eq!(c.status, 200, "{}", c.text());
     let c = c.text();
-    assert_eq!(c.matches(r#"data-series="demo""#).count(), 9);
-    assert_eq!(c.matches(r#"data-series="cv1/fold-2""#).count(), 3);
+    assert_eq!(c.matches(r#"class="pt" data-series="demo""#).count(), 9);
+    assert_eq!(
+        c.matches(r#"class="pt" data-series="cv1/fold-2""#).count(),
+        3
+    );
+    // Each run's best epoch marked on each panel, as on the run's own chart.
+    for id in ["demo", "cv1/fold-2"] {
+        let ring = format!(r#"class="best-pt" data-series="{id}""#);
+        let line = format!(r#"class="best" data-series="{id}""#);
+        assert_eq!(c.matches(&ring).count(), 3, "{id}");
+        assert_eq!(c.matches(&line).count(), 3, "{id}");
+    }
     for (q, status) in [("ids=", 400), ("ids=demo,nope", 404), ("ids=t3", 400)] {
         let r = get(s.port, &format!("/api/compare.svg?{q}"));
         assert_eq!(r.status, status, "{q}: {}", r.text());
@@ -610,12 +620,15 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
     };
     let (cli_tta1, cli_tta4) = (cli_tta("1"), cli_tta("4"));
     assert_ne!(cli_tta1["probabilities"], cli_tta4["probabilities"]);
+    let timeline_png = f.root.join("timeline.png");
     let cli_win = run_ok(
         ser()
             .args([
                 "predict", "--json", "--window", "0.5", "--hop", "0.25", "--model",
             ])
             .arg(&run)
+            .arg("--timeline-png")
+            .arg(&timeline_png)
             .arg(&wav),
     );
     let cli_win: Vec<serde_json::Value> = String::from_utf8_lossy(&cli_win.stdout)
@@ -645,7 +658,7 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
     assert!((v["duration_s"].as_f64().unwrap() - cli["duration_s"].as_f64().unwrap()).abs() < 1e-9);
     // The same model on the same samples: equal to the last bit the JSON keeps.
     assert_eq!(v["probabilities"], cli["probabilities"]);
-    assert!(v.get("windows").is_none());
+    assert!(v.get("windows").is_none() && v.get("timeline_svg").is_none());
     // tta=N as `predict --tta N`; the worker's model goes back to whole clips after it
     for (q, want) in [
         ("&tta=4", &cli_tta4),
@@ -657,9 +670,21 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
         assert_eq!(r.json()["probabilities"], want["probabilities"], "{q}");
     }
 
-    let r = post_audio(p, "/api/predict?run=demo&window=0.5&hop=0.25", &bytes);
+    let r = post_audio(
+        p,
+        "/api/predict?run=demo&window=0.5&hop=0.25&name=clip.wav",
+        &bytes,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let w = r.json()["windows"].as_array().unwrap().clone();
+    // The page's timeline is the picture `predict --timeline-png` wrote, to the byte.
+    let svg = r.json()["timeline_svg"].as_str().unwrap().to_string();
+    assert!(svg.starts_with("<svg") && svg.contains(">clip.wav</text>"));
+    let drawn = ser_engine::chart::png(&svg).unwrap();
+    assert!(
+        drawn == std::fs::read(&timeline_png).unwrap(),
+        "the timeline_svg is not the PNG of predict --timeline-png"
+    );
     assert_eq!(w.len(), cli_win.len());
     for (a, b) in w.iter().zip(&cli_win) {
         assert_eq!(a["start_s"], b["start_s"]);
@@ -676,6 +701,7 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
         !msg.contains("/tmp") && !msg.contains("ser-engine-upload"),
         "{msg}"
     );
+    let long_name = format!("/api/predict?run=demo&name={}", "x".repeat(201));
     for (path, status) in [
         ("/api/predict?run=nope", 404),
         ("/api/predict", 400),
@@ -685,6 +711,8 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
         ("/api/predict?run=demo&tta=0", 400),
         ("/api/predict?run=demo&tta=17", 400),
         ("/api/predict?run=demo&tta=abc", 400),
+        ("/api/predict?run=demo&name=a%0Ab", 400),
+        (long_name.as_str(), 400),
     ] {
         let r = post_audio(p, path, &bytes);
         assert_eq!(r.status, status, "{path}: {}", r.text());

@@ -321,6 +321,33 @@ fn the_page_in_chromium() {
         b.js("return document.querySelectorAll('#confusion tr').length"),
         json!(6)
     );
+    // The table's shades are those of `eval --confusion-png`: chart::heat_fill of the row share.
+    let cells = b.js(
+        "return [...document.querySelectorAll('#confusion tr')].slice(1).map(tr =>          [...tr.querySelectorAll('td')].map(td => [+td.textContent, getComputedStyle(td).backgroundColor, getComputedStyle(td).color]))",
+    );
+    let rgb = |hex: &str| {
+        let c = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).unwrap();
+        format!("rgb({}, {}, {})", c(1), c(3), c(5))
+    };
+    let rows = cells.as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    for row in rows {
+        let row = row.as_array().unwrap();
+        let total: f64 = row.iter().map(|c| c[0].as_f64().unwrap()).sum();
+        for c in row {
+            let share = c[0].as_f64().unwrap() / total.max(1.0);
+            assert_eq!(
+                c[1],
+                json!(rgb(&ser_engine::chart::heat_fill(share))),
+                "{row:?}"
+            );
+            assert_eq!(
+                c[2],
+                json!(rgb(ser_engine::chart::heat_ink(share))),
+                "{row:?}"
+            );
+        }
+    }
     b.screenshot("run.png");
 
     // A training goes on while the page is open: a new point without a reload.
@@ -374,6 +401,21 @@ fn the_page_in_chromium() {
         20,
         "return document.querySelectorAll('#compare-table tr').length === 3",
     );
+    // Each run's best epoch ringed on each of the three panels.
+    b.wait_for(
+        "the compare chart",
+        20,
+        "return document.querySelectorAll('#compare-charts circle.pt').length > 0",
+    );
+    for id in ["demo", "live"] {
+        assert_eq!(
+            b.js(&format!(
+                "return document.querySelectorAll('#compare-charts .best-pt[data-series=\"{id}\"]').length"
+            )),
+            json!(3),
+            "{id}"
+        );
+    }
     b.screenshot("compare.png");
 
     // Try a model: upload the clip, the label `predict` gives.
@@ -399,7 +441,8 @@ fn the_page_in_chromium() {
         "const e = document.getElementById('predict-label'); return e && e.textContent",
     );
     assert_eq!(label, json!(expected));
-    // A bar per class, and the 3.5 s clip's seven 0.5 s windows on the timeline.
+    // A bar per class, and the 3.5 s clip's seven 0.5 s windows on the timeline: the server's
+    // SVG (the picture of `predict --timeline-png`), the waveform over the probabilities.
     assert_eq!(
         b.js("return document.querySelectorAll('#predict-bars .bar').length"),
         json!(5)
@@ -408,9 +451,15 @@ fn the_page_in_chromium() {
         b.wait_for(
             "the timeline",
             10,
-            "const t = document.querySelectorAll('#timeline rect'); return t.length > 0 && t.length"
+            "return document.querySelector('#timeline > svg #probabilities') !== null \
+             && document.querySelector('#timeline > svg #wave') !== null \
+             && document.getElementById('timeline-head').textContent"
         ),
-        json!(7)
+        json!("7 windows")
+    );
+    assert_eq!(
+        b.js("return [...document.querySelectorAll('#timeline > svg text')].some(t => t.textContent === 'clip.wav')"),
+        json!(true)
     );
     b.screenshot("try.png");
     b.js("document.getElementById('try-window').value = ''; return null");
@@ -568,7 +617,7 @@ fn docs_screenshots() {
     b.wait_for(
         "the timeline",
         30,
-        "return document.querySelectorAll('#timeline rect').length > 0",
+        "return document.querySelector('#timeline > svg #probabilities') !== null",
     );
     b.screenshot_to(&out.join("serve-try.png"));
     b.js("document.getElementById('try-window').value = ''; return null");

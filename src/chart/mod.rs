@@ -257,6 +257,9 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// ± this much around each point (a standard deviation), drawn as an error bar.
     pub err: Option<Vec<f64>>,
+    /// This series' best x (a run's best epoch among others overlaid): a dashed line in the
+    /// series' colour and a ring on its point. [`Panel::best_x`] marks one for the panel.
+    pub best_x: Option<f64>,
 }
 
 impl Series {
@@ -266,6 +269,7 @@ impl Series {
             color: PALETTE[k % PALETTE.len()],
             points,
             err: None,
+            best_x: None,
         }
     }
 }
@@ -495,6 +499,31 @@ fn draw_panel(svg: &mut Svg, p: &Panel, w: f64, h: f64, min_legend_rows: usize) 
             r##"class="best-label" fill="#555555""##,
         );
     }
+    // Each series' own best: its colour tells the runs apart (labels would overlap).
+    for s in &p.series {
+        let Some(b) = s.best_x.filter(|b| b.is_finite() && *b >= x0 && *b <= x1) else {
+            continue;
+        };
+        let x = sx(b);
+        svg.line(
+            (x, y_a),
+            (x, y_b),
+            s.color,
+            &format!(
+                r#"class="best" data-series="{}" stroke-dasharray="5 3" stroke-width="1.2""#,
+                escape(&s.name)
+            ),
+        );
+        if let Some(&(_, _, y)) = finite(s).iter().find(|q| q.1 == b) {
+            let _ = writeln!(
+                svg.body,
+                r#"<circle class="best-pt" data-series="{}" cx="{x:.1}" cy="{:.1}" r="5.5" fill="none" stroke="{}" stroke-width="2"/>"#,
+                escape(&s.name),
+                sy(y),
+                s.color
+            );
+        }
+    }
     for s in &p.series {
         let pts = finite(s);
         if pts.len() > 1 {
@@ -573,8 +602,26 @@ fn draw_panel(svg: &mut Svg, p: &Panel, w: f64, h: f64, min_legend_rows: usize) 
 
 // ---- confusion matrix -------------------------------------------------------------------------
 
+/// A confusion cell's fill for `share`, its count's share of its row (the diagonal: the
+/// class's recall): white at 0 to #1f5fa8 at 1, each channel 255 + share × (c − 255),
+/// rounded. The page's heat-map table (src/serve/web/app.js, `heatFill`) uses this formula.
+pub fn heat_fill(share: f64) -> String {
+    let f = share.clamp(0.0, 1.0);
+    let mix = |c: f64| (255.0 + f * (c - 255.0)).round() as u8;
+    format!("#{:02x}{:02x}{:02x}", mix(31.0), mix(95.0), mix(168.0))
+}
+
+/// The text colour readable on [`heat_fill`]`(share)`.
+pub fn heat_ink(share: f64) -> &'static str {
+    if share > 0.5 {
+        "#ffffff"
+    } else {
+        INK
+    }
+}
+
 /// A confusion-matrix heat map: rows are true classes, columns predictions; each cell shows
-/// its count, shaded by its share of the row.
+/// its count, shaded by its share of the row ([`heat_fill`]).
 pub fn confusion(counts: &[Vec<u64>], labels: &[String], title: &str) -> String {
     let n = labels.len();
     let cell = 64.0;
@@ -608,12 +655,16 @@ pub fn confusion(counts: &[Vec<u64>], labels: &[String], title: &str) -> String 
         let total = row.iter().sum::<u64>().max(1) as f64;
         for (j, &c) in row.iter().enumerate().take(n) {
             let f = c as f64 / total;
-            // White to #1f5fa8 by the row share.
-            let mix = |a: f64| (255.0 + f * (a - 255.0)).round() as u8;
-            let fill = format!("#{:02x}{:02x}{:02x}", mix(31.0), mix(95.0), mix(168.0));
             let (x, y) = (left + j as f64 * cell, top + i as f64 * cell);
-            svg.rect(x, y, cell - 2.0, cell - 2.0, &fill, r#"class="cell""#);
-            let ink = if f > 0.5 { "#ffffff" } else { INK };
+            svg.rect(
+                x,
+                y,
+                cell - 2.0,
+                cell - 2.0,
+                &heat_fill(f),
+                r#"class="cell""#,
+            );
+            let ink = heat_ink(f);
             svg.text(
                 x + (cell - 2.0) / 2.0,
                 y + cell / 2.0 + 4.0,
@@ -821,6 +872,60 @@ mod tests {
         assert!(cm.contains(">7</text>") && cm.contains(">anger</text>"));
         let bytes = png(&cm).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"));
+    }
+
+    #[test]
+    fn heat_fill_shades_by_share() {
+        assert_eq!(heat_fill(0.0), "#ffffff");
+        assert_eq!(heat_fill(1.0), "#1f5fa8");
+        // 255 + 0.5 × (31 − 255) = 143, 175, 211.5 → 212
+        assert_eq!(heat_fill(0.5), "#8fafd4");
+        assert_eq!(heat_fill(2.0), "#1f5fa8"); // clamped
+        assert_eq!((heat_ink(0.5), heat_ink(0.51)), (INK, "#ffffff"));
+        // The PNG's cells: row shares, not shares of the largest cell.
+        let cm = confusion(&[vec![1, 1], vec![0, 8]], &["a".into(), "b".into()], "t");
+        assert_eq!(cm.matches(r##"fill="#8fafd4" class="cell""##).count(), 2);
+        assert_eq!(cm.matches(r##"fill="#1f5fa8" class="cell""##).count(), 1);
+    }
+
+    #[test]
+    fn a_series_marks_its_own_best() {
+        let mut p = panel();
+        p.best_x = None;
+        p.series[1].best_x = Some(2.0);
+        let svg = figure(&[p], 420.0, 300.0);
+        assert!(texts(&svg, "best-label").is_empty());
+        let ring = svg
+            .lines()
+            .find(|l| l.contains(r#"class="best-pt""#))
+            .expect("a ring");
+        assert!(ring.contains(r#"data-series="val &lt;WA&gt;""#), "{ring}");
+        // On the series' point at x = 2.
+        let pt = svg
+            .lines()
+            .filter(|l| l.contains(r#"class="pt" data-series="val &lt;WA&gt;""#))
+            .nth(1)
+            .unwrap();
+        let cx = |l: &str| {
+            l.split("cx=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let cy = |l: &str| {
+            l.split("cy=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!((cx(ring), cy(ring)), (cx(pt), cy(pt)));
+        assert_eq!(svg.matches(r#"class="best" data-series"#).count(), 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and `serve`'s predict endpoint.
 
 use super::source::{at_rate, open_file, SampleSource};
+use super::timeline::Timeline;
 use super::{mean_probabilities, run_windows, Classifier, WindowConfig, WindowResult};
 use crate::audio::{load_audio, probe_audio};
 use crate::features::LogMel;
@@ -26,6 +27,8 @@ pub struct FileResult {
     pub probabilities: Option<Vec<f64>>,
     /// Per window, when a window length was asked for.
     pub windows: Vec<WindowResult>,
+    /// With windows: the waveform and windows that `predict --timeline-png` draws.
+    pub timeline: Option<Timeline>,
 }
 
 /// A whole file's log-Mel at the model's rate and its duration (s), or None when it is longer
@@ -79,6 +82,7 @@ pub fn classify_file(
 ) -> Result<FileResult> {
     let rate = clf.cfg.sample_rate;
     let mut windows = Vec::new();
+    let mut timeline = None;
     if let Some((window_s, hop_s)) = window {
         let wc = WindowConfig {
             window_s,
@@ -87,16 +91,19 @@ pub fn classify_file(
             batch: 16,
         };
         let mut src = at_rate(open_file(path)?, rate)?;
+        let t = std::cell::RefCell::new(Timeline::new(rate));
         run_windows(
             clf,
             src.as_mut(),
             &wc,
-            |_| {},
+            |s| t.borrow_mut().add_samples(s),
             |r| {
+                t.borrow_mut().add_window(&r);
                 windows.push(r);
                 Ok(())
             },
         )?;
+        timeline = Some(t.into_inner());
     }
     if let Some((duration_s, lm)) = decode_clip(&clf.cfg, path, max_clip_s)? {
         let p = clf.probabilities(&[&lm])?.remove(0);
@@ -105,6 +112,7 @@ pub fn classify_file(
             windows_averaged: 1,
             probabilities: Some(p),
             windows,
+            timeline,
         });
     }
     let mut src = at_rate(open_file(path)?, rate)?;
@@ -115,5 +123,6 @@ pub fn classify_file(
         windows_averaged,
         probabilities,
         windows,
+        timeline,
     })
 }

@@ -15,6 +15,7 @@ use anyhow::Result;
 use std::fmt::Write as _;
 use std::path::Path;
 
+#[derive(Clone, Debug)]
 pub struct Timeline {
     rate: u32,
     block: usize,

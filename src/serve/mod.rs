@@ -571,7 +571,11 @@ fn run_param(app: &App, q: &[(String, String)]) -> std::result::Result<Entry, (u
     Ok(e)
 }
 
-/// `POST /api/predict?run=ID[&window=S&hop=S][&tta=N]`, body: the audio file's bytes.
+/// Longest `name=` of an upload (the timeline's title).
+const MAX_NAME_CHARS: usize = 200;
+
+/// `POST /api/predict?run=ID[&window=S&hop=S][&tta=N][&name=FILE]`, body: the audio file's
+/// bytes.
 fn predict(app: &App, mut req: Request, q: &[(String, String)]) {
     let res = (|| {
         audio_content_type(&req)?;
@@ -596,6 +600,17 @@ fn predict(app: &App, mut req: Request, q: &[(String, String)]) {
                 }
             },
         };
+        let name = query(q, "name")
+            .filter(|n| !n.is_empty())
+            .unwrap_or("upload");
+        if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err((
+                400,
+                format!(
+                    "name must be 1 to {MAX_NAME_CHARS} characters, none of them a control character"
+                ),
+            ));
+        }
         let permit = app.pool.try_admit().ok_or((
             503,
             "the inference queue is full; try again in a moment".to_string(),
@@ -608,6 +623,7 @@ fn predict(app: &App, mut req: Request, q: &[(String, String)]) {
                 path: tmp.path().to_path_buf(),
                 window: window.map(|w| (w, hop.unwrap_or(w))),
                 tta,
+                name: name.to_string(),
             },
         )
     })();

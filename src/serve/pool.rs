@@ -23,6 +23,8 @@ pub enum Work {
         window: Option<(f64, f64)>,
         /// `predict --tta` (1: off).
         tta: usize,
+        /// The uploaded file's name: the timeline's title, as `predict` titles it.
+        name: String,
     },
     /// Samples at the model's rate, in one piece (the live mode's latest window).
     Samples(Vec<f32>),
@@ -159,14 +161,19 @@ fn serve_job(loaded: &mut Option<Loaded>, job: &Job, device: DeviceChoice) -> An
     let labels = clf.cfg.labels.clone();
     let t0 = Instant::now();
     match &job.work {
-        Work::File { path, window, tta } => {
+        Work::File {
+            path,
+            window,
+            tta,
+            name,
+        } => {
             clf.set_tta(*tta);
             let r = classify_file(clf, path, *window, MAX_CLIP_S).map_err(|e| {
                 // The CLI's message, with the temporary file's name replaced.
                 let msg = format!("{e:#}").replace(&path.display().to_string(), "upload");
                 (400, msg)
             })?;
-            Ok(file_json(&labels, &r, window.is_some(), t0))
+            Ok(file_json(&labels, &r, name, t0))
         }
         Work::Samples(samples) => {
             clf.set_tta(1); // the live window whole, whatever the last upload asked
@@ -228,9 +235,10 @@ fn window_json(labels: &[String], w: &WindowResult) -> serde_json::Value {
     })
 }
 
-/// The fields of `predict --json` for a file, plus `windows` when asked for and the labels
-/// in the model's order.
-fn file_json(labels: &[String], r: &FileResult, windowed: bool, t0: Instant) -> serde_json::Value {
+/// The fields of `predict --json` for a file, plus the labels in the model's order and, when
+/// windows were asked for, `windows` and `timeline_svg`: the SVG that
+/// `predict --window .. --timeline-png` rasterises.
+fn file_json(labels: &[String], r: &FileResult, name: &str, t0: Instant) -> serde_json::Value {
     let p = r.probabilities.as_deref();
     let mut v = serde_json::json!({
         "file": "upload",
@@ -241,8 +249,9 @@ fn file_json(labels: &[String], r: &FileResult, windowed: bool, t0: Instant) -> 
         "labels": labels,
         "elapsed_ms": t0.elapsed().as_secs_f64() * 1e3,
     });
-    if windowed {
+    if let Some(t) = &r.timeline {
         v["windows"] = r.windows.iter().map(|w| window_json(labels, w)).collect();
+        v["timeline_svg"] = t.svg(name, labels).into();
     }
     v
 }

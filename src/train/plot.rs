@@ -77,8 +77,8 @@ pub fn learning_curve_svg(history: &[EpochRecord]) -> String {
     )
 }
 
-/// Several runs (or a cv's folds) overlaid: validation loss, WA and macro-F1 per epoch.
-/// Panel ids: `cmp-loss`, `cmp-wa`, `cmp-f1`.
+/// Several runs (or a cv's folds) overlaid: validation loss, WA and macro-F1 per epoch, each
+/// run's best epoch marked in its colour. Panel ids: `cmp-loss`, `cmp-wa`, `cmp-f1`.
 pub fn compare_svg(runs: &[(String, &[EpochRecord])]) -> String {
     let panel = |id: &str, title: &str, y: &str, f: fn(&EpochRecord) -> f64| Panel {
         id: id.into(),
@@ -88,8 +88,9 @@ pub fn compare_svg(runs: &[(String, &[EpochRecord])]) -> String {
         series: runs
             .iter()
             .enumerate()
-            .map(|(k, (name, h))| {
-                Series::new(name, k, h.iter().map(|r| (r.epoch as f64, f(r))).collect())
+            .map(|(k, (name, h))| Series {
+                best_x: best_epoch(h).map(|e| e as f64),
+                ..Series::new(name, k, h.iter().map(|r| (r.epoch as f64, f(r))).collect())
             })
             .collect(),
         x_whole: true,
@@ -184,10 +185,22 @@ mod tests {
         let a: Vec<EpochRecord> = (1..=3).map(|e| rec(e, 0.5, false)).collect();
         let b: Vec<EpochRecord> = (1..=5).map(|e| rec(e, 0.6, e == 5)).collect();
         let svg = compare_svg(&[("fold 1".into(), &a), ("fold 2".into(), &b)]);
-        assert_eq!(svg.matches(r#"data-series="fold 1""#).count(), 9);
-        assert_eq!(svg.matches(r#"data-series="fold 2""#).count(), 15);
+        assert_eq!(svg.matches(r#"class="pt" data-series="fold 1""#).count(), 9);
+        assert_eq!(svg.matches(r#"class="pt" data-series="fold 2""#).count(), 15);
         for id in ["cmp-loss", "cmp-wa", "cmp-f1"] {
             assert!(svg.contains(&format!(r#"<g id="{id}""#)), "{id}");
         }
+        // Only fold 2 has a best epoch (5): a dashed line and a ring on each panel.
+        assert_eq!(
+            svg.matches(r#"class="best" data-series="fold 2""#).count(),
+            3
+        );
+        assert_eq!(
+            svg.matches(r#"class="best-pt" data-series="fold 2""#)
+                .count(),
+            3
+        );
+        assert!(!svg.contains(r#"data-series="fold 1" stroke-dasharray"#));
+        assert!(!svg.contains(r#"class="best-pt" data-series="fold 1""#));
     }
 }

@@ -33,7 +33,13 @@ const fmtDate = (s) => s ? new Date(s * 1000).toISOString().slice(0, 16).replace
 
 // ---- charts: SVG drawn by the server (src/chart/), the same code that draws the PNGs ------
 
-// Fetches an SVG chart and puts it, as elements, into `box` (the page's tests look inside it).
+// An SVG document as elements (the page's tests look inside it).
+function svgNode(text) {
+  const doc = new DOMParser().parseFromString(text, 'image/svg+xml');
+  return document.importNode(doc.documentElement, true);
+}
+
+// Fetches an SVG chart and puts it into `box`.
 // Returns false when there is none to show (404, an error, no server).
 async function loadChart(box, url) {
   let r;
@@ -47,8 +53,7 @@ async function loadChart(box, url) {
     box.replaceChildren(el('p', { class: r.status === 404 ? 'note' : 'err', text: msg }));
     return false;
   }
-  const doc = new DOMParser().parseFromString(await r.text(), 'image/svg+xml');
-  box.replaceChildren(document.importNode(doc.documentElement, true));
+  box.replaceChildren(svgNode(await r.text()));
   return true;
 }
 
@@ -136,17 +141,28 @@ function perClass(cm, labels) {
   });
 }
 
+// A cell's colour by its share of its row (the diagonal: the class's recall), the formula of
+// chart::heat_fill and chart::heat_ink in src/chart/mod.rs, which shade the PNG of
+// `eval --confusion-png`: white to #1f5fa8, each channel round(255 + share × (c − 255)).
+function heatFill(share) {
+  const mix = c => Math.round(255 + share * (c - 255));
+  return `rgb(${mix(31)}, ${mix(95)}, ${mix(168)})`;
+}
+const heatInk = share => share > 0.5 ? '#ffffff' : '#222222';
+
 function heatmap(cm, labels) {
-  const max = Math.max(1, ...cm.flat());
   return el('table', { class: 'heat', id: 'confusion' },
     el('tr', {}, el('th', { class: 'l', text: 'true \\ predicted' }), labels.map(l => el('th', { text: l }))),
-    cm.map((row, i) => el('tr', {}, el('th', { class: 'l', text: labels[i] }), row.map((v) => {
-      const td = el('td', { text: String(v) });
-      const a = v / max;
-      td.style.background = `rgba(25, 118, 210, ${a.toFixed(3)})`;
-      td.style.color = a > 0.55 ? '#fff' : '#222';
-      return td;
-    }))));
+    cm.map((row, i) => {
+      const total = Math.max(1, row.reduce((a, b) => a + b, 0));
+      return el('tr', {}, el('th', { class: 'l', text: labels[i] }), row.map((v) => {
+        const td = el('td', { text: String(v) });
+        const share = Math.min(1, Math.max(0, v / total));
+        td.style.background = heatFill(share);
+        td.style.color = heatInk(share);
+        return td;
+      }));
+    }));
 }
 
 async function viewRun(id) {
@@ -271,29 +287,21 @@ function bars(probs, id) {
   }));
 }
 
-// Waveform (from the browser's own decoder, for display only) with the windows' labels.
-function timeline(samples, rate, windows, labels) {
-  const W = 800, H = 160, wave = 90;
-  const svg = el('svg', { id: 'timeline', class: 'chart', width: W, height: H, viewBox: `0 0 ${W} ${H}` });
-  const dur = samples ? samples.length / rate : Math.max(...windows.map(w => w.end_s), 1);
-  if (samples) {
-    const per = Math.max(1, Math.floor(samples.length / W));
-    let d = '';
-    for (let x = 0; x < W; x++) {
-      let mx = 0;
-      for (let i = x * per; i < Math.min(samples.length, (x + 1) * per); i++) mx = Math.max(mx, Math.abs(samples[i]));
-      d += `M${x},${wave / 2 - mx * wave / 2}V${wave / 2 + mx * wave / 2}`;
-    }
-    svg.append(el('path', { d, stroke: '#78909c', 'stroke-width': 1 }));
-  }
+// Live mode's strip: the latest windows' labels, drawn here as each chunk's answer comes
+// (an upload's timeline is the server's SVG, the picture of `predict --timeline-png`).
+function liveStrip(windows, labels) {
+  const W = 800, H = 60;
+  const svg = el('svg', { id: 'live-strip', class: 'chart', width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+  if (!windows.length) return svg;
+  const t0 = windows[0].start_s, dur = Math.max(windows[windows.length - 1].end_s - t0, 1);
   windows.forEach((w, i) => {
-    const x = w.start_s / dur * W, x2 = w.end_s / dur * W;
+    const x = (w.start_s - t0) / dur * W, x2 = (w.end_s - t0) / dur * W;
     const k = labels.indexOf(w.label);
-    const y = wave + 8 + (i % 2) * 22;
+    const y = 4 + (i % 2) * 22;
     svg.append(el('rect', { x, y, width: Math.max(1, x2 - x - 1), height: 18, fill: w.silent ? '#e0e0e0' : COLORS[k % COLORS.length] }));
     if (x2 - x > 40) svg.append(el('text', { x: x + 3, y: y + 13, fill: '#fff', text: w.silent ? 'silent' : w.label }));
   });
-  svg.append(el('text', { x: 4, y: H - 4, text: `0 s … ${dur.toFixed(1)} s` }));
+  svg.append(el('text', { x: 4, y: H - 4, text: `the last ${dur.toFixed(1)} s` }));
   return svg;
 }
 
@@ -346,8 +354,8 @@ async function viewTry(query) {
     el('div', { class: 'row' }, 'upload ', file, recBtn, liveBtn),
     el('p', { class: 'note', text: 'Browsers give pages the microphone only over https or at localhost. ' + (local ? 'This page is at ' + location.host + ', so recording works.' : 'This page is not at localhost: recording will be refused.') + ' To use a server on another machine, forward its port and open the page at localhost: ssh -L 8000:127.0.0.1:8000 user@server, then open the URL it printed on this machine.' }),
     out, liveOut));
-  async function send(bytes, name, display) {
-    const q = new URLSearchParams({ run: pick.value });
+  async function send(bytes, name) {
+    const q = new URLSearchParams({ run: pick.value, name });
     if (win.value) { q.set('window', win.value); if (hop.value) q.set('hop', hop.value); }
     out.replaceChildren(el('p', { text: 'classifying ' + name + '…' }));
     try {
@@ -355,20 +363,18 @@ async function viewTry(query) {
       const r = await api('/api/predict?' + q, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: bytes });
       const ms = performance.now() - t0;
       const parts = [el('p', {}, name + ': ', el('span', { class: 'big', id: 'predict-label', text: r.label || '(silent)' }), ` · ${r.duration_s.toFixed(2)} s of audio · ${ms.toFixed(0)} ms`), bars(r.probabilities, 'predict-bars')];
-      if (r.windows) {
-        let samples = null, rate = 16000;
-        try { const ctx = new OfflineAudioContext(1, 1, 16000); const ab = await ctx.decodeAudioData(display.slice(0)); samples = ab.getChannelData(0); rate = ab.sampleRate; } catch (_) { /* the server decodes what the browser cannot */ }
-        parts.push(el('h3', { text: `${r.windows.length} windows` }), timeline(samples, rate, r.windows, r.labels));
+      if (r.timeline_svg) {
+        parts.push(el('h3', { id: 'timeline-head', text: `${r.windows.length} windows` }), el('div', { id: 'timeline', class: 'charts' }, svgNode(r.timeline_svg)));
       }
       out.replaceChildren(...parts);
     } catch (e) { out.replaceChildren(el('p', { class: 'err', id: 'predict-error', text: e.message })); }
   }
-  file.addEventListener('change', async () => { const f = file.files[0]; if (f) { const b = await f.arrayBuffer(); send(new Uint8Array(b), f.name, b); } });
+  file.addEventListener('change', async () => { const f = file.files[0]; if (f) { const b = await f.arrayBuffer(); send(new Uint8Array(b), f.name); } });
   recBtn.addEventListener('click', async () => {
     if (mic) {
       const m = mic; mic = null; m.stop(); recBtn.textContent = 'Record';
       const wav = wavBytes(m.chunks, m.rate);
-      await send(wav, 'recording', wav.buffer.slice(0));
+      await send(wav, 'recording.wav');
       const a = el('a', { id: 'recording-download', download: 'recording.wav', href: URL.createObjectURL(new Blob([wav], { type: 'audio/wav' })), text: 'download the recording (16-bit WAV)' });
       a.wav = wav; // the bytes sent, for scripts that check the recording
       out.append(el('p', {}, a));
@@ -400,7 +406,7 @@ async function viewTry(query) {
           labels = Object.keys(r.probabilities || {});
           history.push({ start_s: r.start_s, end_s: r.end_s, label: r.label, silent: r.silent });
           liveOut.replaceChildren(el('p', {}, 'now: ', el('span', { class: 'big', id: 'live-label', text: r.silent ? '(silent)' : r.label }), ` · latency ${ms.toFixed(0)} ms (model ${r.latency_ms.toFixed(0)} ms)`),
-            r.probabilities ? bars(r.probabilities, 'live-bars') : '', timeline(null, 16000, history.slice(-40).map(h => Object.assign({}, h, { start_s: h.end_s - 0.3 })), labels));
+            r.probabilities ? bars(r.probabilities, 'live-bars') : '', liveStrip(history.slice(-40).map(h => Object.assign({}, h, { start_s: h.end_s - 0.3 })), labels));
         } catch (e) { liveOut.replaceChildren(el('p', { class: 'err', text: e.message })); } finally { busy = false; }
       }, 300);
       live = { stop: () => { clearInterval(tick); m.stop(); fetch('/api/live?session=' + session, { method: 'DELETE', credentials: 'same-origin' }); } };
