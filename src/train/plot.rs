@@ -186,7 +186,10 @@ mod tests {
         let b: Vec<EpochRecord> = (1..=5).map(|e| rec(e, 0.6, e == 5)).collect();
         let svg = compare_svg(&[("fold 1".into(), &a), ("fold 2".into(), &b)]);
         assert_eq!(svg.matches(r#"class="pt" data-series="fold 1""#).count(), 9);
-        assert_eq!(svg.matches(r#"class="pt" data-series="fold 2""#).count(), 15);
+        assert_eq!(
+            svg.matches(r#"class="pt" data-series="fold 2""#).count(),
+            15
+        );
         for id in ["cmp-loss", "cmp-wa", "cmp-f1"] {
             assert!(svg.contains(&format!(r#"<g id="{id}""#)), "{id}");
         }
