@@ -768,6 +768,10 @@ fn predict_answers_as_the_cli_does_and_refuses_bad_uploads() {
     .unwrap();
     slow.write_all(&bytes[..100]).unwrap();
     slow.flush().unwrap();
+    // Give the slow request time to take the only permit before any other request runs: a
+    // request admitted first would hold the permit for its inference, and the slow one,
+    // arriving then, would itself be answered 503 (seen on a loaded 2-core CI machine).
+    std::thread::sleep(Duration::from_millis(1000));
     let t0 = Instant::now();
     let full = loop {
         let r = post_audio(p, "/api/predict?run=demo", &bytes);
